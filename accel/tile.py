@@ -1,0 +1,286 @@
+"""A tile of work for the engine: run-time geometry, operands and their checks (spec sections 1-3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from accel.config import ConfigError, EngineConfig
+
+__all__ = ["COUNTER_NAMES", "Segments", "Tile", "TileGeometry", "conv_output_size", "random_tile"]
+
+REGISTER_LIMIT = (1 << 16) - 1  # configuration registers are 16 bits wide
+
+# Performance counters in unload-address order (spec section 4).
+COUNTER_NAMES = (
+    "cycles",
+    "base_macs",
+    "cond_macs",
+    "busy_pe_cycles",
+    "idle_pe_cycles",
+    "stall_cycles",
+    "gates_on",
+)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int) -> int:
+    return (size + pad_before + pad_after - kernel) // stride + 1
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Derived channel segmentation of a tile (the table in spec section 2)."""
+
+    n_seg: int
+    base_ch: int  # C_sb
+    cond_ch: int  # C_sc, each conditional segment
+    out_per_group: int  # C_og
+    nch_b: int
+    nch_c: int
+
+    @property
+    def n_chunks(self) -> int:
+        return self.nch_b + (self.n_seg - 1) * self.nch_c
+
+    def start(self, seg: int) -> int:
+        """First input channel of segment ``seg``."""
+        return seg * self.base_ch
+
+    def channels(self, seg: int) -> int:
+        return self.base_ch if seg == 0 else self.cond_ch
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """Run-time geometry written into the engine's configuration registers."""
+
+    c_in: int
+    c_out: int
+    h_in: int
+    w_in: int
+    h_out: int
+    w_out: int
+    pad_top: int = 0
+    pad_left: int = 0
+    base_channels: int = 0  # only for groups == 1
+    dense: bool = False
+
+    @classmethod
+    def full_layer(
+        cls,
+        config: EngineConfig,
+        c_in: int,
+        c_out: int,
+        h_in: int,
+        w_in: int,
+        base_channels: int = 0,
+        dense: bool = False,
+    ) -> TileGeometry:
+        """A tile covering a whole layer with the configured padding on every side."""
+        k, s, p = config.kernel, config.stride, config.padding
+        return cls(
+            c_in=c_in,
+            c_out=c_out,
+            h_in=h_in,
+            w_in=w_in,
+            h_out=conv_output_size(h_in, k, s, p, p),
+            w_out=conv_output_size(w_in, k, s, p, p),
+            pad_top=p,
+            pad_left=p,
+            base_channels=base_channels,
+            dense=dense,
+        )
+
+    def registers(self) -> list[int]:
+        """Values of configuration registers 0..9, in spec order."""
+        return [
+            self.c_in,
+            self.c_out,
+            self.h_in,
+            self.w_in,
+            self.h_out,
+            self.w_out,
+            self.pad_top,
+            self.pad_left,
+            self.base_channels,
+            int(self.dense),
+        ]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.c_out * self.h_out * self.w_out
+
+    def segments(self, config: EngineConfig) -> Segments:
+        g = config.groups
+        if g > 1:
+            base = cond = self.c_in // g
+            n_seg, out_per_group = g, self.c_out // g
+        else:
+            base, cond = self.base_channels, self.c_in - self.base_channels
+            n_seg, out_per_group = 2, self.c_out
+        lanes = config.lanes
+        return Segments(
+            n_seg=n_seg,
+            base_ch=base,
+            cond_ch=cond,
+            out_per_group=out_per_group,
+            nch_b=_ceil_div(base, lanes),
+            nch_c=_ceil_div(cond, lanes),
+        )
+
+    def check(self, config: EngineConfig) -> Segments:
+        """Refuse a geometry the engine cannot run; return its segmentation."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "dense":
+                if not isinstance(value, (bool, np.bool_)):
+                    raise ConfigError(f"tile field 'dense' = {value!r}: expected true or false")
+                continue
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ConfigError(f"tile field {f.name!r} = {value!r}: expected an integer")
+            if not 0 <= value <= REGISTER_LIMIT:
+                raise ConfigError(f"tile field {f.name!r} = {value}: must lie in [0, {REGISTER_LIMIT}]")
+        for name in ("c_in", "c_out", "h_in", "w_in", "h_out", "w_out"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"tile field {name!r} = {getattr(self, name)}: must be at least 1")
+        for name in ("pad_top", "pad_left"):
+            if getattr(self, name) > config.padding:
+                raise ConfigError(
+                    f"tile field {name!r} = {getattr(self, name)}: larger than the engine's "
+                    f"padding = {config.padding}"
+                )
+        g = config.groups
+        if g > 1:
+            for name in ("c_in", "c_out"):
+                if getattr(self, name) % g:
+                    raise ConfigError(
+                        f"tile field {name!r} = {getattr(self, name)}: not a multiple of groups = {g}"
+                    )
+        elif not 1 <= self.base_channels < self.c_in:
+            raise ConfigError(
+                f"tile field 'base_channels' = {self.base_channels}: with groups = 1 it must lie in "
+                f"[1, c_in - 1] = [1, {self.c_in - 1}]"
+            )
+        k, s = config.kernel, config.stride
+        # Every output position must read at least its top-left tap inside the padded tile.
+        max_h = conv_output_size(self.h_in, k, s, self.pad_top, config.padding)
+        max_w = conv_output_size(self.w_in, k, s, self.pad_left, config.padding)
+        if self.h_out > max_h:
+            raise ConfigError(f"tile field 'h_out' = {self.h_out}: at most {max_h} for h_in = {self.h_in}")
+        if self.w_out > max_w:
+            raise ConfigError(f"tile field 'w_out' = {self.w_out}: at most {max_w} for w_in = {self.w_in}")
+        seg = self.segments(config)
+        need = {
+            "input_depth": seg.n_chunks * self.h_in * self.w_in,
+            "weight_depth": self.c_out * seg.n_chunks * k * k,
+            "output_depth": self.n_outputs,
+            "threshold_depth": self.c_out,
+        }
+        for name, words in need.items():
+            if words > getattr(config, name):
+                raise ConfigError(
+                    f"tile needs {words} entries of the {name.removesuffix('_depth')} buffer, "
+                    f"config field {name!r} = {getattr(config, name)}"
+                )
+        worst = self.c_in * k * k * (1 << (config.act_width - 1)) * (1 << (config.weight_width - 1))
+        if worst > (1 << (config.acc_width - 1)) - 1:
+            raise ConfigError(
+                f"tile field 'c_in' = {self.c_in}: a {k}x{k} dot product over it can overflow "
+                f"acc_width = {config.acc_width}"
+            )
+        return seg
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Operands of one engine run.
+
+    Parameters
+    ----------
+    geometry : TileGeometry
+    inputs : ndarray, int8-range, shape (c_in, h_in, w_in)
+    weights : ndarray, int8-range, shape (c_out, c_in, K, K)
+    thresholds : ndarray, int64 of signed acc_width range, shape (c_out,)
+    """
+
+    geometry: TileGeometry
+    inputs: np.ndarray
+    weights: np.ndarray
+    thresholds: np.ndarray
+
+    def check(self, config: EngineConfig) -> Segments:
+        """Refuse operands that do not fit; return the segmentation."""
+        seg = self.geometry.check(config)
+        g, k = self.geometry, config.kernel
+        shapes = {
+            "inputs": (g.c_in, g.h_in, g.w_in),
+            "weights": (g.c_out, g.c_in, k, k),
+            "thresholds": (g.c_out,),
+        }
+        widths = {
+            "inputs": config.act_width,
+            "weights": config.weight_width,
+            "thresholds": config.acc_width,
+        }
+        for name, shape in shapes.items():
+            arr = getattr(self, name)
+            if not isinstance(arr, np.ndarray):
+                raise ConfigError(f"tile field {name!r}: expected a numpy array, got {type(arr).__name__}")
+            if arr.shape != shape:
+                raise ConfigError(f"tile field {name!r}: shape {arr.shape}, expected {shape}")
+            if arr.dtype.kind not in "iu":
+                raise ConfigError(f"tile field {name!r}: dtype {arr.dtype}, expected an integer type")
+            lo, hi = -(1 << (widths[name] - 1)), (1 << (widths[name] - 1)) - 1
+            if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
+                bad = int(arr.min()) if int(arr.min()) < lo else int(arr.max())
+                raise ConfigError(f"tile field {name!r}: value {bad} outside the signed range [{lo}, {hi}]")
+        return seg
+
+
+def random_tile(
+    config: EngineConfig,
+    geometry: TileGeometry,
+    rng: np.random.Generator,
+    gate_rate: float | None = 0.5,
+) -> Tile:
+    """A random tile; thresholds are set at the quantile of the partial sums that gives ``gate_rate``.
+
+    ``gate_rate`` None draws thresholds uniformly; 1.0 and 0.0 give all-on and all-off gates.
+    """
+    g = geometry
+    k = config.kernel
+    amax = (1 << (config.act_width - 1)) - 1
+    wmax = (1 << (config.weight_width - 1)) - 1
+    inputs = rng.integers(-amax - 1, amax + 1, size=(g.c_in, g.h_in, g.w_in), dtype=np.int64)
+    weights = rng.integers(-wmax - 1, wmax + 1, size=(g.c_out, g.c_in, k, k), dtype=np.int64)
+    lo, hi = -(1 << (config.acc_width - 1)), (1 << (config.acc_width - 1)) - 1
+    if gate_rate is None:
+        span = 1 << min(config.acc_width - 2, 16)
+        thresholds = rng.integers(-span, span, size=g.c_out, dtype=np.int64)
+    elif gate_rate >= 1.0:
+        thresholds = np.full(g.c_out, lo, dtype=np.int64)  # p > min_int is true for every reachable p
+    elif gate_rate <= 0.0:
+        thresholds = np.full(g.c_out, hi, dtype=np.int64)
+    else:
+        # A cheap stand-in for a calibrated gate: per-channel threshold at a random quantile around the
+        # requested rate, taken over random partial-sum-like values of matching spread.
+        spread = np.sqrt(g.c_in * k * k) * amax * wmax / 3
+        thresholds = np.round(
+            rng.normal(0, spread / 4, size=g.c_out) + spread * np.sqrt(2) * _erfinv(1 - 2 * gate_rate)
+        ).astype(np.int64)
+        thresholds = np.clip(thresholds, lo, hi)
+    return Tile(g, inputs.astype(np.int8 if config.act_width <= 8 else np.int16),
+                weights.astype(np.int8 if config.weight_width <= 8 else np.int16), thresholds)
+
+
+def _erfinv(y: float) -> float:
+    # Winitzki's approximation; good to ~1e-3, plenty for picking a threshold.
+    a = 0.147
+    ln = np.log(1 - y * y)
+    t = 2 / (np.pi * a) + ln / 2
+    return float(np.sign(y) * np.sqrt(np.sqrt(t * t - ln / a) - t))

@@ -1,0 +1,81 @@
+"""Performance counters of one engine run (docs/microarchitecture.md, section 4)."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from accel.config import EngineConfig
+from accel.tile import COUNTER_NAMES
+
+__all__ = ["PerfCounters"]
+
+
+class PerfCounters(wiring.Component):
+    """Counts what the engine does while ``busy``; ``value`` lists the counters in unload order.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Supplies ``pes``, ``lanes`` and ``counter_width``.
+
+    Members
+    -------
+    clear : In(1)
+        Zero every counter (at ``start``).
+    busy : In(1)
+        A cycle of the run.
+    issue : In(1)
+        A beat is issued this cycle.
+    phase2 : In(1)
+        The beat belongs to the conditional path.
+    valid_pes : In(range(pes + 1))
+        PEs holding a valid activation in this beat.
+    lanes : In(range(lanes + 1))
+        Valid lanes of this beat.
+    gates_on : In(counter_width)
+        Gated-on activations so far (kept by the engine).
+    value : Out(ArrayLayout(counter_width, 7))
+        The counters, in the order of ``accel.tile.COUNTER_NAMES``.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        w = config.counter_width
+        super().__init__(
+            {
+                "clear": In(1),
+                "busy": In(1),
+                "issue": In(1),
+                "phase2": In(1),
+                "valid_pes": In(range(config.pes + 1)),
+                "lanes": In(range(config.lanes + 1)),
+                "gates_on": In(w),
+                "value": Out(data.ArrayLayout(unsigned(w), len(COUNTER_NAMES))),
+            }
+        )
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        w = self._config.counter_width
+        cycles, base, cond, busy_pe, stalls = (Signal(w, name=n) for n in
+                                               ("cycles", "base", "cond", "busy_pe", "stalls"))
+        macs = self.valid_pes * self.lanes
+        with m.If(self.clear):
+            m.d.sync += [c.eq(0) for c in (cycles, base, cond, busy_pe, stalls)]
+        with m.Elif(self.busy):
+            m.d.sync += cycles.eq(cycles + 1)
+            with m.If(self.issue):
+                m.d.sync += busy_pe.eq(busy_pe + self.valid_pes)
+                with m.If(self.phase2):
+                    m.d.sync += cond.eq(cond + macs)
+                with m.Else():
+                    m.d.sync += base.eq(base + macs)
+            with m.Else():
+                m.d.sync += stalls.eq(stalls + 1)
+        idle = cycles * self._config.pes - busy_pe
+        values = (cycles, base, cond, busy_pe, idle, stalls, self.gates_on)
+        for i, v in enumerate(values):
+            m.d.comb += self.value[i].eq(v)
+        return m

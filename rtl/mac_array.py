@@ -1,0 +1,76 @@
+"""The MAC array: P processing elements sharing one beat (partial-sum unit and sparse MAC array)."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from accel.config import EngineConfig
+from rtl.pe import ProcessingElement
+
+__all__ = ["MacArray"]
+
+
+class MacArray(wiring.Component):
+    """P processing elements working in lock-step on the same beat of different activations.
+
+    In phase 1 the array is the partial-sum unit (base-path dot products of P consecutive output
+    activations); in phase 2 it is the sparse MAC array (conditional path of P gated-on activations taken
+    from the work queue, each PE starting from its activation's partial sum).
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Supplies ``pes`` and the PE parameters.
+
+    Members
+    -------
+    x, w : In(ArrayLayout(unsigned(lanes × width), pes))
+        Operand words of each PE.
+    init : In(ArrayLayout(signed(acc_width), pes))
+        Accumulator start value of each PE.
+    inside : In(pes)
+        Per PE: the beat's input position is inside the tile (not padding).
+    en : In(pes)
+        Per PE: it holds a valid activation this beat.
+    lanes : In(range(lanes + 1))
+        Valid lanes of the beat (shared).
+    first : In(1)
+        First beat of the round (shared).
+    acc : Out(ArrayLayout(signed(acc_width), pes))
+        The accumulators.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        p, n = config.pes, config.lanes
+        super().__init__(
+            {
+                "x": In(data.ArrayLayout(unsigned(n * config.act_width), p)),
+                "w": In(data.ArrayLayout(unsigned(n * config.weight_width), p)),
+                "init": In(data.ArrayLayout(signed(config.acc_width), p)),
+                "inside": In(p),
+                "en": In(p),
+                "lanes": In(range(n + 1)),
+                "first": In(1),
+                "acc": Out(data.ArrayLayout(signed(config.acc_width), p)),
+            }
+        )
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        for i in range(self._config.pes):
+            pe = ProcessingElement(self._config)
+            m.submodules[f"pe{i}"] = pe
+            m.d.comb += [
+                pe.x.eq(self.x[i]),
+                pe.w.eq(self.w[i]),
+                pe.init.eq(self.init[i]),
+                pe.inside.eq(self.inside[i]),
+                pe.en.eq(self.en[i]),
+                pe.lanes.eq(self.lanes),
+                pe.first.eq(self.first),
+                self.acc[i].eq(pe.acc),
+            ]
+        return m
