@@ -6,9 +6,15 @@ __all__ = ["stream_get", "stream_put"]
 
 
 async def stream_put(ctx, stream, payload) -> None:
-    """Offer ``payload`` on ``stream`` until the sink takes it."""
+    """Offer ``payload`` on ``stream`` until the sink takes it.
+
+    An integer payload for a structured layout is taken as the flattened bits.
+    """
+    target = stream.payload
+    if isinstance(payload, int) and hasattr(target, "as_value"):
+        target = target.as_value()
     ctx.set(stream.valid, 1)
-    ctx.set(stream.payload, payload)
+    ctx.set(target, payload)
     await ctx.tick().until(stream.ready)
     ctx.set(stream.valid, 0)
 
