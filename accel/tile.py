@@ -267,15 +267,21 @@ def random_tile(
     elif gate_rate <= 0.0:
         thresholds = np.full(g.c_out, hi, dtype=np.int64)
     else:
-        # A cheap stand-in for a calibrated gate: per-channel threshold at a random quantile around the
-        # requested rate, taken over random partial-sum-like values of matching spread.
-        spread = np.sqrt(g.c_in * k * k) * amax * wmax / 3
+        # A cheap stand-in for a calibrated gate: a per-channel threshold near the quantile of a normal
+        # with the spread of a base-path partial sum (``base_ch`` channels) that leaves ``gate_rate`` above.
+        base_ch = g.segments(config).base_ch
+        spread = np.sqrt(base_ch * k * k) * (amax + 0.5) * (wmax + 0.5) / 3
+        rate = min(max(gate_rate, 1e-3), 1 - 1e-3)
         thresholds = np.round(
-            rng.normal(0, spread / 4, size=g.c_out) + spread * np.sqrt(2) * _erfinv(1 - 2 * gate_rate)
+            rng.normal(0, spread / 8, size=g.c_out) + spread * np.sqrt(2) * _erfinv(1 - 2 * rate)
         ).astype(np.int64)
         thresholds = np.clip(thresholds, lo, hi)
-    return Tile(g, inputs.astype(np.int8 if config.act_width <= 8 else np.int16),
-                weights.astype(np.int8 if config.weight_width <= 8 else np.int16), thresholds)
+    return Tile(
+        g,
+        inputs.astype(np.int8 if config.act_width <= 8 else np.int16),
+        weights.astype(np.int8 if config.weight_width <= 8 else np.int16),
+        thresholds,
+    )
 
 
 def _erfinv(y: float) -> float:

@@ -1,0 +1,566 @@
+"""Tests of the Numba cycle model (sim/engine.py) against docs/microarchitecture.md.
+
+Every expected value here is computed without the model: the outputs and gates by a plain-numpy
+convolution (np.pad + einsum, and a literal loop over the spec's formula for tiny tiles), the counters by the
+closed-form expressions of spec section 5 or written out by hand.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accel.config import ConfigError, EngineConfig
+from accel.tile import COUNTER_NAMES, Tile, TileGeometry, random_tile
+from sim.engine import EngineResult, run_tile
+
+BIG = 1 << 16  # buffer depths that never limit the small test tiles
+
+
+def make_config(**kw: int) -> EngineConfig:
+    depths = {"input_depth": BIG, "weight_depth": BIG, "output_depth": BIG, "threshold_depth": 1024}
+    return EngineConfig(**{**depths, **kw})
+
+
+# ------------------------------------------------------------------------------------------------------
+# Independent references
+# ------------------------------------------------------------------------------------------------------
+
+
+def base_channels_of(config: EngineConfig, geo: TileGeometry, co: int) -> np.ndarray:
+    """Input channels of output channel ``co``'s base segment (spec section 1)."""
+    if config.groups > 1:
+        width = geo.c_in // config.groups
+        grp = co // (geo.c_out // config.groups)
+        return np.arange(grp * width, (grp + 1) * width)
+    return np.arange(geo.base_channels)
+
+
+def reference(config: EngineConfig, tile: Tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Outputs, gates and partial sums with np.pad + einsum; base and conditional channels summed apart."""
+    geo, k, s = tile.geometry, config.kernel, config.stride
+    x = tile.inputs.astype(np.int64)
+    w = tile.weights.astype(np.int64)
+    # Pad on top/left as the tile asks; below/right as far as the last output window reaches.
+    need_h = (geo.h_out - 1) * s + k
+    need_w = (geo.w_out - 1) * s + k
+    xp = np.pad(
+        x,
+        (
+            (0, 0),
+            (geo.pad_top, max(0, need_h - geo.pad_top - geo.h_in)),
+            (geo.pad_left, max(0, need_w - geo.pad_left - geo.w_in)),
+        ),
+    )
+    win = np.empty((geo.c_in, geo.h_out, geo.w_out, k, k), dtype=np.int64)
+    for ky in range(k):
+        for kx in range(k):
+            win[..., ky, kx] = xp[
+                :, ky : ky + s * (geo.h_out - 1) + 1 : s, kx : kx + s * (geo.w_out - 1) + 1 : s
+            ]
+    shape = (geo.c_out, geo.h_out, geo.w_out)
+    y = np.empty(shape, dtype=np.int64)
+    gates = np.empty(shape, dtype=bool)
+    psum = np.empty(shape, dtype=np.int64)
+    for co in range(geo.c_out):
+        base = base_channels_of(config, geo, co)
+        cond = np.setdiff1d(np.arange(geo.c_in), base)
+        p = np.einsum("chwyx,cyx->hw", win[base], w[co, base])
+        r = np.einsum("chwyx,cyx->hw", win[cond], w[co, cond])
+        psum[co] = p
+        if geo.dense:
+            y[co], gates[co] = p + r, True
+        else:
+            on = p > int(tile.thresholds[co])
+            y[co], gates[co] = np.where(on, p + r, p), on
+    return y, gates, psum
+
+
+def naive_reference(config: EngineConfig, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    """The formula of spec section 1, literally, one activation and one MAC at a time (tiny tiles only)."""
+    geo, k, s = tile.geometry, config.kernel, config.stride
+    y = np.zeros((geo.c_out, geo.h_out, geo.w_out), dtype=np.int64)
+    gates = np.zeros(y.shape, dtype=bool)
+    for co in range(geo.c_out):
+        base = set(base_channels_of(config, geo, co).tolist())
+        for oy in range(geo.h_out):
+            for ox in range(geo.w_out):
+                p = r = 0
+                for ci in range(geo.c_in):
+                    for ky in range(k):
+                        for kx in range(k):
+                            iy, ix = oy * s + ky - geo.pad_top, ox * s + kx - geo.pad_left
+                            v = (
+                                int(tile.inputs[ci, iy, ix])
+                                if 0 <= iy < geo.h_in and 0 <= ix < geo.w_in
+                                else 0
+                            )
+                            prod = v * int(tile.weights[co, ci, ky, kx])
+                            if ci in base:
+                                p += prod
+                            else:
+                                r += prod
+                gate = geo.dense or p > int(tile.thresholds[co])
+                y[co, oy, ox] = p + r if gate else p
+                gates[co, oy, ox] = gate
+    return y, gates
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def expected_counters(config: EngineConfig, geo: TileGeometry, gates_on: int) -> dict[str, int]:
+    """Closed forms of spec section 5 (computed from the raw parameters, not accel.tile.Segments)."""
+    p, lanes, k2 = config.pes, config.lanes, config.kernel**2
+    if config.groups > 1:
+        n_seg, c_sb = config.groups, geo.c_in // config.groups
+        c_sc = c_sb
+    else:
+        n_seg, c_sb, c_sc = 2, geo.base_channels, geo.c_in - geo.base_channels
+    nch_b, nch_c = ceil_div(c_sb, lanes), ceil_div(c_sc, lanes)
+    n = geo.c_out * geo.h_out * geo.w_out
+    r1 = ceil_div(n, p)
+    if geo.dense:
+        b1 = k2 * (nch_b + (n_seg - 1) * nch_c)
+        cycles = 1 + r1 * b1 + 2
+        base_macs, cond_macs, busy, stalls, gates_on = n * k2 * geo.c_in, 0, n * b1, 3, n
+    else:
+        b1 = k2 * nch_b
+        r2, b2 = ceil_div(gates_on, p), k2 * (n_seg - 1) * nch_c
+        phase2 = gates_on > 0
+        cycles = 1 + r1 * b1 + 2 + phase2 * (1 + r2 * b2 + 2)
+        base_macs = n * k2 * c_sb
+        cond_macs = gates_on * k2 * (n_seg - 1) * c_sc
+        busy = n * b1 + gates_on * b2
+        stalls = 6 if phase2 else 3
+    return {
+        "cycles": cycles,
+        "base_macs": base_macs,
+        "cond_macs": cond_macs,
+        "busy_pe_cycles": busy,
+        "idle_pe_cycles": p * cycles - busy,
+        "stall_cycles": stalls,
+        "gates_on": gates_on,
+    }
+
+
+def check_against_reference(config: EngineConfig, tile: Tile) -> EngineResult:
+    """Run the model and compare everything it returns with the references; return its result."""
+    res = run_tile(config, tile)
+    y_ref, g_ref, _ = reference(config, tile)
+    geo = tile.geometry
+    shape = (geo.c_out, geo.h_out, geo.w_out)
+    assert res.outputs.shape == shape and res.outputs.dtype == np.int64
+    assert res.gates.shape == shape and res.gates.dtype == np.bool_
+    np.testing.assert_array_equal(res.gates, g_ref)
+    np.testing.assert_array_equal(res.outputs, y_ref)
+
+    assert tuple(res.counters) == COUNTER_NAMES
+    assert all(type(v) is int for v in res.counters.values())
+    gates_on = int(g_ref.sum())
+    assert res.counters == expected_counters(config, geo, gates_on)
+    # Invariants of section 4, stated once more without the closed forms.
+    c = res.counters
+    assert c["gates_on"] == gates_on
+    assert c["idle_pe_cycles"] == config.pes * c["cycles"] - c["busy_pe_cycles"]
+    k2 = config.kernel**2
+    n = geo.n_outputs
+    if geo.dense:
+        assert c["base_macs"] + c["cond_macs"] == k2 * geo.c_in * n
+    else:
+        c_sb = geo.c_in // config.groups if config.groups > 1 else geo.base_channels
+        n_seg = config.groups if config.groups > 1 else 2
+        c_sc = (geo.c_in - c_sb) // (n_seg - 1)
+        assert c["base_macs"] + c["cond_macs"] == k2 * (c_sb * n + c_sc * (n_seg - 1) * gates_on)
+    assert c["stall_cycles"] in (3, 6)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------------
+# Functional: fixed geometries
+# ------------------------------------------------------------------------------------------------------
+
+# (config overrides, geometry) pairs covering groups, kernels, strides, paddings and tile positions.
+CASES = [
+    # G=2, K=3, S=1, whole layer with padding 1; L divides the segments.
+    (dict(groups=2, kernel=3, stride=1, padding=1, lanes=8), TileGeometry(16, 8, 6, 6, 6, 6, 1, 1)),
+    # G=4, K=3, S=2; C_g = 6 with L = 4 (lanes do not divide the segment).
+    (dict(groups=4, kernel=3, stride=2, padding=1, lanes=4), TileGeometry(24, 8, 7, 7, 4, 4, 1, 1)),
+    # G=1, K=5, S=1, padding 2, odd base fraction.
+    (dict(groups=1, kernel=5, stride=1, padding=2, lanes=4), TileGeometry(12, 6, 6, 5, 6, 5, 2, 2, 5)),
+    # G=1, K=1, no padding; C_b = 3, C_sc = 4 with L = 4.
+    (dict(groups=1, kernel=1, stride=1, padding=0, lanes=4), TileGeometry(7, 3, 4, 3, 4, 3, 0, 0, 3)),
+    # G=2, K=5, S=2, padding 4 with an asymmetric tile (pad_top 3, pad_left 1).
+    (dict(groups=2, kernel=5, stride=2, padding=4, lanes=3), TileGeometry(8, 4, 9, 8, 6, 5, 3, 1)),
+    # Interior tile: pad_top = pad_left = 0 and fewer outputs than the input could give.
+    (dict(groups=2, kernel=3, stride=1, padding=1, lanes=8), TileGeometry(16, 4, 8, 7, 4, 3, 0, 0)),
+    # Interior tile, stride 2, G=4, K=3, padding 2 (taps beyond the bottom edge read zero).
+    (dict(groups=4, kernel=3, stride=2, padding=2, lanes=2), TileGeometry(8, 4, 5, 6, 3, 3, 0, 2)),
+    # K=5 with padding 0 (valid convolution), G=1.
+    (dict(groups=1, kernel=5, stride=1, padding=0, lanes=8), TileGeometry(9, 2, 7, 6, 3, 2, 0, 0, 4)),
+    # One output row/column only, more PEs than activations.
+    (dict(groups=2, kernel=3, stride=2, padding=1, lanes=8, pes=16), TileGeometry(4, 2, 2, 2, 1, 1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("overrides, geo", CASES)
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("gate_rate", [0.5, 1.0, 0.0, None])
+def test_outputs_match_reference(overrides: dict, geo: TileGeometry, dense: bool, gate_rate: float | None):
+    config = make_config(**overrides)
+    geo = TileGeometry(**{**geo.__dict__, "dense": dense})
+    rng = np.random.default_rng(zlib.crc32(repr((overrides, geo, gate_rate)).encode()))
+    tile = random_tile(config, geo, rng, gate_rate=gate_rate)
+    res = check_against_reference(config, tile)
+    if dense or gate_rate == 1.0:
+        assert res.gates.all()
+    elif gate_rate == 0.0:
+        assert not res.gates.any()
+        assert res.counters["cond_macs"] == 0 and res.counters["stall_cycles"] == 3
+
+
+@pytest.mark.parametrize("overrides, geo", CASES[:5])
+def test_reference_agrees_with_literal_formula(overrides: dict, geo: TileGeometry):
+    """The np.pad/einsum reference and the literal loop over the spec's formula agree (and the model too)."""
+    config = make_config(**overrides)
+    tile = random_tile(config, geo, np.random.default_rng(7), gate_rate=0.5)
+    y_naive, g_naive = naive_reference(config, tile)
+    y_ref, g_ref, _ = reference(config, tile)
+    np.testing.assert_array_equal(y_ref, y_naive)
+    np.testing.assert_array_equal(g_ref, g_naive)
+    res = run_tile(config, tile)
+    np.testing.assert_array_equal(res.outputs, y_naive)
+    np.testing.assert_array_equal(res.gates, g_naive)
+
+
+def test_gate_is_strict_compare():
+    """p == tau leaves the gate off; p == tau + 1 turns it on (signed compare, negative thresholds too)."""
+    config = make_config(groups=2, kernel=3, stride=1, padding=1, lanes=4)
+    geo = TileGeometry(8, 4, 4, 4, 4, 4, 1, 1)
+    tile = random_tile(config, geo, np.random.default_rng(3), gate_rate=0.5)
+    _, _, psum = reference(config, tile)
+    # Channels 0, 1 get tau = p at one position, channels 2, 3 get tau = p - 1 there.
+    tau = np.array([psum[0, 1, 2], psum[1, 0, 0], psum[2, 3, 3] - 1, psum[3, 2, 1] - 1], dtype=np.int64)
+    tile = Tile(geo, tile.inputs, tile.weights, tau)
+    res = check_against_reference(config, tile)
+    assert not res.gates[0, 1, 2] and not res.gates[1, 0, 0]
+    assert res.gates[2, 3, 3] and res.gates[3, 2, 1]
+    assert res.outputs[0, 1, 2] == psum[0, 1, 2]
+
+
+def test_gated_off_output_is_partial_sum_and_on_is_full_sum():
+    config = make_config(groups=2, kernel=3, stride=1, padding=1, lanes=8)
+    geo = TileGeometry(16, 4, 5, 5, 5, 5, 1, 1)
+    tile = random_tile(config, geo, np.random.default_rng(11), gate_rate=0.5)
+    dense_tile = Tile(
+        TileGeometry(**{**geo.__dict__, "dense": True}), tile.inputs, tile.weights, tile.thresholds
+    )
+    res = run_tile(config, tile)
+    full = run_tile(config, dense_tile).outputs
+    _, _, psum = reference(config, tile)
+    assert 0 < res.gates.sum() < res.gates.size  # both kinds present, or the test proves little
+    np.testing.assert_array_equal(res.outputs[res.gates], full[res.gates])
+    np.testing.assert_array_equal(res.outputs[~res.gates], psum[~res.gates])
+
+
+def test_extreme_operands():
+    """All operands at -2^(w-1): the largest sums, exact in int64 (no wrap-around in the model)."""
+    config = make_config(groups=2, kernel=3, stride=1, padding=1, lanes=8)
+    geo = TileGeometry(64, 2, 3, 3, 3, 3, 1, 1, dense=True)
+    x = np.full((64, 3, 3), -128, dtype=np.int8)
+    w = np.full((2, 64, 3, 3), -128, dtype=np.int8)
+    res = run_tile(config, Tile(geo, x, w, np.zeros(2, dtype=np.int64)))
+    assert res.outputs[0, 1, 1] == 64 * 9 * 128 * 128  # centre: every tap inside the tile
+    assert res.outputs[0, 0, 0] == 64 * 4 * 128 * 128  # corner: 4 taps inside, 5 in the padding
+
+
+def test_numpy_integer_geometry_and_operand_dtypes():
+    """Geometry fields as numpy integers and operands as int64/int16 give the same result as int8 ones."""
+    config = make_config(groups=2, kernel=3, stride=1, padding=1, lanes=4)
+    geo = TileGeometry(8, 4, 5, 5, 5, 5, 1, 1)
+    tile = random_tile(config, geo, np.random.default_rng(9), gate_rate=0.5)
+    np_geo = TileGeometry(*(np.int64(v) for v in (8, 4, 5, 5, 5, 5, 1, 1)))
+    other = Tile(np_geo, tile.inputs.astype(np.int64), tile.weights.astype(np.int16), tile.thresholds)
+    a, b = run_tile(config, tile), run_tile(config, other)
+    np.testing.assert_array_equal(a.outputs, b.outputs)
+    np.testing.assert_array_equal(a.gates, b.gates)
+    assert a.counters == b.counters
+
+
+# ------------------------------------------------------------------------------------------------------
+# Functional + counters: randomized
+# ------------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def engine_cases(draw: st.DrawFn) -> tuple[EngineConfig, Tile]:
+    groups = draw(st.sampled_from([1, 2, 4]))
+    kernel = draw(st.sampled_from([1, 3, 5]))
+    stride = draw(st.sampled_from([1, 2]))
+    padding = draw(st.integers(0, kernel - 1))
+    config = make_config(
+        groups=groups,
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        lanes=draw(st.integers(1, 8)),
+        pes=draw(st.integers(1, 9)),
+    )
+    if groups > 1:
+        c_in = groups * draw(st.integers(1, 5))
+        c_out = groups * draw(st.integers(1, 3))
+        base = 0
+    else:
+        c_in = draw(st.integers(2, 12))
+        c_out = draw(st.integers(1, 6))
+        base = draw(st.integers(1, c_in - 1))
+    pad_top = draw(st.integers(0, padding))
+    pad_left = draw(st.integers(0, padding))
+    # At least one output position: the input plus both paddings must hold one kernel window.
+    h_in = draw(st.integers(max(1, kernel - pad_top - padding), 8))
+    w_in = draw(st.integers(max(1, kernel - pad_left - padding), 8))
+    max_h = (h_in + pad_top + padding - kernel) // stride + 1
+    max_w = (w_in + pad_left + padding - kernel) // stride + 1
+    geo = TileGeometry(
+        c_in=c_in,
+        c_out=c_out,
+        h_in=h_in,
+        w_in=w_in,
+        h_out=draw(st.integers(1, max_h)),
+        w_out=draw(st.integers(1, max_w)),
+        pad_top=pad_top,
+        pad_left=pad_left,
+        base_channels=base,
+        dense=draw(st.booleans()),
+    )
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mode = draw(st.sampled_from(["rate", "on", "off", "uniform", "ties"]))
+    rate = {"rate": 0.5, "on": 1.0, "off": 0.0, "uniform": None, "ties": 0.5}[mode]
+    tile = random_tile(config, geo, rng, gate_rate=rate)
+    if mode == "ties":
+        # Thresholds taken from actual partial sums: some gates sit exactly at p == tau.
+        _, _, psum = reference(config, tile)
+        flat = psum.reshape(c_out, -1)
+        pick = rng.integers(0, flat.shape[1], size=c_out)
+        tile = Tile(geo, tile.inputs, tile.weights, flat[np.arange(c_out), pick].astype(np.int64))
+    return config, tile
+
+
+@settings(max_examples=30, deadline=None)
+@given(engine_cases())
+def test_random_tiles(case: tuple[EngineConfig, Tile]):
+    config, tile = case
+    check_against_reference(config, tile)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Counters: hand-worked cases
+# ------------------------------------------------------------------------------------------------------
+
+
+def _tile_with_thresholds(config: EngineConfig, geo: TileGeometry, tau: list[int]) -> Tile:
+    tile = random_tile(config, geo, np.random.default_rng(0), gate_rate=0.5)
+    return Tile(geo, tile.inputs, tile.weights, np.array(tau, dtype=np.int64))
+
+
+ON, OFF = -(1 << 31), (1 << 31) - 1  # thresholds that turn a channel's gates all on / all off (acc 32)
+
+
+def test_counters_hand_worked_g2_all_on():
+    # P=4, L=4, K=3, G=2, c_in=8, c_out=4, 3x3 with padding 1 -> 3x3 outputs.
+    # N = 4*9 = 36; C_sb = C_sc = 4 -> nch_b = nch_c = 1.
+    # Phase 1: R1 = 36/4 = 9 rounds, B1 = 9 taps * 1 chunk = 9 beats, each beat 4 PEs * 4 lanes.
+    # Phase 2 (all 36 gates on): R2 = 9, B2 = 9 * (2-1) * 1 = 9.
+    # cycles = 1 + 81 + 2 + 1 + 81 + 2 = 168; base = cond = 81 * 4 * 4 = 1296; busy = 81*4 + 81*4 = 648;
+    # idle = 4*168 - 648 = 24; stalls = SETUP + DRAIN1 + PREP + DRAIN2 = 6.
+    config = make_config(pes=4, lanes=4, kernel=3, padding=1, groups=2)
+    geo = TileGeometry(8, 4, 3, 3, 3, 3, 1, 1)
+    res = run_tile(config, _tile_with_thresholds(config, geo, [ON] * 4))
+    assert res.counters == {
+        "cycles": 168,
+        "base_macs": 1296,
+        "cond_macs": 1296,
+        "busy_pe_cycles": 648,
+        "idle_pe_cycles": 24,
+        "stall_cycles": 6,
+        "gates_on": 36,
+    }
+
+
+def test_counters_hand_worked_g2_all_off_and_dense():
+    config = make_config(pes=4, lanes=4, kernel=3, padding=1, groups=2)
+    geo = TileGeometry(8, 4, 3, 3, 3, 3, 1, 1)
+    # All off: phase 1 only. cycles = 1 + 81 + 2 = 84; busy = 81*4 = 324; idle = 336 - 324 = 12.
+    res = run_tile(config, _tile_with_thresholds(config, geo, [OFF] * 4))
+    assert res.counters == {
+        "cycles": 84,
+        "base_macs": 1296,
+        "cond_macs": 0,
+        "busy_pe_cycles": 324,
+        "idle_pe_cycles": 12,
+        "stall_cycles": 3,
+        "gates_on": 0,
+    }
+    # Dense: B1 = 9 taps * (1 + 1) chunks = 18, R1 = 9: cycles = 1 + 162 + 2 = 165;
+    # base = 162 beats * 4 PEs * 4 lanes = 2592; busy = 162*4 = 648; idle = 660 - 648 = 12.
+    dense = TileGeometry(8, 4, 3, 3, 3, 3, 1, 1, dense=True)
+    res = run_tile(config, _tile_with_thresholds(config, dense, [OFF] * 4))  # thresholds unused
+    assert res.gates.all()
+    assert res.counters == {
+        "cycles": 165,
+        "base_macs": 2592,
+        "cond_macs": 0,
+        "busy_pe_cycles": 648,
+        "idle_pe_cycles": 12,
+        "stall_cycles": 3,
+        "gates_on": 36,
+    }
+
+
+def test_counters_hand_worked_g1_round_tails():
+    # P=3, L=4, K=1, G=1, c_in=7 with C_b=3 (C_sc=4), c_out=2, 2x2 -> N=8. Channel 0 on, 1 off: 4 gates.
+    # Phase 1: R1 = ceil(8/3) = 3 rounds of 3, 3, 2 valid PEs, B1 = 1 beat of 3 valid lanes:
+    #   busy 8, base 8*3 = 24.
+    # Phase 2: R2 = ceil(4/3) = 2 rounds of 3, 1 valid PEs, B2 = 1 beat of 4 lanes: busy 4, cond 16.
+    # cycles = 1 + 3 + 2 + 1 + 2 + 2 = 11; idle = 3*11 - 12 = 21.
+    config = make_config(pes=3, lanes=4, kernel=1, padding=0, groups=1)
+    geo = TileGeometry(7, 2, 2, 2, 2, 2, 0, 0, base_channels=3)
+    res = run_tile(config, _tile_with_thresholds(config, geo, [ON, OFF]))
+    assert res.gates[0].all() and not res.gates[1].any()
+    assert res.counters == {
+        "cycles": 11,
+        "base_macs": 24,
+        "cond_macs": 16,
+        "busy_pe_cycles": 12,
+        "idle_pe_cycles": 21,
+        "stall_cycles": 6,
+        "gates_on": 4,
+    }
+    # Dense: two slots (3 lanes, then 4 lanes), B1 = 2: cycles = 1 + 6 + 2 = 9; base = 8*3 + 8*4 = 56;
+    # busy = 8*2 = 16; idle = 27 - 16 = 11.
+    dense = TileGeometry(7, 2, 2, 2, 2, 2, 0, 0, base_channels=3, dense=True)
+    res = run_tile(config, _tile_with_thresholds(config, dense, [ON, OFF]))
+    assert res.counters == {
+        "cycles": 9,
+        "base_macs": 56,
+        "cond_macs": 0,
+        "busy_pe_cycles": 16,
+        "idle_pe_cycles": 11,
+        "stall_cycles": 3,
+        "gates_on": 8,
+    }
+
+
+def test_counters_hand_worked_lane_tail_chunks():
+    # P=4, L=4, K=1, G=2, c_in=12 -> C_sb = C_sc = 6 = chunks of 4 and 2 lanes; c_out=2, 1x1 -> N=2, all on.
+    # Phase 1: 1 round of 2 PEs, 2 beats: busy 4, base 2*4 + 2*2 = 12. Phase 2 likewise: busy 4, cond 12.
+    # cycles = 1 + 2 + 2 + 1 + 2 + 2 = 10; idle = 40 - 8 = 32.
+    config = make_config(pes=4, lanes=4, kernel=1, padding=0, groups=2)
+    geo = TileGeometry(12, 2, 1, 1, 1, 1)
+    res = run_tile(config, _tile_with_thresholds(config, geo, [ON, ON]))
+    assert res.counters == {
+        "cycles": 10,
+        "base_macs": 12,
+        "cond_macs": 12,
+        "busy_pe_cycles": 8,
+        "idle_pe_cycles": 32,
+        "stall_cycles": 6,
+        "gates_on": 2,
+    }
+
+
+def test_counters_hand_worked_g4_three_conditional_slots():
+    # P=2, L=2, K=1, G=4, c_in=8 (C_g=2), c_out=4 (one per group), 1x1 -> N=4. Channels 0, 2 on: 2 gates.
+    # Phase 1: R1 = 2 rounds of 2 PEs, B1 = 1 beat of 2 lanes: busy 4, base 8.
+    # Phase 2: R2 = 1 round of 2 PEs, B2 = 3 slots * 1 chunk = 3 beats of 2 lanes: busy 6, cond 12.
+    # cycles = 1 + 2 + 2 + 1 + 3 + 2 = 11; idle = 22 - 10 = 12.
+    config = make_config(pes=2, lanes=2, kernel=1, padding=0, groups=4)
+    geo = TileGeometry(8, 4, 1, 1, 1, 1)
+    res = run_tile(config, _tile_with_thresholds(config, geo, [ON, OFF, ON, OFF]))
+    assert res.counters == {
+        "cycles": 11,
+        "base_macs": 8,
+        "cond_macs": 12,
+        "busy_pe_cycles": 10,
+        "idle_pe_cycles": 12,
+        "stall_cycles": 6,
+        "gates_on": 2,
+    }
+
+
+def test_counters_wrap_at_counter_width():
+    """The hardware counters are counter_width bits wide: the model reports them modulo 2^width."""
+    config = make_config(pes=1, lanes=1, kernel=3, padding=1, groups=2, counter_width=16)
+    geo = TileGeometry(64, 4, 16, 16, 16, 16, 1, 1, dense=True)
+    tile = _tile_with_thresholds(config, geo, [0] * 4)
+    # N = 1024, B1 = 9 * 64 = 576: cycles = 3 + 589824 > 2^16.
+    full = expected_counters(config, geo, gates_on=1024)
+    assert full["cycles"] == 589827
+    res = run_tile(config, tile)
+    assert res.counters == {name: v % (1 << 16) for name, v in full.items()}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------------------
+
+
+def _good_tile() -> tuple[EngineConfig, Tile]:
+    config = make_config(groups=2, kernel=3, padding=1, lanes=4)
+    geo = TileGeometry(8, 4, 4, 4, 4, 4, 1, 1)
+    return config, random_tile(config, geo, np.random.default_rng(5), gate_rate=0.5)
+
+
+def test_bad_input_shape():
+    config, tile = _good_tile()
+    bad = Tile(tile.geometry, tile.inputs[:, :, :3], tile.weights, tile.thresholds)
+    with pytest.raises(ConfigError, match="'inputs'"):
+        run_tile(config, bad)
+    bad = Tile(tile.geometry, tile.inputs, tile.weights[:, :, :2], tile.thresholds)
+    with pytest.raises(ConfigError, match="'weights'"):
+        run_tile(config, bad)
+
+
+def test_bad_threshold_range():
+    config, tile = _good_tile()
+    tau = tile.thresholds.copy()
+    tau[2] = 1 << 31  # one past the signed 32-bit range
+    with pytest.raises(ConfigError, match="'thresholds'.*2147483648"):
+        run_tile(config, Tile(tile.geometry, tile.inputs, tile.weights, tau))
+
+
+def test_bad_operand_range():
+    config, tile = _good_tile()
+    x = tile.inputs.astype(np.int16)
+    x[0, 0, 0] = 128
+    with pytest.raises(ConfigError, match="'inputs'.*128"):
+        run_tile(config, Tile(tile.geometry, x, tile.weights, tile.thresholds))
+
+
+def test_bad_channels_not_multiple_of_groups():
+    config = make_config(groups=4, kernel=3, padding=1, lanes=4)
+    geo = TileGeometry(6, 4, 4, 4, 4, 4, 1, 1)
+    tile = Tile(
+        geo,
+        np.zeros((6, 4, 4), dtype=np.int8),
+        np.zeros((4, 6, 3, 3), dtype=np.int8),
+        np.zeros(4, dtype=np.int64),
+    )
+    with pytest.raises(ConfigError, match="'c_in'.*groups"):
+        run_tile(config, tile)
+
+
+def test_bad_base_channels_and_padding():
+    config = make_config(groups=1, kernel=3, padding=1, lanes=4)
+    geo = TileGeometry(8, 2, 4, 4, 4, 4, 1, 1, base_channels=8)
+    tile = random_tile(config, TileGeometry(8, 2, 4, 4, 4, 4, 1, 1, 4), np.random.default_rng(1))
+    with pytest.raises(ConfigError, match="'base_channels'"):
+        run_tile(config, Tile(geo, tile.inputs, tile.weights, tile.thresholds))
+    geo = TileGeometry(8, 2, 4, 4, 4, 4, 2, 1, base_channels=4)
+    with pytest.raises(ConfigError, match="'pad_top'"):
+        run_tile(config, Tile(geo, tile.inputs, tile.weights, tile.thresholds))
