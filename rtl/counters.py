@@ -59,8 +59,9 @@ class PerfCounters(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         w = self._config.counter_width
-        cycles, base, cond, busy_pe, stalls = (Signal(w, name=n) for n in
-                                               ("cycles", "base", "cond", "busy_pe", "stalls"))
+        cycles, base, cond, busy_pe, stalls = (
+            Signal(w, name=n) for n in ("cycles", "base", "cond", "busy_pe", "stalls")
+        )
         macs = self.valid_pes * self.lanes
         with m.If(self.clear):
             m.d.sync += [c.eq(0) for c in (cycles, base, cond, busy_pe, stalls)]

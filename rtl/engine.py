@@ -8,8 +8,8 @@ from amaranth.lib.wiring import In, Out
 
 from accel.config import EngineConfig
 from accel.tile import COUNTER_NAMES
-from rtl.comparator import ThresholdComparator
 from rtl.compactor import GateCompactor
+from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, coord_layout
 from rtl.counters import PerfCounters
 from rtl.interface import (
@@ -101,9 +101,7 @@ class GatedConvEngine(wiring.Component):
         m.submodules.obuf = obuf = memory.Memory(
             shape=unsigned(cfg.acc_width + 1), depth=cfg.output_depth, init=[]
         )
-        m.submodules.queue = queue = memory.Memory(
-            shape=queue_layout(cfg), depth=cfg.output_depth, init=[]
-        )
+        m.submodules.queue = queue = memory.Memory(shape=queue_layout(cfg), depth=cfg.output_depth, init=[])
         in_w, w_w, t_w = inbuf.write_port(), wbuf.write_port(), tbuf.write_port()
         in_r = [inbuf.read_port() for _ in range(P)]
         w_r = [wbuf.read_port() for _ in range(P)]
@@ -355,8 +353,9 @@ class GatedConvEngine(wiring.Component):
             m.d.sync += [
                 self.resp.valid.eq(1),
                 resp_sel.eq(self.req.payload.sel == SEL_COUNTERS),
-                resp_index.eq(Mux(self.req.payload.addr < len(COUNTER_NAMES), self.req.payload.addr,
-                                  len(COUNTER_NAMES))),
+                resp_index.eq(
+                    Mux(self.req.payload.addr < len(COUNTER_NAMES), self.req.payload.addr, len(COUNTER_NAMES))
+                ),
             ]
         with m.Elif(self.resp.ready):
             m.d.sync += self.resp.valid.eq(0)
@@ -367,4 +366,3 @@ class GatedConvEngine(wiring.Component):
                     m.d.comb += counter_value.eq(counters.value[i])
         m.d.comb += self.resp.payload.eq(Mux(resp_sel, counter_value, o_r.data))
         return m
-

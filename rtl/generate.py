@@ -41,8 +41,12 @@ def generate_verilog(config: EngineConfig, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     text = verilog_text(config)
     vpath = out / f"{TOP_NAME}.v"
-    params = {"top": TOP_NAME, "parameters": config.to_dict(),
-              "data_width": config.data_width, "addr_width": config.addr_width}
+    params = {
+        "top": TOP_NAME,
+        "parameters": config.to_dict(),
+        "data_width": config.data_width,
+        "addr_width": config.addr_width,
+    }
     _write_atomic(vpath, text)
     _write_atomic(out / f"{TOP_NAME}.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
     return vpath

@@ -35,8 +35,12 @@ def test_different_parameters_give_different_verilog(tmp_path):
 
 @pytest.mark.parametrize(
     "field,value,fragment",
-    [("pes", 0, "'pes' = 0"), ("padding", 3, "'padding' = 3"), ("acc_width", 12, "'acc_width' = 12"),
-     ("lanes", "8", "'lanes'")],
+    [
+        ("pes", 0, "'pes' = 0"),
+        ("padding", 3, "'padding' = 3"),
+        ("acc_width", 12, "'acc_width' = 12"),
+        ("lanes", "8", "'lanes'"),
+    ],
 )
 def test_bad_configuration_is_refused_before_generation(field, value, fragment):
     with pytest.raises(ConfigError, match=fragment):

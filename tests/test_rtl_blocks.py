@@ -7,8 +7,8 @@ import pytest
 from amaranth.sim import Simulator
 
 from accel.config import EngineConfig
-from rtl.comparator import ThresholdComparator
 from rtl.compactor import GateCompactor
+from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain
 from rtl.counters import PerfCounters
 from rtl.pe import ProcessingElement
@@ -40,9 +40,15 @@ def test_pe_accumulates_masked_lanes(lanes):
         x = rng.integers(-128, 128, lanes)
         w = rng.integers(-128, 128, lanes)
         beats.append(
-            dict(x=x, w=w, lanes=int(rng.integers(0, lanes + 1)), inside=int(rng.random() < 0.8),
-                 first=int(rng.random() < 0.2), init=int(rng.integers(-(1 << 20), 1 << 20)),
-                 en=int(rng.random() < 0.9))
+            dict(
+                x=x,
+                w=w,
+                lanes=int(rng.integers(0, lanes + 1)),
+                inside=int(rng.random() < 0.8),
+                first=int(rng.random() < 0.2),
+                init=int(rng.integers(-(1 << 20), 1 << 20)),
+                en=int(rng.random() < 0.9),
+            )
         )
 
     async def bench(ctx):
@@ -138,8 +144,13 @@ def test_counters_tally_a_run():
     dut = PerfCounters(cfg)
     rng = np.random.default_rng(SEED)
     script = [
-        dict(busy=int(rng.random() < 0.9), issue=int(rng.random() < 0.7), phase2=int(rng.random() < 0.5),
-             valid_pes=int(rng.integers(0, 5)), lanes=int(rng.integers(0, 9)))
+        dict(
+            busy=int(rng.random() < 0.9),
+            issue=int(rng.random() < 0.7),
+            phase2=int(rng.random() < 0.5),
+            valid_pes=int(rng.integers(0, 5)),
+            lanes=int(rng.integers(0, 9)),
+        )
         for _ in range(100)
     ]
 
@@ -162,7 +173,14 @@ def test_counters_tally_a_run():
         ctx.set(dut.gates_on, 17)
         await ctx.delay(1e-7)
         got = [ctx.get(dut.value[i]) for i in range(7)]
-        assert got == [tally["cycles"], tally["base"], tally["cond"], tally["busy_pe"],
-                       4 * tally["cycles"] - tally["busy_pe"], tally["stalls"], 17]
+        assert got == [
+            tally["cycles"],
+            tally["base"],
+            tally["cond"],
+            tally["busy_pe"],
+            4 * tally["cycles"] - tally["busy_pe"],
+            tally["stalls"],
+            17,
+        ]
 
     _run(dut, bench)

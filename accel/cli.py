@@ -1,0 +1,293 @@
+"""The ``accel`` command line: ``accel rtl`` (Verilog of the engine) and ``accel run`` (the cycle model).
+
+Every error a user can cause (a bad configuration file or value, a path that cannot be read or written)
+ends in one line ``accel: error: ...`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from accel import __version__
+from accel.config import ConfigError, EngineConfig, load_config
+
+__all__ = ["main"]
+
+PROG = "accel"
+PUBLISHED_RATIO = (0.82, 0.86)  # achieved / theoretical speed-up of the published CGNet ASICs
+
+# The embedded default workload of ``accel run``: a CIFAR-sized ResNet layer (64 channels, 16x16).
+DEFAULT_CHANNELS = 64
+DEFAULT_SIZE = 16
+DEFAULT_GATE_RATE = 0.3
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected a non-negative integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid seed {value}: expected a non-negative integer")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid gate rate {text!r}: expected a number in [0, 1]") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"invalid gate rate {value}: expected a number in [0, 1]")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid tile count {text!r}: expected an integer >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid tile count {value}: expected an integer >= 0")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Channel-gating CNN accelerator: Verilog of the gated conv engine and its cycle model.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    rtl = sub.add_parser("rtl", help="generate the engine's Verilog and its parameter JSON")
+    rtl.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
+    rtl.add_argument("--config", type=Path, metavar="FILE", help="engine configuration (TOML or JSON)")
+    rtl.set_defaults(func=_cmd_rtl)
+
+    run = sub.add_parser(
+        "run",
+        help="run a synthetic layer's tile through the cycle model, gated and dense",
+        description=(
+            "Cut a seeded synthetic layer (64 channels in and out, 16x16, the configuration's kernel, "
+            "stride, padding and groups) into engine tiles, run them through the cycle model in gated and "
+            "dense mode, check the outputs against a numpy reference and report MACs, cycles and speed-ups."
+        ),
+    )
+    run.add_argument("--config", type=Path, metavar="FILE", help="engine configuration (TOML or JSON)")
+    run.add_argument("--seed", type=_seed, default=0, metavar="N", help="seed of the synthetic layer (0)")
+    run.add_argument(
+        "--gate-rate",
+        type=_rate,
+        default=DEFAULT_GATE_RATE,
+        metavar="R",
+        help=f"fraction of gated-on activations the thresholds are calibrated for ({DEFAULT_GATE_RATE})",
+    )
+    run.add_argument(
+        "--tiles",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="run the first N tiles of the layer, 0 for all (0: the whole layer)",
+    )
+    run.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def _cmd_rtl(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    try:
+        from rtl.generate import generate_verilog
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"cannot load the RTL generator: {exc}") from None
+    vpath = Path(generate_verilog(config, args.out))
+    written = [vpath] + [p for p in (vpath.with_suffix(".json"),) if p.exists()]
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def default_layer(config: EngineConfig, gate_rate: float, seed: int):
+    """The synthetic layer ``accel run`` uses for ``config``: 64 channels rounded to whole lane groups."""
+    from traces.synthetic import synthetic_layer
+
+    g, lanes = config.groups, config.lanes
+    unit = g * lanes if g > 1 else 2 * lanes  # whole lanes in every segment: no lane-granularity loss
+    c_in = unit * -(-DEFAULT_CHANNELS // unit)
+    c_out = g * -(-DEFAULT_CHANNELS // g)
+    size = max(DEFAULT_SIZE, config.kernel)
+    return synthetic_layer(
+        c_in=c_in,
+        c_out=c_out,
+        h=size,
+        w=size,
+        kernel=config.kernel,
+        stride=config.stride,
+        padding=config.padding,
+        groups=g,
+        gate_rate=gate_rate,
+        seed=seed,
+        base_channels=c_in // 2 if g == 1 else 0,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from accel.tile import COUNTER_NAMES
+    from sim.engine import run_tile
+    from traces.synthetic import cut_tiles, layer_reference
+
+    config = load_config(args.config)
+    layer = default_layer(config, args.gate_rate, args.seed)
+    all_tiles = cut_tiles(layer, config)
+    tiles = all_tiles[: args.tiles] if args.tiles else all_tiles
+
+    totals = {mode: dict.fromkeys(COUNTER_NAMES, 0) for mode in ("dense", "gated")}
+    reference = {"dense": layer_reference(layer, dense=True), "gated": layer_reference(layer, dense=False)}
+    mismatches = []
+    for index, tile in enumerate(tqdm(tiles, desc="tiles", unit="tile", disable=None, leave=False)):
+        geo = tile.geometry
+        where = (
+            list(tile.channels),
+            slice(tile.row0, tile.row0 + geo.h_out),
+            slice(tile.col0, tile.col0 + geo.w_out),
+        )
+        for mode in ("dense", "gated"):
+            run = dataclasses.replace(tile, geometry=dataclasses.replace(geo, dense=mode == "dense"))
+            result = run_tile(config, run)
+            for name in COUNTER_NAMES:
+                totals[mode][name] += int(result.counters[name])
+            y_ref, gates_ref = reference[mode][0][where], reference[mode][1][where]
+            outputs = np.asarray(result.outputs).reshape(y_ref.shape)
+            gates = np.asarray(result.gates).reshape(y_ref.shape).astype(bool)
+            if not (np.array_equal(outputs, y_ref) and np.array_equal(gates, gates_ref)):
+                mismatches.append(f"tile {index} ({mode})")
+
+    n_outputs = sum(t.geometry.n_outputs for t in tiles)
+    dense, gated = totals["dense"], totals["gated"]
+    macs = {mode: totals[mode]["base_macs"] + totals[mode]["cond_macs"] for mode in totals}
+    speedup = dense["cycles"] / gated["cycles"]
+    theoretical = macs["dense"] / macs["gated"] if macs["gated"] else float("inf")
+    ratio = speedup / theoretical
+    util = {mode: totals[mode]["busy_pe_cycles"] / (config.pes * totals[mode]["cycles"]) for mode in totals}
+    gate_on = {mode: totals[mode]["gates_on"] / n_outputs for mode in totals}
+
+    geo0 = tiles[0].geometry
+    print(
+        f"layer: {layer.c_in}x{layer.h}x{layer.w} -> {layer.c_out}x{layer.h_out}x{layer.w_out}, "
+        f"kernel {layer.kernel}, stride {layer.stride}, padding {layer.padding}, groups {layer.groups}"
+        + (f" (base channels {layer.base_channels})" if layer.groups == 1 else "")
+        + f", gate rate {layer.gate_rate:g}, seed {layer.seed} (synthetic)"
+    )
+    print(
+        f"engine: {config.pes} PEs x {config.lanes} lanes; ran {len(tiles)} of {len(all_tiles)} tiles "
+        f"(first: {geo0.c_out} channels x {geo0.h_out} x {geo0.w_out} outputs)"
+    )
+    print()
+    rows = [
+        ("outputs", f"{n_outputs}", f"{n_outputs}"),
+        ("MACs", f"{macs['dense']}", f"{macs['gated']}"),
+        ("cycles", f"{dense['cycles']}", f"{gated['cycles']}"),
+        ("PE utilisation", f"{util['dense']:.2%}", f"{util['gated']:.2%}"),
+        ("gate-on fraction", f"{gate_on['dense']:.2%}", f"{gate_on['gated']:.2%}"),
+    ]
+    print(f"{'':<18}{'dense':>12}{'gated':>12}")
+    for name, d, g in rows:
+        print(f"{name:<18}{d:>12}{g:>12}")
+    print()
+    lo, hi = PUBLISHED_RATIO
+    print(f"{'speed-up (dense cycles / gated cycles)':<48}{speedup:8.3f}")
+    print(f"{'theoretical speed-up (dense MACs / gated MACs)':<48}{theoretical:8.3f}")
+    print(f"{'achieved / theoretical':<48}{ratio:8.3f}   (published ASICs: {lo:.2f}-{hi:.2f})")
+    print(f"outputs and gates match the numpy reference: {'no' if mismatches else 'yes'}")
+
+    if args.json is not None:
+        report = {
+            "version": __version__,
+            "config": config.to_dict(),
+            "layer": {
+                "c_in": layer.c_in,
+                "c_out": layer.c_out,
+                "h": layer.h,
+                "w": layer.w,
+                "kernel": layer.kernel,
+                "stride": layer.stride,
+                "padding": layer.padding,
+                "groups": layer.groups,
+                "base_channels": layer.base_channels,
+                "gate_rate": layer.gate_rate,
+                "seed": layer.seed,
+                "tiles": len(all_tiles),
+            },
+            "tiles": [
+                {
+                    **dataclasses.asdict(t.geometry),
+                    "row0": t.row0,
+                    "col0": t.col0,
+                    "channels": list(t.channels),
+                }
+                for t in tiles
+            ],
+            "counters": totals,
+            "metrics": {
+                "outputs": n_outputs,
+                "macs_dense": macs["dense"],
+                "macs_gated": macs["gated"],
+                "cycles_dense": dense["cycles"],
+                "cycles_gated": gated["cycles"],
+                "speedup": speedup,
+                "theoretical_speedup": theoretical,
+                "speedup_ratio": ratio,
+                "pe_utilisation_dense": util["dense"],
+                "pe_utilisation_gated": util["gated"],
+                "gate_on_fraction": gate_on["gated"],
+            },
+            "reference_match": not mismatches,
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+    if mismatches:
+        print(
+            f"{PROG}: error: cycle model disagrees with the numpy reference: {', '.join(mismatches)}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _os_message(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``accel`` console script; returns the exit status."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors (argparse prints them)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = _os_message(exc)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

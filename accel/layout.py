@@ -1,0 +1,243 @@
+"""Host-side packing of the engine's streams (docs/microarchitecture.md, sections 3 and 4).
+
+This module is for the host side only (testbenches, a host driver): the RTL and the cycle model do not
+import it, so that a packing bug here cannot hide the same bug on the other side of a comparison.
+
+* :func:`load_writes` turns a :class:`~accel.tile.Tile` into every ``(sel, addr, data)`` write of the
+  load stream: configuration registers, input words, weight words and thresholds (section 3's address map).
+* :func:`pack_payload` / :func:`pack_request` flatten one load write / unload request into the integer
+  that the Verilog ports ``load__payload`` / ``req__payload`` carry (``sel`` in the low bits, then
+  ``addr``, then ``data``).
+* :func:`decode_output` splits an output-buffer entry into the signed ``y`` and the gate bit.
+
+Everything is vectorized with numpy; data words wider than 64 bits (``lanes·width > 64``) are held in
+object arrays of Python integers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from accel.config import EngineConfig
+from accel.tile import Segments, Tile
+
+__all__ = [
+    "CONFIG_REGISTERS",
+    "LoadWrites",
+    "SEL_CONFIG",
+    "SEL_COUNTERS",
+    "SEL_INPUT",
+    "SEL_OUTPUT",
+    "SEL_THRESHOLD",
+    "SEL_WEIGHT",
+    "chunk_channels",
+    "decode_counter",
+    "decode_output",
+    "load_writes",
+    "pack_lanes",
+    "pack_payload",
+    "pack_payloads",
+    "pack_request",
+    "unpack_payload",
+]
+
+# Load stream targets (spec section 4).
+SEL_CONFIG, SEL_INPUT, SEL_WEIGHT, SEL_THRESHOLD = 0, 1, 2, 3
+SEL_BITS = 3
+# Unload request targets.
+SEL_OUTPUT, SEL_COUNTERS = 0, 1
+REQ_SEL_BITS = 1
+
+CONFIG_REGISTERS = (
+    "c_in",
+    "c_out",
+    "h_in",
+    "w_in",
+    "h_out",
+    "w_out",
+    "pad_top",
+    "pad_left",
+    "base_channels",
+    "dense",
+)
+REGISTER_BITS = 16
+
+
+@dataclass(frozen=True)
+class LoadWrites:
+    """The writes that load one tile, in load order (registers, inputs, weights, thresholds).
+
+    ``sel`` and ``addr`` are int64 arrays; ``data`` is uint64 when ``config.data_width <= 64`` and an
+    object array of Python ints otherwise. Iterating yields ``(sel, addr, data)`` tuples of Python ints,
+    so the object also serves where a ``list[tuple[int, int, int]]`` is expected.
+    """
+
+    sel: np.ndarray
+    addr: np.ndarray
+    data: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sel)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return zip(self.sel.tolist(), self.addr.tolist(), [int(d) for d in self.data], strict=True)
+
+    def __getitem__(self, index: int) -> tuple[int, int, int]:
+        return int(self.sel[index]), int(self.addr[index]), int(self.data[index])
+
+    def tolist(self) -> list[tuple[int, int, int]]:
+        return list(self)
+
+
+def chunk_channels(seg: Segments, lanes: int) -> np.ndarray:
+    """Input channel held by lane ``l`` of global chunk ``q``, shape ``(n_chunks, lanes)``; -1 = zero lane.
+
+    Global chunk ``q = s·nch_b + c`` (``nch_c`` chunks per conditional segment); lane ``l`` is channel
+    ``start(s) + c·L + l`` when ``c·L + l`` is below the segment's channel count.
+    """
+    rows = []
+    for s in range(seg.n_seg):
+        n_chunks = seg.nch_b if s == 0 else seg.nch_c
+        width = seg.channels(s)
+        offset = np.arange(n_chunks)[:, None] * lanes + np.arange(lanes)[None, :]
+        rows.append(np.where(offset < width, seg.start(s) + offset, -1))
+    return np.concatenate(rows, axis=0).astype(np.int64)
+
+
+def _twos(values: np.ndarray, width: int) -> np.ndarray:
+    """Two's complement of signed ``values`` in ``width`` (<= 64) bits, as uint64."""
+    v = np.asarray(values, dtype=np.int64).view(np.uint64)
+    if width >= 64:
+        return v.copy()
+    return v & np.uint64((1 << width) - 1)
+
+
+def pack_lanes(lanes: np.ndarray, width: int) -> np.ndarray:
+    """Pack signed lane values ``[..., L]`` into words, lane ``l`` at bits ``[l·width, (l+1)·width)``.
+
+    Returns uint64 words when ``L·width <= 64``, else an object array of Python ints.
+    """
+    lanes = np.asarray(lanes)
+    n_lanes = lanes.shape[-1]
+    u = _twos(lanes, width)
+    per_limb = max(1, 64 // width)  # lanes that fit into one 64-bit limb
+    limbs = []
+    for first in range(0, n_lanes, per_limb):
+        part = u[..., first : first + per_limb]
+        shifts = (np.arange(part.shape[-1], dtype=np.uint64) * np.uint64(width)).astype(np.uint64)
+        limbs.append(np.bitwise_or.reduce(part << shifts, axis=-1) if part.shape[-1] else 0)
+    if n_lanes * width <= 64:
+        return np.asarray(limbs[0], dtype=np.uint64)
+    words = np.zeros(lanes.shape[:-1], dtype=object)
+    for i, limb in enumerate(limbs):
+        shift = i * per_limb * width
+        words = words + (limb.astype(object) << shift)
+    return words
+
+
+def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
+    """Every ``(sel, addr, data)`` write that loads ``tile`` (spec section 3's address map).
+
+    Order: configuration registers 0..9 (sel 0), input words (sel 1, ascending address), weight words
+    (sel 2, ascending address), thresholds (sel 3, entry ``co``, two's complement in ``acc_width`` bits).
+    """
+    seg = tile.check(config)
+    g = tile.geometry
+    k, lanes = config.kernel, config.lanes
+    chan = chunk_channels(seg, lanes)  # (n_chunks, L)
+    valid = chan >= 0
+    idx = np.where(valid, chan, 0)
+
+    # Input buffer: address q·H·W + y·W + x, lane l = channel chan[q, l].
+    x = np.asarray(tile.inputs, dtype=np.int64)
+    xin = x[idx]  # (n_chunks, L, H, W)
+    xin = np.where(valid[:, :, None, None], xin, 0)
+    in_words = pack_lanes(xin.transpose(0, 2, 3, 1).reshape(-1, lanes), config.act_width)
+
+    # Weight buffer: address (co·n_chunks + q)·K² + ky·K + kx, lane l = W[co, chan[q, l], ky, kx].
+    w = np.asarray(tile.weights, dtype=np.int64)
+    win = w[:, idx]  # (C_out, n_chunks, L, K, K)
+    win = np.where(valid[None, :, :, None, None], win, 0)
+    w_words = pack_lanes(win.transpose(0, 1, 3, 4, 2).reshape(-1, lanes), config.weight_width)
+
+    regs = np.asarray(g.registers(), dtype=np.int64)
+    thr = _twos(np.asarray(tile.thresholds, dtype=np.int64), config.acc_width)
+
+    wide = config.data_width > 64
+    dtype = object if wide else np.uint64
+    parts = [
+        (SEL_CONFIG, regs.astype(np.uint64)),
+        (SEL_INPUT, in_words),
+        (SEL_WEIGHT, w_words),
+        (SEL_THRESHOLD, thr),
+    ]
+    sel = np.concatenate([np.full(len(d), s, dtype=np.int64) for s, d in parts])
+    addr = np.concatenate([np.arange(len(d), dtype=np.int64) for _, d in parts])
+    # uint64 -> object converts to Python ints, which the wide words already are.
+    data = np.concatenate([np.asarray(d).astype(dtype) for _, d in parts])
+    return LoadWrites(sel=sel, addr=addr, data=data)
+
+
+def _check_field(name: str, value: int, bits: int) -> int:
+    value = int(value)
+    if not 0 <= value < (1 << bits):
+        raise ValueError(f"payload field {name!r} = {value}: does not fit in {bits} unsigned bits")
+    return value
+
+
+def pack_payload(config: EngineConfig, sel: int, addr: int, data: int) -> int:
+    """``load__payload`` of one write: ``sel`` in bits [0, 3), ``addr`` next, then ``data``."""
+    aw = config.addr_width
+    sel = _check_field("sel", sel, SEL_BITS)
+    addr = _check_field("addr", addr, aw)
+    data = _check_field("data", data, config.data_width)
+    return sel | (addr << SEL_BITS) | (data << (SEL_BITS + aw))
+
+
+def pack_payloads(config: EngineConfig, writes: LoadWrites) -> list[int]:
+    """:func:`pack_payload` of every write, as Python ints (vectorized)."""
+    aw = config.addr_width
+    if len(writes) == 0:
+        return []
+    if int(writes.sel.max()) >= 1 << SEL_BITS or int(writes.addr.max()) >= 1 << aw:
+        bad = int(np.argmax((writes.sel >= 1 << SEL_BITS) | (writes.addr >= 1 << aw)))
+        pack_payload(config, *writes[bad])  # raises with the offending field
+    head = writes.sel.astype(object) | (writes.addr.astype(object) << SEL_BITS)
+    data = writes.data.astype(object)
+    return (head | (data << (SEL_BITS + aw))).tolist()
+
+
+def unpack_payload(config: EngineConfig, payload: int) -> tuple[int, int, int]:
+    """Inverse of :func:`pack_payload`."""
+    aw = config.addr_width
+    payload = int(payload)
+    return (
+        payload & ((1 << SEL_BITS) - 1),
+        (payload >> SEL_BITS) & ((1 << aw) - 1),
+        (payload >> (SEL_BITS + aw)) & ((1 << config.data_width) - 1),
+    )
+
+
+def pack_request(config: EngineConfig, sel: int, addr: int) -> int:
+    """``req__payload`` of one unload request: ``sel`` in bit 0 (0 output buffer, 1 counters), then ``addr``."""
+    sel = _check_field("sel", sel, REQ_SEL_BITS)
+    addr = _check_field("addr", addr, config.addr_width)
+    return sel | (addr << REQ_SEL_BITS)
+
+
+def decode_output(config: EngineConfig, word: int) -> tuple[int, int]:
+    """Split an output-buffer entry into ``(y, gate)``: signed ``y`` in bits [0, acc_width), gate at acc_width."""
+    a = config.acc_width
+    word = int(word)
+    y = word & ((1 << a) - 1)
+    if y >> (a - 1):
+        y -= 1 << a
+    return y, (word >> a) & 1
+
+
+def decode_counter(config: EngineConfig, word: int) -> int:
+    """A performance counter's value (unsigned, ``counter_width`` bits)."""
+    return int(word) & ((1 << config.counter_width) - 1)

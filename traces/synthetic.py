@@ -1,0 +1,408 @@
+"""Seeded synthetic convolution layers, a stand-in for real layer traces.
+
+A :class:`SyntheticLayer` holds int8 activations drawn like the output of a ReLU followed by int8
+quantization (about half zeros, the rest non-negative and roughly half-normal), int8 weights drawn roughly
+normal and scaled to use the int8 range, and one integer gate threshold per output channel calibrated on
+the layer's own base-path partial sums so that the channel's fraction of gated-on activations is about
+``gate_rate``.
+
+The channel segmentation is the engine's (docs/microarchitecture.md, section 1): with ``groups`` G > 1,
+output channel ``co`` belongs to group ``co // (c_out / G)`` and its base path is input group ``g``; with
+G = 1 the base path is input channels ``[0, base_channels)`` for every output channel.
+
+:func:`cut_tiles` splits a layer into engine tiles that fit a configuration's buffers (see its docstring
+for the rules), and :func:`layer_reference` computes the whole layer's gated or dense output with plain
+numpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from accel.config import ConfigError, EngineConfig
+from accel.tile import Tile, TileGeometry, conv_output_size
+
+__all__ = [
+    "LayerTile",
+    "SyntheticLayer",
+    "base_partial_sums",
+    "cut_tiles",
+    "layer_reference",
+    "synthetic_layer",
+]
+
+ACT_MAX = 127
+WEIGHT_MAX = 127
+
+
+@dataclass(frozen=True)
+class SyntheticLayer:
+    """One convolution layer with gate thresholds.
+
+    Parameters
+    ----------
+    inputs : ndarray of int8, shape (c_in, h, w)
+        Post-ReLU activations (non-negative).
+    weights : ndarray of int8, shape (c_out, c_in, kernel, kernel)
+    thresholds : ndarray of int64, shape (c_out,)
+        Gate thresholds: an activation's gate is on when its base-path partial sum is greater. The values
+        lie in the int32 range; they are stored as int64 like :func:`accel.tile.random_tile` does.
+    kernel, stride, padding, groups, base_channels : int
+        Geometry; ``padding`` is applied on every side; ``base_channels`` is used only when ``groups`` is 1.
+    gate_rate : float
+        The requested fraction of gated-on activations per output channel.
+    seed : int
+    """
+
+    inputs: np.ndarray
+    weights: np.ndarray
+    thresholds: np.ndarray
+    kernel: int
+    stride: int
+    padding: int
+    groups: int
+    base_channels: int
+    gate_rate: float
+    seed: int
+
+    @property
+    def c_in(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def c_out(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def h(self) -> int:
+        return self.inputs.shape[1]
+
+    @property
+    def w(self) -> int:
+        return self.inputs.shape[2]
+
+    @property
+    def h_out(self) -> int:
+        return conv_output_size(self.h, self.kernel, self.stride, self.padding, self.padding)
+
+    @property
+    def w_out(self) -> int:
+        return conv_output_size(self.w, self.kernel, self.stride, self.padding, self.padding)
+
+    def base_mask(self) -> np.ndarray:
+        """Boolean ``[c_out, c_in]``: True where input channel ``ci`` is in ``co``'s base path."""
+        return _base_mask(self.c_in, self.c_out, self.groups, self.base_channels)
+
+
+@dataclass(frozen=True)
+class LayerTile(Tile):
+    """A :class:`~accel.tile.Tile` cut from a layer, with where its outputs go in the layer.
+
+    ``channels[j]`` is the layer output channel of the tile's output channel ``j``; the tile's outputs cover
+    layer output rows ``[row0, row0 + h_out)`` and columns ``[col0, col0 + w_out)``.
+    """
+
+    channels: tuple[int, ...]
+    row0: int
+    col0: int
+
+
+def _base_mask(c_in: int, c_out: int, groups: int, base_channels: int) -> np.ndarray:
+    mask = np.zeros((c_out, c_in), dtype=bool)
+    if groups > 1:
+        cg, og = c_in // groups, c_out // groups
+        for g in range(groups):
+            mask[g * og : (g + 1) * og, g * cg : (g + 1) * cg] = True
+    else:
+        mask[:, :base_channels] = True
+    return mask
+
+
+def _check_geometry(
+    c_in: int,
+    c_out: int,
+    h: int,
+    w: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    groups: int,
+    base_channels: int,
+) -> None:
+    for name, value, lo in (
+        ("c_in", c_in, 1),
+        ("c_out", c_out, 1),
+        ("h", h, 1),
+        ("w", w, 1),
+        ("kernel", kernel, 1),
+        ("stride", stride, 1),
+        ("padding", padding, 0),
+        ("groups", groups, 1),
+    ):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
+            raise ConfigError(f"layer field {name!r} = {value!r}: expected an integer of at least {lo}")
+    if padding >= kernel:
+        raise ConfigError(f"layer field 'padding' = {padding}: must be smaller than kernel = {kernel}")
+    if groups > 1:
+        for name, value in (("c_in", c_in), ("c_out", c_out)):
+            if value % groups:
+                raise ConfigError(f"layer field {name!r} = {value}: not a multiple of groups = {groups}")
+    elif not 1 <= base_channels < c_in:
+        raise ConfigError(
+            f"layer field 'base_channels' = {base_channels}: with groups = 1 it must lie in "
+            f"[1, c_in - 1] = [1, {c_in - 1}]"
+        )
+    for name, size in (("h", h), ("w", w)):
+        if conv_output_size(size, kernel, stride, padding, padding) < 1:
+            raise ConfigError(
+                f"layer field {name!r} = {size}: too small for kernel {kernel} with padding {padding}"
+            )
+
+
+def _windows(inputs: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """im2col of the zero-padded input: float64 ``[h_out * w_out, c_in * kernel * kernel]``."""
+    c_in, h, w = inputs.shape
+    xp = np.pad(inputs.astype(np.float64), ((0, 0), (padding, padding), (padding, padding)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kernel, kernel), axis=(1, 2))[:, ::stride, ::stride]
+    h_out = conv_output_size(h, kernel, stride, padding, padding)
+    w_out = conv_output_size(w, kernel, stride, padding, padding)
+    win = win[:, :h_out, :w_out]  # [c_in, h_out, w_out, k, k]
+    return win.transpose(1, 2, 0, 3, 4).reshape(h_out * w_out, c_in * kernel * kernel)
+
+
+def _conv(inputs: np.ndarray, weights: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """Exact integer convolution ``[c_out, h_out, w_out]`` (int64) of int8 operands.
+
+    The product runs in float64 (BLAS); every partial sum is an integer below 2**53 in magnitude, so the
+    result is exact.
+    """
+    c_out, c_in, k, _ = weights.shape
+    if c_in * k * k * 128 * 128 >= 1 << 53:
+        raise ConfigError(f"layer field 'c_in' = {c_in}: too large for an exact float64 reference")
+    cols = _windows(inputs, k, stride, padding)
+    h_out = conv_output_size(inputs.shape[1], k, stride, padding, padding)
+    w_out = conv_output_size(inputs.shape[2], k, stride, padding, padding)
+    out = cols @ weights.reshape(c_out, -1).astype(np.float64).T  # [h_out * w_out, c_out]
+    return np.rint(out).astype(np.int64).T.reshape(c_out, h_out, w_out)
+
+
+def base_partial_sums(layer: SyntheticLayer) -> np.ndarray:
+    """The base-path partial sums ``p`` of every output activation, int64 ``[c_out, h_out, w_out]``."""
+    mask = layer.base_mask()[:, :, None, None]
+    return _conv(layer.inputs, np.where(mask, layer.weights, 0), layer.stride, layer.padding)
+
+
+def layer_reference(layer: SyntheticLayer, dense: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's output ``y`` (int64) and gate bits (bool) for the whole layer, ``[c_out, h_out, w_out]``.
+
+    Gated: ``y = p + r`` where ``p > threshold`` and ``y = p`` elsewhere; dense: ``y = p + r`` and every gate
+    bit set.
+    """
+    full = _conv(layer.inputs, layer.weights, layer.stride, layer.padding)
+    if dense:
+        return full, np.ones(full.shape, dtype=bool)
+    p = base_partial_sums(layer)
+    gates = p > layer.thresholds[:, None, None]
+    return np.where(gates, full, p), gates
+
+
+def _calibrate(p: np.ndarray, gate_rate: float) -> int:
+    """The integer threshold whose count of ``p > threshold`` is nearest ``gate_rate * p.size``."""
+    values = np.sort(p.ravel())
+    n = values.size
+    target = gate_rate * n
+    candidates = np.concatenate(([values[0] - 1], np.unique(values)))
+    above = n - np.searchsorted(values, candidates, side="right")
+    return int(candidates[int(np.argmin(np.abs(above - target)))])
+
+
+def synthetic_layer(
+    c_in: int,
+    c_out: int,
+    h: int,
+    w: int,
+    kernel: int,
+    stride: int,
+    padding: int,
+    groups: int,
+    gate_rate: float,
+    seed: int,
+    base_channels: int = 0,
+) -> SyntheticLayer:
+    """A seeded synthetic layer whose per-channel gate-on fraction is about ``gate_rate``.
+
+    Activations: a per-channel scale (some channels are quieter than others) times a standard normal,
+    rectified and rounded, so about half are zero and the rest roughly half-normal within ``[0, 127]``.
+    Weights: normal with a standard deviation of 127/3, rounded and clipped to ``[-128, 127]``. Thresholds:
+    per output channel, the value that puts the fraction of its partial sums above it nearest
+    ``gate_rate`` (ties between equal partial sums make the fraction move in steps).
+    """
+    _check_geometry(c_in, c_out, h, w, kernel, stride, padding, groups, base_channels)
+    if not isinstance(gate_rate, (int, float)) or not 0.0 <= gate_rate <= 1.0:
+        raise ConfigError(f"layer field 'gate_rate' = {gate_rate!r}: must lie in [0, 1]")
+    rng = np.random.default_rng(seed)
+    scale = ACT_MAX / 3.0 * rng.uniform(0.4, 1.0, size=(c_in, 1, 1))
+    inputs = np.clip(np.rint(np.maximum(rng.standard_normal((c_in, h, w)) * scale, 0.0)), 0, ACT_MAX)
+    weights = np.clip(
+        np.rint(rng.standard_normal((c_out, c_in, kernel, kernel)) * (WEIGHT_MAX / 3.0)),
+        -WEIGHT_MAX - 1,
+        WEIGHT_MAX,
+    )
+    layer = SyntheticLayer(
+        inputs=inputs.astype(np.int8),
+        weights=weights.astype(np.int8),
+        thresholds=np.zeros(c_out, dtype=np.int64),
+        kernel=kernel,
+        stride=stride,
+        padding=padding,
+        groups=groups,
+        base_channels=base_channels if groups == 1 else 0,
+        gate_rate=float(gate_rate),
+        seed=seed,
+    )
+    p = base_partial_sums(layer)
+    thresholds = np.array([_calibrate(p[co], gate_rate) for co in range(c_out)], dtype=np.int64)
+    np.clip(thresholds, -(1 << 31), (1 << 31) - 1, out=thresholds)
+    return dataclasses.replace(layer, thresholds=thresholds)
+
+
+def _blocks(total: int, largest: int) -> list[tuple[int, int]]:
+    """Split ``range(total)`` into the fewest blocks of at most ``largest``, as even as possible."""
+    n = math.ceil(total / largest)
+    size, extra = divmod(total, n)
+    out, start = [], 0
+    for i in range(n):
+        length = size + (1 if i < extra else 0)
+        out.append((start, start + length))
+        start += length
+    return out
+
+
+def _input_span(o0: int, o1: int, size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int]:
+    """Input rows (or columns) ``[i0, i1)`` that outputs ``[o0, o1)`` read, and the tile's padding before."""
+    lo = o0 * stride - padding
+    hi = (o1 - 1) * stride - padding + kernel  # exclusive
+    i0, i1 = max(lo, 0), min(hi, size)
+    return i0, i1, i0 - lo
+
+
+def cut_tiles(layer: SyntheticLayer, config: EngineConfig, max_tiles: int | None = None) -> list[LayerTile]:
+    """Split ``layer`` into engine tiles that fit ``config``'s buffers, in row-major order.
+
+    Rules:
+
+    * every tile holds **all input channels** of the layer (the channel segmentation is then the layer's);
+    * output channels are cut into blocks of ``m`` channels **per group**: a tile takes the same block
+      ``[b*m, (b+1)*m)`` of every group's ``c_out / G`` channels and lists them group by group, so tile
+      channel ``j`` belongs to tile group ``j // m`` = its layer group, and each tile has whole groups
+      (``c_out`` of the tile = ``G*m``). With G = 1 the blocks are plain runs of channels;
+    * output rows and columns are cut into blocks; a tile holds the input rows/columns its outputs read
+      (the halo), its ``pad_top``/``pad_left`` is the part of the layer's padding that falls before them
+      (the layer padding for the first block, 0 for the others, unless a block is shorter than the
+      padding), and reads beyond its last row/column are the layer's zero padding;
+    * the largest channel block that fits the weight, threshold and output buffers with one output row is
+      taken first, then the largest row block; column blocks arise only when a whole output row does not
+      fit; block sizes are then evened out.
+
+    The layer's kernel, stride and groups must equal the configuration's and its padding must not exceed
+    the configuration's; otherwise, or when not even one output activation fits, :class:`ConfigError`.
+    ``max_tiles`` keeps only the first tiles.
+    """
+    k, s, p, g = layer.kernel, layer.stride, layer.padding, layer.groups
+    for name, have, want in (
+        ("kernel", k, config.kernel),
+        ("stride", s, config.stride),
+        ("groups", g, config.groups),
+    ):
+        if have != want:
+            raise ConfigError(f"layer field {name!r} = {have}: the engine is built for {name} = {want}")
+    if p > config.padding:
+        raise ConfigError(f"layer field 'padding' = {p}: larger than the engine's padding = {config.padding}")
+    if max_tiles is not None and max_tiles < 1:
+        raise ConfigError(f"max_tiles = {max_tiles}: must be at least 1")
+
+    c_in, c_out, h, w = layer.c_in, layer.c_out, layer.h, layer.w
+    h_out, w_out = layer.h_out, layer.w_out
+    probe = TileGeometry(c_in, g if g > 1 else 1, 1, 1, 1, 1, base_channels=layer.base_channels)
+    seg = probe.segments(config)
+    n_chunks = seg.n_chunks
+    per_group = c_out // g if g > 1 else c_out
+    mult = g if g > 1 else 1
+
+    def rows_in(n_out: int, size: int) -> int:
+        return min(size, (n_out - 1) * s + k)
+
+    # Columns: a full output row if its input rows fit, else the widest block that does.
+    w_blk = w_out
+    while w_blk > 0 and (
+        n_chunks * rows_in(1, h) * rows_in(w_blk, w) > config.input_depth
+        or mult * w_blk > config.output_depth
+    ):
+        w_blk -= 1
+    if w_blk >= 1:
+        col_blocks = _blocks(w_out, w_blk)
+        w_blk = max(x1 - x0 for x0, x1 in col_blocks)
+    m = min(
+        per_group,
+        config.weight_depth // (mult * n_chunks * k * k),
+        config.threshold_depth // mult,
+        config.output_depth // (mult * max(w_blk, 1)),
+    )
+    if w_blk < 1 or m < 1:
+        raise ConfigError(
+            f"layer with c_in = {c_in}, kernel = {k}, w = {w}: not even one output activation per tile fits "
+            f"the buffers (input_depth = {config.input_depth}, weight_depth = {config.weight_depth}, "
+            f"output_depth = {config.output_depth}, threshold_depth = {config.threshold_depth})"
+        )
+    chan_blocks = _blocks(per_group, m)
+    m = max(c1 - c0 for c0, c1 in chan_blocks)  # evened out: may leave room for more rows
+    h_blk = 1
+    while (
+        h_blk < h_out
+        and n_chunks * rows_in(h_blk + 1, h) * rows_in(w_blk, w) <= config.input_depth
+        and mult * m * (h_blk + 1) * w_blk <= config.output_depth
+    ):
+        h_blk += 1
+
+    row_blocks = _blocks(h_out, h_blk)
+    tiles: list[LayerTile] = []
+    for c0, c1 in chan_blocks:
+        if g > 1:
+            channels = [grp * per_group + c for grp in range(g) for c in range(c0, c1)]
+        else:
+            channels = list(range(c0, c1))
+        weights = layer.weights[channels]
+        thresholds = layer.thresholds[channels]
+        for r0, r1 in row_blocks:
+            y0, y1, pad_top = _input_span(r0, r1, h, k, s, p)
+            for x0_out, x1_out in col_blocks:
+                x0, x1, pad_left = _input_span(x0_out, x1_out, w, k, s, p)
+                geometry = TileGeometry(
+                    c_in=c_in,
+                    c_out=len(channels),
+                    h_in=y1 - y0,
+                    w_in=x1 - x0,
+                    h_out=r1 - r0,
+                    w_out=x1_out - x0_out,
+                    pad_top=pad_top,
+                    pad_left=pad_left,
+                    base_channels=layer.base_channels if g == 1 else 0,
+                )
+                tile = LayerTile(
+                    geometry=geometry,
+                    inputs=np.ascontiguousarray(layer.inputs[:, y0:y1, x0:x1]),
+                    weights=np.ascontiguousarray(weights),
+                    thresholds=np.ascontiguousarray(thresholds),
+                    channels=tuple(channels),
+                    row0=r0,
+                    col0=x0_out,
+                )
+                tile.check(config)
+                tiles.append(tile)
+                if max_tiles is not None and len(tiles) >= max_tiles:
+                    return tiles
+    return tiles
