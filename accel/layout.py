@@ -127,8 +127,8 @@ def pack_lanes(lanes: np.ndarray, width: int) -> np.ndarray:
     limbs = []
     for first in range(0, n_lanes, per_limb):
         part = u[..., first : first + per_limb]
-        shifts = (np.arange(part.shape[-1], dtype=np.uint64) * np.uint64(width)).astype(np.uint64)
-        limbs.append(np.bitwise_or.reduce(part << shifts, axis=-1) if part.shape[-1] else 0)
+        shifts = np.arange(part.shape[-1], dtype=np.uint64) * np.uint64(width)
+        limbs.append(np.bitwise_or.reduce(part << shifts, axis=-1))
     if n_lanes * width <= 64:
         return np.asarray(limbs[0], dtype=np.uint64)
     words = np.zeros(lanes.shape[:-1], dtype=object)
@@ -146,7 +146,7 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     """
     seg = tile.check(config)
     g = tile.geometry
-    k, lanes = config.kernel, config.lanes
+    lanes = config.lanes
     chan = chunk_channels(seg, lanes)  # (n_chunks, L)
     valid = chan >= 0
     idx = np.where(valid, chan, 0)
@@ -222,14 +222,14 @@ def unpack_payload(config: EngineConfig, payload: int) -> tuple[int, int, int]:
 
 
 def pack_request(config: EngineConfig, sel: int, addr: int) -> int:
-    """``req__payload`` of one unload request: ``sel`` in bit 0 (0 output buffer, 1 counters), then ``addr``."""
+    """``req__payload`` of one unload request: ``sel`` in bit 0 (0 output buffer, 1 counters), then addr."""
     sel = _check_field("sel", sel, REQ_SEL_BITS)
     addr = _check_field("addr", addr, config.addr_width)
     return sel | (addr << REQ_SEL_BITS)
 
 
 def decode_output(config: EngineConfig, word: int) -> tuple[int, int]:
-    """Split an output-buffer entry into ``(y, gate)``: signed ``y`` in bits [0, acc_width), gate at acc_width."""
+    """Split an output-buffer entry into ``(y, gate)``: signed ``y`` in bits [0, acc_width), then the gate."""
     a = config.acc_width
     word = int(word)
     y = word & ((1 << a) - 1)

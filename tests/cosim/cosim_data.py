@@ -1,0 +1,110 @@
+"""What the pytest process hands the cocotb testbench: tiles and their expected results, in one .npz file.
+
+Both sides import this module; it needs numpy and ``accel`` only (no numba, no amaranth), so the simulator
+process starts fast. The pytest process computes every expectation (cycle model, spec reference) and the
+testbench only drives, reads back and compares.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from accel.config import EngineConfig
+from accel.tile import COUNTER_NAMES, Tile, TileGeometry
+
+__all__ = ["DATA_ENV", "REPORT_ENV", "CosimCase", "load_cases", "save_cases"]
+
+DATA_ENV = "ACCEL_COSIM_DATA"  # path of the .npz file
+REPORT_ENV = "ACCEL_COSIM_REPORT"  # path of the JSON-lines file where the testbench writes its failures
+
+_GEOMETRY_FIELDS = tuple(f.name for f in fields(TileGeometry))
+
+
+@dataclass
+class CosimCase:
+    """One tile with what the cycle model (and the plain spec reference) say the engine leaves behind.
+
+    ``outputs``/``gates``/``counters`` are the model's (``sim.engine.run_tile``); ``ref_*`` are the
+    functional reference and the closed-form counters of spec section 5, used only to say in a failure
+    message which side agrees with the spec.
+    """
+
+    name: str
+    tile: Tile
+    outputs: np.ndarray  # int64 [c_out, h_out, w_out]
+    gates: np.ndarray  # bool  [c_out, h_out, w_out]
+    counters: dict[str, int]
+    ref_outputs: np.ndarray | None = None
+    ref_gates: np.ndarray | None = None
+    ref_counters: dict[str, int] | None = None
+    # What the testbench loads before this run: "all" writes, only the configuration "registers", or
+    # "none" (the buffers still hold the previous tile's data and the run simply starts again).
+    load: str = "all"
+
+
+LOAD_MODES = ("all", "registers", "none")
+
+
+def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -> Path:
+    for c in cases:
+        if c.load not in LOAD_MODES:
+            raise ValueError(f"case {c.name!r}: load = {c.load!r}, expected one of {LOAD_MODES}")
+    arrays: dict[str, np.ndarray] = {
+        "config": np.array(config.to_json()),
+        "names": np.array([c.name for c in cases]),
+        "loads": np.array([c.load for c in cases]),
+    }
+    for i, c in enumerate(cases):
+        g = c.tile.geometry
+        arrays[f"t{i}_geometry"] = np.array([int(getattr(g, f)) for f in _GEOMETRY_FIELDS], dtype=np.int64)
+        arrays[f"t{i}_inputs"] = np.asarray(c.tile.inputs)
+        arrays[f"t{i}_weights"] = np.asarray(c.tile.weights)
+        arrays[f"t{i}_thresholds"] = np.asarray(c.tile.thresholds, dtype=np.int64)
+        arrays[f"t{i}_outputs"] = np.asarray(c.outputs, dtype=np.int64)
+        arrays[f"t{i}_gates"] = np.asarray(c.gates, dtype=bool)
+        arrays[f"t{i}_counters"] = np.array([int(c.counters[n]) for n in COUNTER_NAMES], dtype=np.int64)
+        if c.ref_outputs is not None:
+            arrays[f"t{i}_ref_outputs"] = np.asarray(c.ref_outputs, dtype=np.int64)
+            arrays[f"t{i}_ref_gates"] = np.asarray(c.ref_gates, dtype=bool)
+        if c.ref_counters is not None:
+            arrays[f"t{i}_ref_counters"] = np.array(
+                [int(c.ref_counters[n]) for n in COUNTER_NAMES], dtype=np.int64
+            )
+    path = Path(path)
+    np.savez(path, **arrays)
+    return path
+
+
+def load_cases(path: str | Path) -> tuple[EngineConfig, list[CosimCase]]:
+    with np.load(path) as z:
+        config = EngineConfig.from_dict(json.loads(str(z["config"])), source=str(path))
+        cases = []
+        loads = z["loads"].tolist()
+        for i, name in enumerate(z["names"].tolist()):
+            values = z[f"t{i}_geometry"].tolist()
+            geo = dict(zip(_GEOMETRY_FIELDS, values, strict=True))
+            geo["dense"] = bool(geo["dense"])
+            tile = Tile(TileGeometry(**geo), z[f"t{i}_inputs"], z[f"t{i}_weights"], z[f"t{i}_thresholds"])
+
+            def counters(key: str) -> dict[str, int]:
+                return dict(zip(COUNTER_NAMES, z[key].tolist(), strict=True))
+
+            has_ref = f"t{i}_ref_outputs" in z.files
+            cases.append(
+                CosimCase(
+                    name=str(name),
+                    tile=tile,
+                    outputs=z[f"t{i}_outputs"],
+                    gates=z[f"t{i}_gates"],
+                    counters=counters(f"t{i}_counters"),
+                    ref_outputs=z[f"t{i}_ref_outputs"] if has_ref else None,
+                    ref_gates=z[f"t{i}_ref_gates"] if has_ref else None,
+                    ref_counters=counters(f"t{i}_ref_counters") if f"t{i}_ref_counters" in z.files else None,
+                    load=str(loads[i]),
+                )
+            )
+    return config, cases

@@ -1,0 +1,389 @@
+"""cocotb testbench of ``gated_conv_engine`` (the Verilog that ``rtl/generate.py`` writes).
+
+Run by ``tests/cosim/test_engine_cosim.py`` through ``cocotb_tools.runner``; the tiles and every expected
+result come from the pytest process in the .npz file named by ``$ACCEL_COSIM_DATA`` (see ``cosim_data.py``),
+so this module never imports the cycle model. One cocotb test per tile, all in one simulation, in order:
+
+* **driver**: loads the tile through the ``load`` stream (every write of ``accel.layout.load_writes``,
+  honouring valid/ready; or only the configuration registers, or nothing, when a case restarts on the
+  data already loaded), then raises ``start`` for one cycle;
+* **monitor** (:class:`RunMonitor`, runs every cycle for the whole test): counts the cycles with ``busy``
+  high, checks that ``busy`` rises only after ``start``, stays high in one piece, that ``done`` is high
+  exactly in the cycle after the last busy cycle and never otherwise, and records those cycles;
+* **unload**: reads back every output entry of the tile (and the entries of earlier, larger tiles that this
+  run must not touch) and every counter through ``req``/``resp``;
+* **checker**: compares every ``y``, gate bit and counter with the model and the monitor's cycle count with
+  the ``cycles`` counter; a failure names the first diverging output ``(co, oy, ox)`` with expected and
+  got values (and the spec reference's, to say which side is off), every diverging counter, and the
+  cycles of the run. Failures are also appended as JSON lines to ``$ACCEL_COSIM_REPORT`` for pytest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.handle import SimHandleBase
+from cocotb.triggers import Event, ReadOnly, RisingEdge, with_timeout
+from cocotb_streams import StreamPort, stream_get, stream_put
+from cosim_data import DATA_ENV, REPORT_ENV, CosimCase, load_cases
+
+from accel.config import EngineConfig
+from accel.layout import (
+    SEL_CONFIG,
+    SEL_COUNTERS,
+    SEL_OUTPUT,
+    LoadWrites,
+    decode_counter,
+    decode_output,
+    load_writes,
+    pack_payloads,
+    pack_request,
+)
+from accel.tile import COUNTER_NAMES
+
+CLOCK_NS = 10
+HANDSHAKE_TIMEOUT = 64  # cycles a stream may stall while the engine is idle
+
+if DATA_ENV not in os.environ:
+    raise RuntimeError(
+        f"engine_tb: set ${DATA_ENV} to the .npz written by tests/cosim (cosim_data.save_cases)"
+    )
+CONFIG, CASES = load_cases(os.environ[DATA_ENV])
+
+
+@dataclass
+class Run:
+    """What the monitor saw of one run (cycle numbers count rising edges since the test bench started)."""
+
+    start_cycle: int | None = None  # the cycle in which start was high (sampled at its closing edge)
+    rise_cycle: int | None = None  # first cycle with busy high
+    fall_cycle: int | None = None  # first cycle with busy low again
+    busy_cycles: int = 0
+    done_cycle: int | None = None
+    finished: Event = field(default_factory=Event)
+
+    def describe(self) -> str:
+        return (
+            f"start high in cycle {self.start_cycle}, busy from cycle {self.rise_cycle} to {self.fall_cycle} "
+            f"({self.busy_cycles} busy cycles), done at cycle {self.done_cycle}"
+        )
+
+
+class RunMonitor:
+    """Samples ``start``, ``busy`` and ``done`` every cycle (in ReadOnly, after the rising edge)."""
+
+    def __init__(self, dut: SimHandleBase) -> None:
+        self.dut = dut
+        self.cycle = 0
+        self.run: Run | None = None
+        self.errors: list[str] = []
+        self._busy = False
+
+    def expect_run(self) -> Run:
+        """Called by the driver in the cycle it raises ``start``."""
+        if self.run is not None and self.run.rise_cycle is not None and self.run.fall_cycle is None:
+            self.errors.append(f"cycle {self.cycle}: start raised while a run is in progress")
+        self.run = Run()
+        return self.run
+
+    def _error(self, text: str) -> None:
+        self.errors.append(f"cycle {self.cycle}: {text}")
+
+    async def watch(self) -> None:
+        dut = self.dut
+        while True:
+            await RisingEdge(dut.clk)
+            await ReadOnly()
+            self.cycle += 1
+            busy_v, done_v = dut.busy.value, dut.done.value
+            if not (busy_v.is_resolvable and done_v.is_resolvable):
+                self._error(f"busy = {busy_v}, done = {done_v} are not 0/1")
+                continue
+            busy, done = bool(busy_v), bool(done_v)
+            run = self.run
+            if run is not None and run.start_cycle is None and dut.start.value == 1:
+                run.start_cycle = self.cycle
+            if busy and not self._busy:  # busy rises
+                if run is None or run.start_cycle is None or run.rise_cycle is not None:
+                    self._error("busy rose without a start")
+                else:
+                    run.rise_cycle = self.cycle
+                    if run.rise_cycle != run.start_cycle + 1:
+                        self._error(
+                            f"busy rose {run.rise_cycle - run.start_cycle} cycles after the cycle with start "
+                            "high; SETUP is the cycle right after start is sampled"
+                        )
+            if busy and run is not None and run.fall_cycle is None:
+                run.busy_cycles += 1
+            if not busy and self._busy and run is not None and run.fall_cycle is None:  # busy falls
+                run.fall_cycle = self.cycle
+            if done:
+                if busy:
+                    self._error("done and busy are high in the same cycle")
+                elif run is None or run.fall_cycle != self.cycle:
+                    self._error(
+                        "done is high but this is not the cycle right after the last busy cycle"
+                        + (f" ({run.describe()})" if run is not None else "")
+                    )
+                else:
+                    run.done_cycle = self.cycle
+            elif run is not None and run.fall_cycle == self.cycle:
+                self._error(f"done is low in the cycle right after the last busy cycle ({run.describe()})")
+            if run is not None and run.fall_cycle == self.cycle:
+                run.finished.set()  # the run is over: the driver may unload
+            self._busy = busy
+
+
+class EngineTB:
+    """Driver, unload and checker around one ``gated_conv_engine`` instance."""
+
+    def __init__(self, dut: SimHandleBase, config: EngineConfig) -> None:
+        self.dut = dut
+        self.config = config
+        self.load = StreamPort(dut, "load")
+        self.req = StreamPort(dut, "req")
+        self.resp = StreamPort(dut, "resp")
+        self.monitor = RunMonitor(dut)
+        self.protocol_errors: list[str] = []
+
+    async def reset(self) -> None:
+        dut = self.dut
+        dut.rst.value = 1
+        for _ in range(3):
+            await RisingEdge(dut.clk)
+        dut.rst.value = 0
+        await RisingEdge(dut.clk)
+
+    def _protocol(self, text: str) -> None:
+        if len(self.protocol_errors) < 3:  # the first few tell the story
+            self.protocol_errors.append(f"cycle {self.monitor.cycle}: {text}")
+
+    async def load_tile(self, case: CosimCase) -> int:
+        """Every write of the tile (``case.load == "all"``), its configuration registers only, or nothing."""
+        writes = load_writes(self.config, case.tile)
+        if case.load == "none":
+            return 0
+        if case.load == "registers":
+            keep = writes.sel == SEL_CONFIG
+            writes = LoadWrites(writes.sel[keep], writes.addr[keep], writes.data[keep])
+        for i, payload in enumerate(pack_payloads(self.config, writes)):
+            await stream_put(self.dut.clk, self.load, payload, timeout=HANDSHAKE_TIMEOUT)
+            if self.load.last_wait:
+                sel, addr, _ = writes[i]
+                self._protocol(
+                    f"load write {i} (sel {sel}, addr {addr}) waited {self.load.last_wait} cycles for ready "
+                    "(spec: ready is high while the engine is idle)"
+                )
+        return len(writes)
+
+    async def run(self, timeout_cycles: int) -> Run:
+        dut = self.dut
+        dut.start.value = 1
+        run = self.monitor.expect_run()
+        await RisingEdge(dut.clk)
+        dut.start.value = 0
+        try:
+            await with_timeout(run.finished.wait(), timeout_cycles * CLOCK_NS, "ns")
+        except TimeoutError:
+            raise AssertionError(
+                f"no done within {timeout_cycles} cycles of start ({run.describe()})"
+            ) from None
+        await RisingEdge(dut.clk)
+        return run
+
+    async def read(self, sel: int, addr: int) -> int:
+        """One unload request and its response; the spec's timing is checked on the way."""
+        clk = self.dut.clk
+        await stream_put(clk, self.req, pack_request(self.config, sel, addr), timeout=HANDSHAKE_TIMEOUT)
+        if self.req.last_wait:
+            self._protocol(
+                f"request (sel {sel}, addr {addr}) waited {self.req.last_wait} cycles for ready "
+                "(spec: ready while idle and no response is waiting)"
+            )
+        try:
+            word = await stream_get(clk, self.resp, timeout=HANDSHAKE_TIMEOUT)
+        except AssertionError as exc:  # a stall or X/Z bits: say what was asked for
+            what = f"output entry {addr}" if sel == SEL_OUTPUT else f"counter {addr} ({COUNTER_NAMES[addr]})"
+            raise AssertionError(f"reading {what}: {exc}") from None
+        if self.resp.last_wait:
+            self._protocol(
+                f"response to (sel {sel}, addr {addr}) became valid {self.resp.last_wait + 1} cycles after "
+                "the request was accepted (spec: from the cycle after)"
+            )
+        return word
+
+    async def read_outputs(self, addrs: range | list[int]) -> dict[int, int]:
+        return {lin: await self.read(SEL_OUTPUT, lin) for lin in addrs}
+
+    async def read_counters(self) -> dict[str, int]:
+        return {
+            name: decode_counter(self.config, await self.read(SEL_COUNTERS, i))
+            for i, name in enumerate(COUNTER_NAMES)
+        }
+
+
+# What each output-buffer entry held when last read back: entries that a later, smaller tile does not
+# write must keep it (spec section 3).
+_SHADOW: dict[int, int] = {}
+_TB: EngineTB | None = None
+RECHECK_LIMIT = 256  # entries beyond the tile's own read back per run, besides the last round's
+
+
+def _entries_to_recheck(n: int, pes: int) -> list[int]:
+    """Known entries beyond ``n`` to read back: all of the last phase-1 round's (where invalid PEs would
+    write), then an even spread over the rest, at most :data:`RECHECK_LIMIT` of those."""
+    known = sorted(lin for lin in _SHADOW if lin >= n)
+    tail = -(-n // pes) * pes
+    risky = [lin for lin in known if lin < tail]
+    rest = [lin for lin in known if lin >= tail]
+    if len(rest) > RECHECK_LIMIT:
+        rest = [rest[i * len(rest) // RECHECK_LIMIT] for i in range(RECHECK_LIMIT)]
+    return risky + rest
+
+
+async def _bench(dut: SimHandleBase) -> EngineTB:
+    """The test bench, created (and the engine reset) by the first test of the simulation."""
+    global _TB
+    dut.start.value = 0
+    dut.load__valid.value = 0
+    dut.req__valid.value = 0
+    dut.resp__ready.value = 0
+    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
+    first = _TB is None
+    if first:
+        _TB = EngineTB(dut, CONFIG)
+    else:
+        _TB.monitor.run = None
+    cocotb.start_soon(_TB.monitor.watch())
+    if first:
+        await _TB.reset()
+    else:
+        await RisingEdge(dut.clk)
+    return _TB
+
+
+def _report(case: CosimCase, index: int, message: str) -> None:
+    path = os.environ.get(REPORT_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"tile": index, "name": case.name, "message": message}) + "\n")
+
+
+def _fmt_out(y: int, gate: int) -> str:
+    return f"y={y} gate={gate}"
+
+
+def compare(
+    config: EngineConfig,
+    case: CosimCase,
+    words: dict[int, int],
+    counters: dict[str, int],
+    run: Run,
+    stale: dict[int, tuple[int, int]],
+) -> list[str]:
+    """Every disagreement between what was read back and the expectations, first output first."""
+    g = case.tile.geometry
+    n = g.n_outputs
+    shape = (g.c_out, g.h_out, g.w_out)
+    decoded = [decode_output(config, words[lin]) for lin in range(n)]
+    got_y = np.array([d[0] for d in decoded], dtype=np.int64).reshape(shape)
+    got_g = np.array([d[1] for d in decoded], dtype=bool).reshape(shape)
+    exp_y = np.asarray(case.outputs, dtype=np.int64)
+    exp_g = np.asarray(case.gates, dtype=bool)
+    problems: list[str] = []
+
+    bad = np.argwhere((got_y != exp_y) | (got_g != exp_g))
+    if len(bad):
+        co, oy, ox = (int(v) for v in bad[0])
+        lin = (co * g.h_out + oy) * g.w_out + ox
+        text = (
+            f"output (co={co}, oy={oy}, ox={ox}) lin={lin} is the first of {len(bad)} diverging outputs "
+            f"of {n}: expected {_fmt_out(int(exp_y[co, oy, ox]), int(exp_g[co, oy, ox]))} (model), "
+            f"got {_fmt_out(int(got_y[co, oy, ox]), int(got_g[co, oy, ox]))} (RTL, word {words[lin]:#x})"
+        )
+        if case.ref_outputs is not None:
+            ry, rg = int(case.ref_outputs[co, oy, ox]), int(case.ref_gates[co, oy, ox])
+            text += f", spec reference {_fmt_out(ry, rg)}"
+        problems.append(text)
+
+    for lin, (old, new) in sorted(stale.items()):
+        problems.append(
+            f"output entry {lin} (beyond this tile's {n} outputs) changed during the run: "
+            f"held {old:#x}, now {new:#x}"
+        )
+        break  # the first is enough
+
+    for name in COUNTER_NAMES:
+        exp, got = int(case.counters[name]), int(counters[name])
+        if exp != got:
+            text = f"counter {name}: expected {exp} (model), got {got} (RTL)"
+            if case.ref_counters is not None:
+                text += f", spec formula {case.ref_counters[name]}"
+            problems.append(text)
+
+    if run.busy_cycles != counters["cycles"] or run.busy_cycles != case.counters["cycles"]:
+        problems.append(
+            f"cycle count: monitor counted {run.busy_cycles} cycles with busy high, cycles counter "
+            f"(RTL) {counters['cycles']}, model {case.counters['cycles']}"
+        )
+    if problems:
+        problems.append(f"run: {run.describe()}")
+    return problems
+
+
+@cocotb.test()
+@cocotb.parametrize(tile=list(range(len(CASES))))
+async def engine_tile(dut: SimHandleBase, tile: int) -> None:
+    """Load tile ``tile``, run it, read everything back and compare with the model."""
+    case = CASES[tile]
+    tb = await _bench(dut)
+    g = case.tile.geometry
+    wall = time.perf_counter()
+    n_writes = await tb.load_tile(case)
+    timeout = 2 * int(case.counters["cycles"]) + 1000
+    try:
+        run = await tb.run(timeout)
+    except AssertionError as exc:
+        errors = tb.monitor.errors + tb.protocol_errors
+        message = f"tile {tile} '{case.name}' ({g}): {exc}" + "".join(f"; {e}" for e in errors)
+        _report(case, tile, message)
+        # Reset so that the following tiles start from a known state (the buffers' contents are not).
+        tb.monitor.errors, tb.protocol_errors, tb.monitor.run = [], [], None
+        _SHADOW.clear()
+        await tb.reset()
+        raise AssertionError(message) from None
+
+    n = g.n_outputs
+    words = await tb.read_outputs(range(n))
+    beyond = await tb.read_outputs(_entries_to_recheck(n, tb.config.pes))
+    counters = await tb.read_counters()
+    stale = {lin: (_SHADOW[lin], word) for lin, word in beyond.items() if word != _SHADOW[lin]}
+    _SHADOW.update(words)
+    _SHADOW.update(beyond)
+
+    problems = tb.monitor.errors + tb.protocol_errors
+    tb.monitor.errors, tb.protocol_errors = [], []
+    problems += compare(tb.config, case, words, counters, run, stale)
+    dut._log.info(
+        "tile %d '%s' (%s): %d writes, %d cycles (model %d), gates_on %d/%d, %s, %.2f s",
+        tile,
+        case.name,
+        g,
+        n_writes,
+        counters["cycles"],
+        case.counters["cycles"],
+        counters["gates_on"],
+        n,
+        run.describe(),
+        time.perf_counter() - wall,
+    )
+    if problems:
+        message = f"tile {tile} '{case.name}' ({g}): " + "; ".join(problems)
+        _report(case, tile, message)
+        raise AssertionError(message)

@@ -1,0 +1,302 @@
+"""Co-simulation of the generated Verilog against the cycle model, tile by tile (docs/microarchitecture.md).
+
+For each configuration below the Verilog is generated and compiled once (cached under
+``.pytest_cache/d/accel-cosim``), the cycle model computes every tile's outputs, gate bits and counters in
+this process, and ``engine_tb`` runs all the tiles of the configuration in one simulation, checking every
+output word, gate bit, counter and the cycle count seen on ``busy``.
+
+Run: ``python -m pytest -q tests/cosim`` (``-k icarus`` / ``-k verilator`` to pick a simulator).
+Environment: ``ACCEL_WAVES=1`` records waveforms of every run (``0``: never; default: a failing run is
+repeated once with waveforms, whose path the failure names); ``ACCEL_COSIM_SEED`` changes the seed of the
+random tiles (default fixed, so a run is reproducible); ``ACCEL_COSIM_RANDOM_TILES`` sets how many random
+tiles each configuration adds to its hand-picked ones (default 6).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cosim_data import CosimCase
+from cosim_harness import (
+    CosimFailure,
+    expectations,
+    rtl_available,
+    run_cosim,
+    simulator_status,
+    spec_counters,
+)
+
+from accel.config import ConfigError, EngineConfig
+from accel.tile import COUNTER_NAMES, Tile, TileGeometry, conv_output_size, random_tile
+
+SEED = int(os.environ.get("ACCEL_COSIM_SEED", "20261121"))
+RANDOM_TILES = int(os.environ.get("ACCEL_COSIM_RANDOM_TILES", "6"))  # per configuration
+
+# Elaboration parameters are fixed per build, so the cases are grouped by configuration.
+CONFIGS: dict[str, EngineConfig] = {
+    # the default shape, smaller: G = 2, 3x3, stride 1
+    "g2_p4_l8_k3": EngineConfig(
+        pes=4, lanes=8, kernel=3, stride=1, padding=1, groups=2,
+        input_depth=1024, weight_depth=1024, output_depth=512, threshold_depth=32,
+    ),
+    # fixed base fraction, stride 2, lanes that rarely divide the segments, P = 3
+    "g1_p3_l4_k3_s2": EngineConfig(
+        pes=3, lanes=4, kernel=3, stride=2, padding=1, groups=1,
+        input_depth=1024, weight_depth=1024, output_depth=512, threshold_depth=32,
+    ),
+    # four groups, 1x1, narrow operands, accumulator and counters (32-bit data word)
+    "g4_p5_l3_k1_narrow": EngineConfig(
+        pes=5, lanes=3, act_width=6, weight_width=5, acc_width=24, kernel=1, stride=1, padding=0,
+        groups=4, counter_width=32, input_depth=512, weight_depth=512, output_depth=512, threshold_depth=32,
+    ),
+    # 5x5, stride 2, padding 2, 16 lanes (128-bit data words), two PEs
+    "g2_p2_l16_k5_s2": EngineConfig(
+        pes=2, lanes=16, kernel=5, stride=2, padding=2, groups=2,
+        input_depth=512, weight_depth=512, output_depth=256, threshold_depth=16,
+    ),
+    # a single PE, two lanes, an even kernel, 64-bit accumulator and counters (65-bit data word)
+    "g2_p1_l2_k2_acc64": EngineConfig(
+        pes=1, lanes=2, kernel=2, stride=1, padding=1, groups=2, acc_width=64, counter_width=64,
+        input_depth=256, weight_depth=256, output_depth=128, threshold_depth=16,
+    ),
+    # the default configuration, as `accel` generates it
+    "default": EngineConfig(),
+}  # fmt: skip
+
+
+def _geometry(
+    config: EngineConfig,
+    c_in: int,
+    c_out: int,
+    h_in: int,
+    w_in: int,
+    *,
+    pad: tuple[int, int] | None = None,
+    shrink: tuple[int, int] = (0, 0),
+    base: int = 0,
+    dense: bool = False,
+) -> TileGeometry:
+    """A tile geometry: ``pad`` (top, left) defaults to the configured padding; ``shrink`` takes rows/columns
+    off the largest output size the tile allows."""
+    k, s, p = config.kernel, config.stride, config.padding
+    top, left = (p, p) if pad is None else pad
+    h_out = conv_output_size(h_in, k, s, top, p) - shrink[0]
+    w_out = conv_output_size(w_in, k, s, left, p) - shrink[1]
+    return TileGeometry(c_in, c_out, h_in, w_in, h_out, w_out, top, left, base, dense)
+
+
+def _random_geometry(config: EngineConfig, rng: np.random.Generator, max_c: int, max_hw: int) -> TileGeometry:
+    """A random geometry the engine accepts: channels, sizes, paddings, output sizes, dense or gated."""
+    g = config.groups
+    k, s = config.kernel, config.stride
+    while True:
+        if g > 1:
+            c_in = g * int(rng.integers(1, max(2, max_c // g) + 1))
+            c_out = g * int(rng.integers(1, 3))
+            base = 0
+        else:
+            c_in = int(rng.integers(2, max_c + 1))
+            c_out = int(rng.integers(1, 6))
+            base = int(rng.integers(1, c_in))
+        h_in, w_in = (int(v) for v in rng.integers(max(1, k - config.padding), max_hw + 1, size=2))
+        top, left = (int(v) for v in rng.integers(0, config.padding + 1, size=2))
+        max_h = conv_output_size(h_in, k, s, top, config.padding)
+        max_w = conv_output_size(w_in, k, s, left, config.padding)
+        if max_h < 1 or max_w < 1:
+            continue
+        geo = TileGeometry(
+            c_in, c_out, h_in, w_in,
+            int(rng.integers(1, max_h + 1)), int(rng.integers(1, max_w + 1)),
+            top, left, base, bool(rng.random() < 0.2),
+        )  # fmt: skip
+        try:
+            geo.check(config)
+        except ConfigError:
+            continue
+        return geo
+
+
+def _tile_specs(
+    name: str, config: EngineConfig, rng: np.random.Generator
+) -> list[tuple[str, TileGeometry, float | None]]:
+    """(label, geometry, gate_rate) of the tiles of one configuration."""
+    c = config
+    if name == "g2_p4_l8_k3":
+        specs = [
+            ("full 16->4 6x6", _geometry(c, 16, 4, 6, 6), 0.5),
+            ("interior pad0 h_out-1", _geometry(c, 16, 4, 6, 7, pad=(0, 0), shrink=(1, 0)), 0.3),
+            ("pad top only, C_g=6<L", _geometry(c, 12, 6, 5, 5, pad=(1, 0), shrink=(0, 1)), None),
+            ("dense", _geometry(c, 16, 4, 6, 6, dense=True), 0.5),
+            ("all gates on, 2 chunks", _geometry(c, 24, 2, 5, 5), 1.0),
+            ("all gates off", _geometry(c, 16, 4, 5, 5), 0.0),
+            ("N=18 not a multiple of P", _geometry(c, 16, 2, 3, 3), 0.5),
+            ("pad left only, 1 channel per group", _geometry(c, 2, 2, 4, 6, pad=(0, 1), shrink=(1, 2)), 0.6),
+            ("large: output buffer full", _geometry(c, 32, 8, 8, 8), 0.4),
+        ]
+        max_c, max_hw = 24, 7
+    elif name == "g1_p3_l4_k3_s2":
+        specs = [
+            ("full C_b=3 of 10", _geometry(c, 10, 5, 9, 9, base=3), 0.5),
+            (
+                "pad (0,1) C_b=4 of 8, shrunk",
+                _geometry(c, 8, 3, 8, 9, pad=(0, 1), shrink=(1, 1), base=4),
+                0.4,
+            ),
+            ("dense C_b=5 of 7", _geometry(c, 7, 4, 7, 7, base=5, dense=True), 0.5),
+            ("all on C_b=1 of 9", _geometry(c, 9, 2, 6, 6, base=1), 1.0),
+            ("all off C_b=6 of 7", _geometry(c, 7, 3, 6, 5, base=6), 0.0),
+            ("interior pad0 C_b=2 of 6", _geometry(c, 6, 2, 7, 8, pad=(0, 0), base=2), None),
+            ("large: input and output buffers full", _geometry(c, 12, 8, 16, 16, base=5), 0.5),
+        ]
+        max_c, max_hw = 12, 9
+    elif name == "g4_p5_l3_k1_narrow":
+        specs = [
+            ("C_g=3=L", _geometry(c, 12, 8, 4, 5), 0.5),
+            ("C_g=2<L, C_og=1", _geometry(c, 8, 4, 3, 4), 0.5),
+            ("C_g=5 (2 chunks), shrunk", _geometry(c, 20, 12, 4, 4, shrink=(1, 2)), 0.3),
+            ("dense", _geometry(c, 12, 4, 3, 3, dense=True), 0.5),
+            ("all on", _geometry(c, 8, 8, 3, 3), 1.0),
+            ("all off", _geometry(c, 8, 4, 4, 4), 0.0),
+        ]
+        max_c, max_hw = 20, 5
+    elif name == "g2_p2_l16_k5_s2":
+        specs = [
+            ("full C_g=20 (2 chunks of 16)", _geometry(c, 40, 4, 7, 7), 0.5),
+            ("pad (2,0) C_g=16=L", _geometry(c, 32, 2, 6, 6, pad=(2, 0)), 0.5),
+            ("dense C_g=4", _geometry(c, 8, 2, 5, 5, dense=True), 0.5),
+            ("all on", _geometry(c, 8, 2, 5, 5, pad=(1, 2)), 1.0),
+            ("all off", _geometry(c, 16, 2, 5, 5), 0.0),
+        ]
+        max_c, max_hw = 24, 7
+    elif name == "g2_p1_l2_k2_acc64":
+        specs = [
+            ("full C_g=3 (masked lane)", _geometry(c, 6, 2, 4, 4), 0.5),
+            ("pad0 shrunk", _geometry(c, 4, 2, 4, 5, pad=(0, 0), shrink=(1, 0)), 0.5),
+            ("dense", _geometry(c, 6, 2, 3, 3, dense=True), 0.5),
+            ("all on", _geometry(c, 2, 2, 3, 3), 1.0),
+            ("all off", _geometry(c, 4, 2, 3, 3, pad=(1, 0)), 0.0),
+        ]
+        max_c, max_hw = 6, 4
+    elif name == "default":
+        # Icarus runs this one at about 1 k cycles/s (64 MACs, 4096-word buffers): small tiles only.
+        specs = [
+            ("full 16->4 6x6", _geometry(c, 16, 4, 6, 6), 0.3),
+            ("interior pad0 C_g=12 (masked lanes)", _geometry(c, 24, 2, 7, 8, pad=(0, 0)), 0.6),
+            ("dense", _geometry(c, 16, 2, 5, 5, dense=True), 0.5),
+        ]
+        max_c, max_hw = 24, 6
+    else:
+        raise KeyError(name)
+    for i in range(RANDOM_TILES):
+        geo = _random_geometry(config, rng, max_c, max_hw)
+        specs.append((f"random {i}", geo, [None, 0.0, 0.3, 0.5, 0.8, 1.0][int(rng.integers(6))]))
+    return specs
+
+
+@functools.cache
+def _tiles(name: str) -> list[tuple[str, Tile, str]]:
+    """(label, tile, what to load) of the configuration, in simulation order."""
+    config = CONFIGS[name]
+    rng = np.random.default_rng([SEED, list(CONFIGS).index(name)])
+    tiles = []
+    for label, geo, rate in _tile_specs(name, config, rng):
+        geo.check(config)
+        tiles.append((label, random_tile(config, geo, rng, gate_rate=rate), "all"))
+    # Restarts on the data of the first tile: load it again, run it again with nothing reloaded (buffers,
+    # registers and thresholds keep their contents), then in the other mode by rewriting the registers.
+    _, first, _ = tiles[0]
+    tiles.append(("first tile again", first, "all"))
+    tiles.append(("restart, nothing reloaded", first, "none"))
+    flipped = replace(first, geometry=replace(first.geometry, dense=not first.geometry.dense))
+    tiles.append(("dense flipped, registers only", flipped, "registers"))
+    return tiles
+
+
+@functools.cache
+def _cases(name: str) -> list[CosimCase]:
+    config = CONFIGS[name]
+    cases = []
+    for label, tile, load in _tiles(name):
+        case = expectations(config, label, tile)
+        case.load = load
+        cases.append(case)
+    return cases
+
+
+def _sim_param(sim: str):
+    ok, why = simulator_status(sim)
+    return pytest.param(sim, marks=pytest.mark.skipif(not ok, reason=f"{sim} unavailable: {why}"), id=sim)
+
+
+SIMULATORS = [_sim_param("icarus"), _sim_param("verilator")]
+
+needs_rtl = pytest.mark.skipif(not rtl_available(), reason="rtl/generate.py is not there yet")
+
+
+@pytest.fixture(scope="session")
+def cosim_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where compiled builds live across sessions (the pytest cache), keyed by configuration."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("accel-cosim"))
+    return tmp_path_factory.mktemp("accel-cosim")
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_model_matches_spec_reference(name: str) -> None:
+    """The expectations themselves: cycle model against the numpy reference and the closed-form counters."""
+    pytest.importorskip("sim.engine")
+    reference = pytest.importorskip("tests.reference")
+    config = CONFIGS[name]
+    for case in _cases(name):
+        ref_y, ref_g = reference.reference_outputs(config, case.tile)
+        assert np.array_equal(case.gates, ref_g), f"{case.name}: model gate bits differ from the reference"
+        assert np.array_equal(case.outputs, ref_y), f"{case.name}: model outputs differ from the reference"
+        assert case.counters == spec_counters(config, case.tile, int(ref_g.sum())), case.name
+
+
+@needs_rtl
+@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_engine_cosim(name: str, sim: str, cosim_cache: Path, tmp_path: Path) -> None:
+    """Every tile of the configuration, in one simulation: outputs, gates, counters and busy cycles agree."""
+    config = CONFIGS[name]
+    cases = _cases(name)
+    result = run_cosim(sim, config, cases, cosim_cache, tmp_path)
+    assert result.tests == len(cases)
+
+
+@needs_rtl
+@pytest.mark.parametrize("sim", SIMULATORS[:1])
+def test_checker_catches_wrong_model(sim: str, cosim_cache: Path, tmp_path: Path) -> None:
+    """Expectations with one output word and one cycle count off by one must fail, naming both."""
+    name = "g2_p1_l2_k2_acc64"
+    config = CONFIGS[name]
+    good = _cases(name)[:2]
+    bad0 = _copy_case(good[0])
+    co, oy, ox = 1, 2, 3
+    bad0.outputs[co, oy, ox] += 1
+    bad1 = _copy_case(good[1])
+    bad1.counters["cycles"] += 1
+    with pytest.raises(CosimFailure) as info:
+        run_cosim(sim, config, [bad0, bad1], cosim_cache, tmp_path, waves="never")
+    failures = {f["tile"]: f["message"] for f in info.value.failures}
+    assert set(failures) == {0, 1}, info.value
+    right = int(good[0].outputs[co, oy, ox])
+    assert f"output (co={co}, oy={oy}, ox={ox})" in failures[0]
+    assert "first of 1 diverging outputs" in failures[0]
+    assert f"expected y={right + 1}" in failures[0] and f"got y={right} " in failures[0], failures[0]
+    cycles = good[1].counters["cycles"]
+    assert f"counter cycles: expected {cycles + 1} (model), got {cycles} (RTL)" in failures[1], failures[1]
+    assert f"monitor counted {cycles} cycles with busy high" in failures[1], failures[1]
+    for other in COUNTER_NAMES[1:]:
+        assert f"counter {other}:" not in failures[1]
+
+
+def _copy_case(case: CosimCase) -> CosimCase:
+    return replace(case, outputs=case.outputs.copy(), gates=case.gates.copy(), counters=dict(case.counters))
