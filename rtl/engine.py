@@ -55,6 +55,10 @@ class GatedConvEngine(wiring.Component):
         High during the cycles of a run.
     done : Out(1)
         High for one cycle after a run.
+    wb_valid : Out(pes)
+        Trace port: PE ``i`` writes an output-buffer entry this cycle.
+    wb_addr : Out(ArrayLayout(lin, pes))
+        Trace port: the entry PE ``i`` writes.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -67,6 +71,8 @@ class GatedConvEngine(wiring.Component):
                 "start": In(1),
                 "busy": Out(1),
                 "done": Out(1),
+                "wb_valid": Out(config.pes),
+                "wb_addr": Out(data.ArrayLayout(coord_layout(config)["lin"].shape, config.pes)),
             }
         )
 
@@ -277,6 +283,8 @@ class GatedConvEngine(wiring.Component):
                 o_w[i].addr.eq(wb_coord[i].lin),
                 o_w[i].data.eq(Cat(macs.acc[i], gate_bit)),
                 o_w[i].en.eq(wb_en[i]),
+                self.wb_valid[i].eq(wb_en[i]),
+                self.wb_addr[i].eq(wb_coord[i].lin),
                 q_w[i].addr.eq(compactor.index[i]),
                 q_w[i].data.coord.eq(wb_coord[i]),
                 q_w[i].data.p.eq(macs.acc[i]),

@@ -45,11 +45,15 @@ class EngineResult:
         The gate bits written into the output buffer (all true in dense mode).
     counters : dict of str to int
         The performance counters, keys exactly :data:`accel.tile.COUNTER_NAMES` in that order.
+    write_cycle : ndarray of int64, shape (c_out, h_out, w_out)
+        The cycle of the run (1 = SETUP) in which each output entry is written for the last time: its
+        phase-1 write-back, or its phase-2 write-back when its gate is on.
     """
 
     outputs: np.ndarray
     gates: np.ndarray
     counters: dict[str, int]
+    write_cycle: np.ndarray
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -280,6 +284,7 @@ def _functional(config: EngineConfig, tile: Tile, seg: Segments) -> tuple[np.nda
 @numba.njit(cache=True, nogil=True)
 def _schedule(
     gate_lin: np.ndarray,
+    write_cycle: np.ndarray,
     pes: int,
     lanes: int,
     taps: int,
@@ -334,6 +339,8 @@ def _schedule(
                     busy += valid
                     base_macs += valid * valid_lanes
         # Write-back of the round (two cycles after its last beat, overlapping the next round's issue).
+        for i in range(valid):
+            write_cycle[r * pes + i] = cycles + 2
         if dense:
             gates_on += valid
         else:
@@ -355,6 +362,7 @@ def _schedule(
         # one, each C_sc wide), nch_c chunks, ky, kx. Queue reads overlap the last beat: no bubble.
         rounds2 = (gates_on + pes - 1) // pes
         n_chunks = (cond_ch + lanes - 1) // lanes
+        queue = np.flatnonzero(gate_lin)  # the work queue: gated-on activations in lin order
         for r in range(rounds2):
             valid = min(pes, gates_on - r * pes)
             for _slot in range(n_seg - 1):
@@ -364,6 +372,8 @@ def _schedule(
                         cycles += 1
                         busy += valid
                         cond_macs += valid * valid_lanes
+            for i in range(valid):
+                write_cycle[queue[r * pes + i]] = cycles + 2
         # DRAIN2
         cycles += 2
         stalls += 2
@@ -407,8 +417,10 @@ def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
     seg = tile.check(config)
     outputs, gates = _functional(config, tile, seg)
     g = tile.geometry
+    write_cycle = np.zeros(g.n_outputs, dtype=np.int64)
     raw = _schedule(
         np.ascontiguousarray(gates.reshape(-1)),  # C order of (co, oy, ox) is lin order
+        write_cycle,
         int(config.pes),
         int(config.lanes),
         int(config.kernel) ** 2,
@@ -420,4 +432,9 @@ def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
     # The hardware counters are counter_width bits wide and wrap.
     mask = (1 << config.counter_width) - 1
     counters = {name: int(v) & mask for name, v in zip(COUNTER_NAMES, raw.tolist(), strict=True)}
-    return EngineResult(outputs=outputs, gates=gates, counters=counters)
+    return EngineResult(
+        outputs=outputs,
+        gates=gates,
+        counters=counters,
+        write_cycle=write_cycle.reshape(outputs.shape),
+    )

@@ -564,3 +564,16 @@ def test_bad_base_channels_and_padding():
     geo = TileGeometry(8, 2, 4, 4, 4, 4, 2, 1, base_channels=4)
     with pytest.raises(ConfigError, match="'pad_top'"):
         run_tile(config, Tile(geo, tile.inputs, tile.weights, tile.thresholds))
+
+
+@pytest.mark.parametrize("rate,expect_cycles,expect_write", [(1.0, 8, [8, 8]), (0.0, 4, [4, 4])])
+def test_write_cycles_hand_worked(rate, expect_cycles, expect_write):
+    # P = 2, L = 4, K = 1, G = 2, c_in = 8 (two segments of one chunk), c_out = 2, 1x1: one round of one
+    # beat per phase. SETUP is cycle 1, the phase-1 beat cycle 2, its write-back cycle 4 (DRAIN1 = 3, 4);
+    # gated on: PREP 5, phase-2 beat 6, write-back 8 (DRAIN2 = 7, 8).
+    config = EngineConfig(pes=2, lanes=4, kernel=1, padding=0, groups=2)
+    geometry = TileGeometry.full_layer(config, c_in=8, c_out=2, h_in=1, w_in=1)
+    tile = random_tile(config, geometry, np.random.default_rng(3), gate_rate=rate)
+    result = run_tile(config, tile)
+    assert result.counters["cycles"] == expect_cycles
+    assert result.write_cycle.ravel().tolist() == expect_write

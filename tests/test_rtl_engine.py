@@ -10,6 +10,7 @@ from accel.config import EngineConfig
 from accel.layout import SEL_COUNTERS, SEL_OUTPUT, decode_output, load_writes, pack_payload, pack_request
 from accel.tile import COUNTER_NAMES, TileGeometry, random_tile
 from rtl.engine import GatedConvEngine
+from sim.engine import run_tile
 from tests.reference import reference_outputs
 from tests.streams import stream_get, stream_put
 
@@ -17,7 +18,11 @@ SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_dept
 
 
 def run_engine_amaranth(config: EngineConfig, tiles):
-    """Load, run and unload each tile; returns per tile (y, gate, counters, busy cycles seen)."""
+    """Load, run and unload each tile.
+
+    Returns per tile ``(y, gate, counters, busy, write_cycle)``: the busy cycles seen and, per output
+    entry, the cycle of the run (1 = first busy cycle) in which the trace port last showed it written.
+    """
     dut = GatedConvEngine(config)
     results = []
 
@@ -28,14 +33,19 @@ def run_engine_amaranth(config: EngineConfig, tiles):
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
+            g = tile.geometry
             busy = 0
+            write_cycle = np.zeros(g.n_outputs, dtype=np.int64)
             while True:
                 busy_now, done = ctx.get(dut.busy), ctx.get(dut.done)
                 if done:
                     break
                 busy += busy_now
+                valid = ctx.get(dut.wb_valid)
+                for i in range(config.pes):
+                    if (valid >> i) & 1:
+                        write_cycle[ctx.get(dut.wb_addr[i])] = busy
                 await ctx.tick()
-            g = tile.geometry
             words = []
             for lin in range(g.n_outputs):
                 await stream_put(ctx, dut.req, pack_request(config, SEL_OUTPUT, lin))
@@ -47,7 +57,7 @@ def run_engine_amaranth(config: EngineConfig, tiles):
             decoded = [decode_output(config, w) for w in words]
             y = np.array([d[0] for d in decoded]).reshape(g.c_out, g.h_out, g.w_out)
             gate = np.array([d[1] for d in decoded], dtype=bool).reshape(y.shape)
-            results.append((y, gate, counters, busy))
+            results.append((y, gate, counters, busy, write_cycle.reshape(y.shape)))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -72,10 +82,15 @@ def test_engine_matches_reference(overrides, geom, rate):
     config = EngineConfig(**SMALL, **overrides)
     geometry = TileGeometry.full_layer(config, **geom)
     tile = random_tile(config, geometry, np.random.default_rng(7), gate_rate=rate)
-    y, gate, counters, busy = run_engine_amaranth(config, [tile])[0]
+    y, gate, counters, busy, write_cycle = run_engine_amaranth(config, [tile])[0]
+    # Functional level: the plain-numpy reference.
     ref_y, ref_gate = reference_outputs(config, tile)
     np.testing.assert_array_equal(gate, ref_gate)
     np.testing.assert_array_equal(y, ref_y)
     assert counters["cycles"] == busy
     assert counters["gates_on"] == int(ref_gate.sum())
     assert counters["idle_pe_cycles"] == config.pes * counters["cycles"] - counters["busy_pe_cycles"]
+    # Cycle level: the model's counters and the cycle of every output write.
+    model = run_tile(config, tile)
+    assert counters == model.counters
+    np.testing.assert_array_equal(write_cycle, model.write_cycle)
