@@ -1,4 +1,5 @@
-"""The ``accel`` command line: ``accel rtl`` (Verilog of the engine) and ``accel run`` (the cycle model).
+"""The ``accel`` command line: ``accel rtl`` (Verilog of the engine), ``accel run`` (the cycle model) and
+``accel trace info`` (a layer trace's contents, docs/trace-format.md).
 
 Every error a user can cause (a bad configuration file or value, a path that cannot be read or written)
 ends in one line ``accel: error: ...`` and exit status 2, never a traceback.
@@ -96,6 +97,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     run.set_defaults(func=_cmd_run)
+
+    trace = sub.add_parser("trace", help="inspect layer traces (docs/trace-format.md)")
+    trace_sub = trace.add_subparsers(dest="trace_command", required=True, metavar="SUBCOMMAND")
+    info = trace_sub.add_parser(
+        "info",
+        help="validate a trace and print its layers and network summary",
+        description=(
+            "Load and validate a trace file, then print one row per layer (kind, shape, kernel/stride, "
+            "gating, gate-on fraction, dense and gated MACs per image, FLOP reduction) and the network "
+            "summary (name, dataset, accuracies, total FLOP reduction, how it was made)."
+        ),
+    )
+    info.add_argument("path", type=Path, metavar="PATH", help="trace file (.npz)")
+    info.set_defaults(func=_cmd_trace_info)
     return parser
 
 
@@ -260,6 +275,123 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    return 0
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _shape(c: int, h: int, w: int) -> str:
+    return f"{c}" if h == 1 and w == 1 else f"{c}x{h}x{w}"
+
+
+def _trace_rows(trace) -> list[tuple[str, ...]]:
+    rows = []
+    for layer in trace:
+        lm = layer.meta
+        shape_in = _shape(layer.c_in, layer.h, layer.w)
+        if len(layer.sources) > 1:
+            shape_in = f"{len(layer.sources)} x {shape_in}"
+        shape = f"{shape_in} -> {_shape(layer.c_out, layer.h_out, layer.w_out)}"
+        geometry = f"{lm['kernel']}/{lm['stride']}" if "kernel" in lm and layer.kind != "fc" else "-"
+        if not layer.is_engine_layer:
+            rows.append((layer.name, layer.kind, shape, geometry, "-", "-", "-", "-", "-"))
+            continue
+        if layer.gated:
+            gated = f"G={layer.gate_groups}" if layer.base_channels == 0 else f"C_b={layer.base_channels}"
+            fraction = f"{layer.gate_on_fraction:.1%}"
+        else:
+            gated, fraction = "no", "-"
+        dense, gated_macs = layer.flops_dense, layer.flops_gated
+        reduction = f"{dense / gated_macs:.2f}x" if gated_macs else "-"
+        rows.append(
+            (
+                layer.name,
+                layer.kind,
+                shape,
+                geometry,
+                gated,
+                fraction,
+                f"{dense:,.0f}",
+                f"{gated_macs:,.0f}",
+                reduction,
+            )
+        )
+    return rows
+
+
+def _cmd_trace_info(args: argparse.Namespace) -> int:
+    from sim.trace import TraceError, load_trace
+
+    try:
+        trace = load_trace(args.path)
+    except TraceError as exc:
+        return _error(str(exc))
+    meta = trace.meta
+    header = (
+        "layer",
+        "kind",
+        "shape (in -> out)",
+        "k/s",
+        "gated",
+        "gate-on",
+        "dense MACs",
+        "gated MACs",
+        "reduction",
+    )
+    rows = _trace_rows(trace)
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    left = 5  # the first five columns are left-aligned, the numbers right-aligned
+    print(f"trace: {args.path}")
+    print()
+    for row in [header, *rows]:
+        cells = [
+            cell.ljust(w) if i < left else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells).rstrip())
+    print()
+
+    def value(x, fmt="{:.2%}"):
+        return "n/a" if x is None else fmt.format(x)
+
+    engine, gated = trace.engine_layers(), trace.gated_layers()
+    accuracy = meta["accuracy"]
+    accuracies = ", ".join(f"{key.replace('_', ' ')} {value(val)}" for key, val in accuracy.items())
+    flops = trace.flops
+    reduction = flops["dense"] / flops["gated"] if flops["gated"] else float("inf")
+    made = meta["made_by"]
+    made_details = ", ".join(
+        f"{key} {made[key]}" for key in ("seed", "date", "package_version") if made.get(key) is not None
+    )
+    summary = [
+        ("network", trace.name),
+        ("dataset", f"{trace.dataset} (synthetic: {'yes' if trace.synthetic else 'no'})"),
+        (
+            "input",
+            f"{'x'.join(map(str, meta['input_shape']))}, {meta['num_classes']} classes, "
+            f"{trace.samples} sample{'s' if trace.samples != 1 else ''} stored per layer",
+        ),
+        ("layers", f"{len(trace)} ({len(engine)} mapped to the engine, {len(gated)} gated)"),
+        ("accuracy", accuracies + (" (synthetic trace: not trained)" if trace.synthetic else "")),
+        ("gate agreement", value(meta.get("gate_agreement"))),
+    ]
+    for entry in meta.get("channel_pruning") or []:
+        summary.append(
+            (f"channel pruning {entry['threshold']:g}", f"int8 accuracy {value(entry.get('int8_accuracy'))}")
+        )
+    summary += [
+        ("MACs per image", f"dense {flops['dense']:,.0f}, gated {flops['gated']:,.0f}"),
+        ("FLOP reduction", f"{reduction:.2f}x (dense / gated MACs)"),
+        ("made by", made["command"]),
+    ]
+    if made_details:
+        summary.append(("", made_details))
+    width = max(len(key) for key, _ in summary) + 1
+    for key, text in summary:
+        print(f"{(key + ':') if key else '':<{width}} {text}")
     return 0
 
 

@@ -1,0 +1,885 @@
+"""Layer traces: load, validate and save the trace format of docs/trace-format.md (version 1).
+
+A trace is one ``.npz`` file: ``format``, ``version``, ``meta`` (JSON) and the arrays
+``layer/<name>/<array>`` of the layers that map to the engine. :func:`load_trace` reads it with
+``allow_pickle=False`` and :func:`validate_trace` checks it; every refusal is a :class:`TraceError` whose
+message names the file, the layer, the key and the offending value. :func:`save_trace` validates first and
+then writes atomically (a temporary file in the same directory, then ``os.replace``), with fixed zip member
+timestamps so that the same content always gives the same bytes.
+
+This module imports only the standard library and numpy (``make_meta`` reads ``accel.__version__``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+__all__ = [
+    "ENGINE_KINDS",
+    "FORMAT",
+    "KINDS",
+    "VERSION",
+    "Trace",
+    "TraceError",
+    "TraceLayer",
+    "gated_macs",
+    "layer_macs",
+    "layer_tile_operands",
+    "load_trace",
+    "make_meta",
+    "requantize",
+    "save_trace",
+    "validate_trace",
+]
+
+FORMAT = "cgnet-trace"
+VERSION = 1
+ENGINE_KINDS = ("conv", "fc")
+OTHER_KINDS = ("maxpool", "avgpool", "add", "relu", "flatten")
+KINDS = ENGINE_KINDS + OTHER_KINDS
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+TOP_KEYS = ("format", "version", "meta")
+LAYER_PREFIX = "layer/"
+# Fixed zip member timestamp: the same trace content always gives the same file bytes.
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be used; the message names the file, layer, key and offending value."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# In-memory representation
+
+
+@dataclass(frozen=True)
+class TraceLayer:
+    """One layer of a trace: its metadata (``meta``, the JSON object) and its arrays.
+
+    ``sources`` are the names of the layers feeding this one (the metadata field ``inputs``); the
+    ``inputs`` property is the array of input activations (engine layers only).
+    """
+
+    name: str
+    kind: str
+    meta: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    # -- classification
+    @property
+    def is_engine_layer(self) -> bool:
+        return self.kind in ENGINE_KINDS
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.meta.get("gated", False))
+
+    @property
+    def relu(self) -> bool:
+        return bool(self.meta.get("relu", False))
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.meta["inputs"])
+
+    # -- geometry
+    @property
+    def c_in(self) -> int:
+        return self.meta["c_in"]
+
+    @property
+    def c_out(self) -> int:
+        return self.meta["c_out"]
+
+    @property
+    def h(self) -> int:
+        return self.meta["h"]
+
+    @property
+    def w(self) -> int:
+        return self.meta["w"]
+
+    @property
+    def h_out(self) -> int:
+        return self.meta["h_out"]
+
+    @property
+    def w_out(self) -> int:
+        return self.meta["w_out"]
+
+    @property
+    def kernel(self) -> int:
+        return self.meta.get("kernel", 1)
+
+    @property
+    def stride(self) -> int:
+        return self.meta.get("stride", 1)
+
+    @property
+    def padding(self) -> int:
+        return self.meta.get("padding", 0)
+
+    @property
+    def groups(self) -> int:
+        return self.meta.get("groups", 1)
+
+    @property
+    def gate_groups(self) -> int:
+        return self.meta.get("gate_groups", 1)
+
+    @property
+    def base_channels(self) -> int:
+        """``C_b`` of a ``{"first": C_b}`` base assignment; 0 for ``"groups"`` or an ungated layer."""
+        base = self.meta.get("base")
+        return base["first"] if isinstance(base, dict) else 0
+
+    @property
+    def shape_in(self) -> tuple[int, int, int]:
+        return (self.c_in, self.h, self.w)
+
+    @property
+    def shape_out(self) -> tuple[int, int, int]:
+        return (self.c_out, self.h_out, self.w_out)
+
+    @property
+    def gate_on_fraction(self) -> float | None:
+        return self.meta.get("gate_on_fraction")
+
+    @property
+    def flops_dense(self) -> float | None:
+        flops = self.meta.get("flops")
+        return flops["dense"] if flops else None
+
+    @property
+    def flops_gated(self) -> float | None:
+        flops = self.meta.get("flops")
+        return flops["gated"] if flops else None
+
+    # -- arrays (None where the layer has none)
+    @property
+    def weights(self) -> np.ndarray | None:
+        return self.arrays.get("weights")
+
+    @property
+    def weight_scale(self) -> np.ndarray | None:
+        return self.arrays.get("weight_scale")
+
+    @property
+    def inputs(self) -> np.ndarray | None:
+        return self.arrays.get("inputs")
+
+    @property
+    def input_scale(self) -> np.ndarray | None:
+        return self.arrays.get("input_scale")
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return self.arrays.get("bias")
+
+    @property
+    def requant_scale(self) -> np.ndarray | None:
+        return self.arrays.get("requant_scale")
+
+    @property
+    def output_scale(self) -> np.ndarray | None:
+        return self.arrays.get("output_scale")
+
+    @property
+    def thresholds(self) -> np.ndarray | None:
+        return self.arrays.get("thresholds")
+
+    @property
+    def gates(self) -> np.ndarray | None:
+        return self.arrays.get("gates")
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A validated trace: network metadata and its layers in ``layer_order``."""
+
+    name: str
+    meta: dict
+    layer_order: tuple[str, ...]
+    layers: dict[str, TraceLayer]
+    path: str = "<trace>"
+
+    @property
+    def samples(self) -> int:
+        return self.meta["samples"]
+
+    @property
+    def synthetic(self) -> bool:
+        return self.meta["synthetic"]
+
+    @property
+    def dataset(self) -> str:
+        return self.meta["dataset"]
+
+    @property
+    def flops(self) -> dict:
+        return self.meta["flops"]
+
+    def __iter__(self) -> Iterator[TraceLayer]:
+        return (self.layers[name] for name in self.layer_order)
+
+    def __len__(self) -> int:
+        return len(self.layer_order)
+
+    def __getitem__(self, name: str) -> TraceLayer:
+        return self.layers[name]
+
+    def engine_layers(self) -> list[TraceLayer]:
+        return [layer for layer in self if layer.is_engine_layer]
+
+    def gated_layers(self) -> list[TraceLayer]:
+        return [layer for layer in self if layer.gated]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Arithmetic shared by exporters, the synthetic generator and network runners
+
+
+def requantize(acc: np.ndarray, bias: np.ndarray, requant_scale: np.ndarray, relu: bool) -> np.ndarray:
+    """int8 output of an engine layer (docs/trace-format.md, "Integer semantics").
+
+    ``acc`` has the output channel on axis 1 (``[N, c_out, ...]``) or is ``[c_out, ...]`` when it has one
+    axis fewer than that; ``bias`` (int32) and ``requant_scale`` (float32) are ``[c_out]``. The product is
+    taken in float64 of the exact integer ``acc + bias`` and the float32 scale, rounded half to even,
+    ReLU'd if ``relu``, and clamped to ``[-128, 127]``.
+    """
+    acc = np.asarray(acc)
+    axis = 1 if acc.ndim >= 2 else 0
+    shape = [1] * acc.ndim
+    shape[axis] = -1
+    b = np.asarray(bias, dtype=np.int64).reshape(shape)
+    s = np.asarray(requant_scale, dtype=np.float32).astype(np.float64).reshape(shape)
+    y = np.rint((acc.astype(np.int64) + b).astype(np.float64) * s)
+    if relu:
+        y = np.maximum(y, 0.0)
+    return np.clip(y, -128, 127).astype(np.int8)
+
+
+def layer_macs(meta: Mapping) -> int:
+    """Dense MACs per image of an engine layer: ``k²·(c_in/groups)·c_out·h_out·w_out``; fc ``c_in·c_out``."""
+    if meta["kind"] == "fc":
+        return int(meta["c_in"]) * int(meta["c_out"])
+    k = int(meta["kernel"])
+    return (
+        k
+        * k
+        * (int(meta["c_in"]) // int(meta.get("groups", 1)))
+        * int(meta["c_out"])
+        * (int(meta["h_out"]) * int(meta["w_out"]))
+    )
+
+
+def gated_macs(meta: Mapping, gate_on_fraction: float) -> float:
+    """MACs per image of a gated layer with gate-on fraction ``r``.
+
+    Base ``"groups"``: ``dense·(1/G + (1 − 1/G)·r)`` (the brief's formula); base ``{"first": C_b}``:
+    ``dense·(C_b + (c_in − C_b)·r)/c_in``.
+    """
+    dense = layer_macs(meta)
+    r = float(gate_on_fraction)
+    base = meta.get("base", "groups")
+    if isinstance(base, Mapping):
+        cb, c_in = int(base["first"]), int(meta["c_in"])
+        return dense * (cb + (c_in - cb) * r) / c_in
+    g = int(meta.get("gate_groups", 1))
+    return dense * (1.0 / g + (1.0 - 1.0 / g) * r)
+
+
+def layer_tile_operands(layer: TraceLayer, sample: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Operands of a gated conv layer for one sample, as the engine (and the tile cutter) takes them.
+
+    Returns ``inputs`` int8 ``[c_in, h, w]``, ``weights`` int8 ``[c_out, c_in, k, k]`` and ``thresholds``
+    int64 ``[c_out]``. The layer's own padding and stride are in ``layer.padding`` / ``layer.stride``.
+    """
+    if layer.kind != "conv" or not layer.gated:
+        raise TraceError(f"layer {layer.name!r}: kind {layer.kind!r}, gated {layer.gated}: not a gated conv")
+    if layer.groups != 1:
+        raise TraceError(f"layer {layer.name!r}: groups = {layer.groups}: the engine takes groups = 1 convs")
+    n = layer.inputs.shape[0]
+    if not isinstance(sample, (int, np.integer)) or not -n <= sample < n:
+        raise TraceError(f"layer {layer.name!r}: sample {sample!r} outside the {n} stored samples")
+    return (
+        np.ascontiguousarray(layer.inputs[sample]),
+        np.ascontiguousarray(layer.weights),
+        layer.thresholds.astype(np.int64),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Validation
+
+
+class _Where:
+    """Message prefix: the file, and the layer when there is one; ``prefix`` qualifies field names."""
+
+    def __init__(self, source: str, layer: str | None = None, prefix: str = ""):
+        self.source, self.layer, self.prefix = source, layer, prefix
+
+    def fail(self, what: str) -> NoReturn:
+        prefix = f"{self.source}: " + (f"layer {self.layer!r}: " if self.layer is not None else "")
+        raise TraceError(prefix + what)
+
+    def field_name(self, key: str) -> str:
+        return f"metadata field '{self.prefix}{key}'"
+
+    def sub(self, prefix: str) -> _Where:
+        return _Where(self.source, self.layer, self.prefix + prefix)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_MISSING = object()
+
+
+def _get(obj: Mapping, key: str, where: _Where, default: Any = _MISSING) -> Any:
+    if key not in obj:
+        if default is not _MISSING:
+            return default
+        where.fail(f"{where.field_name(key)} is missing")
+    return obj[key]
+
+
+def _int(obj: Mapping, key: str, where: _Where, lo: int | None = None, default: Any = _MISSING) -> int:
+    value = _get(obj, key, where, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        where.fail(f"{where.field_name(key)} = {_short(value)}: expected an integer")
+    if lo is not None and value < lo:
+        where.fail(f"{where.field_name(key)} = {value}: expected an integer >= {lo}")
+    return value
+
+
+def _bool(obj: Mapping, key: str, where: _Where, default: Any = _MISSING) -> bool:
+    value = _get(obj, key, where, default)
+    if not isinstance(value, bool):
+        where.fail(f"{where.field_name(key)} = {_short(value)}: expected true or false")
+    return value
+
+
+def _str(obj: Mapping, key: str, where: _Where, default: Any = _MISSING) -> str:
+    value = _get(obj, key, where, default)
+    if not isinstance(value, str):
+        where.fail(f"{where.field_name(key)} = {_short(value)}: expected a string")
+    return value
+
+
+def _number(
+    obj: Mapping,
+    key: str,
+    where: _Where,
+    lo: float | None = None,
+    hi: float | None = None,
+    null: bool = False,
+    default: Any = _MISSING,
+) -> float | None:
+    value = _get(obj, key, where, default)
+    if value is None and null:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        expected = "a number" + (" or null" if null else "")
+        where.fail(f"{where.field_name(key)} = {_short(value)}: expected {expected}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        where.fail(f"{where.field_name(key)} = {value}: must lie in [{lo}, {hi}]")
+    return value
+
+
+def _object(obj: Mapping, key: str, where: _Where, default: Any = _MISSING) -> dict:
+    value = _get(obj, key, where, default)
+    if not isinstance(value, dict):
+        where.fail(f"{where.field_name(key)} = {_short(value)}: expected a JSON object")
+    return value
+
+
+def _pool_or_conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _scalar_text(arrays: Mapping[str, np.ndarray], key: str, where: _Where) -> str:
+    arr = arrays[key]
+    if arr.dtype.kind != "U" or arr.shape != ():
+        where.fail(f"key {key!r}: dtype {arr.dtype}, shape {arr.shape}: expected a string scalar")
+    return str(arr[()])
+
+
+def _check_top(arrays: Mapping[str, np.ndarray], where: _Where) -> dict:
+    for key in TOP_KEYS:
+        if key not in arrays:
+            where.fail(f"key {key!r} is missing (is this a {FORMAT} trace?)")
+    fmt = _scalar_text(arrays, "format", where)
+    if fmt != FORMAT:
+        where.fail(f"key 'format' = {fmt!r}: expected {FORMAT!r}")
+    version = arrays["version"]
+    if version.dtype.kind not in "iu" or version.shape != ():
+        where.fail(
+            f"key 'version': dtype {version.dtype}, shape {version.shape}: expected an integer scalar "
+            f"(value {_short(version.tolist())})"
+        )
+    v = int(version)
+    if v > VERSION:
+        where.fail(
+            f"key 'version' = {v}: newer than this reader's trace format version {VERSION}; "
+            "update channel-gating-accel to read it"
+        )
+    if v < 1:
+        where.fail(f"key 'version' = {v}: expected an integer from 1 to {VERSION}")
+    text = _scalar_text(arrays, "meta", where)
+    try:
+        meta = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+        where.fail(f"key 'meta': not valid JSON ({exc}): {_short(text)}")
+    if not isinstance(meta, dict):
+        where.fail(f"key 'meta' = {_short(meta)}: expected a JSON object")
+    return meta
+
+
+def _check_network_meta(meta: dict, where: _Where) -> None:
+    _str(meta, "name", where)
+    _str(meta, "dataset", where)
+    synthetic = _bool(meta, "synthetic", where)
+    _int(meta, "num_classes", where, lo=1)
+    shape = _get(meta, "input_shape", where)
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+    ):
+        where.fail(f"metadata field 'input_shape' = {_short(shape)}: expected [channels, height, width]")
+    _int(meta, "samples", where, lo=1)
+    accuracy = _object(meta, "accuracy", where)
+    acc_where = where.sub("accuracy.")
+    for key in ("float", "int8"):
+        _number(accuracy, key, acc_where, 0.0, 1.0, null=synthetic)
+    for key in accuracy:
+        if key not in ("float", "int8"):
+            _number(accuracy, key, acc_where, 0.0, 1.0, null=True)
+    _number(meta, "gate_agreement", where, 0.0, 1.0, null=synthetic)
+    pruning = _get(meta, "channel_pruning", where, None)
+    if pruning is not None:
+        if not isinstance(pruning, list) or not all(isinstance(e, dict) for e in pruning):
+            where.fail(f"metadata field 'channel_pruning' = {_short(pruning)}: expected a list of objects")
+        for i, entry in enumerate(pruning):
+            entry_where = where.sub(f"channel_pruning[{i}].")
+            _number(entry, "threshold", entry_where, 0.0, 1.0)
+            _number(entry, "int8_accuracy", entry_where, 0.0, 1.0, null=True)
+    flops = _object(meta, "flops", where)
+    _number(flops, "dense", where.sub("flops."), lo=0)
+    _number(flops, "gated", where.sub("flops."), lo=0)
+    made_by = _object(meta, "made_by", where)
+    made_where = where.sub("made_by.")
+    _str(made_by, "command", made_where)
+    seed = _get(made_by, "seed", made_where, None)
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        made_where.fail(f"metadata field 'made_by.seed' = {_short(seed)}: expected an integer or null")
+
+
+def _check_layer_meta(lm: Any, where: _Where) -> None:
+    if not isinstance(lm, dict):
+        where.fail(f"metadata = {_short(lm)}: expected a JSON object")
+    kind = _str(lm, "kind", where)
+    if kind not in KINDS:
+        where.fail(f"metadata field 'kind' = {kind!r}: expected one of {', '.join(KINDS)}")
+    sources = _get(lm, "inputs", where)
+    if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
+        where.fail(f"metadata field 'inputs' = {_short(sources)}: expected a non-empty list of layer names")
+    c_in, c_out = _int(lm, "c_in", where, lo=1), _int(lm, "c_out", where, lo=1)
+    h, w = _int(lm, "h", where, lo=1), _int(lm, "w", where, lo=1)
+    h_out, w_out = _int(lm, "h_out", where, lo=1), _int(lm, "w_out", where, lo=1)
+    _bool(lm, "relu", where, False)
+    gated = _bool(lm, "gated", where, False)
+    _bool(lm, "shuffle", where, False)
+    if kind in ENGINE_KINDS:
+        _get(lm, "relu", where)
+        _get(lm, "gated", where)
+        flops = _object(lm, "flops", where)
+        _number(flops, "dense", where.sub("flops."), lo=0)
+        _number(flops, "gated", where.sub("flops."), lo=0)
+
+    def expect(key: str, value: int, want: int, why: str) -> None:
+        if value != want:
+            where.fail(f"metadata field {key!r} = {value}: expected {want} ({why})")
+
+    if kind in ("conv", "maxpool", "avgpool"):
+        k = _int(lm, "kernel", where, lo=1)
+        s = _int(lm, "stride", where, lo=1)
+        p = _int(lm, "padding", where, lo=0)
+        want_h, want_w = _pool_or_conv_size(h, k, s, p), _pool_or_conv_size(w, k, s, p)
+        why = f"h = {h}, w = {w}, kernel {k}, stride {s}, padding {p}"
+        expect("h_out", h_out, want_h, why)
+        expect("w_out", w_out, want_w, why)
+    if kind == "conv":
+        groups = _int(lm, "groups", where, lo=1)
+        for key, value in (("c_in", c_in), ("c_out", c_out)):
+            if value % groups:
+                where.fail(f"metadata field {key!r} = {value}: not a multiple of groups = {groups}")
+    if kind == "fc":
+        for key, value in (("h", h), ("w", w), ("h_out", h_out), ("w_out", w_out)):
+            expect(key, value, 1, "an fc layer is 1x1")
+        for key, want in (("kernel", 1), ("stride", 1), ("padding", 0), ("groups", 1)):
+            if key in lm:
+                expect(key, _int(lm, key, where), want, "an fc layer")
+    if kind in ("maxpool", "avgpool", "add", "relu"):
+        expect("c_out", c_out, c_in, f"a {kind} layer keeps its channels")
+    if kind in ("add", "relu"):
+        expect("h_out", h_out, h, f"a {kind} layer keeps its size")
+        expect("w_out", w_out, w, f"a {kind} layer keeps its size")
+    if kind == "add" and len(sources) < 2:
+        where.fail(f"metadata field 'inputs' = {_short(sources)}: an add layer needs at least two inputs")
+    if kind == "flatten":
+        expect("c_out", c_out, c_in * h * w, "flatten: c_in * h * w")
+        expect("h_out", h_out, 1, "flatten")
+        expect("w_out", w_out, 1, "flatten")
+    if gated:
+        if kind != "conv":
+            where.fail(f"metadata field 'gated' = true: only conv layers can be gated, not {kind}")
+        if lm.get("groups", 1) != 1:
+            where.fail(f"metadata field 'groups' = {lm['groups']}: a gated conv must have groups = 1")
+        g = _int(lm, "gate_groups", where, lo=1)
+        base = _get(lm, "base", where)
+        if base == "groups":
+            if g < 2:
+                where.fail(f"metadata field 'gate_groups' = {g}: base \"groups\" needs gate_groups >= 2")
+            for key, value in (("c_in", c_in), ("c_out", c_out)):
+                if value % g:
+                    where.fail(f"metadata field {key!r} = {value}: not a multiple of gate_groups = {g}")
+        elif isinstance(base, dict) and set(base) == {"first"}:
+            cb = base["first"]
+            if g != 1:
+                where.fail(
+                    f"metadata field 'gate_groups' = {g}: base {{\"first\": C_b}} needs gate_groups = 1"
+                )
+            if not isinstance(cb, int) or isinstance(cb, bool) or not 1 <= cb < c_in:
+                where.fail(
+                    f"metadata field 'base.first' = {_short(cb)}: expected an integer in [1, {c_in - 1}]"
+                )
+        else:
+            where.fail(f'metadata field \'base\' = {_short(base)}: expected "groups" or {{"first": C_b}}')
+        _number(lm, "gate_on_fraction", where, 0.0, 1.0)
+    pruned = _get(lm, "pruned_channels", where, None)
+    if pruned is not None and not (
+        isinstance(pruned, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in pruned)
+    ):
+        where.fail(f"metadata field 'pruned_channels' = {_short(pruned)}: expected a list of integers")
+
+
+def _expected_arrays(lm: dict, n: int) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """array name -> (allowed dtypes, shape) of an engine layer."""
+    c_in, c_out = lm["c_in"], lm["c_out"]
+    if lm["kind"] == "fc":
+        weights_shape: tuple[int, ...] = (c_out, c_in)
+        inputs_shape: tuple[int, ...] = (n, c_in)
+    else:
+        k = lm["kernel"]
+        weights_shape = (c_out, c_in // lm["groups"], k, k)
+        inputs_shape = (n, c_in, lm["h"], lm["w"])
+    spec = {
+        "weights": (("int8",), weights_shape),
+        "weight_scale": (("float32",), (c_out,)),
+        "inputs": (("int8",), inputs_shape),
+        "input_scale": (("float32",), ()),
+        "bias": (("int32",), (c_out,)),
+        "requant_scale": (("float32",), (c_out,)),
+        "output_scale": (("float32",), ()),
+    }
+    if lm.get("gated"):
+        spec["thresholds"] = (("int32", "int64"), (c_out,))
+        spec["gates"] = (("bool",), (n, c_out, lm["h_out"], lm["w_out"]))
+    return spec
+
+
+def _check_arrays(name: str, lm: dict, arrays: Mapping[str, np.ndarray], n: int, where: _Where) -> None:
+    spec = _expected_arrays(lm, n)
+    for array, (dtypes, shape) in spec.items():
+        key = f"{LAYER_PREFIX}{name}/{array}"
+        if key not in arrays:
+            where.fail(f"key {key!r} is missing")
+        arr = arrays[key]
+        if arr.dtype.name not in dtypes or not arr.dtype.isnative:
+            where.fail(f"key {key!r}: dtype {arr.dtype.str} ({arr.dtype}), expected {' or '.join(dtypes)}")
+        if arr.shape != shape:
+            note = f", samples = {n}" if array in ("inputs", "gates") else ""
+            where.fail(f"key {key!r}: shape {arr.shape}, expected {shape} from the layer's metadata{note}")
+        if array.endswith("scale"):
+            bad = ~(np.isfinite(arr) & (arr > 0))
+            if bad.any():
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                where.fail(
+                    f"key {key!r}: value {arr[index].item()!r} at index {index}: "
+                    "scales must be positive and finite"
+                )
+        if array == "thresholds" and arr.size:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < INT32_MIN or hi > INT32_MAX:
+                bad_value = lo if lo < INT32_MIN else hi
+                index = int(np.argmax(arr == bad_value))
+                where.fail(
+                    f"key {key!r}: value {bad_value} at index {index} outside the int32 range "
+                    f"[{INT32_MIN}, {INT32_MAX}]"
+                )
+
+
+def validate_trace(arrays: Mapping[str, np.ndarray], source: str = "<trace>") -> Trace:
+    """Check the arrays of a trace (key -> array, as in the ``.npz``) and return the :class:`Trace`.
+
+    Raises :class:`TraceError` naming ``source``, the layer, the key and the offending value.
+    """
+    where = _Where(str(source))
+    for key, arr in arrays.items():
+        if not isinstance(arr, np.ndarray):
+            where.fail(f"key {key!r}: a {type(arr).__name__}, expected a numpy array")
+        if arr.dtype.hasobject:
+            where.fail(
+                f"key {key!r}: an object array (pickled Python objects); traces hold plain arrays only"
+            )
+    meta = _check_top(arrays, where)
+    _check_network_meta(meta, where)
+    order = _get(meta, "layer_order", where)
+    if not isinstance(order, list) or not all(isinstance(n, str) for n in order):
+        where.fail(f"metadata field 'layer_order' = {_short(order)}: expected a list of layer names")
+    layers_meta = _object(meta, "layers", where)
+    seen: set[str] = set()
+    for name in order:
+        if name in seen:
+            where.fail(f"metadata field 'layer_order': layer {name!r} listed twice")
+        if not name or "/" in name or name == "input":
+            where.fail(f"metadata field 'layer_order': layer name {name!r} (empty, 'input' or with '/')")
+        seen.add(name)
+        if name not in layers_meta:
+            where.fail(f"metadata field 'layer_order' names layer {name!r}, which has no entry in 'layers'")
+    for name in layers_meta:
+        if name not in seen:
+            where.fail(f"metadata field 'layers' has layer {name!r}, which is not in 'layer_order'")
+    input_shape = tuple(meta["input_shape"])
+    n = meta["samples"]
+
+    # Layer metadata, graph order and shapes along the graph.
+    out_shape: dict[str, tuple[int, int, int]] = {"input": input_shape}  # type: ignore[dict-item]
+    for name in order:
+        lw = _Where(where.source, name)
+        lm = layers_meta[name]
+        _check_layer_meta(lm, lw)
+        for src in lm["inputs"]:
+            if src not in out_shape:
+                later = src in seen
+                lw.fail(
+                    f"metadata field 'inputs' names {src!r}, which is "
+                    + ("not an earlier layer (it comes later in 'layer_order')" if later else "no layer")
+                )
+            if out_shape[src] != (lm["c_in"], lm["h"], lm["w"]):
+                lw.fail(
+                    f"metadata fields 'c_in', 'h', 'w' = {lm['c_in']}x{lm['h']}x{lm['w']}: its input "
+                    f"{src!r} gives {'x'.join(map(str, out_shape[src]))}"
+                )
+        out_shape[name] = (lm["c_out"], lm["h_out"], lm["w_out"])
+
+    # Arrays: every key known, every engine layer complete.
+    per_layer: dict[str, dict[str, np.ndarray]] = {name: {} for name in order}
+    for key in arrays:
+        if key in TOP_KEYS:
+            continue
+        if not key.startswith(LAYER_PREFIX) or key.count("/") < 2:
+            where.fail(f"key {key!r}: unknown key (expected format, version, meta or layer/<name>/<array>)")
+        name, _, array = key[len(LAYER_PREFIX) :].rpartition("/")
+        if name not in per_layer:
+            where.fail(f"key {key!r}: layer {name!r} is not in the metadata")
+        lm = layers_meta[name]
+        if lm["kind"] not in ENGINE_KINDS:
+            _Where(where.source, name).fail(f"key {key!r}: a {lm['kind']} layer stores no arrays")
+        if array not in _expected_arrays(lm, n):
+            _Where(where.source, name).fail(
+                f"key {key!r}: unknown array {array!r} for a{' gated' if lm.get('gated') else 'n ungated'} "
+                f"{lm['kind']} layer"
+            )
+        per_layer[name][array] = arrays[key]
+    for name in order:
+        lm = layers_meta[name]
+        if lm["kind"] in ENGINE_KINDS:
+            _check_arrays(name, lm, arrays, n, _Where(where.source, name))
+
+    layers = {
+        name: TraceLayer(
+            name=name, kind=layers_meta[name]["kind"], meta=layers_meta[name], arrays=per_layer[name]
+        )
+        for name in order
+    }
+    return Trace(name=meta["name"], meta=meta, layer_order=tuple(order), layers=layers, path=str(source))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading and writing
+
+
+def load_trace(path: str | os.PathLike) -> Trace:
+    """Read and validate a trace file (``np.load(path, allow_pickle=False)``)."""
+    source = str(path)
+    where = _Where(source)
+    arrays: dict[str, np.ndarray] = {}
+    key = None
+    try:
+        with open(path, "rb") as fh:
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                where.fail("a single .npy array, not a trace (.npz)")
+            with loaded:
+                for key in loaded.files:
+                    value = loaded[key]
+                    if not isinstance(value, np.ndarray):
+                        where.fail(f"key {key!r}: a zip member that is not a .npy array")
+                    arrays[key] = value
+    except TraceError:
+        raise
+    except OSError as exc:
+        where.fail(f"cannot read the file ({exc.strerror or exc})")
+    except ValueError as exc:
+        if key is not None and "allow_pickle" in str(exc):
+            where.fail(
+                f"key {key!r}: an object array (pickled Python objects), refused: traces are read with "
+                "allow_pickle=False"
+            )
+        if key is not None:
+            where.fail(f"key {key!r}: not a readable array ({exc})")
+        where.fail(f"not a trace file (not a zip of .npy arrays: {exc})")
+    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, RuntimeError, NotImplementedError) as exc:
+        what = f"key {key!r}: " if key is not None else ""
+        where.fail(f"{what}corrupt or truncated file ({type(exc).__name__}: {exc})")
+    return validate_trace(arrays, source)
+
+
+def _keys(
+    meta: Mapping, arrays: Mapping[str, Mapping[str, np.ndarray]], source: str
+) -> dict[str, np.ndarray]:
+    try:
+        text = json.dumps(meta, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise TraceError(f"{source}: key 'meta': cannot be written as JSON ({exc})") from None
+    keys: dict[str, np.ndarray] = {
+        "format": np.array(FORMAT),
+        "version": np.array(VERSION, dtype=np.int64),
+        "meta": np.array(text),
+    }
+    for layer, named in arrays.items():
+        for array, value in named.items():
+            keys[f"{LAYER_PREFIX}{layer}/{array}"] = np.asarray(value)
+    return keys
+
+
+def save_trace(
+    path: str | os.PathLike, meta: Mapping, arrays: Mapping[str, Mapping[str, np.ndarray]]
+) -> Trace:
+    """Validate and write a trace; returns it as :func:`load_trace` would.
+
+    ``meta`` is the JSON metadata (see :func:`make_meta`); ``arrays`` maps layer name -> array name ->
+    array. The file is a deflated zip of ``.npy`` members (what ``np.savez_compressed`` writes) with fixed
+    member timestamps, written to a temporary file next to ``path`` and moved into place with
+    ``os.replace``.
+    """
+    path = Path(path)
+    keys = _keys(meta, arrays, str(path))
+    trace = validate_trace(keys, str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for key, value in keys.items():
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=ZIP_DATE)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                with zf.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, value, allow_pickle=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return trace
+
+
+def make_meta(
+    *,
+    name: str,
+    dataset: str,
+    synthetic: bool,
+    num_classes: int,
+    input_shape: tuple[int, int, int] | list[int],
+    samples: int,
+    layer_order: list[str],
+    layers: Mapping[str, Mapping],
+    command: str,
+    seed: int | None,
+    accuracy: Mapping[str, float | None] | None = None,
+    gate_agreement: float | None = None,
+    channel_pruning: list[Mapping] | None = None,
+    flops: Mapping[str, float] | None = None,
+    date: str | None = None,
+    **extra: Any,
+) -> dict:
+    """The ``meta`` JSON object of a trace.
+
+    ``flops`` defaults to the sums of the layers' ``flops``; ``accuracy`` to nulls (allowed for synthetic
+    traces only); ``date`` to ``SOURCE_DATE_EPOCH`` when set, else today (UTC), as ISO ``YYYY-MM-DD``.
+    ``extra`` keys are added to ``made_by``.
+    """
+    from accel import __version__
+
+    if flops is None:
+        engine = [lm for lm in layers.values() if lm.get("kind") in ENGINE_KINDS]
+        flops = {
+            "dense": sum(lm["flops"]["dense"] for lm in engine),
+            "gated": sum(lm["flops"]["gated"] for lm in engine),
+        }
+    if date is None:
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        when = (
+            datetime.datetime.fromtimestamp(int(epoch), datetime.UTC)
+            if epoch and epoch.isdigit()
+            else datetime.datetime.now(datetime.UTC)
+        )
+        date = when.date().isoformat()
+    meta: dict[str, Any] = {
+        "name": name,
+        "dataset": dataset,
+        "synthetic": bool(synthetic),
+        "num_classes": int(num_classes),
+        "input_shape": [int(v) for v in input_shape],
+        "samples": int(samples),
+        "accuracy": dict(accuracy)
+        if accuracy is not None
+        else {"float": None, "int8": None, "dense_float": None},
+        "gate_agreement": gate_agreement,
+    }
+    if channel_pruning is not None:
+        meta["channel_pruning"] = [dict(e) for e in channel_pruning]
+    meta["flops"] = dict(flops)
+    meta["made_by"] = {
+        "command": command,
+        "seed": seed,
+        "date": date,
+        "package_version": __version__,
+        **extra,
+    }
+    meta["layer_order"] = list(layer_order)
+    meta["layers"] = {name: dict(layers[name]) for name in layer_order}
+    return meta
