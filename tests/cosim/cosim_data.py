@@ -16,10 +16,11 @@ import numpy as np
 from accel.config import EngineConfig
 from accel.tile import COUNTER_NAMES, Tile, TileGeometry
 
-__all__ = ["DATA_ENV", "REPORT_ENV", "CosimCase", "load_cases", "save_cases"]
+__all__ = ["DATA_ENV", "REPORT_ENV", "STATS_ENV", "CosimCase", "load_cases", "save_cases"]
 
 DATA_ENV = "ACCEL_COSIM_DATA"  # path of the .npz file
 REPORT_ENV = "ACCEL_COSIM_REPORT"  # path of the JSON-lines file where the testbench writes its failures
+STATS_ENV = "ACCEL_COSIM_STATS"  # path of the JSON-lines file where it writes what each tile's run took
 
 _GEOMETRY_FIELDS = tuple(f.name for f in fields(TileGeometry))
 
@@ -28,9 +29,10 @@ _GEOMETRY_FIELDS = tuple(f.name for f in fields(TileGeometry))
 class CosimCase:
     """One tile with what the cycle model (and the plain spec reference) say the engine leaves behind.
 
-    ``outputs``/``gates``/``counters`` are the model's (``sim.engine.run_tile``); ``ref_*`` are the
-    functional reference and the closed-form counters of spec section 5, used only to say in a failure
-    message which side agrees with the spec.
+    ``outputs``/``gates``/``counters``/``write_cycle`` are the model's (``sim.engine.run_tile``);
+    ``write_cycle`` holds, per output entry, the cycle of the run (1 = SETUP) of its last write. ``ref_*``
+    are the functional reference, the closed-form counters and the write cycles of spec section 5, used
+    only to say in a failure message which side agrees with the spec.
     """
 
     name: str
@@ -38,9 +40,11 @@ class CosimCase:
     outputs: np.ndarray  # int64 [c_out, h_out, w_out]
     gates: np.ndarray  # bool  [c_out, h_out, w_out]
     counters: dict[str, int]
+    write_cycle: np.ndarray  # int64 [c_out, h_out, w_out]
     ref_outputs: np.ndarray | None = None
     ref_gates: np.ndarray | None = None
     ref_counters: dict[str, int] | None = None
+    ref_write_cycle: np.ndarray | None = None
     # What the testbench loads before this run: "all" writes, only the configuration "registers", or
     # "none" (the buffers still hold the previous tile's data and the run simply starts again).
     load: str = "all"
@@ -67,6 +71,7 @@ def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -
         arrays[f"t{i}_outputs"] = np.asarray(c.outputs, dtype=np.int64)
         arrays[f"t{i}_gates"] = np.asarray(c.gates, dtype=bool)
         arrays[f"t{i}_counters"] = np.array([int(c.counters[n]) for n in COUNTER_NAMES], dtype=np.int64)
+        arrays[f"t{i}_write_cycle"] = np.asarray(c.write_cycle, dtype=np.int64)
         if c.ref_outputs is not None:
             arrays[f"t{i}_ref_outputs"] = np.asarray(c.ref_outputs, dtype=np.int64)
             arrays[f"t{i}_ref_gates"] = np.asarray(c.ref_gates, dtype=bool)
@@ -74,6 +79,8 @@ def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -
             arrays[f"t{i}_ref_counters"] = np.array(
                 [int(c.ref_counters[n]) for n in COUNTER_NAMES], dtype=np.int64
             )
+        if c.ref_write_cycle is not None:
+            arrays[f"t{i}_ref_write_cycle"] = np.asarray(c.ref_write_cycle, dtype=np.int64)
     path = Path(path)
     np.savez(path, **arrays)
     return path
@@ -101,9 +108,13 @@ def load_cases(path: str | Path) -> tuple[EngineConfig, list[CosimCase]]:
                     outputs=z[f"t{i}_outputs"],
                     gates=z[f"t{i}_gates"],
                     counters=counters(f"t{i}_counters"),
+                    write_cycle=z[f"t{i}_write_cycle"],
                     ref_outputs=z[f"t{i}_ref_outputs"] if has_ref else None,
                     ref_gates=z[f"t{i}_ref_gates"] if has_ref else None,
                     ref_counters=counters(f"t{i}_ref_counters") if f"t{i}_ref_counters" in z.files else None,
+                    ref_write_cycle=(
+                        z[f"t{i}_ref_write_cycle"] if f"t{i}_ref_write_cycle" in z.files else None
+                    ),
                     load=str(loads[i]),
                 )
             )

@@ -6,11 +6,14 @@
   once per (simulator, configuration); the build lives in a cache directory keyed by the configuration's
   JSON and is redone when the RTL sources, the configuration code or the Amaranth version change.
 * :func:`expectations` runs the cycle model (``sim.engine.run_tile``) in this process, plus the numpy
-  spec reference and the closed-form counters of spec section 5 (only used to word failure messages).
+  spec reference and the closed-form counters and write cycles of spec section 5 (only used to word
+  failure messages).
 * :func:`run_cosim` writes the tiles and expectations to an .npz, runs ``engine_tb`` in the simulator and
   raises :class:`CosimFailure` with the testbench's messages when anything disagrees. Waveforms: always
   with ``ACCEL_WAVES=1``; by default a failing run is repeated once with waveforms on, and the failure
-  message names the file; ``ACCEL_WAVES=0`` never records them.
+  message names the file; ``ACCEL_WAVES=0`` never records them. Every successful run is also appended to
+  :data:`completed_runs` (simulator, tiles, MACs and cycles the testbench saw, wall seconds), from which
+  ``conftest.py`` prints the session's figures.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ for _p in (str(REPO), str(HERE)):  # the simulator process gets this sys.path as
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from cosim_data import DATA_ENV, REPORT_ENV, CosimCase, save_cases  # noqa: E402
+from cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, save_cases  # noqa: E402
 
 TOP = "gated_conv_engine"
 TB_MODULE = "engine_tb"
@@ -55,11 +58,13 @@ __all__ = [
     "CosimFailure",
     "CosimResult",
     "build",
+    "completed_runs",
     "expectations",
     "rtl_available",
     "run_cosim",
     "simulator_status",
     "spec_counters",
+    "spec_write_cycles",
     "waves_policy",
 ]
 
@@ -77,9 +82,31 @@ class CosimFailure(AssertionError):
 class CosimResult:
     tests: int
     failures: list[dict] = field(default_factory=list)
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # the simulator run (start-up included), not the build
     log: str = ""
     waves: Path | None = None
+    # What the testbench reports it ran (JSON lines of $ACCEL_COSIM_STATS): tiles whose run finished, the
+    # sum of their `cycles` counters, of their base_macs + cond_macs counters, and of the clock cycles
+    # their tests simulated (loading and unloading included).
+    tiles: int = 0
+    cycles: int = 0
+    macs: int = 0
+    clock_cycles: int = 0
+
+    def figures(self, sim: str) -> dict:
+        return {
+            "sim": sim,
+            "tiles": self.tiles,
+            "macs": self.macs,
+            "cycles": self.cycles,
+            "clock_cycles": self.clock_cycles,
+            "wall_s": self.wall_s,
+        }
+
+
+# The figures of every successful run_cosim of this process, in order (see CosimResult.figures);
+# tests/cosim/conftest.py moves them into the test reports and prints their sums at the end of the session.
+completed_runs: list[dict] = []
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,6 +361,24 @@ def spec_counters(config: EngineConfig, tile: Tile, gates_on: int) -> dict[str, 
     }
 
 
+def spec_write_cycles(config: EngineConfig, tile: Tile, gates: np.ndarray) -> np.ndarray:
+    """The cycle of the run (1 = SETUP) of each output entry's last write, in closed form (spec section 5,
+    "When each output is written"), given the gate bits ``[c_out, h_out, w_out]``."""
+    g = tile.geometry
+    seg = g.segments(config)
+    k2, p, n = config.kernel**2, config.pes, g.n_outputs
+    b1 = k2 * (seg.n_chunks if g.dense else seg.nch_b)
+    b2 = k2 * (seg.n_seg - 1) * seg.nch_c
+    r1 = -(-n // p)
+    rounds = np.arange(n, dtype=np.int64) // p
+    cycles = 3 + (rounds + 1) * b1  # phase 1: round r writes in cycle 3 + (r+1)·B1
+    if not g.dense:
+        on = np.flatnonzero(np.asarray(gates, dtype=bool).reshape(-1))  # the work queue, in lin order
+        rounds2 = np.arange(on.size, dtype=np.int64) // p
+        cycles[on] = 6 + r1 * b1 + (rounds2 + 1) * b2  # phase 2: round r in cycle 6 + R1·B1 + (r+1)·B2
+    return cycles.reshape(g.c_out, g.h_out, g.w_out)
+
+
 def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
     """The cycle model's results for ``tile`` (computed here, never in the simulator process)."""
     from sim.engine import run_tile
@@ -346,6 +391,7 @@ def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
         outputs=np.asarray(result.outputs, dtype=np.int64),
         gates=np.asarray(result.gates, dtype=bool),
         counters={k: int(result.counters[k]) for k in COUNTER_NAMES},
+        write_cycle=np.asarray(result.write_cycle, dtype=np.int64),
     )
     try:
         from tests.reference import reference_outputs
@@ -355,6 +401,7 @@ def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
         ref_y, ref_g = reference_outputs(config, tile)
         case.ref_outputs, case.ref_gates = np.asarray(ref_y, dtype=np.int64), np.asarray(ref_g, dtype=bool)
         case.ref_counters = spec_counters(config, tile, int(np.count_nonzero(ref_g)))
+        case.ref_write_cycle = spec_write_cycles(config, tile, ref_g)
     return case
 
 
@@ -399,6 +446,8 @@ def _run_once(
     work_dir.mkdir(parents=True, exist_ok=True)
     report = work_dir / "failures.jsonl"
     report.unlink(missing_ok=True)
+    stats = work_dir / "stats.jsonl"
+    stats.unlink(missing_ok=True)
     results_xml = work_dir / "results.xml"
     log_file = work_dir / "sim.log"
     waves_file = None
@@ -421,7 +470,12 @@ def _run_once(
                 build_dir=build_dir,
                 test_dir=work_dir,
                 results_xml=str(results_xml),
-                extra_env={DATA_ENV: str(data), REPORT_ENV: str(report), "COCOTB_ANSI_OUTPUT": "0"},
+                extra_env={
+                    DATA_ENV: str(data),
+                    REPORT_ENV: str(report),
+                    STATS_ENV: str(stats),
+                    "COCOTB_ANSI_OUTPUT": "0",
+                },
                 plusargs=plusargs,
                 waves=waves,
                 log_file=log_file,
@@ -449,7 +503,22 @@ def _run_once(
         )
     elif aborted is not None and not failures:
         failures.append({"tile": None, "name": "simulation", "message": f"simulator failed: {aborted!r}"})
-    return CosimResult(tests=len(testcases), failures=failures, wall_s=wall, log=log, waves=waves_file)
+    ran = (
+        [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
+        if stats.is_file()
+        else []
+    )
+    return CosimResult(
+        tests=len(testcases),
+        failures=failures,
+        wall_s=wall,
+        log=log,
+        waves=waves_file,
+        tiles=len(ran),
+        cycles=sum(int(r["cycles"]) for r in ran),
+        macs=sum(int(r["macs"]) for r in ran),
+        clock_cycles=sum(int(r["clock_cycles"]) for r in ran),
+    )
 
 
 def run_cosim(
@@ -472,6 +541,7 @@ def run_cosim(
     result = _run_once(sim, build_dir, work_dir, data, len(cases), waves=policy == "always")
     print(result.log)  # shown by pytest when the test fails
     if not result.failures:
+        completed_runs.append(result.figures(sim))
         return result
     if policy == "on-failure":
         trace_build = build(sim, config, cache_root, waves=True)

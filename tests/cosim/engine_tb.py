@@ -9,13 +9,18 @@ so this module never imports the cycle model. One cocotb test per tile, all in o
   data already loaded), then raises ``start`` for one cycle;
 * **monitor** (:class:`RunMonitor`, runs every cycle for the whole test): counts the cycles with ``busy``
   high, checks that ``busy`` rises only after ``start``, stays high in one piece, that ``done`` is high
-  exactly in the cycle after the last busy cycle and never otherwise, and records those cycles;
+  exactly in the cycle after the last busy cycle and never otherwise, and records those cycles; in every
+  busy cycle it samples the trace ports ``wb_valid``/``wb_addr`` and records, per output entry, the cycle of
+  the run (1 = the first busy cycle, ``SETUP``) of its last write (no write may show while ``busy`` is low);
 * **unload**: reads back every output entry of the tile (and the entries of earlier, larger tiles that this
   run must not touch) and every counter through ``req``/``resp``;
-* **checker**: compares every ``y``, gate bit and counter with the model and the monitor's cycle count with
-  the ``cycles`` counter; a failure names the first diverging output ``(co, oy, ox)`` with expected and
-  got values (and the spec reference's, to say which side is off), every diverging counter, and the
-  cycles of the run. Failures are also appended as JSON lines to ``$ACCEL_COSIM_REPORT`` for pytest.
+* **checker**: compares every ``y``, gate bit, write cycle and counter with the model, the number of writes
+  the trace showed with the schedule's, and the monitor's cycle count with the ``cycles`` counter; a
+  failure names the first diverging output ``(co, oy, ox)`` with expected and got values and write cycles
+  (and the spec reference's, to say which side is off) and the simulation time of the model's write cycle
+  (where to look in the waveform), every diverging counter, and the cycles of the run. Failures are also
+  appended as JSON lines to ``$ACCEL_COSIM_REPORT`` for pytest, and what each run took (cycles, MACs) to
+  ``$ACCEL_COSIM_STATS``.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.handle import SimHandleBase
+from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, ReadOnly, RisingEdge, with_timeout
 from cocotb_streams import StreamPort, stream_get, stream_put
-from cosim_data import DATA_ENV, REPORT_ENV, CosimCase, load_cases
+from cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, load_cases
 
 from accel.config import EngineConfig
 from accel.layout import (
@@ -63,27 +69,51 @@ class Run:
 
     start_cycle: int | None = None  # the cycle in which start was high (sampled at its closing edge)
     rise_cycle: int | None = None  # first cycle with busy high
+    rise_ns: float | None = None  # simulation time of the rising edge that starts it
     fall_cycle: int | None = None  # first cycle with busy low again
     busy_cycles: int = 0
     done_cycle: int | None = None
+    # From the trace ports: per output entry (lin) the cycle of the run (1 = first busy cycle) of its last
+    # write, and the number of writes seen.
+    writes: dict[int, int] = field(default_factory=dict)
+    n_writes: int = 0
     finished: Event = field(default_factory=Event)
 
+    def time_of(self, cycle: int) -> str:
+        """Where cycle ``cycle`` of the run (1 = SETUP) begins in the waveform."""
+        if self.rise_ns is None:
+            return "?"
+        return f"{self.rise_ns + (cycle - 1) * CLOCK_NS:g} ns"
+
     def describe(self) -> str:
+        at = f" (t = {self.rise_ns:g} ns)" if self.rise_ns is not None else ""
         return (
-            f"start high in cycle {self.start_cycle}, busy from cycle {self.rise_cycle} to {self.fall_cycle} "
-            f"({self.busy_cycles} busy cycles), done at cycle {self.done_cycle}"
+            f"start high in cycle {self.start_cycle}, busy from cycle {self.rise_cycle}{at} to "
+            f"{self.fall_cycle} ({self.busy_cycles} busy cycles), done at cycle {self.done_cycle}"
         )
 
 
-class RunMonitor:
-    """Samples ``start``, ``busy`` and ``done`` every cycle (in ReadOnly, after the rising edge)."""
+def _uint(value) -> int:
+    """A resolvable value as an unsigned integer (a 1-bit port, e.g. ``wb_valid`` with P = 1, is a Logic)."""
+    return value.to_unsigned() if hasattr(value, "to_unsigned") else int(value)
 
-    def __init__(self, dut: SimHandleBase) -> None:
+
+class RunMonitor:
+    """Samples ``start``, ``busy``, ``done`` and the trace ports every cycle (in ReadOnly, after the edge)."""
+
+    def __init__(self, dut: SimHandleBase, pes: int) -> None:
         self.dut = dut
         self.cycle = 0
         self.run: Run | None = None
         self.errors: list[str] = []
         self._busy = False
+        self.pes = pes
+        # wb_addr packs P lin fields, PE i at bits [i*w, (i+1)*w).
+        width = len(dut.wb_addr)
+        if width % pes:
+            raise AssertionError(f"wb_addr is {width} bits wide, not a multiple of P = {pes}")
+        self.lin_width = width // pes
+        self._lin_mask = (1 << self.lin_width) - 1
 
     def expect_run(self) -> Run:
         """Called by the driver in the cycle it raises ``start``."""
@@ -94,6 +124,25 @@ class RunMonitor:
 
     def _error(self, text: str) -> None:
         self.errors.append(f"cycle {self.cycle}: {text}")
+
+    def _trace(self, run: Run) -> None:
+        """Record the output-buffer writes the trace ports show in this busy cycle of ``run``."""
+        valid_v = self.dut.wb_valid.value
+        if not valid_v.is_resolvable:
+            self._error(f"wb_valid = {valid_v} is not 0/1 (cycle {run.busy_cycles} of the run)")
+            return
+        valid = _uint(valid_v)
+        if not valid:
+            return
+        addr_v = self.dut.wb_addr.value
+        if not addr_v.is_resolvable:
+            self._error(f"wb_addr = {addr_v} has X/Z bits with wb_valid = {valid:#b}")
+            return
+        addrs = _uint(addr_v)
+        for i in range(self.pes):
+            if (valid >> i) & 1:
+                run.writes[(addrs >> (i * self.lin_width)) & self._lin_mask] = run.busy_cycles
+                run.n_writes += 1
 
     async def watch(self) -> None:
         dut = self.dut
@@ -114,6 +163,7 @@ class RunMonitor:
                     self._error("busy rose without a start")
                 else:
                     run.rise_cycle = self.cycle
+                    run.rise_ns = get_sim_time("ns")
                     if run.rise_cycle != run.start_cycle + 1:
                         self._error(
                             f"busy rose {run.rise_cycle - run.start_cycle} cycles after the cycle with start "
@@ -121,6 +171,11 @@ class RunMonitor:
                         )
             if busy and run is not None and run.fall_cycle is None:
                 run.busy_cycles += 1
+                self._trace(run)
+            elif not busy:
+                valid_v = dut.wb_valid.value
+                if not valid_v.is_resolvable or _uint(valid_v):
+                    self._error(f"wb_valid = {valid_v} while busy is low (output writes belong to a run)")
             if not busy and self._busy and run is not None and run.fall_cycle is None:  # busy falls
                 run.fall_cycle = self.cycle
             if done:
@@ -149,7 +204,7 @@ class EngineTB:
         self.load = StreamPort(dut, "load")
         self.req = StreamPort(dut, "req")
         self.resp = StreamPort(dut, "resp")
-        self.monitor = RunMonitor(dut)
+        self.monitor = RunMonitor(dut, config.pes)
         self.protocol_errors: list[str] = []
 
     async def reset(self) -> None:
@@ -268,15 +323,22 @@ async def _bench(dut: SimHandleBase) -> EngineTB:
     return _TB
 
 
-def _report(case: CosimCase, index: int, message: str) -> None:
-    path = os.environ.get(REPORT_ENV)
+def _append(env: str, record: dict) -> None:
+    path = os.environ.get(env)
     if path:
         with open(path, "a") as f:
-            f.write(json.dumps({"tile": index, "name": case.name, "message": message}) + "\n")
+            f.write(json.dumps(record) + "\n")
 
 
-def _fmt_out(y: int, gate: int) -> str:
-    return f"y={y} gate={gate}"
+def _report(case: CosimCase, index: int, message: str) -> None:
+    _append(REPORT_ENV, {"tile": index, "name": case.name, "message": message})
+
+
+def _fmt_out(y: int, gate: int, cycle: int | None = None) -> str:
+    text = f"y={y} gate={gate}"
+    if cycle is not None:
+        text += " never written" if cycle == 0 else f" written in cycle {cycle}"
+    return text
 
 
 def compare(
@@ -296,21 +358,54 @@ def compare(
     got_g = np.array([d[1] for d in decoded], dtype=bool).reshape(shape)
     exp_y = np.asarray(case.outputs, dtype=np.int64)
     exp_g = np.asarray(case.gates, dtype=bool)
+    # Write cycles from the trace ports; 0 where the run showed no write of the entry.
+    got_c = np.array([run.writes.get(lin, 0) for lin in range(n)], dtype=np.int64).reshape(shape)
+    exp_c = np.asarray(case.write_cycle, dtype=np.int64)
     problems: list[str] = []
 
-    bad = np.argwhere((got_y != exp_y) | (got_g != exp_g))
+    value_bad = (got_y != exp_y) | (got_g != exp_g)
+    cycle_bad = got_c != exp_c
+    bad = np.argwhere(value_bad | cycle_bad)  # C order of (co, oy, ox) = lin order
     if len(bad):
         co, oy, ox = (int(v) for v in bad[0])
+        at = (co, oy, ox)
         lin = (co * g.h_out + oy) * g.w_out + ox
+        exp_cycle, got_cycle = int(exp_c[at]), int(got_c[at])
         text = (
-            f"output (co={co}, oy={oy}, ox={ox}) lin={lin} is the first of {len(bad)} diverging outputs "
-            f"of {n}: expected {_fmt_out(int(exp_y[co, oy, ox]), int(exp_g[co, oy, ox]))} (model), "
-            f"got {_fmt_out(int(got_y[co, oy, ox]), int(got_g[co, oy, ox]))} (RTL, word {words[lin]:#x})"
+            f"first diverging output (co={co}, oy={oy}, ox={ox}): "
+            f"expected {_fmt_out(int(exp_y[at]), int(exp_g[at]), exp_cycle)} (model), "
+            f"got {_fmt_out(int(got_y[at]), int(got_g[at]), got_cycle)} (RTL, entry lin={lin}, "
+            f"word {words[lin]:#x})"
         )
-        if case.ref_outputs is not None:
-            ry, rg = int(case.ref_outputs[co, oy, ox]), int(case.ref_gates[co, oy, ox])
-            text += f", spec reference {_fmt_out(ry, rg)}"
+        if case.ref_outputs is not None or case.ref_write_cycle is not None:
+            ry = int(case.ref_outputs[at]) if case.ref_outputs is not None else "?"
+            rg = int(case.ref_gates[at]) if case.ref_gates is not None else "?"
+            rc = int(case.ref_write_cycle[at]) if case.ref_write_cycle is not None else None
+            text += f"; spec reference {_fmt_out(ry, rg, rc)}"
+        text += f"; the model writes it in cycle {exp_cycle} of the run, at {run.time_of(exp_cycle)}"
+        text += " in the waveform"
+        if got_cycle not in (0, exp_cycle):
+            text += f" (the RTL last writes it at {run.time_of(got_cycle)})"
+        text += (
+            f"; {int(value_bad.sum())} of {n} outputs differ in value or gate bit, "
+            f"{int(cycle_bad.sum())} in write cycle"
+        )
         problems.append(text)
+
+    beyond = sorted((lin, cycle) for lin, cycle in run.writes.items() if lin >= n)
+    if beyond:
+        lin, cycle = beyond[0]
+        problems.append(
+            f"the trace shows writes to {len(beyond)} entries beyond this tile's {n} outputs, the first "
+            f"to entry {lin} in cycle {cycle} of the run (at {run.time_of(cycle)})"
+        )
+    # Every output entry is written once in phase 1, a gated-on one once more in phase 2.
+    phase2 = 0 if g.dense else int(case.counters["gates_on"])
+    if run.n_writes != n + phase2:
+        problems.append(
+            f"the trace shows {run.n_writes} output writes, the schedule has {n + phase2} "
+            f"({n} in phase 1 + {phase2} in phase 2)"
+        )
 
     for lin, (old, new) in sorted(stale.items()):
         problems.append(
@@ -345,6 +440,7 @@ async def engine_tile(dut: SimHandleBase, tile: int) -> None:
     tb = await _bench(dut)
     g = case.tile.geometry
     wall = time.perf_counter()
+    first_cycle = tb.monitor.cycle
     n_writes = await tb.load_tile(case)
     timeout = 2 * int(case.counters["cycles"]) + 1000
     try:
@@ -370,12 +466,25 @@ async def engine_tile(dut: SimHandleBase, tile: int) -> None:
     problems = tb.monitor.errors + tb.protocol_errors
     tb.monitor.errors, tb.protocol_errors = [], []
     problems += compare(tb.config, case, words, counters, run, stale)
+    _append(
+        STATS_ENV,
+        {
+            "tile": tile,
+            "passed": not problems,
+            "busy_cycles": run.busy_cycles,
+            "clock_cycles": tb.monitor.cycle - first_cycle,  # load, run and unload
+            "cycles": counters["cycles"],
+            "macs": counters["base_macs"] + counters["cond_macs"],
+        },
+    )
     dut._log.info(
-        "tile %d '%s' (%s): %d writes, %d cycles (model %d), gates_on %d/%d, %s, %.2f s",
+        "tile %d '%s' (%s): %d load writes, %d output writes traced, %d cycles (model %d), "
+        "gates_on %d/%d, %s, %.2f s",
         tile,
         case.name,
         g,
         n_writes,
+        run.n_writes,
         counters["cycles"],
         case.counters["cycles"],
         counters["gates_on"],

@@ -1,22 +1,32 @@
 """Co-simulation of the generated Verilog against the cycle model, tile by tile (docs/microarchitecture.md).
 
 For each configuration below the Verilog is generated and compiled once (cached under
-``.pytest_cache/d/accel-cosim``), the cycle model computes every tile's outputs, gate bits and counters in
-this process, and ``engine_tb`` runs all the tiles of the configuration in one simulation, checking every
-output word, gate bit, counter and the cycle count seen on ``busy``.
+``.pytest_cache/d/accel-cosim``), the cycle model computes every tile's outputs, gate bits, write cycles
+and counters in this process, and ``engine_tb`` runs all the tiles of the configuration in one simulation,
+checking every output word, gate bit, the cycle of every output's last write (trace ports), every counter
+and the cycle count seen on ``busy``.
+
+A configuration's tiles are hand-picked ones, random ones, tiles cut from a synthetic layer trace
+(``traces.synthetic``: ``synthetic_layer`` + ``cut_tiles``, standing in for real traces) and restarts on the
+first tile's data. ``test_engine_cosim_hypothesis`` adds lists of tiles drawn by hypothesis (shapes,
+paddings, output sizes, base fractions, dense or gated, all-on / all-off / random gates), each list in one
+simulation.
 
 Run: ``python -m pytest -q tests/cosim`` (``-k icarus`` / ``-k verilator`` to pick a simulator).
 Environment: ``ACCEL_WAVES=1`` records waveforms of every run (``0``: never; default: a failing run is
 repeated once with waveforms, whose path the failure names); ``ACCEL_COSIM_SEED`` changes the seed of the
 random tiles (default fixed, so a run is reproducible); ``ACCEL_COSIM_RANDOM_TILES`` sets how many random
-tiles each configuration adds to its hand-picked ones (default 6).
+tiles each configuration adds to its hand-picked ones (default 6); ``ACCEL_COSIM_EXAMPLES`` sets how many
+hypothesis examples (simulations) each configuration of the hypothesis test runs (default 3; the examples
+are derandomized, so a run is reproducible).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +39,18 @@ from cosim_harness import (
     run_cosim,
     simulator_status,
     spec_counters,
+    spec_write_cycles,
 )
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
 
 from accel.config import ConfigError, EngineConfig
 from accel.tile import COUNTER_NAMES, Tile, TileGeometry, conv_output_size, random_tile
+from traces.synthetic import cut_tiles, synthetic_layer
 
 SEED = int(os.environ.get("ACCEL_COSIM_SEED", "20261121"))
 RANDOM_TILES = int(os.environ.get("ACCEL_COSIM_RANDOM_TILES", "6"))  # per configuration
+EXAMPLES = int(os.environ.get("ACCEL_COSIM_EXAMPLES", "3"))  # hypothesis examples per configuration
 
 # Elaboration parameters are fixed per build, so the cases are grouped by configuration.
 CONFIGS: dict[str, EngineConfig] = {
@@ -198,6 +213,53 @@ def _tile_specs(
     return specs
 
 
+# Tiles cut from synthetic layer traces: (synthetic_layer arguments, which of cut_tiles' tiles to run).
+# The layers are chosen so that the cut exercises channel blocks taken from every group, row blocks with and
+# without top padding, the layer's bottom edge, and (P = 1) column blocks with and without left padding.
+LAYERS: dict[str, list[tuple[dict, tuple[int, ...]]]] = {
+    # G = 2: 40 output channels in 2 channel blocks x 2 row blocks (the second one ends at the bottom edge)
+    "g2_p4_l8_k3": [
+        (
+            dict(c_in=12, c_out=40, h=5, w=7, kernel=3, stride=1, padding=1, groups=2, gate_rate=0.4),
+            (0, 1, 2, 3),
+        ),
+    ],
+    # G = 1 (base fraction 3 of 10), stride 2: 40 output channels in 2 channel blocks
+    "g1_p3_l4_k3_s2": [
+        (
+            dict(c_in=10, c_out=40, h=7, w=7, kernel=3, stride=2, padding=1, groups=1, gate_rate=0.3,
+                 base_channels=3),
+            (0, 1),
+        ),
+    ],
+    # a 40-column layer: output rows do not fit, so rows are cut into column blocks
+    "g2_p1_l2_k2_acc64": [
+        (
+            dict(c_in=6, c_out=2, h=3, w=40, kernel=2, stride=1, padding=1, groups=2, gate_rate=0.6),
+            (0, 1, 2, 3),
+        ),
+    ],
+}  # fmt: skip
+
+
+def _layer_tiles(name: str, config: EngineConfig) -> list[tuple[str, Tile]]:
+    """(label, tile) of the tiles cut from the configuration's synthetic layers."""
+    tiles = []
+    for i, (args, keep) in enumerate(LAYERS.get(name, [])):
+        layer = synthetic_layer(**args, seed=SEED + i)
+        cut = cut_tiles(layer, config)
+        what = f"layer {layer.c_in}->{layer.c_out} {layer.h}x{layer.w} ({len(cut)} tiles)"
+        for j in keep:
+            t = cut[j]
+            g = t.geometry
+            where = (
+                f"{len(t.channels)} channels from {t.channels[0]}, rows {t.row0}-{t.row0 + g.h_out - 1}, "
+                f"cols {t.col0}-{t.col0 + g.w_out - 1}"
+            )
+            tiles.append((f"{what} tile {j}: {where}", Tile(g, t.inputs, t.weights, t.thresholds)))
+    return tiles
+
+
 @functools.cache
 def _tiles(name: str) -> list[tuple[str, Tile, str]]:
     """(label, tile, what to load) of the configuration, in simulation order."""
@@ -207,6 +269,7 @@ def _tiles(name: str) -> list[tuple[str, Tile, str]]:
     for label, geo, rate in _tile_specs(name, config, rng):
         geo.check(config)
         tiles.append((label, random_tile(config, geo, rng, gate_rate=rate), "all"))
+    tiles += [(label, tile, "all") for label, tile in _layer_tiles(name, config)]
     # Restarts on the data of the first tile: load it again, run it again with nothing reloaded (buffers,
     # registers and thresholds keep their contents), then in the other mode by rewriting the registers.
     _, first, _ = tiles[0]
@@ -247,56 +310,195 @@ def cosim_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     return tmp_path_factory.mktemp("accel-cosim")
 
 
+def _check_model(config: EngineConfig, case: CosimCase) -> None:
+    """The expectations themselves: the cycle model against the numpy reference, the closed-form counters
+    and the write cycles of the spec's schedule."""
+    from tests.reference import reference_outputs
+
+    ref_y, ref_g = reference_outputs(config, case.tile)
+    assert np.array_equal(case.gates, ref_g), f"{case.name}: model gate bits differ from the reference"
+    assert np.array_equal(case.outputs, ref_y), f"{case.name}: model outputs differ from the reference"
+    assert case.counters == spec_counters(config, case.tile, int(ref_g.sum())), case.name
+    np.testing.assert_array_equal(
+        case.write_cycle,
+        spec_write_cycles(config, case.tile, ref_g),
+        err_msg=f"{case.name}: model write cycles differ from the spec's schedule",
+    )
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_model_matches_spec_reference(name: str) -> None:
-    """The expectations themselves: cycle model against the numpy reference and the closed-form counters."""
+    """Cycle model against the numpy reference, the closed-form counters and write cycles of every tile."""
     pytest.importorskip("sim.engine")
-    reference = pytest.importorskip("tests.reference")
+    pytest.importorskip("tests.reference")
     config = CONFIGS[name]
     for case in _cases(name):
-        ref_y, ref_g = reference.reference_outputs(config, case.tile)
-        assert np.array_equal(case.gates, ref_g), f"{case.name}: model gate bits differ from the reference"
-        assert np.array_equal(case.outputs, ref_y), f"{case.name}: model outputs differ from the reference"
-        assert case.counters == spec_counters(config, case.tile, int(ref_g.sum())), case.name
+        _check_model(config, case)
 
 
 @needs_rtl
 @pytest.mark.parametrize("sim", SIMULATORS)
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_engine_cosim(name: str, sim: str, cosim_cache: Path, tmp_path: Path) -> None:
-    """Every tile of the configuration, in one simulation: outputs, gates, counters and busy cycles agree."""
+    """Every tile of the configuration, in one simulation: outputs, gates, write cycles, counters and busy
+    cycles agree."""
     config = CONFIGS[name]
     cases = _cases(name)
     result = run_cosim(sim, config, cases, cosim_cache, tmp_path)
     assert result.tests == len(cases)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Tiles drawn by hypothesis
+# ---------------------------------------------------------------------------------------------------------
+
+# (configuration, largest c_in, largest c_out, largest h_in / w_in) of the hypothesis test: G = 1 with
+# lanes that rarely divide a segment, stride 2 and P = 3; G = 2 with a 5x5 kernel, padding 2 and 16 lanes
+# (segments of one or two chunks).
+HYPOTHESIS_CONFIGS = {
+    "g1_p3_l4_k3_s2": (12, 5, 9),
+    "g2_p2_l16_k5_s2": (40, 4, 7),
+}
+
+
+@dataclass(frozen=True)
+class DrawnTile:
+    """A tile drawn by :func:`drawn_tiles`: its geometry, gate rate and operand seed (what a falsifying
+    example prints); :meth:`tile` makes its operands."""
+
+    geometry: TileGeometry
+    gate_rate: float | None
+    seed: int
+
+    def tile(self, config: EngineConfig) -> Tile:
+        return random_tile(config, self.geometry, np.random.default_rng(self.seed), gate_rate=self.gate_rate)
+
+
+@st.composite
+def drawn_tiles(draw, config: EngineConfig, max_c: int, max_c_out: int, max_hw: int) -> DrawnTile:
+    """A tile the engine accepts: channels (multiples of G, or a base fraction for G = 1), input size,
+    ``pad_top``/``pad_left`` in ``[0, padding]``, output size up to the largest the input allows (often the
+    largest), dense or gated, and a gate rate of 0 (all off), 1 (all on), uniform in (0, 1) or None
+    (thresholds drawn uniformly)."""
+    g, k, s, pad = config.groups, config.kernel, config.stride, config.padding
+    if g > 1:
+        c_in = g * draw(st.integers(1, max_c // g))
+        c_out = g * draw(st.integers(1, max_c_out // g))
+        base = 0
+    else:
+        c_in = draw(st.integers(2, max_c))
+        c_out = draw(st.integers(1, max_c_out))
+        base = draw(st.integers(1, c_in - 1))
+    top, left = draw(st.integers(0, pad)), draw(st.integers(0, pad))
+    # At least the first output must read its top-left tap inside the padded tile.
+    h_in = draw(st.integers(max(1, k - top - pad), max_hw))
+    w_in = draw(st.integers(max(1, k - left - pad), max_hw))
+    max_h = conv_output_size(h_in, k, s, top, pad)
+    max_w = conv_output_size(w_in, k, s, left, pad)
+    h_out = draw(st.one_of(st.just(max_h), st.integers(1, max_h)))
+    w_out = draw(st.one_of(st.just(max_w), st.integers(1, max_w)))
+    dense = draw(st.booleans())
+    rate = draw(st.one_of(st.just(0.0), st.just(1.0), st.floats(0.0, 1.0), st.none()))
+    seed = draw(st.integers(0, 2**32 - 1))
+    drawn = DrawnTile(TileGeometry(c_in, c_out, h_in, w_in, h_out, w_out, top, left, base, dense), rate, seed)
+    try:
+        drawn.geometry.check(config)  # before random_tile, which needs a valid segmentation
+        drawn.tile(config).check(config)
+    except ConfigError:
+        assume(False)
+    return drawn
+
+
+_example = itertools.count()
+
+
+@needs_rtl
+@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("name", list(HYPOTHESIS_CONFIGS))
+# Each example is a whole simulation (seconds), so a few derandomized examples and no shrinking (which
+# would run dozens more); a failure names the tile and the falsifying example lists every drawn geometry.
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=(Phase.explicit, Phase.generate),
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_engine_cosim_hypothesis(
+    name: str, sim: str, data: st.DataObject, cosim_cache: Path, tmp_path: Path
+) -> None:
+    """4 to 8 tiles drawn by hypothesis, in one simulation, agree with the model in everything."""
+    config = CONFIGS[name]
+    drawn = data.draw(st.lists(drawn_tiles(config, *HYPOTHESIS_CONFIGS[name]), min_size=4, max_size=8))
+    cases = []
+    for i, d in enumerate(drawn):
+        case = expectations(
+            config, f"drawn {i}: {d.geometry}, gate rate {d.gate_rate}, seed {d.seed}", d.tile(config)
+        )
+        _check_model(config, case)
+        cases.append(case)
+    result = run_cosim(sim, config, cases, cosim_cache, tmp_path / f"example{next(_example)}")
+    assert result.tests == len(cases)
+
+
 @needs_rtl
 @pytest.mark.parametrize("sim", SIMULATORS[:1])
 def test_checker_catches_wrong_model(sim: str, cosim_cache: Path, tmp_path: Path) -> None:
-    """Expectations with one output word and one cycle count off by one must fail, naming both."""
+    """Expectations with one output word, one cycle count and one write cycle off by one must fail, naming
+    each; a tile with nothing perturbed passes."""
     name = "g2_p1_l2_k2_acc64"
     config = CONFIGS[name]
-    good = _cases(name)[:2]
+    good = _cases(name)[:4]
     bad0 = _copy_case(good[0])
     co, oy, ox = 1, 2, 3
     bad0.outputs[co, oy, ox] += 1
     bad1 = _copy_case(good[1])
     bad1.counters["cycles"] += 1
+    bad2 = _copy_case(good[2])
+    wco, woy, wox = 1, 0, 2
+    bad2.write_cycle[wco, woy, wox] += 1
     with pytest.raises(CosimFailure) as info:
-        run_cosim(sim, config, [bad0, bad1], cosim_cache, tmp_path, waves="never")
+        run_cosim(sim, config, [bad0, bad1, bad2, good[3]], cosim_cache, tmp_path, waves="never")
     failures = {f["tile"]: f["message"] for f in info.value.failures}
-    assert set(failures) == {0, 1}, info.value
+    assert set(failures) == {0, 1, 2}, info.value
+
     right = int(good[0].outputs[co, oy, ox])
-    assert f"output (co={co}, oy={oy}, ox={ox})" in failures[0]
-    assert "first of 1 diverging outputs" in failures[0]
-    assert f"expected y={right + 1}" in failures[0] and f"got y={right} " in failures[0], failures[0]
+    gate = int(good[0].gates[co, oy, ox])
+    when = int(good[0].write_cycle[co, oy, ox])
+    assert (
+        f"first diverging output (co={co}, oy={oy}, ox={ox}): expected y={right + 1} gate={gate} written "
+        f"in cycle {when} (model), got y={right} gate={gate} written in cycle {when} (RTL" in failures[0]
+    ), failures[0]
+    assert f"the model writes it in cycle {when} of the run, at " in failures[0], failures[0]
+    n = good[0].outputs.size
+    assert f"1 of {n} outputs differ in value or gate bit, 0 in write cycle" in failures[0], failures[0]
+
     cycles = good[1].counters["cycles"]
     assert f"counter cycles: expected {cycles + 1} (model), got {cycles} (RTL)" in failures[1], failures[1]
     assert f"monitor counted {cycles} cycles with busy high" in failures[1], failures[1]
     for other in COUNTER_NAMES[1:]:
         assert f"counter {other}:" not in failures[1]
+    assert "diverging output" not in failures[1], failures[1]
+
+    y, gate = int(good[2].outputs[wco, woy, wox]), int(good[2].gates[wco, woy, wox])
+    when = int(good[2].write_cycle[wco, woy, wox])
+    assert (
+        f"first diverging output (co={wco}, oy={woy}, ox={wox}): expected y={y} gate={gate} written in "
+        f"cycle {when + 1} (model), got y={y} gate={gate} written in cycle {when} (RTL" in failures[2]
+    ), failures[2]
+    assert f"spec reference y={y} gate={gate} written in cycle {when};" in failures[2], failures[2]
+    n = good[2].outputs.size
+    assert f"0 of {n} outputs differ in value or gate bit, 1 in write cycle" in failures[2], failures[2]
+    assert "counter" not in failures[2], failures[2]
 
 
 def _copy_case(case: CosimCase) -> CosimCase:
-    return replace(case, outputs=case.outputs.copy(), gates=case.gates.copy(), counters=dict(case.counters))
+    return replace(
+        case,
+        outputs=case.outputs.copy(),
+        gates=case.gates.copy(),
+        counters=dict(case.counters),
+        write_cycle=case.write_cycle.copy(),
+    )
