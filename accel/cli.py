@@ -111,7 +111,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     info.add_argument("path", type=Path, metavar="PATH", help="trace file (.npz)")
     info.set_defaults(func=_cmd_trace_info)
+    _add_training_commands(sub, trace_sub)
     return parser
+
+
+def _add_training_commands(sub, trace_sub) -> None:
+    """``accel train`` and ``accel trace export`` (accel/train_cli.py; PyTorch is imported when they run)."""
+    from accel.train_cli import add_trace_export_parser, add_train_parser
+
+    add_train_parser(sub)
+    add_trace_export_parser(trace_sub)
 
 
 def _cmd_rtl(args: argparse.Namespace) -> int:
