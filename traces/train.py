@@ -375,6 +375,8 @@ def train_run(
             spec.target = target
         if init_model is not None:
             if spec.dense:
+                if not init_model.spec.dense:
+                    raise RunError(f"{opts.init_from}: a gated run cannot start a dense one")
                 model = copy.deepcopy(init_model)
             else:
                 model = _gated_from(init_model, spec)
