@@ -18,7 +18,7 @@ __all__ = ["add_trace_export_parser", "add_train_parser", "train_command"]
 MODELS = ("resnet8", "resnet20", "resnet56", "resnet18")
 TORCH_HINT = (
     "needs PyTorch: pip install '.[train]' (it pins torch==2.13.0, the CPU build kept on these machines; "
-    "elsewhere install the CPU wheel from https://download.pytorch.org/whl/cpu)"
+    "elsewhere install a CPU build of torch 2.13.0 first)"
 )
 
 
