@@ -27,34 +27,24 @@ DEFAULT_SIZE = 16
 DEFAULT_GATE_RATE = 0.3
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: expected a non-negative integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid seed {value}: expected a non-negative integer")
-    return value
+def number_arg(convert, what: str, accept, expected: str):
+    """An argparse ``type``: ``convert`` the text, refuse it unless ``accept(value)``, naming ``what``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected {expected}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"invalid {what} {value}: expected {expected}")
+        return value
+
+    return parse
 
 
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid gate rate {text!r}: expected a number in [0, 1]") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"invalid gate rate {value}: expected a number in [0, 1]")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid tile count {text!r}: expected an integer >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid tile count {value}: expected an integer >= 0")
-    return value
+_seed = number_arg(int, "seed", lambda v: v >= 0, "a non-negative integer")
+_rate = number_arg(float, "gate rate", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
+_count = number_arg(int, "tile count", lambda v: v >= 0, "an integer >= 0")
 
 
 def _parser() -> argparse.ArgumentParser:

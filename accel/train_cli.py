@@ -11,6 +11,7 @@ import argparse
 import shlex
 from pathlib import Path
 
+from accel.cli import number_arg
 from accel.config import ConfigError
 
 __all__ = ["add_trace_export_parser", "add_train_parser", "train_command"]
@@ -22,44 +23,10 @@ TORCH_HINT = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 1") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {value}: expected an integer >= 1")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid count {value}: expected an integer >= 0")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid fraction {text!r}: expected a number in (0, 1)") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"invalid fraction {value}: expected a number in (0, 1)")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a positive number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"invalid value {value}: expected a positive number")
-    return value
+_positive_int = number_arg(int, "count", lambda v: v >= 1, "an integer >= 1")
+_count = number_arg(int, "count", lambda v: v >= 0, "an integer >= 0")
+_fraction = number_arg(float, "fraction", lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
+_positive = number_arg(float, "value", lambda v: v > 0, "a positive number")
 
 
 def _number(text: str) -> float:
