@@ -18,13 +18,13 @@ numpy.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from accel.config import ConfigError, EngineConfig
-from accel.tile import Tile, TileGeometry, conv_output_size
+from accel.tile import Tile, conv_output_size
+from sim.tiling import plan_layer
 
 __all__ = [
     "LayerTile",
@@ -270,26 +270,6 @@ def synthetic_layer(
     return dataclasses.replace(layer, thresholds=thresholds)
 
 
-def _blocks(total: int, largest: int) -> list[tuple[int, int]]:
-    """Split ``range(total)`` into the fewest blocks of at most ``largest``, as even as possible."""
-    n = math.ceil(total / largest)
-    size, extra = divmod(total, n)
-    out, start = [], 0
-    for i in range(n):
-        length = size + (1 if i < extra else 0)
-        out.append((start, start + length))
-        start += length
-    return out
-
-
-def _input_span(o0: int, o1: int, size: int, kernel: int, stride: int, padding: int) -> tuple[int, int, int]:
-    """Input rows (or columns) ``[i0, i1)`` that outputs ``[o0, o1)`` read, and the tile's padding before."""
-    lo = o0 * stride - padding
-    hi = (o1 - 1) * stride - padding + kernel  # exclusive
-    i0, i1 = max(lo, 0), min(hi, size)
-    return i0, i1, i0 - lo
-
-
 def cut_tiles(layer: SyntheticLayer, config: EngineConfig, max_tiles: int | None = None) -> list[LayerTile]:
     """Split ``layer`` into engine tiles that fit ``config``'s buffers, in row-major order.
 
@@ -325,84 +305,23 @@ def cut_tiles(layer: SyntheticLayer, config: EngineConfig, max_tiles: int | None
     if max_tiles is not None and max_tiles < 1:
         raise ConfigError(f"max_tiles = {max_tiles}: must be at least 1")
 
-    c_in, c_out, h, w = layer.c_in, layer.c_out, layer.h, layer.w
-    h_out, w_out = layer.h_out, layer.w_out
-    probe = TileGeometry(c_in, g if g > 1 else 1, 1, 1, 1, 1, base_channels=layer.base_channels)
-    seg = probe.segments(config)
-    n_chunks = seg.n_chunks
-    per_group = c_out // g if g > 1 else c_out
-    mult = g if g > 1 else 1
-
-    def rows_in(n_out: int, size: int) -> int:
-        return min(size, (n_out - 1) * s + k)
-
-    # Columns: a full output row if its input rows fit, else the widest block that does.
-    w_blk = w_out
-    while w_blk > 0 and (
-        n_chunks * rows_in(1, h) * rows_in(w_blk, w) > config.input_depth
-        or mult * w_blk > config.output_depth
-    ):
-        w_blk -= 1
-    if w_blk >= 1:
-        col_blocks = _blocks(w_out, w_blk)
-        w_blk = max(x1 - x0 for x0, x1 in col_blocks)
-    m = min(
-        per_group,
-        config.weight_depth // (mult * n_chunks * k * k),
-        config.threshold_depth // mult,
-        config.output_depth // (mult * max(w_blk, 1)),
+    plan = plan_layer(
+        config, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, layer.base_channels, p
     )
-    if w_blk < 1 or m < 1:
-        raise ConfigError(
-            f"layer with c_in = {c_in}, kernel = {k}, w = {w}: not even one output activation per tile fits "
-            f"the buffers (input_depth = {config.input_depth}, weight_depth = {config.weight_depth}, "
-            f"output_depth = {config.output_depth}, threshold_depth = {config.threshold_depth})"
-        )
-    chan_blocks = _blocks(per_group, m)
-    m = max(c1 - c0 for c0, c1 in chan_blocks)  # evened out: may leave room for more rows
-    h_blk = 1
-    while (
-        h_blk < h_out
-        and n_chunks * rows_in(h_blk + 1, h) * rows_in(w_blk, w) <= config.input_depth
-        and mult * m * (h_blk + 1) * w_blk <= config.output_depth
-    ):
-        h_blk += 1
-
-    row_blocks = _blocks(h_out, h_blk)
     tiles: list[LayerTile] = []
-    for c0, c1 in chan_blocks:
-        if g > 1:
-            channels = [grp * per_group + c for grp in range(g) for c in range(c0, c1)]
-        else:
-            channels = list(range(c0, c1))
-        weights = layer.weights[channels]
-        thresholds = layer.thresholds[channels]
-        for r0, r1 in row_blocks:
-            y0, y1, pad_top = _input_span(r0, r1, h, k, s, p)
-            for x0_out, x1_out in col_blocks:
-                x0, x1, pad_left = _input_span(x0_out, x1_out, w, k, s, p)
-                geometry = TileGeometry(
-                    c_in=c_in,
-                    c_out=len(channels),
-                    h_in=y1 - y0,
-                    w_in=x1 - x0,
-                    h_out=r1 - r0,
-                    w_out=x1_out - x0_out,
-                    pad_top=pad_top,
-                    pad_left=pad_left,
-                    base_channels=layer.base_channels if g == 1 else 0,
-                )
-                tile = LayerTile(
-                    geometry=geometry,
-                    inputs=np.ascontiguousarray(layer.inputs[:, y0:y1, x0:x1]),
-                    weights=np.ascontiguousarray(weights),
-                    thresholds=np.ascontiguousarray(thresholds),
-                    channels=tuple(channels),
-                    row0=r0,
-                    col0=x0_out,
-                )
-                tile.check(config)
-                tiles.append(tile)
-                if max_tiles is not None and len(tiles) >= max_tiles:
-                    return tiles
+    for t in plan:
+        channels = list(t.channels)
+        tile = LayerTile(
+            geometry=t.geometry,
+            inputs=np.ascontiguousarray(layer.inputs[:, t.y0 : t.y1, t.x0 : t.x1]),
+            weights=np.ascontiguousarray(layer.weights[channels]),
+            thresholds=np.ascontiguousarray(layer.thresholds[channels]),
+            channels=t.channels,
+            row0=t.r0,
+            col0=t.x0_out,
+        )
+        tile.check(config)
+        tiles.append(tile)
+        if max_tiles is not None and len(tiles) >= max_tiles:
+            break
     return tiles
