@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("path", type=Path, metavar="PATH", help="trace file (.npz)")
     info.set_defaults(func=_cmd_trace_info)
     _add_training_commands(sub, trace_sub)
+    from accel.report_cli import add_report_parsers
+
+    add_report_parsers(sub)
     return parser
 
 

@@ -32,7 +32,7 @@ from sim.engine import run_tile
 from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.tiling import LayerPlan, plan_layer
 from sim.trace import Trace, TraceLayer, layer_macs, requantize
-from sim.traffic import layer_traffic
+from sim.traffic import chain_cycles, layer_traffic
 
 __all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_network"]
 
@@ -218,6 +218,22 @@ def _base_sums(x, w, stride, padding, cfg: EngineConfig, base: int) -> np.ndarra
     return _reference_conv(x, np.where(mask[:, :, None, None], w, 0), stride, padding)
 
 
+def _chain(results: list[LayerRun], config: SystemConfig) -> None:
+    """Set every design's cycles from the whole network's chain of double-buffered tiles, per sample."""
+    mapped = [lr for lr in results if lr.mapped]
+    for design in DESIGNS:
+        runs = [lr.designs[design] for lr in mapped]
+        if not runs:
+            continue
+        n = max(len(r.steps) for r in runs)
+        per_sample = [
+            chain_cycles([r.steps[min(s, len(r.steps) - 1)] for r in runs], config.dram) for s in range(n)
+        ]
+        for j, r in enumerate(runs):
+            r.per_sample_cycles = [cycles[j] for cycles in per_sample]
+            r.cycles = float(np.mean(r.per_sample_cycles))
+
+
 def run_network(
     trace: Trace,
     config: SystemConfig | None = None,
@@ -249,4 +265,5 @@ def run_network(
             results = list(pool.map(one, layers))
     else:
         results = [one(layer) for layer in layers]
+    _chain(results, config)
     return NetworkRun(trace=trace.name, config=config, samples=n, layers=results)

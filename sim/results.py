@@ -33,7 +33,8 @@ class DesignRun:
     """One design's figures for one layer, per image (means over the samples).
 
     ``counters`` are the engine's performance counters summed over the layer's tiles; ``compute_cycles``
-    is their ``cycles`` (engine busy), ``cycles`` adds the transfer time not hidden by double buffering.
+    is their ``cycles`` (engine busy), ``cycles`` adds the transfer time not hidden by double buffering
+    (set by the runner once the whole network's tiles are chained, :func:`sim.traffic.chain_cycles`).
     ``traffic`` holds the off-chip bytes per operand. ``buffer`` counts on-chip buffer accesses by kind.
     """
 
@@ -43,6 +44,7 @@ class DesignRun:
     traffic: DesignTraffic
     buffer: dict[str, float]
     per_sample_cycles: list[float] = field(default_factory=list)
+    steps: list = field(default_factory=list, repr=False)  # per sample: list of sim.traffic.Step
 
     @property
     def macs(self) -> float:

@@ -36,7 +36,7 @@ from accel.tile import COUNTER_NAMES as cs_names
 from sim.results import DesignRun, DesignTraffic
 from sim.tiling import LayerPlan
 
-__all__ = ["OPERANDS", "LayerTraffic", "layer_traffic", "pipeline_cycles"]
+__all__ = ["OPERANDS", "LayerTraffic", "Step", "chain_cycles", "layer_traffic"]
 
 OPERANDS = ("weights", "params", "inputs", "outputs", "psum_spill")
 PARAM_BYTES = 8  # bias (int32) + requantization scale (float32) per output channel
@@ -48,26 +48,53 @@ class LayerTraffic:
     designs: dict = field(default_factory=dict)  # design -> sim.network.DesignRun
 
 
-def pipeline_cycles(compute: list[float], loads: list[list[float]], stores: list[list[float]], dram) -> float:
-    """Cycles of a sequence of double-buffered tiles.
+@dataclass
+class Step:
+    """One tile's work in the double-buffered pipeline: engine cycles and the transfers around it.
 
-    Tile ``i+1``'s loads and tile ``i-1``'s stores share the DRAM channel while tile ``i`` computes:
-    ``T = load(0) + Σ_i max(C_i, load(i+1) + store(i-1)) + store(last)``, a transfer of several operands
-    paying the latency once per operand.
+    ``weight_loads`` (weights, parameters) depend on nothing computed and may be prefetched across a layer
+    boundary; ``input_loads`` (activations, spilled partial sums) of a layer's first tile wait for the
+    previous layer's last stores. Each list holds one entry per transfer (bytes).
+    """
+
+    compute: float
+    weight_loads: list[float]
+    input_loads: list[float]
+    stores: list[float]
+
+
+def chain_cycles(layers: list[list[Step]], dram) -> list[float]:
+    """Cycles of a sequence of layers of double-buffered tiles, attributed to each layer.
+
+    While tile ``i`` computes, the DRAM channel carries tile ``i+1``'s loads and tile ``i-1``'s stores:
+    the stage takes ``max(C_i, load(i+1) + store(i-1))``. At a layer boundary only the next tile's weight
+    loads overlap the last tile; its input loads wait until the last tile's outputs are stored, and that
+    exposed time is charged to the next layer. A transfer pays the latency once per entry.
     """
 
     def t(parts: list[float]) -> float:
         return sum(dram.transfer_cycles(b) for b in parts)
 
-    n = len(compute)
-    total = t(loads[0]) if n else 0.0
-    for i in range(n):
-        nxt = t(loads[i + 1]) if i + 1 < n else 0.0
-        prev = t(stores[i - 1]) if i >= 1 else 0.0
-        total += max(compute[i], nxt + prev)
-    if n:
-        total += t(stores[-1])
-    return total
+    flat = [(li, step) for li, steps in enumerate(layers) for step in steps]
+    out = [0.0] * len(layers)
+    if not flat:
+        return out
+    first_li, first = flat[0]
+    out[first_li] += t(first.weight_loads) + t(first.input_loads)
+    prev_store = 0.0  # store of the tile before the current one, still to be carried
+    for i, (li, step) in enumerate(flat):
+        if i + 1 < len(flat):
+            nli, nxt = flat[i + 1]
+            if nli == li:
+                out[li] += max(step.compute, t(nxt.weight_loads) + t(nxt.input_loads) + prev_store)
+                prev_store = t(step.stores)
+            else:
+                out[li] += max(step.compute, t(nxt.weight_loads) + prev_store)
+                out[nli] += t(step.stores) + t(nxt.input_loads)
+                prev_store = 0.0
+        else:
+            out[li] += max(step.compute, prev_store) + t(step.stores)
+    return out
 
 
 def _nbytes(bits: int) -> int:
@@ -88,9 +115,7 @@ def layer_traffic(
     c_in = layer.c_in
     gated = layer.gated
     zc = config.report.zero_compression
-    dram = config.dram
     tiles = list(plan)
-    n_samples = len(outputs)
     # Width of every output channel's base segment (its conditional weights are the rest).
     base_width = c_in // cfg.groups if cfg.groups > 1 else (layer.base_channels if gated else c_in)
     if not gated:
@@ -132,20 +157,20 @@ def layer_traffic(
         """Dense or gated: every tile loads its operands by the loop order; return per-image means."""
         totals = {op: 0.0 for op in OPERANDS}
         comp = {op: 0.0 for op in OPERANDS}
-        cycles, compute = [], []
+        all_steps, compute = [], []
         buf = {"input_fill_words": 0.0, "weight_fill_words": 0.0, "output_drain_words": 0.0}
         for s, counters in enumerate(tile_counters_per_sample):
             x = x_samples[min(s, len(x_samples) - 1)]
             y = out_per_sample[min(s, len(out_per_sample) - 1)]
             seq = range(len(tiles)) if order == "weights stationary" else spatial_order
-            loads, stores, comps = [], [], []
+            steps = []
             for i in seq:
                 t = tiles[i]
                 first_of_block = (
                     (t.row_block == 0 and t.col_block == 0) if order == "weights stationary" else True
                 )
                 first_of_space = t.chan_block == 0 if order == "inputs stationary" else True
-                ld = []
+                ld, wl = [], []
                 iw, ww = words(t)
                 if first_of_space:
                     b, bc = in_bytes(t, x)
@@ -160,17 +185,15 @@ def layer_traffic(
                     comp["weights"] += wb
                     totals["params"] += pb
                     comp["params"] += pb
-                    ld += [wb, pb]
+                    wl += [wb, pb]
                     buf["weight_fill_words"] += ww
                 ob, obc = out_bytes(t, y)
                 totals["outputs"] += ob
                 comp["outputs"] += obc
                 buf["output_drain_words"] += t.geometry.n_outputs
-                loads.append(ld)
-                stores.append([obc if zc else ob])
-                comps.append(float(counters[i]["cycles"]))
-            cycles.append(pipeline_cycles(comps, loads, stores, dram))
-            compute.append(sum(comps))
+                steps.append(Step(float(counters[i]["cycles"]), wl, ld, [obc if zc else ob]))
+            all_steps.append(steps)
+            compute.append(sum(st.compute for st in steps))
         n = len(tile_counters_per_sample)
         unique = float(c_in * layer.h * layer.w * a_b)
         mean = {op: v / n for op, v in totals.items()}
@@ -182,10 +205,10 @@ def layer_traffic(
         return DesignRun(
             counters=summed,
             compute_cycles=float(np.mean(compute)),
-            cycles=float(np.mean(cycles)),
+            cycles=float(np.mean(compute)),
             traffic=DesignTraffic(mean, rereads, {op: v / n for op, v in comp.items()} if zc else None),
             buffer=buf,
-            per_sample_cycles=cycles,
+            steps=all_steps,
         )
 
     # Dense outputs of the first sample stand in for the dense design's output bytes (same values only when
@@ -235,7 +258,6 @@ def _pruned_design(
 ):
     zc = config.report.zero_compression
     tiles = list(plan)
-    k2 = cfg.kernel**2
     n = len(pruned_per_sample)
     totals = {op: 0.0 for op in OPERANDS}
     comp = {op: 0.0 for op in OPERANDS}
@@ -245,7 +267,7 @@ def _pruned_design(
         "output_drain_words": 0.0,
         "psum_spill_words": 0.0,
     }
-    cycles, compute = [], []
+    all_steps, compute = [], []
     cond_width = layer.c_in - base_width
 
     def add(op, b, bc=None):
@@ -255,7 +277,7 @@ def _pruned_design(
 
     for s, (counters, pruned) in enumerate(pruned_per_sample):
         x, y = x_samples[s], outputs[s]
-        loads, stores, comps = [], [], []
+        steps = []
         for cb in range(plan.n_chan_blocks):
             block = [i for i, t in enumerate(tiles) if t.chan_block == cb]
             ch = list(tiles[block[0]].channels)
@@ -266,14 +288,14 @@ def _pruned_design(
                 t = tiles[i]
                 iw, ww = words(t)
                 pix = t.geometry.h_out * t.geometry.w_out
-                ld, st = [], []
+                ld, st, wl = [], [], []
                 b, bc = in_bytes(t, x)
                 ld.append(add("inputs", b, bc))
                 buf["input_fill_words"] += iw
                 if j == 0:
-                    ld.append(add("weights", weight_bytes(len(ch), base_width)))
-                    ld.append(add("weights", weight_bytes(len(surv), cond_width)))
-                    ld.append(add("params", param_bytes(len(ch), True)))
+                    wl.append(add("weights", weight_bytes(len(ch), base_width)))
+                    wl.append(add("weights", weight_bytes(len(surv), cond_width)))
+                    wl.append(add("params", param_bytes(len(ch), True)))
                     buf["weight_fill_words"] += (
                         ww * (base_width + len(surv) / max(len(ch), 1) * cond_width) / layer.c_in
                     )
@@ -294,21 +316,19 @@ def _pruned_design(
                     ob, obc = out_bytes(t, y)
                     st.append(add("outputs", ob, obc))
                 buf["output_drain_words"] += t.geometry.n_outputs
-                loads.append(ld)
-                stores.append(st)
-                comps.append(float(counters[i]["cycles"]))
-        cycles.append(pipeline_cycles(comps, loads, stores, config.dram))
-        compute.append(sum(comps))
+                steps.append(Step(float(counters[i]["cycles"]), wl, ld, st))
+        all_steps.append(steps)
+        compute.append(sum(st_.compute for st_ in steps))
     mean = {op: v / n for op, v in totals.items()}
     unique = float(layer.c_in * layer.h * layer.w * _nbytes(cfg.act_width))
     summed = {name: sum(sum(c[name] for c in cs) for cs, _ in pruned_per_sample) / n for name in cs_names}
     return DesignRun(
         counters=summed,
         compute_cycles=float(np.mean(compute)),
-        cycles=float(np.mean(cycles)),
+        cycles=float(np.mean(compute)),
         traffic=DesignTraffic(
             mean, mean["inputs"] - unique, {op: v / n for op, v in comp.items()} if zc else None
         ),
         buffer={k_: v / n for k_, v in buf.items()},
-        per_sample_cycles=cycles,
+        steps=all_steps,
     )

@@ -1,0 +1,158 @@
+"""``accel sweep``: one trace over a grid of configuration parameters, every point in its own process.
+
+A parameter is named as in a system configuration file: an engine field (``pes``, ``lanes``,
+``input_depth``, ...; ``engine.pes`` also works), or ``dram.bytes_per_cycle``, ``dram.latency_cycles``,
+``report.prune_threshold``. Each grid point runs the whole network (:func:`sim.network.run_network`) and
+keeps the network figures of its report; the table goes to ``sweep.csv`` and ``sweep.json`` and the plots
+(speed-up and energy against each parameter) next to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+
+from accel.config import ConfigError, EngineConfig
+from accel.system import DramConfig, ReportOptions, SystemConfig
+
+__all__ = ["SWEEP_COLUMNS", "parse_param", "run_sweep", "sweep_points"]
+
+# Network figures kept per grid point (keys of report.json's "network").
+SWEEP_COLUMNS = (
+    "cycles_dense",
+    "cycles_gated",
+    "speedup",
+    "theoretical_speedup",
+    "speedup_ratio",
+    "energy_pj_dense",
+    "energy_pj_gated",
+    "energy_pj_pruned",
+    "dram_bytes_dense",
+    "dram_bytes_gated",
+    "dram_bytes_pruned",
+)
+
+_SECTIONS = {"engine": EngineConfig, "dram": DramConfig, "report": ReportOptions}
+
+
+def _field_type(section: str, name: str):
+    for f in dataclasses.fields(_SECTIONS[section]):
+        if f.name == name:
+            return type(f.default) if not isinstance(f.default, dataclasses._MISSING_TYPE) else int
+    return None
+
+
+def parse_param(text: str) -> tuple[str, list]:
+    """``NAME=V1,V2,...`` → (``section.field``, values); refuses unknown names and bad values."""
+    if "=" not in text:
+        raise ConfigError(f"sweep parameter {text!r}: expected NAME=V1,V2,... (e.g. pes=4,8,16)")
+    name, _, values = text.partition("=")
+    name = name.strip()
+    section, _, field = name.rpartition(".")
+    section = section or "engine"
+    if section not in _SECTIONS or _field_type(section, field) is None:
+        known = [f.name for f in dataclasses.fields(EngineConfig)] + [
+            f"{s}.{f.name}" for s in ("dram", "report") for f in dataclasses.fields(_SECTIONS[s])
+        ]
+        raise ConfigError(f"sweep parameter {name!r}: unknown (known: {', '.join(known)})")
+    kind = _field_type(section, field)
+    out = []
+    for v in values.split(","):
+        v = v.strip()
+        try:
+            out.append(kind(v) if kind is not bool else v.lower() in ("1", "true", "yes"))
+        except ValueError:
+            raise ConfigError(f"sweep parameter {name!r}: value {v!r} is not a {kind.__name__}") from None
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(f"sweep parameter {name!r}: give distinct values, got {values!r}")
+    return f"{section}.{field}", out
+
+
+def _apply(base: SystemConfig, point: dict) -> SystemConfig:
+    changes: dict[str, dict] = {}
+    for key, value in point.items():
+        section, field = key.split(".")
+        changes.setdefault(section, {})[field] = value
+    try:
+        return dataclasses.replace(
+            base,
+            **{s: dataclasses.replace(getattr(base, s), **kw) for s, kw in changes.items()},
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"sweep point {point}: {exc}") from None
+
+
+def sweep_points(base: SystemConfig, params: list[tuple[str, list]]) -> list[tuple[dict, SystemConfig]]:
+    """Every grid point and its configuration (all checked before anything runs)."""
+    names = [n for n, _ in params]
+    points = []
+    for combo in itertools.product(*(v for _, v in params)):
+        point = dict(zip(names, combo, strict=True))
+        points.append((point, _apply(base, point)))
+    return points
+
+
+def _run_point(args) -> dict:
+    trace_path, config, samples, point = args
+    # Each worker process runs one grid point on one core (Numba's cache is shared on disk).
+    from accel.energy import load_energy_table
+    from accel.report import build_report
+    from sim.network import run_network
+    from sim.trace import load_trace
+
+    trace = load_trace(trace_path)
+    table = load_energy_table(config.energy_table)
+    try:
+        run = run_network(trace, config, samples=samples)
+    except ConfigError as exc:
+        return {**point, **dict.fromkeys(SWEEP_COLUMNS), "error": str(exc)}
+    net = build_report(run, trace, table)["network"]
+    return {**point, **{k: net[k] for k in SWEEP_COLUMNS}, "error": ""}
+
+
+def run_sweep(
+    trace_path: str,
+    base: SystemConfig,
+    params: list[tuple[str, list]],
+    samples: int | None = None,
+    jobs: int | None = None,
+    progress: Callable[[], None] | None = None,
+) -> list[dict]:
+    """Run every grid point (``jobs`` processes, default all cores); rows in grid order."""
+    points = sweep_points(base, params)
+    jobs = jobs or os.cpu_count() or 1
+    work = [(trace_path, cfg, samples, point) for point, cfg in points]
+    rows: list[dict] = []
+    if jobs == 1:
+        for w in work:
+            rows.append(_run_point(w))
+            if progress:
+                progress()
+        return rows
+    with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
+        for row in pool.map(_run_point, work):
+            rows.append(row)
+            if progress:
+                progress()
+    return rows
+
+
+def sweep_csv(rows: list[dict], names: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*names, *SWEEP_COLUMNS, "error"], lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k, "")) for k in writer.fieldnames})
+    return buf.getvalue()
+
+
+def sweep_json(rows: list[dict], names: list[str], trace: str, base: SystemConfig) -> str:
+    return json.dumps(
+        {"trace": trace, "base_config": base.to_dict(), "parameters": names, "rows": rows}, indent=1
+    )
