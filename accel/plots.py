@@ -83,7 +83,7 @@ def plot_conditional_work(report: dict, path: Path) -> Path:
             x + 0.2,
             [100 * (e["channels_used_pruned"] or 0) for e in layers],
             0.4,
-            label=f"channels whose conditional path is kept (pruning at {report['trace']['pruning_threshold']:g})",
+            label=f"channels keeping their conditional path (pruning at {report['trace']['pruning_threshold']:g})",
             color=DESIGN_COLORS["pruned"],
         )
     ax.set_ylabel("percent")

@@ -41,8 +41,8 @@ def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineCo
     """The engine configuration a layer runs on, and its ``base_channels`` register.
 
     P, L, widths and buffer depths are the configuration's; kernel, stride, padding and groups are the
-    layer's. A gated layer with base ``"groups"`` runs with groups = G; with ``{"first": C_b}`` with groups = 1
-    and ``base_channels = C_b``. An ungated layer runs in dense mode with groups = 1 and a base segment of
+    layer's. A gated layer with base ``"groups"`` runs with groups = G; with ``{"first": C_b}`` with
+    groups = 1 and ``base_channels = C_b``. An ungated layer runs in dense mode with groups = 1 and a base segment of
     ``L`` channels (a multiple of L, so the split costs no extra beats; 1 channel when ``c_in ≤ L``).
     """
     if layer.kind == "fc":
@@ -144,9 +144,12 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
     run.mapped = True
     run.macs_dense = layer_macs(layer.meta)
     cfg, base = engine_config_for(config.engine, layer)
-    plan = plan_layer(
-        cfg, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, base, cfg.padding
-    )
+    try:
+        plan = plan_layer(
+            cfg, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, base, cfg.padding
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"layer {layer.name!r}: {exc}") from None
     run.tiles = len(plan)
     run.blocks = (plan.n_chan_blocks, plan.n_row_blocks, plan.n_col_blocks)
     x_all, w, tau = _operands(layer)

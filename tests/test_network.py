@@ -1,0 +1,173 @@
+"""The network runner (sim/network.py, sim/traffic.py, sim/tiling.py) against independent counts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from accel.config import ConfigError, EngineConfig
+from accel.system import DramConfig, ReportOptions, SystemConfig
+from sim.network import run_network
+from sim.tiling import plan_layer
+from sim.trace import load_trace, save_trace
+from sim.traffic import Step, chain_cycles
+from tests.test_trace import N, small_trace
+
+BIG = EngineConfig(pes=4, lanes=2)  # every layer of the small trace in one tile
+SMALL = EngineConfig(pes=2, lanes=2, input_depth=40, weight_depth=64, output_depth=24, threshold_depth=8)
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    meta, arrays = small_trace(seed=3)
+    path = tmp_path_factory.mktemp("net") / "tiny.npz"
+    save_trace(path, meta, arrays)
+    return load_trace(path)
+
+
+def numpy_conv(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
+    """Direct convolution with plain loops over taps (stride 1), int64."""
+    c_in, h, wd = x.shape
+    k = w.shape[-1]
+    xp = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad)))
+    out = np.zeros((w.shape[0], h + 2 * pad - k + 1, wd + 2 * pad - k + 1), dtype=np.int64)
+    for dy in range(k):
+        for dx in range(k):
+            patch = xp[:, dy : dy + out.shape[1], dx : dx + out.shape[2]]
+            out += np.einsum("chw,oc->ohw", patch, w[:, :, dy, dx].astype(np.int64))
+    return out
+
+
+def expected_gates(trace, sample: int) -> np.ndarray:
+    """The integer gates p > tau of the small trace's gated conv (G = 2: own half of the inputs)."""
+    layer = trace["conv"]
+    w = layer.weights.astype(np.int64).copy()
+    w[:2, 2:] = 0  # output group 0 reads input group 0 on its base path
+    w[2:, :2] = 0
+    p = numpy_conv(layer.inputs[sample], w, 1)
+    return p > layer.thresholds.astype(np.int64)[:, None, None]
+
+
+@pytest.mark.parametrize("engine", [BIG, SMALL], ids=["one-tile", "many-tiles"])
+def test_macs_outputs_and_unmapped_layers(trace, engine):
+    run = run_network(trace, SystemConfig(engine=engine), check=True)
+    by_name = {lr.name: lr for lr in run.layers}
+    assert [lr.name for lr in run.layers] == ["conv", "pool", "flatten", "fc"]
+    assert not by_name["pool"].mapped and "not an engine layer" in by_name["pool"].reason
+    assert not by_name["flatten"].mapped
+    conv, fc = by_name["conv"], by_name["fc"]
+    assert conv.outputs_match and fc.outputs_match
+
+    # Dense MACs: k^2 * c_in * c_out * h_out * w_out = 9*4*4*36; fc 36*3.
+    assert conv.designs["dense"].macs == 9 * 4 * 4 * 36
+    assert fc.designs["dense"].macs == fc.designs["gated"].macs == 108
+    # Gated: every output pays its base half (2 channels * 9 taps), gated-on ones the other half too.
+    on = np.array([expected_gates(trace, s).sum() for s in range(N)])
+    assert conv.designs["gated"].macs == pytest.approx(np.mean(4 * 36 * 18 + on * 18))
+    assert conv.gate_on_fraction == pytest.approx(np.mean(on) / (4 * 36))
+
+
+def test_tiles_cover_every_output_once():
+    cfg = dataclasses.replace(SMALL, groups=2)
+    plan = plan_layer(cfg, 4, 4, 6, 6, 6, 6, padding=1)
+    assert len(plan) > 2
+    hits = np.zeros((4, 6, 6), dtype=int)
+    for t in plan:
+        hits[list(t.channels), t.r0 : t.r1, t.x0_out : t.x1_out] += 1
+        seg = t.geometry.check(cfg)  # fits the buffers
+        assert seg.n_chunks * t.geometry.h_in * t.geometry.w_in <= cfg.input_depth
+    assert (hits == 1).all()
+
+
+def test_traffic_one_tile_by_hand(trace):
+    run = run_network(trace, SystemConfig(engine=BIG), samples=1)
+    conv = next(lr for lr in run.layers if lr.name == "conv")
+    fc = next(lr for lr in run.layers if lr.name == "fc")
+    assert conv.tiles == 1 and fc.tiles == 1
+    dense = conv.designs["dense"].traffic.bytes
+    assert dense == {"weights": 144, "params": 4 * 8, "inputs": 144, "outputs": 144, "psum_spill": 0}
+    gated = conv.designs["gated"].traffic.bytes
+    assert gated["params"] == 4 * (8 + 4)  # + a 32-bit threshold per channel
+    assert fc.designs["dense"].traffic.bytes == {
+        "weights": 108,
+        "params": 24,
+        "inputs": 36,
+        "outputs": 3,
+        "psum_spill": 0,
+    }
+
+
+def test_traffic_halo_rereads(trace):
+    """Many row blocks: each tile reads the input rows its outputs need, halo included."""
+    run = run_network(trace, SystemConfig(engine=SMALL), samples=1)
+    conv = next(lr for lr in run.layers if lr.name == "conv")
+    cfg = dataclasses.replace(SMALL, groups=2)
+    plan = plan_layer(cfg, 4, 4, 6, 6, 6, 6, padding=1)
+    expected_inputs = 0
+    blocks = {(t.r0, t.r1, t.x0_out, t.x1_out) for t in plan}
+    # Inputs stationary or weights stationary: either way each spatial block's inputs are read at least once.
+    for r0, r1, x0, x1 in blocks:
+        rows = min(6, r1 + 1) - max(0, r0 - 1)
+        cols = min(6, x1 + 1) - max(0, x0 - 1)
+        expected_inputs += 4 * rows * cols
+    got = conv.designs["dense"].traffic
+    reads_per_block = got.bytes["inputs"] / expected_inputs
+    assert reads_per_block in (1.0, plan.n_chan_blocks)
+    assert got.input_rereads == got.bytes["inputs"] - 4 * 36
+
+
+def test_pruning_everything_leaves_the_base_path(trace):
+    cfg = SystemConfig(engine=BIG, report=ReportOptions(prune_threshold=1.0))
+    run = run_network(trace, cfg)
+    conv = next(lr for lr in run.layers if lr.name == "conv")
+    pruned = conv.designs["pruned"]
+    assert conv.pruned_channel_fraction == 1.0
+    assert pruned.counters["cond_macs"] == 0
+    assert pruned.macs == 4 * 36 * 18
+    assert pruned.traffic.bytes["weights"] == 4 * 2 * 9  # base halves only
+    # Threshold 0 prunes only channels with no gate on: the MACs equal the gated design's.
+    run0 = run_network(trace, dataclasses.replace(cfg, report=ReportOptions(prune_threshold=0.0)))
+    conv0 = next(lr for lr in run0.layers if lr.name == "conv")
+    assert conv0.designs["pruned"].macs == conv0.designs["gated"].macs
+
+
+def test_chain_cycles_by_hand():
+    dram = DramConfig(bytes_per_cycle=10.0, latency_cycles=5)
+    a = [Step(100, [50], [100], [20]), Step(40, [], [100], [20])]
+    b = [Step(30, [200], [10], [10])]
+    got = chain_cycles([a, b], dram)
+    # Layer a: load(0) = (5+5) + (5+10) = 25; stage 0: max(100, load(1) = 15) = 100;
+    # stage 1 (last of a): max(40, weights of b (5+20) + store(0) (5+2)) = 40.
+    # Layer b: exposed store(1) (7) + inputs of b (5+1) = 13; its stage: max(30, 0) + store (5+1) = 36.
+    assert got == pytest.approx([25 + 100 + 40, 13 + 36])
+    assert chain_cycles([], dram) == []
+
+
+def test_memory_bound_layer_takes_transfer_time(trace):
+    slow = SystemConfig(engine=BIG, dram=DramConfig(bytes_per_cycle=0.01, latency_cycles=0))
+    run = run_network(trace, slow, samples=1)
+    # One DRAM channel: the network cannot take less than its bytes over the bandwidth.
+    for design in ("dense", "gated", "pruned"):
+        runs = [lr.designs[design] for lr in run.mapped()]
+        total_bytes = sum(r.traffic.total for r in runs)
+        assert sum(r.cycles for r in runs) >= total_bytes / 0.01 - 1e-6
+        assert sum(r.cycles for r in runs) > 10 * sum(r.compute_cycles for r in runs)
+
+
+def test_deterministic_and_sample_bounds(trace):
+    a = run_network(trace, SystemConfig(engine=SMALL))
+    b = run_network(trace, SystemConfig(engine=SMALL))
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        for d in la.designs:
+            assert la.designs[d].cycles == lb.designs[d].cycles
+            assert la.designs[d].traffic.bytes == lb.designs[d].traffic.bytes
+    with pytest.raises(ConfigError, match="samples"):
+        run_network(trace, samples=N + 1)
+
+
+def test_buffers_too_small_name_the_layer(trace):
+    tiny = SystemConfig(engine=EngineConfig(pes=2, lanes=2, input_depth=2, weight_depth=4, output_depth=1))
+    with pytest.raises(ConfigError, match="conv"):
+        run_network(trace, tiny)
