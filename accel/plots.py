@@ -83,7 +83,8 @@ def plot_conditional_work(report: dict, path: Path) -> Path:
             x + 0.2,
             [100 * (e["channels_used_pruned"] or 0) for e in layers],
             0.4,
-            label=f"channels keeping their conditional path (pruning at {report['trace']['pruning_threshold']:g})",
+            label="channels keeping their conditional path (pruning at "
+            f"{report['trace']['pruning_threshold']:g})",
             color=DESIGN_COLORS["pruned"],
         )
     ax.set_ylabel("percent")
@@ -197,6 +198,6 @@ def sweep_plots(rows: list[dict], params: list[str], folder: Path) -> list[Path]
         if len(groups) > 1 and len(groups) <= 12:
             ax1.legend(fontsize=6)
         fig.suptitle(f"Sweep over {p}", fontsize=10)
-        name = p.replace(".", "_")
+        name = p.removeprefix("engine.").replace(".", "_")  # engine fields: named as in --param
         paths.append(_save(fig, folder / f"sweep_{name}.png"))
     return paths

@@ -42,8 +42,8 @@ def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineCo
 
     P, L, widths and buffer depths are the configuration's; kernel, stride, padding and groups are the
     layer's. A gated layer with base ``"groups"`` runs with groups = G; with ``{"first": C_b}`` with
-    groups = 1 and ``base_channels = C_b``. An ungated layer runs in dense mode with groups = 1 and a base segment of
-    ``L`` channels (a multiple of L, so the split costs no extra beats; 1 channel when ``c_in ≤ L``).
+    groups = 1 and ``base_channels = C_b``. An ungated layer runs in dense mode with groups = 1 and a base
+    segment of ``L`` channels (a multiple of L: no extra beats; 1 channel when ``c_in ≤ L``).
     """
     if layer.kind == "fc":
         k, s, p = 1, 1, 0
