@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from accel.config import ConfigError
@@ -123,33 +124,50 @@ def _load(args):
     return path, trace, config, table
 
 
+@contextlib.contextmanager
+def _output_folder(out: Path):
+    """Create (or check) the output folder before the work; remove it again if the work fails and it was
+    created here and is still empty, so a failed run leaves nothing behind."""
+    from accel.report import prepare_out_dir
+
+    created = not out.exists()
+    prepare_out_dir(out)  # refuse an unwritable folder before the work, not after
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
+        raise
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from accel.report import build_report, format_summary, format_table, prepare_out_dir, write_report
+    from accel.report import build_report, format_summary, format_table, write_report
     from sim.network import run_network
 
     path, trace, config, table = _load(args)
     out = args.out or Path(f"report-{Path(path).stem}")
-    prepare_out_dir(out)  # refuse an unwritable folder before the work, not after
-    with tqdm(
-        total=len(trace), desc="layers", unit="layer", disable=args.no_progress or None, leave=False
-    ) as bar:
-        run = run_network(
-            trace, config, samples=args.samples, check=args.check, progress=lambda _: bar.update()
-        )
-    report = build_report(run, trace, table)
-    print(f"trace: {path}")
-    print()
-    print(format_table(report))
-    print()
-    print(format_summary(report))
-    if args.check:
-        bad = [lr.name for lr in run.layers if lr.outputs_match is False]
-        if bad:
-            raise ConfigError(f"engine outputs differ from numpy in layers: {', '.join(bad)}")
-        print("check:     every engine layer's outputs and gates equal a plain numpy convolution")
-    written = write_report(report, out, plots=not args.no_plots)
+    with _output_folder(out):
+        with tqdm(
+            total=len(trace), desc="layers", unit="layer", disable=args.no_progress or None, leave=False
+        ) as bar:
+            run = run_network(
+                trace, config, samples=args.samples, check=args.check, progress=lambda _: bar.update()
+            )
+        report = build_report(run, trace, table)
+        print(f"trace: {path}")
+        print()
+        print(format_table(report))
+        print()
+        print(format_summary(report))
+        if args.check:
+            bad = [lr.name for lr in run.layers if lr.outputs_match is False]
+            if bad:
+                raise ConfigError(f"engine outputs differ from numpy in layers: {', '.join(bad)}")
+            print("check:     every engine layer's outputs and gates equal a plain numpy convolution")
+        written = write_report(report, out, plots=not args.no_plots)
     print()
     for p in written:
         print(f"wrote {p}")
@@ -157,10 +175,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+    import sys
+    import tempfile
+
     from tqdm import tqdm
 
     from accel.plots import sweep_plots
-    from accel.report import prepare_out_dir
     from accel.sweep import parse_param, run_sweep, sweep_csv, sweep_json, sweep_points
 
     path, trace, config, _ = _load(args)
@@ -170,36 +192,44 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("sweep: a parameter is given twice")
     points = sweep_points(config, params)  # every point's configuration checked before any run
     out = args.out or Path(f"sweep-{Path(path).stem}")
-    prepare_out_dir(out)
-    with tqdm(total=len(points), desc="grid points", disable=args.no_progress or None, leave=False) as bar:
-        rows = run_sweep(str(path), config, params, samples=args.samples, jobs=args.jobs, progress=bar.update)
-    shown = ["speedup", "theoretical_speedup", "energy_pj_gated", "dram_bytes_pruned"]
-    header = [*names, *shown, "error"]
-    print("  ".join(header))
-    for r in rows:
-        cells = [str(r[n]) for n in names]
-        cells += ["-" if r[k] is None else f"{r[k]:.4g}" for k in shown]
-        cells.append(r["error"])
-        print("  ".join(cells).rstrip())
-    import os
-    import shutil
-    import tempfile
-
-    tmp = Path(tempfile.mkdtemp(prefix=".sweep-", dir=out))
-    try:
-        (tmp / "sweep.csv").write_text(sweep_csv(rows, names))
-        (tmp / "sweep.json").write_text(sweep_json(rows, names, str(path), config) + "\n")
-        ok = [r for r in rows if not r["error"]]
-        if ok:
-            sweep_plots(ok, names, tmp)
-        written = []
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out / f.name)
-            written.append(out / f.name)
-    except OSError as exc:
-        raise ConfigError(f"{out}: cannot write the sweep ({exc.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _output_folder(out):
+        with tqdm(
+            total=len(points), desc="grid points", disable=args.no_progress or None, leave=False
+        ) as bar:
+            rows = run_sweep(
+                str(path), config, params, samples=args.samples, jobs=args.jobs, progress=bar.update
+            )
+        shown = ["speedup", "theoretical_speedup", "energy_pj_gated", "dram_bytes_pruned"]
+        header = [*names, *shown, "error"]
+        print("  ".join(header))
+        for r in rows:
+            cells = [str(r[n]) for n in names]
+            cells += ["-" if r[k] is None else f"{r[k]:.4g}" for k in shown]
+            cells.append(r["error"])
+            print("  ".join(cells).rstrip())
+        tmp = None
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=".sweep-", dir=out))
+            (tmp / "sweep.csv").write_text(sweep_csv(rows, names))
+            (tmp / "sweep.json").write_text(sweep_json(rows, names, str(path), config) + "\n")
+            ok = [r for r in rows if not r["error"]]
+            if ok:
+                sweep_plots(ok, names, tmp)
+            written = []
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, out / f.name)
+                written.append(out / f.name)
+        except OSError as exc:
+            raise ConfigError(f"{out}: cannot write the sweep ({exc.strerror})") from None
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
     for p in written:
         print(f"wrote {p}")
-    return 0 if all(not r["error"] for r in rows) else 1
+    failed = sum(1 for r in rows if r["error"])
+    if failed:
+        print(
+            f"accel: {failed} of {len(rows)} grid point(s) failed (see the error column of sweep.csv)",
+            file=sys.stderr,
+        )
+    return 0 if not failed else 1

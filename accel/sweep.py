@@ -39,6 +39,7 @@ SWEEP_COLUMNS = (
 )
 
 _SECTIONS = {"engine": EngineConfig, "dram": DramConfig, "report": ReportOptions}
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
 def _field_type(section: str, name: str):
@@ -62,13 +63,19 @@ def parse_param(text: str) -> tuple[str, list]:
         ]
         raise ConfigError(f"sweep parameter {name!r}: unknown (known: {', '.join(known)})")
     kind = _field_type(section, field)
+    expected = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, kind.__name__)
     out = []
     for v in values.split(","):
         v = v.strip()
         try:
-            out.append(kind(v) if kind is not bool else v.lower() in ("1", "true", "yes"))
+            if kind is bool:
+                if v.lower() not in _BOOLS:
+                    raise ValueError(v)
+                out.append(_BOOLS[v.lower()])
+            else:
+                out.append(kind(v))
         except ValueError:
-            raise ConfigError(f"sweep parameter {name!r}: value {v!r} is not a {kind.__name__}") from None
+            raise ConfigError(f"sweep parameter {name!r}: value {v!r} is not {expected}") from None
     if not out or len(set(out)) != len(out):
         raise ConfigError(f"sweep parameter {name!r}: give distinct values, got {values!r}")
     return f"{section}.{field}", out

@@ -4,16 +4,26 @@ The model has two parts that share nothing but the gate bits:
 
 * the **functional part** computes what the output buffer holds after a run: the partial sum ``p`` over each
   output channel's base segment, the gate ``p > tau[co]`` and ``y = p + r`` (gate on or dense) or ``y = p``.
-  It runs as an integer im2col followed by a blocked integer matrix product in Numba, with the conditional
-  sum ``r`` computed only for the activations whose gate is on (as the engine does);
+  Per pair of output positions it unfolds the zero-padded input into two im2col rows and takes their dot
+  products with the output channels' weights (two positions by two channels at a time), the conditional sum
+  ``r`` only for the activations whose gate is on (as the engine does);
 * the **schedule** walks the sequencer's states (SETUP, PHASE1, DRAIN1, PREP, PHASE2, DRAIN2) round by round
   and beat by beat and accumulates the performance counters exactly as section 5 says the hardware does
   during each issue and non-issue cycle. Like the hardware's ``counter_width``-bit counters, the reported
   values wrap modulo ``2**counter_width``.
 
-Both parts are ``numba.njit(cache=True, nogil=True)`` kernels: the jitted signatures are fixed (int32
-operands, int64 sums), so each kernel compiles once per machine, and callers may run tiles concurrently
-from threads.
+**Exact integer results from floating-point SIMD.** The dot products run on float32 (float64 for operand
+widths whose products do not fit, see :func:`_float_plan`) with Numba's ``fastmath`` so that LLVM vectorizes
+them, yet every sum is exact: the operands are integers of at most ``act_width`` / ``weight_width`` bits, so
+every product and every partial sum of at most ``chunk`` products is an integer of magnitude at most
+``chunk * 2**(act_width-1) * 2**(weight_width-1) <= 2**24`` (2**53 for float64), which the format holds
+exactly whatever the order of the additions; each chunk's sum is converted to int64 and the chunks are added
+in int64. The results are bit-identical to integer arithmetic.
+
+Both parts run in one ``numba.njit(cache=True, nogil=True)`` kernel per tile (one call from Python; callers
+may run tiles concurrently from threads). Its signatures depend only on the operand dtypes (int8 operands
+are passed as they are, any other integer dtype as int32) and on the float type, so the kernel compiles once
+per machine for a configuration's widths.
 """
 
 from __future__ import annotations
@@ -24,13 +34,9 @@ import numba
 import numpy as np
 
 from accel.config import EngineConfig
-from accel.tile import COUNTER_NAMES, Segments, Tile
+from accel.tile import COUNTER_NAMES, Segments, Tile, TileGeometry
 
 __all__ = ["EngineResult", "run_tile"]
-
-# Output channels per block of the matrix product: the block's packed weights stay in cache while every
-# output position streams past them, and its accumulators stay in L1.
-_CO_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -59,221 +65,197 @@ class EngineResult:
 # --------------------------------------------------------------------------------------------------------
 # Functional part
 # --------------------------------------------------------------------------------------------------------
+#
+# Loops index slices from 0: an index LLVM cannot prove non-negative keeps Numba's wrap-around check and
+# blocks vectorization.
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot(a, b, n, chunk, zero):
+    """``sum(a[:n] * b[:n])`` as an exact int64 (float sums over at most ``chunk`` products)."""
+    total = 0
+    for c0 in range(0, n, chunk):
+        m = min(chunk, n - c0)
+        x = a[c0 : c0 + m]
+        u = b[c0 : c0 + m]
+        s = zero
+        for k in range(m):
+            s += x[k] * u[k]
+        total += np.int64(s)
+    return total
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot2(a0, a1, b, n, chunk, zero):
+    """Two rows against one weight vector (each weight load used twice)."""
+    t0 = 0
+    t1 = 0
+    for c0 in range(0, n, chunk):
+        m = min(chunk, n - c0)
+        x0 = a0[c0 : c0 + m]
+        x1 = a1[c0 : c0 + m]
+        u = b[c0 : c0 + m]
+        s0 = zero
+        s1 = zero
+        for k in range(m):
+            w = u[k]
+            s0 += x0[k] * w
+            s1 += x1[k] * w
+        t0 += np.int64(s0)
+        t1 += np.int64(s1)
+    return t0, t1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot22(a0, a1, b0, b1, n, chunk, zero):
+    """Two rows against two weight vectors: four sums, every load used twice."""
+    t00 = 0
+    t01 = 0
+    t10 = 0
+    t11 = 0
+    for c0 in range(0, n, chunk):
+        m = min(chunk, n - c0)
+        x0 = a0[c0 : c0 + m]
+        x1 = a1[c0 : c0 + m]
+        u = b0[c0 : c0 + m]
+        v = b1[c0 : c0 + m]
+        s00 = zero
+        s01 = zero
+        s10 = zero
+        s11 = zero
+        for k in range(m):
+            p = x0[k]
+            q = x1[k]
+            s00 += p * u[k]
+            s01 += p * v[k]
+            s10 += q * u[k]
+            s11 += q * v[k]
+        t00 += np.int64(s00)
+        t01 += np.int64(s01)
+        t10 += np.int64(s10)
+        t11 += np.int64(s11)
+    return t00, t01, t10, t11
 
 
 @numba.njit(cache=True, nogil=True)
-def _im2col(
-    xp: np.ndarray,
-    kernel: int,
-    stride: int,
-    h_out: int,
-    w_out: int,
-    seg_start: np.ndarray,
-    seg_width: np.ndarray,
-) -> np.ndarray:
-    """Unfold the zero-padded, channel-last input into one row per output position.
-
-    Columns are segment-major, then ``(ky, kx)``, then the channel within the segment, so every segment's
-    columns form one contiguous run (the base sum and the conditional sum each read contiguous memory).
-    """
-    n_cols = kernel * kernel * xp.shape[2]
-    a = np.empty((h_out * w_out, n_cols), dtype=np.int32)
-    for oy in range(h_out):
-        for ox in range(w_out):
-            row = a[oy * w_out + ox]
-            col = 0
-            for s in range(seg_start.shape[0]):
-                c0 = seg_start[s]
-                width = seg_width[s]
-                for ky in range(kernel):
-                    for kx in range(kernel):
-                        pix = xp[oy * stride + ky, ox * stride + kx]
-                        for c in range(width):
-                            row[col + c] = pix[c0 + c]
-                        col += width
-    return a
+def _pad_channel_last(x, xp, pad_top, pad_left):
+    """Copy ``x[c, y, x]`` into the zeroed ``xp[pad_top + y, pad_left + x, c]`` (rows/columns it holds)."""
+    c_in, h_in, w_in = x.shape
+    h_used = min(h_in, xp.shape[0] - pad_top)
+    w_used = min(w_in, xp.shape[1] - pad_left)
+    for yy in range(h_used):
+        dst_row = xp[pad_top + yy]
+        for xx in range(w_used):
+            dst = dst_row[pad_left + xx]
+            src = x[:, yy, xx]
+            for c in range(c_in):
+                dst[c] = src[c]
 
 
 @numba.njit(cache=True, nogil=True)
-def _write_back(
-    y: np.ndarray,
-    gate: np.ndarray,
-    row: np.ndarray,
-    acc: np.ndarray,
-    wm: np.ndarray,
-    tau: np.ndarray,
-    i: int,
-    co0: int,
-    nb: int,
-    lo: int,
-    n_base: int,
-    dense: bool,
-) -> None:
-    """Gate, conditional sum and output entries of position ``i`` for channels ``co0 .. co0 + nb - 1``.
-
-    ``acc`` holds their sums over the base columns ``[lo, lo + n_base)`` of im2col row ``row``.
-    """
-    hi = lo + n_base
-    n_cols = row.shape[0]
-    for j in range(nb):
-        co = co0 + j
-        p = acc[j]
-        if dense:
-            y[co, i] = p
-            gate[co, i] = True
-        elif p > tau[co]:
-            # Conditional sum over every segment but the base one: the columns outside [lo, hi). Loops
-            # start at 0 over slices: an index LLVM cannot prove non-negative keeps Numba's wrap-around
-            # check and blocks vectorization.
-            wr = wm[co]
-            r = 0
-            for k in range(lo):
-                r += row[k] * wr[k]
-            row_hi = row[hi:]
-            wr_hi = wr[hi:]
-            for k in range(n_cols - hi):
-                r += row_hi[k] * wr_hi[k]
-            y[co, i] = p + r
-            gate[co, i] = True
-        else:
-            y[co, i] = p
-            gate[co, i] = False
+def _pack_weights(w, wm, k2, n_seg, base_ch, cond_ch):
+    """``wm[co]``: the weights of ``co`` in im2col column order (segment, then (ky, kx), then channel)."""
+    c_out, c_in = w.shape[0], w.shape[1]
+    wf = w.reshape(c_out, c_in, k2)
+    col = 0
+    for s in range(n_seg):
+        c0 = s * base_ch
+        width = base_ch if s == 0 else cond_ch
+        for t in range(k2):
+            for co in range(c_out):
+                src = wf[co, c0 : c0 + width, t]
+                dst = wm[co, col : col + width]
+                for c in range(width):
+                    dst[c] = src[c]
+            col += width
 
 
 @numba.njit(cache=True, nogil=True)
-def _gated_conv(
-    a: np.ndarray,
-    wp: np.ndarray,
-    wm: np.ndarray,
-    tau: np.ndarray,
-    blk_co: np.ndarray,
-    blk_n: np.ndarray,
-    blk_lo: np.ndarray,
-    dense: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Partial sums, gates and outputs of every (co, position).
+def _im2col_row(xp, row, oy, ox, kernel, stride, n_seg, base_ch, cond_ch):
+    """Unfold output position ``(oy, ox)``: columns segment-major, then ``(ky, kx)``, then channel, so
+    every segment's columns form one contiguous run."""
+    col = 0
+    for s in range(n_seg):
+        c0 = s * base_ch
+        width = base_ch if s == 0 else cond_ch
+        for ky in range(kernel):
+            src_row = xp[oy * stride + ky]
+            for kx in range(kernel):
+                src = src_row[ox * stride + kx, c0 : c0 + width]
+                dst = row[col : col + width]
+                for c in range(width):
+                    dst[c] = src[c]
+                col += width
 
-    Parameters
-    ----------
-    a : int32 [M, n_cols]
-        im2col rows, one per output position.
-    wp : int32 [n_blocks, n_base, block width]
-        Base-segment weights packed per block of output channels: ``wp[b, k, j]`` is the weight of column
-        ``blk_lo[b] + k`` for channel ``blk_co[b] + j`` (zero beyond ``blk_n[b]``).
-    wm : int32 [c_out, n_cols]
-        All weights, one row per output channel (for the conditional dot product of one activation).
-    tau : int64 [c_out]
-        Thresholds.
-    blk_co, blk_n, blk_lo : int64 [n_blocks]
-        Blocks of output channels sharing a base segment: first channel, count, and the first column of
-        the base segment's column range ``[lo, lo + n_base)`` (in dense mode every column).
-    dense : bool
-        Dense mode: ``y`` is the sum over every column and every gate is on.
 
-    Returns
-    -------
-    y : int64 [c_out, M]
-    gate : bool [c_out, M]
+@numba.njit(cache=True, nogil=True)
+def _functional(
+    x, w, tau, xp, wm, y, gate, zero, chunk, kernel, stride, pad_top, pad_left, n_seg, base_ch, cond_ch,
+    n_groups, dense,
+):
+    """Fill ``y`` and ``gate`` (both ``[c_out, n_pos]``).
+
+    ``xp`` (zeroed, ``[hp, wp, c_in]``) and ``wm`` (``[c_out, n_cols]``) are work buffers of the float type
+    the dot products run in; ``zero`` is that type's 0. Output channels form ``n_groups`` equal groups, each
+    reading its base segment's columns ``[lo, lo + n_base)`` (dense: one group, every column).
     """
-    n_pos = a.shape[0]
-    n_base = wp.shape[1]
-    c_out = wm.shape[0]
-    y = np.empty((c_out, n_pos), dtype=np.int64)
-    gate = np.empty((c_out, n_pos), dtype=np.bool_)
-    acc0 = np.empty(wp.shape[2], dtype=np.int64)
-    acc1 = np.empty(wp.shape[2], dtype=np.int64)
-    for b in range(blk_co.shape[0]):
-        co0 = blk_co[b]
-        nb = blk_n[b]
-        lo = blk_lo[b]
-        wb = wp[b]
-        # Two output positions per pass share every weight load (about 1.35x faster than one). An odd
-        # last position is simply computed twice.
-        for i0 in range(0, n_pos, 2):
-            i1 = min(i0 + 1, n_pos - 1)
-            base0 = a[i0, lo : lo + n_base]
-            base1 = a[i1, lo : lo + n_base]
-            acc0[:] = 0
-            acc1[:] = 0
-            for k in range(n_base):
-                v0 = base0[k]
-                v1 = base1[k]
-                if v0 == 0 and v1 == 0:  # padding and post-ReLU zeros add nothing
-                    continue
-                wk = wb[k]
-                # nb is a run-time bound on purpose: LLVM vectorizes this loop better than a fully
-                # unrolled constant one.
-                for j in range(nb):
-                    w = wk[j]
-                    acc0[j] += v0 * w
-                    acc1[j] += v1 * w
-            _write_back(y, gate, a[i0], acc0, wm, tau, i0, co0, nb, lo, n_base, dense)
-            _write_back(y, gate, a[i1], acc1, wm, tau, i1, co0, nb, lo, n_base, dense)
-    return y, gate
-
-
-def _functional(config: EngineConfig, tile: Tile, seg: Segments) -> tuple[np.ndarray, np.ndarray]:
-    """Outputs and gate bits of a checked tile, shaped ``(c_out, h_out, w_out)``."""
-    g = tile.geometry
-    k, s = config.kernel, config.stride
-    c_in, c_out = g.c_in, g.c_out
-    k2 = k * k
-
-    # Zero padding: the padded frame spans exactly the rows/columns the outputs read; input pixels that
-    # fall outside it (rows below the last output's window) are never read.
-    hp = (g.h_out - 1) * s + k
-    wp = (g.w_out - 1) * s + k
-    xp = np.zeros((hp, wp, c_in), dtype=np.int32)
-    h_used = min(g.h_in, hp - g.pad_top)
-    w_used = min(g.w_in, wp - g.pad_left)
-    xp[g.pad_top : g.pad_top + h_used, g.pad_left : g.pad_left + w_used] = np.moveaxis(
-        np.asarray(tile.inputs)[:, :h_used, :w_used], 0, -1
-    )
-
-    seg_start = np.array([seg.start(t) for t in range(seg.n_seg)], dtype=np.int64)
-    seg_width = np.array([seg.channels(t) for t in range(seg.n_seg)], dtype=np.int64)
-    # Plain ints for the scalar arguments: numpy integer fields would give the kernels new signatures.
-    a = _im2col(xp, int(k), int(s), int(g.h_out), int(g.w_out), seg_start, seg_width)
-
-    # Weights in the im2col column order: segment, then (ky, kx), then channel.
-    w = np.asarray(tile.weights, dtype=np.int32)
-    wm = np.concatenate(
-        [
-            np.moveaxis(w[:, c0 : c0 + cw], 1, -1).reshape(c_out, k2 * cw)
-            for c0, cw in zip(seg_start.tolist(), seg_width.tolist(), strict=True)
-        ],
-        axis=1,
-    )
-    wm = np.ascontiguousarray(wm)
-    tau = np.ascontiguousarray(tile.thresholds, dtype=np.int64)
-
-    # Blocks of output channels that share a base segment (columns k2 * [start, start + C_sb)); in dense
-    # mode one "segment" covering every column.
-    n_groups = 1 if (g.dense or config.groups == 1) else config.groups
+    c_out = w.shape[0]
+    n_pos = y.shape[1]
+    k2 = kernel * kernel
+    w_out = (xp.shape[1] - kernel) // stride + 1
+    _pad_channel_last(x, xp, pad_top, pad_left)
+    _pack_weights(w, wm, k2, n_seg, base_ch, cond_ch)
+    n_cols = wm.shape[1]
+    n_base = n_cols if dense else k2 * base_ch
     per_group = c_out // n_groups
-    n_base = k2 * c_in if g.dense else k2 * seg.base_ch
-    blocks = []
-    for grp in range(n_groups):
-        lo = 0 if g.dense else k2 * seg.start(grp)
-        first = grp * per_group
-        for co0 in range(first, first + per_group, _CO_BLOCK):
-            blocks.append((co0, min(_CO_BLOCK, first + per_group - co0), lo))
-    wp = np.zeros((len(blocks), n_base, max(nb for _, nb, _ in blocks)), dtype=np.int32)
-    for b, (co0, nb, lo) in enumerate(blocks):
-        wp[b, :, :nb] = wm[co0 : co0 + nb, lo : lo + n_base].T
-    blk = np.array(blocks, dtype=np.int64)
-    y, gate = _gated_conv(
-        a,
-        wp,
-        wm,
-        tau,
-        np.ascontiguousarray(blk[:, 0]),
-        np.ascontiguousarray(blk[:, 1]),
-        np.ascontiguousarray(blk[:, 2]),
-        bool(g.dense),
-    )
-    shape = (c_out, g.h_out, g.w_out)
-    return y.reshape(shape), gate.reshape(shape)
+    r0 = np.empty_like(wm[0])
+    r1 = np.empty_like(wm[0])
+    # Two output positions per pass share every weight load. An odd last position is computed twice.
+    for i0 in range(0, n_pos, 2):
+        i1 = min(i0 + 1, n_pos - 1)
+        _im2col_row(xp, r0, i0 // w_out, i0 % w_out, kernel, stride, n_seg, base_ch, cond_ch)
+        _im2col_row(xp, r1, i1 // w_out, i1 % w_out, kernel, stride, n_seg, base_ch, cond_ch)
+        for grp in range(n_groups):
+            lo = 0 if dense else k2 * grp * base_ch
+            hi = lo + n_base
+            a0 = r0[lo:hi]
+            a1 = r1[lo:hi]
+            first = grp * per_group
+            last = first + per_group
+            # Base sums p (dense: the full sums), two channels at a time.
+            for co in range(first, last, 2):
+                if co + 1 < last:
+                    p00, p01, p10, p11 = _dot22(a0, a1, wm[co, lo:hi], wm[co + 1, lo:hi], n_base, chunk, zero)
+                    y[co, i0] = p00
+                    y[co + 1, i0] = p01
+                    y[co, i1] = p10
+                    y[co + 1, i1] = p11
+                else:
+                    p00, p10 = _dot2(a0, a1, wm[co, lo:hi], n_base, chunk, zero)
+                    y[co, i0] = p00
+                    y[co, i1] = p10
+            # Gates, and the conditional sum r over every column outside [lo, hi) where the gate is on.
+            for co in range(first, last):
+                if dense:
+                    gate[co, i0] = True
+                    gate[co, i1] = True
+                    continue
+                t = tau[co]
+                g0 = y[co, i0] > t
+                g1 = y[co, i1] > t
+                gate[co, i0] = g0
+                gate[co, i1] = g1
+                wr = wm[co]
+                if g0 and g1:
+                    q0, q1 = _dot2(r0, r1, wr, lo, chunk, zero)
+                    s0, s1 = _dot2(r0[hi:], r1[hi:], wr[hi:], n_cols - hi, chunk, zero)
+                    y[co, i0] += q0 + s0
+                    if i1 != i0:
+                        y[co, i1] += q1 + s1
+                elif g0:
+                    y[co, i0] += _dot(r0, wr, lo, chunk, zero) + _dot(r0[hi:], wr[hi:], n_cols - hi, chunk, zero)
+                elif g1:
+                    y[co, i1] += _dot(r1, wr, lo, chunk, zero) + _dot(r1[hi:], wr[hi:], n_cols - hi, chunk, zero)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -394,6 +376,83 @@ def _schedule(
 # --------------------------------------------------------------------------------------------------------
 
 
+@numba.njit(cache=True, nogil=True)
+def _run(
+    x, w, tau, xp, wm, y, gate, write_cycle, counters, zero, chunk, tau_lo, tau_hi, kernel, stride, pad_top,
+    pad_left, n_seg, base_ch, cond_ch, n_groups, dense, pes, lanes, counter_width,
+):
+    """One tile: functional part, schedule and wrapped counters, written into the arrays passed in.
+
+    Returns False (and computes nothing) when a threshold lies outside ``[tau_lo, tau_hi]``.
+    """
+    for co in range(tau.shape[0]):
+        if tau[co] < tau_lo or tau[co] > tau_hi:
+            return False
+    _functional(
+        x, w, tau, xp, wm, y, gate, zero, chunk, kernel, stride, pad_top, pad_left, n_seg, base_ch, cond_ch,
+        n_groups, dense,
+    )
+    # C order of (co, position) is lin order.
+    raw = _schedule(gate.reshape(-1), write_cycle, pes, lanes, kernel * kernel, n_seg, base_ch, cond_ch, dense)
+    # The hardware counters are counter_width bits wide and wrap (the raw counts are never negative).
+    mask = np.int64(-1) if counter_width >= 63 else (np.int64(1) << counter_width) - 1
+    for j in range(raw.shape[0]):
+        counters[j] = raw[j] & mask
+    return True
+
+
+def _float_plan(config: EngineConfig) -> tuple[type, int]:
+    """Float type of the dot products and the most products one float sum may take exactly.
+
+    A product has magnitude at most ``2**(act_width-1) * 2**(weight_width-1)``; float32 holds every integer
+    up to 2**24, float64 up to 2**53. float32 is used while a chunk can take at least 256 products (int8
+    operands: 1024).
+    """
+    bound = 1 << (config.act_width - 1 + config.weight_width - 1)
+    if (1 << 24) // bound >= 256:
+        return np.float32, (1 << 24) // bound
+    return np.float64, min((1 << 53) // bound, 1 << 40)
+
+
+_PLANS: dict[EngineConfig, tuple] = {}
+_CHECKED: dict[tuple, tuple[EngineConfig, Segments]] = {}
+_PLAIN = (int,) * 9 + (bool,)  # TileGeometry field types on the fast path (9 ints, then `dense`)
+
+
+def _plan(config: EngineConfig) -> tuple:
+    plan = _PLANS.get(config)
+    if plan is None:
+        fdt, chunk = _float_plan(config)
+        tau_lo, tau_hi = -(1 << (config.acc_width - 1)), (1 << (config.acc_width - 1)) - 1
+        # Operand dtypes whose every value fits the operand widths: no range check needed.
+        act_ok = tuple(dt for dt in (np.int8, np.int16) if np.iinfo(dt).bits <= config.act_width)
+        w_ok = tuple(dt for dt in (np.int8, np.int16) if np.iinfo(dt).bits <= config.weight_width)
+        plan = (fdt, fdt(0), chunk, tau_lo, tau_hi, act_ok, w_ok)
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        _PLANS[config] = plan
+    return plan
+
+
+def _geometry_segments(config: EngineConfig, g: TileGeometry) -> Segments:
+    """``g.check(config)``, remembered for geometries of plain ``int`` fields (and a ``bool`` ``dense``)."""
+    if type(g) is not TileGeometry:
+        return g.check(config)
+    values = tuple(g.__dict__.values())
+    if tuple(map(type, values)) != _PLAIN:
+        return g.check(config)
+    # Keyed by the configuration's identity: the entry holds the configuration, so the id stays its own.
+    key = (id(config), values)
+    hit = _CHECKED.get(key)
+    if hit is not None and hit[0] is config:
+        return hit[1]
+    seg = g.check(config)
+    if len(_CHECKED) >= 4096:
+        _CHECKED.clear()
+    _CHECKED[key] = (config, seg)
+    return seg
+
+
 def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
     """Run one tile through the engine model.
 
@@ -414,27 +473,54 @@ def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
     accel.config.ConfigError
         When the tile does not fit the configuration (``Tile.check``).
     """
-    seg = tile.check(config)
-    outputs, gates = _functional(config, tile, seg)
+    fdt, zero, chunk, tau_lo, tau_hi, act_ok, w_ok = _plan(config)
     g = tile.geometry
-    write_cycle = np.zeros(g.n_outputs, dtype=np.int64)
-    raw = _schedule(
-        np.ascontiguousarray(gates.reshape(-1)),  # C order of (co, oy, ox) is lin order
-        write_cycle,
-        int(config.pes),
-        int(config.lanes),
-        int(config.kernel) ** 2,
-        int(seg.n_seg),
-        int(seg.base_ch),
-        int(seg.cond_ch),
-        bool(g.dense),
+    seg = _geometry_segments(config, g)
+    x, w, tau = tile.inputs, tile.weights, tile.thresholds
+    k = config.kernel
+    # Fast path of Tile.check: numpy arrays of the right shapes whose dtypes cannot exceed the operand
+    # widths, int64 thresholds (their range is checked in the kernel). Anything else: the full check.
+    if not (
+        type(x) is np.ndarray
+        and type(w) is np.ndarray
+        and type(tau) is np.ndarray
+        and x.dtype in act_ok
+        and w.dtype in w_ok
+        and tau.dtype == np.int64
+        and x.shape == (g.c_in, g.h_in, g.w_in)
+        and w.shape == (g.c_out, g.c_in, k, k)
+        and tau.shape == (g.c_out,)
+    ):
+        seg = tile.check(config)
+    x = np.ascontiguousarray(x) if x.dtype == np.int8 else np.ascontiguousarray(x, dtype=np.int32)
+    w = np.ascontiguousarray(w) if w.dtype == np.int8 else np.ascontiguousarray(w, dtype=np.int32)
+    tau = np.ascontiguousarray(tau, dtype=np.int64)
+
+    s = config.stride
+    c_out, h_out, w_out = int(g.c_out), int(g.h_out), int(g.w_out)
+    # The padded frame spans exactly the rows/columns the outputs read; input pixels outside it (below or
+    # right of the last output's window) are never read.
+    xp = np.zeros(((h_out - 1) * s + k, (w_out - 1) * s + k, int(g.c_in)), dtype=fdt)
+    wm = np.empty((c_out, k * k * int(g.c_in)), dtype=fdt)
+    n_pos = h_out * w_out
+    y = np.empty((c_out, n_pos), dtype=np.int64)
+    gate = np.empty((c_out, n_pos), dtype=np.bool_)
+    write_cycle = np.empty(c_out * n_pos, dtype=np.int64)  # phase 1 writes every entry
+    counters = np.empty(len(COUNTER_NAMES), dtype=np.int64)
+    dense = bool(g.dense)
+    ok = _run(
+        x, w, tau, xp, wm, y, gate, write_cycle, counters, zero, chunk, tau_lo, tau_hi, k, s,
+        int(g.pad_top), int(g.pad_left), int(seg.n_seg), int(seg.base_ch), int(seg.cond_ch),
+        1 if (dense or config.groups == 1) else config.groups, dense, config.pes, config.lanes,
+        config.counter_width,
     )
-    # The hardware counters are counter_width bits wide and wrap.
-    mask = (1 << config.counter_width) - 1
-    counters = {name: int(v) & mask for name, v in zip(COUNTER_NAMES, raw.tolist(), strict=True)}
+    if not ok:  # a threshold out of range: the full check names it
+        tile.check(config)
+        raise AssertionError("run_tile: the kernel refused thresholds that Tile.check accepts")
+    shape = (c_out, h_out, w_out)
     return EngineResult(
-        outputs=outputs,
-        gates=gates,
-        counters=counters,
-        write_cycle=write_cycle.reshape(outputs.shape),
+        outputs=y.reshape(shape),
+        gates=gate.reshape(shape),
+        counters=dict(zip(COUNTER_NAMES, counters.tolist(), strict=True)),
+        write_cycle=write_cycle.reshape(shape),
     )

@@ -263,6 +263,24 @@ def run_network(
         return result
 
     layers = list(trace)
+    # Refuse a configuration that cannot run some layer before simulating any (tiling is cheap).
+    for layer in layers:
+        if not _unmapped_reason(layer):
+            cfg, base = engine_config_for(config.engine, layer)
+            try:
+                plan_layer(
+                    cfg,
+                    layer.c_in,
+                    layer.c_out,
+                    layer.h,
+                    layer.w,
+                    layer.h_out,
+                    layer.w_out,
+                    base,
+                    cfg.padding,
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"layer {layer.name!r}: {exc}") from None
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(one, layers))
