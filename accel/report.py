@@ -287,17 +287,23 @@ def format_summary(report: dict) -> str:
         f"cycles:    dense {net['cycles_dense']:,.0f}, gated {net['cycles_gated']:,.0f} per image; speed-up "
         f"{_fmt(net['speedup'], '.2f')}x (theoretical {_fmt(net['theoretical_speedup'], '.2f')}x)",
         f"gated layers: speed-up {_fmt(gl['speedup'], '.2f')}x vs theoretical "
-        f"{_fmt(gl['theoretical_speedup'], '.2f')}x: achieved/theoretical {_fmt(gl['speedup_ratio'], '.3f')} "
-        f"(published CGNet ASICs {lo:.2f}-{hi:.2f}); compute only {_fmt(gl['compute_speedup'], '.2f')}x",
-        f"energy:    dense {net['energy_pj_dense'] / 1e6:.2f} uJ, gated {net['energy_pj_gated'] / 1e6:.2f} uJ, "
-        f"pruned {net['energy_pj_pruned'] / 1e6:.2f} uJ per image ({_fmt(net['energy_ratio'], '.2f')}x less, gated)",
-        f"DRAM:      dense {net['dram_bytes_dense'] / 1024:.1f} KB, gated {net['dram_bytes_gated'] / 1024:.1f} KB, "
+        f"{_fmt(gl['theoretical_speedup'], '.2f')}x: achieved/theoretical "
+        f"{_fmt(gl['speedup_ratio'], '.3f')} "
+        f"(published CGNet ASICs {lo:.2f}-{hi:.2f}); "
+        f"compute only {_fmt(gl['compute_speedup'], '.2f')}x",
+        f"energy:    dense {net['energy_pj_dense'] / 1e6:.2f} uJ, "
+        f"gated {net['energy_pj_gated'] / 1e6:.2f} uJ, "
+        f"pruned {net['energy_pj_pruned'] / 1e6:.2f} uJ per image "
+        f"({_fmt(net['energy_ratio'], '.2f')}x less, gated)",
+        f"DRAM:      dense {net['dram_bytes_dense'] / 1024:.1f} KB, "
+        f"gated {net['dram_bytes_gated'] / 1024:.1f} KB, "
         f"pruned at {tr['pruning_threshold']:g}: {net['dram_bytes_pruned'] / 1024:.1f} KB per image "
         f"(dense/pruned {_fmt(net['dram_ratio_pruned'], '.2f')}x)",
     ]
     if net.get("dram_bytes_pruned_compressed") is not None:
         lines.append(
-            f"           zero-compressed activations: dense {net['dram_bytes_dense_compressed'] / 1024:.1f} KB, "
+            "           zero-compressed activations: "
+            f"dense {net['dram_bytes_dense_compressed'] / 1024:.1f} KB, "
             f"gated {net['dram_bytes_gated_compressed'] / 1024:.1f} KB, "
             f"pruned {net['dram_bytes_pruned_compressed'] / 1024:.1f} KB"
         )
