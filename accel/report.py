@@ -308,7 +308,8 @@ def format_summary(report: dict) -> str:
             f"pruned {net['dram_bytes_pruned_compressed'] / 1024:.1f} KB"
         )
     lines.append(
-        f"accuracy:  float {pct(acc.get('float'))}, int8 {pct(acc.get('int8'))}, int8 with channel pruning at "
+        f"accuracy:  float {pct(acc.get('float'))}, int8 {pct(acc.get('int8'))}, "
+        "int8 with channel pruning at "
         f"{tr['pruning_threshold']:g}: {pct(tr['int8_accuracy_pruned'])}"
     )
     nm = report["layers_not_mapped"]
