@@ -1,12 +1,19 @@
 """Speed of the cycle model against RTL simulation of the same engine, measured in one run.
 
-    python bench/rtl_vs_model.py [--quick] [--out FILE]
+    python bench/rtl_vs_model.py [--quick] [--out FILE] [--sims icarus,verilator] [--cases small,network]
+
+Cases (each one tile, the same tile through the model and through the RTL):
+
+* ``small``: a 16 -> 8 channel 8x8 tile (K = 3, G = 2) on a small engine (P = 4, L = 8, shallow buffers);
+* ``network``: the first tile of ResNet-18's ``layer1.0.conv1`` (traces/resnet18-imagenet-synthetic.npz,
+  sample 0, gated) on the default engine (P = 8, L = 8, 4096-word buffers), as the whole-network report
+  runs it: 64 -> 32 channels, 2 x 56 outputs;
+* ``large`` (model only): 64 -> 64 channels, 56x56, K = 3, G = 2, the default P = 8 / L = 8, with buffers
+  deep enough to hold it.
 
 * **Cycle model** (``sim.engine.run_tile``): warm wall time per tile (best of several repeats, each repeat
   the mean of enough back-to-back calls to last a while), simulated cycles per second
-  (``counters['cycles']`` / time) and simulated MACs per second (``base_macs + cond_macs`` / time), for
-  (a) the small tile that the RTL runs and (b) a large tile (64 -> 64 channels, 56x56, K = 3, G = 2, the
-  default P = 8 / L = 8, with buffers deep enough to hold it).
+  (``counters['cycles']`` / time) and simulated MACs per second (``base_macs + cond_macs`` / time).
 * **RTL** (the Verilog of ``rtl.generate``) on Icarus and on Verilator through cocotb
   (``bench/rtl_vs_model_tb.py``): the tile is loaded once and run back to back several times on the same
   data; only the run phase (the edge that samples ``start`` to the rising edge of ``done``) is timed, and
@@ -15,10 +22,11 @@
   simulator time between the two edges is checked against the ``cycles`` counter for every run.
 * **Identical results**: every output ``y``, gate bit and counter read back from each simulator must equal
   the model's; otherwise ``identical: no`` and exit status 1.
-* **Ratios**: model cycles/s / simulator cycles/s, from this same run (same tile, and large-tile model).
+* **Ratios**: model cycles/s / simulator cycles/s on the same tile, from this same run.
 
-Builds go to ``bench/build/rtl_vs_model/`` (reused while the generated Verilog and the build flags are
-unchanged); results go to ``bench/results/rtl_vs_model.json`` with the machine they were measured on.
+Builds go to ``bench/build/rtl_vs_model/<simulator>/<configuration hash>/`` (reused while the generated
+Verilog and the build flags are unchanged); results go to ``bench/results/rtl_vs_model.json`` with the
+machine they were measured on. :func:`measure` is what ``bench/run_all.py`` calls.
 """
 
 from __future__ import annotations
@@ -87,6 +95,10 @@ LARGE_CONFIG = EngineConfig(
     threshold_depth=256,
 )
 LARGE_TILE = {"c_in": 64, "c_out": 64, "h_in": 56, "w_in": 56}
+# The network case: the first tile of this layer of the shipped ResNet-18 trace, sample 0, gated.
+NETWORK_TRACE = REPO / "traces" / "resnet18-imagenet-synthetic.npz"
+NETWORK_LAYER = "layer1.0.conv1"
+CASES = ("small", "network")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -129,6 +141,35 @@ def machine() -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Tiles and the cycle model
 # ---------------------------------------------------------------------------------------------------------
+
+
+def network_tile(
+    trace_path: Path = NETWORK_TRACE, layer_name: str = NETWORK_LAYER
+) -> tuple[EngineConfig, Tile]:
+    """The first tile of ``layer_name`` (sample 0, gated) as ``sim.network.run_network`` cuts and runs it on
+    the default system configuration."""
+    import dataclasses
+
+    from accel.system import SystemConfig
+    from sim.network import engine_config_for
+    from sim.tiling import plan_layer
+    from sim.trace import load_trace
+
+    layer = load_trace(trace_path)[layer_name]
+    config, base = engine_config_for(SystemConfig().engine, layer)
+    plan = plan_layer(
+        config, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, base, config.padding
+    )
+    t = plan.tiles[0]
+    ch = list(t.channels)
+    tile = Tile(
+        dataclasses.replace(t.geometry, dense=not layer.gated),
+        np.ascontiguousarray(layer.inputs[0][:, t.y0 : t.y1, t.x0 : t.x1]),
+        np.ascontiguousarray(layer.weights[ch]),
+        np.ascontiguousarray(layer.thresholds.astype(np.int64)[ch]),
+    )
+    tile.check(config)
+    return config, tile
 
 
 def make_tile(config: EngineConfig, shape: dict, seed: int) -> Tile:
@@ -250,8 +291,13 @@ def build_args(sim: str) -> list[str]:
     return ["-g2005"] if sim == "icarus" else ["-Wno-WIDTH", "-Wno-fatal"]
 
 
-def build(sim: str, verilog: Path, env: dict[str, str]) -> tuple[Path, float | None]:
-    """Compile ``verilog`` for ``sim`` under BUILD_ROOT; reuse an earlier build of the same text and flags.
+def config_key(config: EngineConfig) -> str:
+    return hashlib.sha256(config.to_json().encode()).hexdigest()[:12]
+
+
+def build(sim: str, verilog: Path, env: dict[str, str], key: str) -> tuple[Path, float | None]:
+    """Compile ``verilog`` for ``sim`` under ``BUILD_ROOT/sim/key``; reuse an earlier build of the same text
+    and flags.
 
     Returns the build directory and the build time (None when reused).
     """
@@ -263,7 +309,7 @@ def build(sim: str, verilog: Path, env: dict[str, str]) -> tuple[Path, float | N
         "cocotb": importlib.metadata.version("cocotb"),
         "env": env.get("MAKEFLAGS", ""),
     }
-    root = BUILD_ROOT / sim
+    root = BUILD_ROOT / sim / key
     stamp = root / "stamp.json"
     if stamp.is_file():
         with contextlib.suppress(ValueError):
@@ -287,10 +333,9 @@ def build(sim: str, verilog: Path, env: dict[str, str]) -> tuple[Path, float | N
     return root / "build", elapsed
 
 
-def run_rtl(sim: str, build_dir: Path, env: dict[str, str], data: Path) -> dict:
+def run_rtl(sim: str, build_dir: Path, env: dict[str, str], data: Path, work: Path) -> dict:
     from cocotb_tools.runner import get_runner
 
-    work = BUILD_ROOT / sim / "run"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     result_file = work / "result.json"
@@ -398,183 +443,218 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats and shorter timing budgets")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
-    ap.add_argument("--sims", default=",".join(SIMULATORS), help="simulators, comma-separated")
-    args = ap.parse_args(argv)
-    sims = [s.strip() for s in args.sims.split(",") if s.strip()]
-    for s in sims:
-        if s not in SIMULATORS:
-            ap.error(f"--sims: unknown simulator {s!r} (known: {', '.join(SIMULATORS)})")
-    quick = args.quick
-    started = time.perf_counter()
+def _case(name: str) -> tuple[EngineConfig, Tile]:
+    if name == "small":
+        return SMALL_CONFIG, make_tile(SMALL_CONFIG, SMALL_TILE, SEED)
+    if name == "network":
+        return network_tile()
+    if name == "large":
+        return LARGE_CONFIG, make_tile(LARGE_CONFIG, LARGE_TILE, SEED + 1)
+    raise ValueError(f"unknown case {name!r} (known: small, network, large)")
 
-    small = make_tile(SMALL_CONFIG, SMALL_TILE, SEED)
-    large = make_tile(LARGE_CONFIG, LARGE_TILE, SEED + 1)
-    print("cycle model ...", flush=True)
-    model_small = bench_model(
-        SMALL_CONFIG, small, repeats=3 if quick else 7, min_repeat_s=0.05 if quick else 0.2
-    )
-    model_large = bench_model(LARGE_CONFIG, large, repeats=3 if quick else 5, min_repeat_s=0.0)
-    model_result = model_small.pop("_result")
-    model_large.pop("_result")
 
-    print("generating Verilog ...", flush=True)
+def _tb_plan(case: str, sim: str, quick: bool) -> dict:
+    """How many back-to-back runs the testbench times (at least ``min_runs``, until ``min_seconds``)."""
+    if case == "network" and sim == "icarus":  # about 10 s per run
+        return {"min_runs": 1 if quick else 2, "max_runs": 1000, "min_seconds": 0.0}
+    return {"min_runs": 2 if quick else 3, "max_runs": 1000, "min_seconds": 0.5 if quick else 4.0}
+
+
+def measure(
+    quick: bool = False,
+    sims: tuple[str, ...] | list[str] = SIMULATORS,
+    cases: tuple[str, ...] | list[str] = CASES,
+    log=print,
+) -> dict:
+    """Model and RTL on every case, the model alone on the large tile; everything ``main`` writes."""
     from rtl.generate import generate_verilog
 
-    t0 = time.perf_counter()
-    verilog = generate_verilog(SMALL_CONFIG, BUILD_ROOT / "verilog")
-    generate_s = time.perf_counter() - t0
-    plan = {"min_runs": 2 if quick else 3, "max_runs": 1000, "min_seconds": 0.5 if quick else 4.0}
-    data = save_data(BUILD_ROOT / "tile.npz", SMALL_CONFIG, small, plan)
-
-    rtl: dict[str, dict] = {}
-    problems: dict[str, list[str]] = {}
-    for sim in sims:
-        env, what = simulator_env(sim)
-        if env is None:
-            problems[sim] = [f"unavailable: {what}"]
-            continue
-        print(f"{sim}: building ...", flush=True)
-        build_dir, build_s = build(sim, verilog, env)
-        print(f"{sim}: running ...", flush=True)
-        try:
-            res = run_rtl(sim, build_dir, env, data)
-        except RuntimeError as exc:
-            problems[sim] = [str(exc)]
-            continue
-        problems[sim] = compare(SMALL_CONFIG, small, model_result, res)
-        walls = [r["wall_s"] for r in res["runs"]]
-        cycles = model_small["cycles"]
-        best = min(walls)
-        rtl[sim] = {
-            "simulator": res["simulator"],
-            "clock_impl": res["clock_impl"],
-            "trust_inertial_writes": res["trust_inertial_writes"],
-            "tool": what,
-            "build_args": build_args(sim),
-            "build_s": build_s,
-            "runs": len(walls),
-            "run_wall_s_best": best,
-            "run_wall_s_median": statistics.median(walls),
-            "cycles": cycles,
-            "macs": model_small["macs"],
-            "cycles_per_s": cycles / best,
-            "cycles_per_s_median": cycles / statistics.median(walls),
-            "macs_per_s": model_small["macs"] / best,
-            "load_writes": res["load_writes"],
-            "load_s": res["load_s"],
-            "unload_s": res["unload_s"],
-            "process_wall_s": res["process_wall_s"],
-            "identical": not problems[sim],
+    started = time.perf_counter()
+    out: dict = {"cases": {}, "identical": True}
+    for name in cases:
+        config, tile = _case(name)
+        log(f"[{name}] cycle model ...")
+        model = bench_model(config, tile, repeats=3 if quick else 7, min_repeat_s=0.05 if quick else 0.2)
+        result = model.pop("_result")
+        key = config_key(config)
+        log(f"[{name}] generating Verilog ...")
+        t0 = time.perf_counter()
+        verilog = generate_verilog(config, BUILD_ROOT / "verilog" / key)
+        generate_s = time.perf_counter() - t0
+        rtl: dict[str, dict] = {}
+        problems: dict[str, list[str]] = {}
+        for sim in sims:
+            env, what = simulator_env(sim)
+            if env is None:
+                problems[sim] = [f"unavailable: {what}"]
+                continue
+            log(f"[{name}] {sim}: building ...")
+            build_dir, build_s = build(sim, verilog, env, key)
+            log(f"[{name}] {sim}: running ...")
+            data = save_data(
+                BUILD_ROOT / "data" / f"{name}-{sim}.npz", config, tile, _tb_plan(name, sim, quick)
+            )
+            try:
+                res = run_rtl(sim, build_dir, env, data, BUILD_ROOT / "run" / f"{name}-{sim}")
+            except RuntimeError as exc:
+                problems[sim] = [str(exc)]
+                continue
+            problems[sim] = compare(config, tile, result, res)
+            walls = [r["wall_s"] for r in res["runs"]]
+            cycles = model["cycles"]
+            best = min(walls)
+            rtl[sim] = {
+                "simulator": res["simulator"],
+                "clock_impl": res["clock_impl"],
+                "trust_inertial_writes": res["trust_inertial_writes"],
+                "tool": what,
+                "build_args": build_args(sim),
+                "build_s": build_s,
+                "runs": len(walls),
+                "run_wall_s_best": best,
+                "run_wall_s_median": statistics.median(walls),
+                "cycles": cycles,
+                "macs": model["macs"],
+                "cycles_per_s": cycles / best,
+                "cycles_per_s_median": cycles / statistics.median(walls),
+                "macs_per_s": model["macs"] / best,
+                "load_writes": res["load_writes"],
+                "load_s": res["load_s"],
+                "unload_s": res["unload_s"],
+                "process_wall_s": res["process_wall_s"],
+                "identical": not problems[sim],
+            }
+        identical = all(not problems.get(s) for s in sims) and len(rtl) == len(sims)
+        out["identical"] = out["identical"] and identical
+        out["cases"][name] = {
+            "config": config.to_dict(),
+            "model": model,
+            "rtl": rtl,
+            "ratios_cycles_per_s": {
+                f"model_over_{sim}": model["cycles_per_s"] / r["cycles_per_s"] for sim, r in rtl.items()
+            },
+            "identical": identical,
+            "problems": {k: v for k, v in problems.items() if v},
+            "verilog_generate_s": generate_s,
         }
+    log("[large] cycle model ...")
+    config, tile = _case("large")
+    large = bench_model(config, tile, repeats=3 if quick else 5, min_repeat_s=0.0)
+    large.pop("_result")
+    out["large_model"] = {"config": config.to_dict(), "model": large}
+    out["gate_rate_target"] = GATE_RATE
+    out["seed"] = SEED
+    out["rtl_timing"] = (
+        "run phase only: start edge to rising edge of done; GPI clock, one RisingEdge(done) trigger, no "
+        "Python per cycle; cycles/s = cycles counter / best run wall time"
+    )
+    out["total_wall_s"] = time.perf_counter() - started
+    return out
 
-    identical = all(not problems.get(s) for s in sims) and len(rtl) == len(sims)
-    ratios = {}
-    for sim, r in rtl.items():
-        ratios[f"model_small_over_{sim}"] = model_small["cycles_per_s"] / r["cycles_per_s"]
-        ratios[f"model_large_over_{sim}"] = model_large["cycles_per_s"] / r["cycles_per_s"]
 
-    # ---- print ----
-    head = [
-        "engine",
-        "tile",
-        "cycles",
-        "MACs",
-        "wall/tile",
-        "cycles/s",
-        "MACs/s",
-        "model(a)/this",
-        "model(b)/this",
-    ]
+def print_results(res: dict) -> None:
+    head = ["case", "engine", "tile", "cycles", "MACs", "wall/run", "cycles/s", "MACs/s", "model/this"]
     rows = [head]
-    for label, m in (("(a) model, small tile", model_small), ("(b) model, large tile", model_large)):
+    for name, c in res["cases"].items():
+        m = c["model"]
         rows.append(
             [
-                label,
+                name,
+                "cycle model",
                 m["tile"],
                 str(m["cycles"]),
                 str(m["macs"]),
                 _time(m["wall_s_best"]),
                 _si(m["cycles_per_s"]),
                 _si(m["macs_per_s"]),
-                "-",
-                "-",
+                "1",
             ]
         )
-    for sim, r in rtl.items():
-        rows.append(
-            [
-                f"RTL {sim}, small tile",
-                model_small["tile"],
-                str(r["cycles"]),
-                str(r["macs"]),
-                _time(r["run_wall_s_best"]),
-                _si(r["cycles_per_s"]),
-                _si(r["macs_per_s"]),
-                f"{ratios[f'model_small_over_{sim}']:,.0f}",
-                f"{ratios[f'model_large_over_{sim}']:,.0f}",
-            ]
-        )
-    print()
+        for sim, r in c["rtl"].items():
+            rows.append(
+                [
+                    name,
+                    f"RTL {sim}",
+                    m["tile"],
+                    str(r["cycles"]),
+                    str(r["macs"]),
+                    _time(r["run_wall_s_best"]),
+                    _si(r["cycles_per_s"]),
+                    _si(r["macs_per_s"]),
+                    f"{c['ratios_cycles_per_s'][f'model_over_{sim}']:,.0f}",
+                ]
+            )
+    m = res["large_model"]["model"]
+    rows.append(
+        [
+            "large",
+            "cycle model",
+            m["tile"],
+            str(m["cycles"]),
+            str(m["macs"]),
+            _time(m["wall_s_best"]),
+            _si(m["cycles_per_s"]),
+            _si(m["macs_per_s"]),
+            "-",
+        ]
+    )
     print(table(rows))
     print()
-    g = small.geometry
-    print(
-        f"small tile: gate rate {model_small['gate_rate']:.3f} ({model_small['gates_on']}/{g.n_outputs}); "
-        f"large tile: gate rate {model_large['gate_rate']:.3f} "
-        f"({model_large['gates_on']}/{large.geometry.n_outputs})"
-    )
-    print(
-        f"model: best of {model_small['repeats']} / {model_large['repeats']} repeats (small / large), warm "
-        "(Numba compiled beforehand), run_tile incl. its Python-side checks"
-    )
-    for sim, r in rtl.items():
+    for name, c in res["cases"].items():
+        m = c["model"]
         print(
-            f"RTL {sim}: {r['simulator']}, {r['clock_impl']} clock; "
-            f"best of {r['runs']} runs of the same loaded tile "
-            f"(median {_time(r['run_wall_s_median'])} -> {_si(r['cycles_per_s_median'])} cycles/s); "
-            f"build {'reused' if r['build_s'] is None else _time(r['build_s'])}"
+            f"{name}: gate rate {m['gate_rate']:.3f} ({m['gates_on']}/{m['n_outputs']}); model best of "
+            f"{m['repeats']} repeats x {m['calls_per_repeat']} calls, warm, run_tile incl. its Python-side "
+            "checks"
         )
+        for sim, r in c["rtl"].items():
+            print(
+                f"  RTL {sim}: {r['simulator']}, {r['clock_impl']} clock; best of {r['runs']} runs of the "
+                f"same loaded tile (median {_time(r['run_wall_s_median'])}); build "
+                f"{'reused' if r['build_s'] is None else _time(r['build_s'])}"
+            )
+        for sim, problems in c["problems"].items():
+            for p in problems:
+                print(f"  {sim}: MISMATCH/ERROR: {p}")
     print(
         "RTL timing: run phase only (start edge to rising edge of done), no Python per cycle during it: "
         "cocotb GPI clock + a single `await RisingEdge(dut.done)`; load/unload (Python-driven) not included"
     )
-    for sim in rtl:
-        print(
-            f"ratio model/{sim} (cycles/s): same small tile {ratios[f'model_small_over_{sim}']:.3g}, "
-            f"large-tile model {ratios[f'model_large_over_{sim}']:.3g}"
-        )
-    for sim in sims:
-        for p in problems.get(sim, []):
-            print(f"{sim}: MISMATCH/ERROR: {p}")
-    print(f"identical: {'yes' if identical else 'no'} (outputs, gate bits, all 7 counters, cycles per run)")
+    print(
+        f"identical: {'yes' if res['identical'] else 'no'} "
+        "(outputs, gate bits, all 7 counters, cycles per run)"
+    )
 
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and shorter timing budgets")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT})")
+    ap.add_argument("--sims", default=",".join(SIMULATORS), help="simulators, comma-separated")
+    ap.add_argument("--cases", default=",".join(CASES), help="cases run on the RTL, comma-separated")
+    args = ap.parse_args(argv)
+    sims = [s.strip() for s in args.sims.split(",") if s.strip()]
+    for s in sims:
+        if s not in SIMULATORS:
+            ap.error(f"--sims: unknown simulator {s!r} (known: {', '.join(SIMULATORS)})")
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    for c in cases:
+        if c not in CASES:
+            ap.error(f"--cases: unknown case {c!r} (known: {', '.join(CASES)})")
+    res = measure(args.quick, sims, cases)
+    print()
+    print_results(res)
     results = {
         "benchmark": "rtl_vs_model",
         "command": shlex.join(["python", "bench/rtl_vs_model.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
-        "small_config": SMALL_CONFIG.to_dict(),
-        "large_config": LARGE_CONFIG.to_dict(),
-        "gate_rate_target": GATE_RATE,
-        "seed": SEED,
-        "model": {"small": model_small, "large": model_large},
-        "rtl": rtl,
-        "ratios_cycles_per_s": ratios,
-        "identical": identical,
-        "problems": {k: v for k, v in problems.items() if v},
-        "verilog_generate_s": generate_s,
-        "rtl_timing": "run phase only: start edge to rising edge of done; GPI clock, one RisingEdge(done) "
-        "trigger, no Python per cycle; cycles/s = cycles counter / best run wall time",
-        "total_wall_s": time.perf_counter() - started,
+        **res,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"results: {args.out}  (total {time.perf_counter() - started:.1f} s; builds in {BUILD_ROOT})")
-    return 0 if identical else 1
+    print(f"results: {args.out}  (total {res['total_wall_s']:.1f} s; builds in {BUILD_ROOT})")
+    return 0 if res["identical"] else 1
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ The model has two parts that share nothing but the gate bits:
 
 * the **functional part** computes what the output buffer holds after a run: the partial sum ``p`` over each
   output channel's base segment, the gate ``p > tau[co]`` and ``y = p + r`` (gate on or dense) or ``y = p``.
-  Per pair of output positions it unfolds the zero-padded input into two im2col rows and takes their dot
-  products with the output channels' weights (two positions by two channels at a time), the conditional sum
-  ``r`` only for the activations whose gate is on (as the engine does);
+  It pads the input once into per-segment channel-last blocks and packs the weights in the matching
+  column order, unfolds blocks of output positions into im2col rows and takes their dot products with the
+  output channels' weights (four positions by two channels at a time); the conditional sum ``r`` only for
+  the activations whose gate is on (as the engine does), four of a channel's at a time;
 * the **schedule** walks the sequencer's states (SETUP, PHASE1, DRAIN1, PREP, PHASE2, DRAIN2) round by round
   and beat by beat and accumulates the performance counters exactly as section 5 says the hardware does
   during each issue and non-issue cycle. Like the hardware's ``counter_width``-bit counters, the reported
@@ -18,7 +19,8 @@ them, yet every sum is exact: the operands are integers of at most ``act_width``
 every product and every partial sum of at most ``chunk`` products is an integer of magnitude at most
 ``chunk * 2**(act_width-1) * 2**(weight_width-1) <= 2**24`` (2**53 for float64), which the format holds
 exactly whatever the order of the additions; each chunk's sum is converted to int64 and the chunks are added
-in int64. The results are bit-identical to integer arithmetic.
+in int64. The results are bit-identical to integer arithmetic. Columns are zero-padded to a multiple of 32 per
+segment, so the vectorized loops never run a scalar remainder.
 
 Both parts run in one ``numba.njit(cache=True, nogil=True)`` kernel per tile (one call from Python; callers
 may run tiles concurrently from threads). Its signatures depend only on the operand dtypes (int8 operands
@@ -86,176 +88,350 @@ def _dot(a, b, n, chunk, zero):
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def _dot2(a0, a1, b, n, chunk, zero):
-    """Two rows against one weight vector (each weight load used twice)."""
+def _dot41(a0, a1, a2, a3, b, n, chunk, zero):
+    """Four rows against one weight vector."""
     t0 = 0
     t1 = 0
+    t2 = 0
+    t3 = 0
     for c0 in range(0, n, chunk):
         m = min(chunk, n - c0)
         x0 = a0[c0 : c0 + m]
         x1 = a1[c0 : c0 + m]
+        x2 = a2[c0 : c0 + m]
+        x3 = a3[c0 : c0 + m]
         u = b[c0 : c0 + m]
         s0 = zero
         s1 = zero
+        s2 = zero
+        s3 = zero
         for k in range(m):
             w = u[k]
             s0 += x0[k] * w
             s1 += x1[k] * w
+            s2 += x2[k] * w
+            s3 += x3[k] * w
         t0 += np.int64(s0)
         t1 += np.int64(s1)
-    return t0, t1
+        t2 += np.int64(s2)
+        t3 += np.int64(s3)
+    return t0, t1, t2, t3
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
-def _dot22(a0, a1, b0, b1, n, chunk, zero):
-    """Two rows against two weight vectors: four sums, every load used twice."""
-    t00 = 0
-    t01 = 0
-    t10 = 0
-    t11 = 0
+def _dot43(a0, a1, a2, a3, b0, b1, b2, n, chunk, zero, t):
+    """Four rows against three weight vectors: twelve sums (into ``t``, four rows of three) from seven
+    loads per step."""
+    t[:] = 0
     for c0 in range(0, n, chunk):
         m = min(chunk, n - c0)
         x0 = a0[c0 : c0 + m]
         x1 = a1[c0 : c0 + m]
+        x2 = a2[c0 : c0 + m]
+        x3 = a3[c0 : c0 + m]
         u = b0[c0 : c0 + m]
         v = b1[c0 : c0 + m]
+        z = b2[c0 : c0 + m]
         s00 = zero
         s01 = zero
+        s02 = zero
         s10 = zero
         s11 = zero
+        s12 = zero
+        s20 = zero
+        s21 = zero
+        s22 = zero
+        s30 = zero
+        s31 = zero
+        s32 = zero
         for k in range(m):
-            p = x0[k]
-            q = x1[k]
-            s00 += p * u[k]
-            s01 += p * v[k]
-            s10 += q * u[k]
-            s11 += q * v[k]
-        t00 += np.int64(s00)
-        t01 += np.int64(s01)
-        t10 += np.int64(s10)
-        t11 += np.int64(s11)
-    return t00, t01, t10, t11
+            p = u[k]
+            q = v[k]
+            r = z[k]
+            s00 += x0[k] * p
+            s01 += x0[k] * q
+            s02 += x0[k] * r
+            s10 += x1[k] * p
+            s11 += x1[k] * q
+            s12 += x1[k] * r
+            s20 += x2[k] * p
+            s21 += x2[k] * q
+            s22 += x2[k] * r
+            s30 += x3[k] * p
+            s31 += x3[k] * q
+            s32 += x3[k] * r
+        t[0] += np.int64(s00)
+        t[1] += np.int64(s01)
+        t[2] += np.int64(s02)
+        t[3] += np.int64(s10)
+        t[4] += np.int64(s11)
+        t[5] += np.int64(s12)
+        t[6] += np.int64(s20)
+        t[7] += np.int64(s21)
+        t[8] += np.int64(s22)
+        t[9] += np.int64(s30)
+        t[10] += np.int64(s31)
+        t[11] += np.int64(s32)
+
+
+# Columns of a segment are padded with zeros to a multiple of this: the vectorized loops then have no
+# scalar remainder (zero columns add nothing).
+_COL_ALIGN = 32
 
 
 @numba.njit(cache=True, nogil=True)
-def _pad_channel_last(x, xp, pad_top, pad_left):
-    """Copy ``x[c, y, x]`` into the zeroed ``xp[pad_top + y, pad_left + x, c]`` (rows/columns it holds)."""
+def _layout(dense, c_in, k2, n_seg, base_ch, cond_ch):
+    """Segments of the column layout (dense: one segment, every channel): first channel, width, first
+    column and padded column count of each."""
+    n = 1 if dense else n_seg
+    start = np.empty(n, dtype=np.int64)
+    width = np.empty(n, dtype=np.int64)
+    col = np.empty(n, dtype=np.int64)
+    n_col = np.empty(n, dtype=np.int64)
+    c = 0
+    for s in range(n):
+        if dense:
+            start[s] = 0
+            width[s] = c_in
+        else:
+            start[s] = s * base_ch
+            width[s] = base_ch if s == 0 else cond_ch
+        col[s] = c
+        n_col[s] = (k2 * width[s] + _COL_ALIGN - 1) // _COL_ALIGN * _COL_ALIGN
+        c += n_col[s]
+    return start, width, col, n_col
+
+
+@numba.njit(cache=True, nogil=True)
+def _pad_segments(x, xb, hp, wp, pad_top, pad_left, seg_start, seg_width):
+    """Copy ``x[c, y, x]`` into the zeroed buffer ``xb``: per segment ``s`` an ``[hp, wp, width_s]`` block
+    (channel last) at ``hp * wp * start_s``, the input at row ``pad_top + y``, column ``pad_left + x``."""
     c_in, h_in, w_in = x.shape
-    h_used = min(h_in, xp.shape[0] - pad_top)
-    w_used = min(w_in, xp.shape[1] - pad_left)
-    for yy in range(h_used):
-        dst_row = xp[pad_top + yy]
-        for xx in range(w_used):
-            dst = dst_row[pad_left + xx]
-            src = x[:, yy, xx]
-            for c in range(c_in):
-                dst[c] = src[c]
+    h_used = min(h_in, hp - pad_top)
+    w_used = min(w_in, wp - pad_left)
+    for s in range(seg_start.shape[0]):
+        c0 = seg_start[s]
+        width = seg_width[s]
+        off = hp * wp * c0
+        for yy in range(h_used):
+            row = xb[off + ((pad_top + yy) * wp + pad_left) * width :]
+            for xx in range(w_used):
+                dst = row[xx * width : (xx + 1) * width]
+                src = x[c0 : c0 + width, yy, xx]
+                for c in range(width):
+                    dst[c] = src[c]
 
 
 @numba.njit(cache=True, nogil=True)
-def _pack_weights(w, wm, k2, n_seg, base_ch, cond_ch):
-    """``wm[co]``: the weights of ``co`` in im2col column order (segment, then (ky, kx), then channel)."""
+def _pack_weights(w, wm, k2, seg_start, seg_width, seg_col):
+    """``wm[co]``: the weights of ``co`` in column order: segment, then ``(ky, kx)``, then channel."""
     c_out, c_in = w.shape[0], w.shape[1]
     wf = w.reshape(c_out, c_in, k2)
-    col = 0
-    for s in range(n_seg):
-        c0 = s * base_ch
-        width = base_ch if s == 0 else cond_ch
+    for s in range(seg_start.shape[0]):
+        c0 = seg_start[s]
+        width = seg_width[s]
         for t in range(k2):
+            col = seg_col[s] + t * width
             for co in range(c_out):
                 src = wf[co, c0 : c0 + width, t]
                 dst = wm[co, col : col + width]
                 for c in range(width):
                     dst[c] = src[c]
-            col += width
 
 
 @numba.njit(cache=True, nogil=True)
-def _im2col_row(xp, row, oy, ox, kernel, stride, n_seg, base_ch, cond_ch):
-    """Unfold output position ``(oy, ox)``: columns segment-major, then ``(ky, kx)``, then channel, so
-    every segment's columns form one contiguous run."""
-    col = 0
-    for s in range(n_seg):
-        c0 = s * base_ch
-        width = base_ch if s == 0 else cond_ch
+def _im2col_row(xb, row, oy, ox, kernel, stride, hp, wp, seg_start, seg_width, seg_col):
+    """Unfold output position ``(oy, ox)`` into ``row``: segment-major, then ``(ky, kx)``, then channel.
+
+    In the per-segment channel-last blocks of ``xb`` the ``kernel`` pixels of one kernel row are contiguous,
+    so a row is ``kernel`` copies of ``kernel * width`` values per segment.
+    """
+    for s in range(seg_start.shape[0]):
+        width = seg_width[s]
+        run = kernel * width
+        src = xb[hp * wp * seg_start[s] + (oy * stride * wp + ox * stride) * width :]
         for ky in range(kernel):
-            src_row = xp[oy * stride + ky]
-            for kx in range(kernel):
-                src = src_row[ox * stride + kx, c0 : c0 + width]
-                dst = row[col : col + width]
-                for c in range(width):
-                    dst[c] = src[c]
-                col += width
+            a = src[ky * wp * width : ky * wp * width + run]
+            dst = row[seg_col[s] + ky * run : seg_col[s] + (ky + 1) * run]
+            for c in range(run):
+                dst[c] = a[c]
+
+
+@numba.njit(cache=True, nogil=True)
+def _cond_sums(rows, ids, n_on, wr, lo, hi, chunk, zero, out):
+    """``out[j]``: the conditional sum (the columns outside ``[lo, hi)``) of row ``rows[ids[j]]`` with the
+    weights ``wr``, for ``j < n_on``; four rows at a time share the weight loads."""
+    n = wr.shape[0]
+    wh = wr[hi:]
+    j = 0
+    while j < n_on:
+        if j + 1 == n_on:
+            a = rows[ids[j]]
+            r = 0
+            if lo > 0:
+                r += _dot(a, wr, lo, chunk, zero)
+            if hi < n:
+                r += _dot(a[hi:], wh, n - hi, chunk, zero)
+            out[j] = r
+            break
+        # Two or three left: the last row stands in for the missing ones.
+        r0 = rows[ids[j]]
+        r1 = rows[ids[j + 1]]
+        r2 = rows[ids[min(j + 2, n_on - 1)]]
+        r3 = rows[ids[min(j + 3, n_on - 1)]]
+        s0 = 0
+        s1 = 0
+        s2 = 0
+        s3 = 0
+        if lo > 0:
+            s0, s1, s2, s3 = _dot41(r0, r1, r2, r3, wr, lo, chunk, zero)
+        if hi < n:
+            b0, b1, b2, b3 = _dot41(r0[hi:], r1[hi:], r2[hi:], r3[hi:], wh, n - hi, chunk, zero)
+            s0 += b0
+            s1 += b1
+            s2 += b2
+            s3 += b3
+        out[j] = s0
+        out[j + 1] = s1
+        if j + 2 < n_on:
+            out[j + 2] = s2
+        if j + 3 < n_on:
+            out[j + 3] = s3
+        j += 4
+
+
+# Output positions whose im2col rows are built at a time.
+_BLOCK = 16
 
 
 @numba.njit(cache=True, nogil=True)
 def _functional(
-    x, w, tau, xp, wm, y, gate, zero, chunk, kernel, stride, pad_top, pad_left, n_seg, base_ch, cond_ch,
-    n_groups, dense,
+    x,
+    w,
+    tau,
+    xb,
+    y,
+    gate,
+    zero,
+    chunk,
+    kernel,
+    stride,
+    h_out,
+    w_out,
+    pad_top,
+    pad_left,
+    n_seg,
+    base_ch,
+    cond_ch,
+    n_groups,
+    dense,
 ):
-    """Fill ``y`` and ``gate`` (both ``[c_out, n_pos]``).
+    """Fill ``y`` and ``gate`` (both ``[c_out, h_out * w_out]``).
 
-    ``xp`` (zeroed, ``[hp, wp, c_in]``) and ``wm`` (``[c_out, n_cols]``) are work buffers of the float type
-    the dot products run in; ``zero`` is that type's 0. Output channels form ``n_groups`` equal groups, each
-    reading its base segment's columns ``[lo, lo + n_base)`` (dense: one group, every column).
+    ``xb`` (zeroed, ``hp * wp * c_in``) is a work buffer of the float type the dot products run in; ``zero``
+    is that type's 0. Output positions are taken in blocks of ``_BLOCK``: their im2col rows are built
+    (columns in the order of the packed weights ``wm``), then the base sums of four rows with three
+    channels' weights at a time, then per channel the conditional sums of its gated-on positions, four at
+    a time. Output channels form ``n_groups`` equal groups; group ``g`` reads its base segment's columns
+    (segment ``g``; groups = 1: segment 0; dense: the one segment holding every channel).
     """
     c_out = w.shape[0]
-    n_pos = y.shape[1]
+    c_in = x.shape[0]
+    n_pos = h_out * w_out
     k2 = kernel * kernel
-    w_out = (xp.shape[1] - kernel) // stride + 1
-    _pad_channel_last(x, xp, pad_top, pad_left)
-    _pack_weights(w, wm, k2, n_seg, base_ch, cond_ch)
-    n_cols = wm.shape[1]
-    n_base = n_cols if dense else k2 * base_ch
+    hp = (h_out - 1) * stride + kernel
+    wp = (w_out - 1) * stride + kernel
+    seg_start, seg_width, seg_col, seg_ncol = _layout(dense, c_in, k2, n_seg, base_ch, cond_ch)
+    n_cols = seg_col[-1] + seg_ncol[-1]
+    _pad_segments(x, xb, hp, wp, pad_top, pad_left, seg_start, seg_width)
+    wm = np.zeros((c_out, n_cols), dtype=xb.dtype)
+    _pack_weights(w, wm, k2, seg_start, seg_width, seg_col)
     per_group = c_out // n_groups
-    r0 = np.empty_like(wm[0])
-    r1 = np.empty_like(wm[0])
-    # Two output positions per pass share every weight load. An odd last position is computed twice.
-    for i0 in range(0, n_pos, 2):
-        i1 = min(i0 + 1, n_pos - 1)
-        _im2col_row(xp, r0, i0 // w_out, i0 % w_out, kernel, stride, n_seg, base_ch, cond_ch)
-        _im2col_row(xp, r1, i1 // w_out, i1 % w_out, kernel, stride, n_seg, base_ch, cond_ch)
+    rows = np.zeros((_BLOCK, n_cols), dtype=xb.dtype)
+    ids = np.empty(_BLOCK, dtype=np.int64)
+    cond = np.empty(_BLOCK, dtype=np.int64)
+    sums = np.empty(12, dtype=np.int64)
+    for b0 in range(0, n_pos, _BLOCK):
+        nb = min(_BLOCK, n_pos - b0)
+        for j in range(nb):
+            i = b0 + j
+            oy = i // w_out
+            _im2col_row(
+                xb, rows[j], oy, i - oy * w_out, kernel, stride, hp, wp, seg_start, seg_width, seg_col
+            )
         for grp in range(n_groups):
-            lo = 0 if dense else k2 * grp * base_ch
-            hi = lo + n_base
-            a0 = r0[lo:hi]
-            a1 = r1[lo:hi]
+            bs = grp if n_groups > 1 else 0  # the group's base segment
+            lo = seg_col[bs]
+            hi = lo + seg_ncol[bs]
+            n_base = hi - lo
             first = grp * per_group
             last = first + per_group
-            # Base sums p (dense: the full sums), two channels at a time.
-            for co in range(first, last, 2):
-                if co + 1 < last:
-                    p00, p01, p10, p11 = _dot22(a0, a1, wm[co, lo:hi], wm[co + 1, lo:hi], n_base, chunk, zero)
-                    y[co, i0] = p00
-                    y[co + 1, i0] = p01
-                    y[co, i1] = p10
-                    y[co + 1, i1] = p11
-                else:
-                    p00, p10 = _dot2(a0, a1, wm[co, lo:hi], n_base, chunk, zero)
-                    y[co, i0] = p00
-                    y[co, i1] = p10
-            # Gates, and the conditional sum r over every column outside [lo, hi) where the gate is on.
+            # Base sums p (dense: the full sums): four positions by three channels at a time. Rows past
+            # the block's last position hold stale values; their sums are not stored.
+            for q in range(0, nb, 4):
+                a0 = rows[q, lo:hi]
+                a1 = rows[q + 1, lo:hi]
+                a2 = rows[q + 2, lo:hi]
+                a3 = rows[q + 3, lo:hi]
+                n_here = min(4, nb - q)
+                i = b0 + q
+                co = first
+                while co + 3 <= last:  # three channels at a time
+                    _dot43(
+                        a0,
+                        a1,
+                        a2,
+                        a3,
+                        wm[co, lo:hi],
+                        wm[co + 1, lo:hi],
+                        wm[co + 2, lo:hi],
+                        n_base,
+                        chunk,
+                        zero,
+                        sums,
+                    )
+                    for j in range(n_here):
+                        y[co, i + j] = sums[3 * j]
+                        y[co + 1, i + j] = sums[3 * j + 1]
+                        y[co + 2, i + j] = sums[3 * j + 2]
+                    co += 3
+                if co < last:  # one or two left: the last channel stands in for the missing ones
+                    _dot43(
+                        a0,
+                        a1,
+                        a2,
+                        a3,
+                        wm[co, lo:hi],
+                        wm[min(co + 1, last - 1), lo:hi],
+                        wm[last - 1, lo:hi],
+                        n_base,
+                        chunk,
+                        zero,
+                        sums,
+                    )
+                    for j in range(n_here):
+                        for c in range(last - co):
+                            y[co + c, i + j] = sums[3 * j + c]
+            # Gates, and the conditional sum r over every other segment where the gate is on.
             for co in range(first, last):
+                yc = y[co, b0 : b0 + nb]
+                gc = gate[co, b0 : b0 + nb]
                 if dense:
-                    gate[co, i0] = True
-                    gate[co, i1] = True
+                    for j in range(nb):
+                        gc[j] = True
                     continue
                 t = tau[co]
-                g0 = y[co, i0] > t
-                g1 = y[co, i1] > t
-                gate[co, i0] = g0
-                gate[co, i1] = g1
-                wr = wm[co]
-                if g0 and g1:
-                    q0, q1 = _dot2(r0, r1, wr, lo, chunk, zero)
-                    s0, s1 = _dot2(r0[hi:], r1[hi:], wr[hi:], n_cols - hi, chunk, zero)
-                    y[co, i0] += q0 + s0
-                    if i1 != i0:
-                        y[co, i1] += q1 + s1
-                elif g0:
-                    y[co, i0] += _dot(r0, wr, lo, chunk, zero) + _dot(r0[hi:], wr[hi:], n_cols - hi, chunk, zero)
-                elif g1:
-                    y[co, i1] += _dot(r1, wr, lo, chunk, zero) + _dot(r1[hi:], wr[hi:], n_cols - hi, chunk, zero)
+                n_on = nb - nb  # (not the literal 0: a literal argument would compile _cond_sums twice)
+                for j in range(nb):
+                    g = yc[j] > t
+                    gc[j] = g
+                    if g:
+                        ids[n_on] = j
+                        n_on += 1
+                if n_on:
+                    _cond_sums(rows, ids, n_on, wm[co], lo, hi, chunk, zero, cond)
+                    for j in range(n_on):
+                        yc[ids[j]] += cond[j]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -307,19 +483,26 @@ def _schedule(
     # Gated: one slot, the PE's base segment; every base segment is C_sb wide (G > 1: all segments are
     # equal; G = 1: segment 0), so all valid PEs of a beat have the same valid lanes.
     # Dense: slot t is segment t, all PEs alike.
+    # Every round issues the same beats; only its number of valid PEs differs. Walk one round's beats
+    # once: their count and the valid lanes summed over them.
     n_slots = n_seg if dense else 1
+    beats1 = 0
+    lanes1 = 0
+    for slot in range(n_slots):
+        width = base_ch if slot == 0 else cond_ch
+        n_chunks = (width + lanes - 1) // lanes
+        for c in range(n_chunks):
+            valid_lanes = min(lanes, width - c * lanes)
+            for _tap in range(taps):  # (ky, kx), kx fastest
+                beats1 += 1
+                lanes1 += valid_lanes
     rounds1 = (n_act + pes - 1) // pes
     for r in range(rounds1):
         valid = min(pes, n_act - r * pes)
-        for slot in range(n_slots):
-            width = base_ch if slot == 0 else cond_ch
-            n_chunks = (width + lanes - 1) // lanes
-            for c in range(n_chunks):
-                valid_lanes = min(lanes, width - c * lanes)
-                for _tap in range(taps):  # (ky, kx), kx fastest
-                    cycles += 1
-                    busy += valid
-                    base_macs += valid * valid_lanes
+        # The round's issue cycles: each adds the valid PEs to busy and valid PEs x valid lanes to the MACs.
+        cycles += beats1
+        busy += valid * beats1
+        base_macs += valid * lanes1
         # Write-back of the round (two cycles after its last beat, overlapping the next round's issue).
         for i in range(valid):
             write_cycle[r * pes + i] = cycles + 2
@@ -344,16 +527,20 @@ def _schedule(
         # one, each C_sc wide), nch_c chunks, ky, kx. Queue reads overlap the last beat: no bubble.
         rounds2 = (gates_on + pes - 1) // pes
         n_chunks = (cond_ch + lanes - 1) // lanes
+        beats2 = 0
+        lanes2 = 0
+        for _slot in range(n_seg - 1):
+            for c in range(n_chunks):
+                valid_lanes = min(lanes, cond_ch - c * lanes)
+                for _tap in range(taps):
+                    beats2 += 1
+                    lanes2 += valid_lanes
         queue = np.flatnonzero(gate_lin)  # the work queue: gated-on activations in lin order
         for r in range(rounds2):
             valid = min(pes, gates_on - r * pes)
-            for _slot in range(n_seg - 1):
-                for c in range(n_chunks):
-                    valid_lanes = min(lanes, cond_ch - c * lanes)
-                    for _tap in range(taps):
-                        cycles += 1
-                        busy += valid
-                        cond_macs += valid * valid_lanes
+            cycles += beats2
+            busy += valid * beats2
+            cond_macs += valid * lanes2
             for i in range(valid):
                 write_cycle[queue[r * pes + i]] = cycles + 2
         # DRAIN2
@@ -378,8 +565,31 @@ def _schedule(
 
 @numba.njit(cache=True, nogil=True)
 def _run(
-    x, w, tau, xp, wm, y, gate, write_cycle, counters, zero, chunk, tau_lo, tau_hi, kernel, stride, pad_top,
-    pad_left, n_seg, base_ch, cond_ch, n_groups, dense, pes, lanes, counter_width,
+    x,
+    w,
+    tau,
+    xp,
+    y,
+    gate,
+    write_cycle,
+    counters,
+    zero,
+    chunk,
+    tau_lo,
+    tau_hi,
+    kernel,
+    stride,
+    w_out,
+    pad_top,
+    pad_left,
+    n_seg,
+    base_ch,
+    cond_ch,
+    n_groups,
+    dense,
+    pes,
+    lanes,
+    counter_width,
 ):
     """One tile: functional part, schedule and wrapped counters, written into the arrays passed in.
 
@@ -389,11 +599,30 @@ def _run(
         if tau[co] < tau_lo or tau[co] > tau_hi:
             return False
     _functional(
-        x, w, tau, xp, wm, y, gate, zero, chunk, kernel, stride, pad_top, pad_left, n_seg, base_ch, cond_ch,
-        n_groups, dense,
+        x,
+        w,
+        tau,
+        xp,
+        y,
+        gate,
+        zero,
+        chunk,
+        kernel,
+        stride,
+        y.shape[1] // w_out,
+        w_out,
+        pad_top,
+        pad_left,
+        n_seg,
+        base_ch,
+        cond_ch,
+        n_groups,
+        dense,
     )
     # C order of (co, position) is lin order.
-    raw = _schedule(gate.reshape(-1), write_cycle, pes, lanes, kernel * kernel, n_seg, base_ch, cond_ch, dense)
+    raw = _schedule(
+        gate.reshape(-1), write_cycle, pes, lanes, kernel * kernel, n_seg, base_ch, cond_ch, dense
+    )
     # The hardware counters are counter_width bits wide and wrap (the raw counts are never negative).
     mask = np.int64(-1) if counter_width >= 63 else (np.int64(1) << counter_width) - 1
     for j in range(raw.shape[0]):
@@ -410,27 +639,43 @@ def _float_plan(config: EngineConfig) -> tuple[type, int]:
     """
     bound = 1 << (config.act_width - 1 + config.weight_width - 1)
     if (1 << 24) // bound >= 256:
-        return np.float32, (1 << 24) // bound
-    return np.float64, min((1 << 53) // bound, 1 << 40)
+        return np.float32, (1 << 24) // bound // _COL_ALIGN * _COL_ALIGN
+    return np.float64, min((1 << 53) // bound, 1 << 40) // _COL_ALIGN * _COL_ALIGN
 
 
-_PLANS: dict[EngineConfig, tuple] = {}
+_PLANS: dict[int, tuple] = {}
 _CHECKED: dict[tuple, tuple[EngineConfig, Segments]] = {}
 _PLAIN = (int,) * 9 + (bool,)  # TileGeometry field types on the fast path (9 ints, then `dense`)
+_INT8, _INT16, _INT64 = np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int64)
 
 
 def _plan(config: EngineConfig) -> tuple:
-    plan = _PLANS.get(config)
-    if plan is None:
-        fdt, chunk = _float_plan(config)
-        tau_lo, tau_hi = -(1 << (config.acc_width - 1)), (1 << (config.acc_width - 1)) - 1
-        # Operand dtypes whose every value fits the operand widths: no range check needed.
-        act_ok = tuple(dt for dt in (np.int8, np.int16) if np.iinfo(dt).bits <= config.act_width)
-        w_ok = tuple(dt for dt in (np.int8, np.int16) if np.iinfo(dt).bits <= config.weight_width)
-        plan = (fdt, fdt(0), chunk, tau_lo, tau_hi, act_ok, w_ok)
-        if len(_PLANS) >= 256:
-            _PLANS.clear()
-        _PLANS[config] = plan
+    """Per-configuration constants of :func:`run_tile` (computed once per configuration)."""
+    fdt, chunk = _float_plan(config)
+    tau_lo, tau_hi = -(1 << (config.acc_width - 1)), (1 << (config.acc_width - 1)) - 1
+    # Operand dtypes whose every value fits the operand widths: no range check needed.
+    act_ok = tuple(dt for dt in (_INT8, _INT16) if dt.itemsize * 8 <= config.act_width)
+    w_ok = tuple(dt for dt in (_INT8, _INT16) if dt.itemsize * 8 <= config.weight_width)
+    plan = (
+        fdt,
+        fdt(0),
+        chunk,
+        tau_lo,
+        tau_hi,
+        act_ok,
+        w_ok,
+        config.kernel,
+        config.stride,
+        config.groups,
+        config.pes,
+        config.lanes,
+        config.counter_width,
+    )
+    if len(_PLANS) >= 256:
+        _PLANS.clear()
+    # Keyed by the configuration's identity (hashing a dataclass costs more than a tile's bookkeeping); the
+    # entry holds the configuration, so its id cannot be reused while the entry exists.
+    _PLANS[id(config)] = (config, plan)
     return plan
 
 
@@ -473,11 +718,12 @@ def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
     accel.config.ConfigError
         When the tile does not fit the configuration (``Tile.check``).
     """
-    fdt, zero, chunk, tau_lo, tau_hi, act_ok, w_ok = _plan(config)
+    hit = _PLANS.get(id(config))
+    plan = hit[1] if hit is not None and hit[0] is config else _plan(config)
+    fdt, zero, chunk, tau_lo, tau_hi, act_ok, w_ok, k, s, groups, pes, lanes, counter_width = plan
     g = tile.geometry
     seg = _geometry_segments(config, g)
     x, w, tau = tile.inputs, tile.weights, tile.thresholds
-    k = config.kernel
     # Fast path of Tile.check: numpy arrays of the right shapes whose dtypes cannot exceed the operand
     # widths, int64 thresholds (their range is checked in the kernel). Anything else: the full check.
     if not (
@@ -486,41 +732,60 @@ def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
         and type(tau) is np.ndarray
         and x.dtype in act_ok
         and w.dtype in w_ok
-        and tau.dtype == np.int64
+        and tau.dtype == _INT64
         and x.shape == (g.c_in, g.h_in, g.w_in)
         and w.shape == (g.c_out, g.c_in, k, k)
         and tau.shape == (g.c_out,)
     ):
         seg = tile.check(config)
-    x = np.ascontiguousarray(x) if x.dtype == np.int8 else np.ascontiguousarray(x, dtype=np.int32)
-    w = np.ascontiguousarray(w) if w.dtype == np.int8 else np.ascontiguousarray(w, dtype=np.int32)
+    # The kernel takes int8 operands as they are, any other integer dtype as int32 (the values fit).
+    x = np.ascontiguousarray(x) if x.dtype == _INT8 else np.ascontiguousarray(x, dtype=np.int32)
+    w = np.ascontiguousarray(w) if w.dtype == _INT8 else np.ascontiguousarray(w, dtype=np.int32)
     tau = np.ascontiguousarray(tau, dtype=np.int64)
 
-    s = config.stride
     c_out, h_out, w_out = int(g.c_out), int(g.h_out), int(g.w_out)
+    n_pos = h_out * w_out
     # The padded frame spans exactly the rows/columns the outputs read; input pixels outside it (below or
     # right of the last output's window) are never read.
-    xp = np.zeros(((h_out - 1) * s + k, (w_out - 1) * s + k, int(g.c_in)), dtype=fdt)
-    wm = np.empty((c_out, k * k * int(g.c_in)), dtype=fdt)
-    n_pos = h_out * w_out
-    y = np.empty((c_out, n_pos), dtype=np.int64)
-    gate = np.empty((c_out, n_pos), dtype=np.bool_)
-    write_cycle = np.empty(c_out * n_pos, dtype=np.int64)  # phase 1 writes every entry
+    xp = np.zeros(((h_out - 1) * s + k) * ((w_out - 1) * s + k) * int(g.c_in), dtype=fdt)
+    y = np.empty((c_out, h_out, w_out), dtype=np.int64)
+    gate = np.empty((c_out, h_out, w_out), dtype=np.bool_)
+    write_cycle = np.empty((c_out, h_out, w_out), dtype=np.int64)  # phase 1 writes every entry
     counters = np.empty(len(COUNTER_NAMES), dtype=np.int64)
     dense = bool(g.dense)
     ok = _run(
-        x, w, tau, xp, wm, y, gate, write_cycle, counters, zero, chunk, tau_lo, tau_hi, k, s,
-        int(g.pad_top), int(g.pad_left), int(seg.n_seg), int(seg.base_ch), int(seg.cond_ch),
-        1 if (dense or config.groups == 1) else config.groups, dense, config.pes, config.lanes,
-        config.counter_width,
+        x,
+        w,
+        tau,
+        xp,
+        y.reshape(c_out, n_pos),
+        gate.reshape(c_out, n_pos),
+        write_cycle.reshape(-1),
+        counters,
+        zero,
+        chunk,
+        tau_lo,
+        tau_hi,
+        k,
+        s,
+        w_out,
+        int(g.pad_top),
+        int(g.pad_left),
+        int(seg.n_seg),
+        int(seg.base_ch),
+        int(seg.cond_ch),
+        1 if (dense or groups == 1) else groups,
+        dense,
+        pes,
+        lanes,
+        counter_width,
     )
     if not ok:  # a threshold out of range: the full check names it
         tile.check(config)
         raise AssertionError("run_tile: the kernel refused thresholds that Tile.check accepts")
-    shape = (c_out, h_out, w_out)
     return EngineResult(
-        outputs=y.reshape(shape),
-        gates=gate.reshape(shape),
+        outputs=y,
+        gates=gate,
         counters=dict(zip(COUNTER_NAMES, counters.tolist(), strict=True)),
-        write_cycle=write_cycle.reshape(shape),
+        write_cycle=write_cycle,
     )
