@@ -123,24 +123,27 @@ class EngineConfig:
             raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(path: str | Path | None) -> EngineConfig:
-    """Read an engine configuration from a TOML (``[engine]`` table or top level) or JSON file."""
-    if path is None:
-        return EngineConfig()
+def read_config_file(path: str | Path) -> dict:
+    """The top-level table of a TOML (or, for ``.json``, JSON) configuration file; errors name the file."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration ({exc.strerror})") from None
     try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            data = tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of parameters")
+    return data
+
+
+def load_config(path: str | Path | None) -> EngineConfig:
+    """Read an engine configuration from a TOML (``[engine]`` table or top level) or JSON file."""
+    if path is None:
+        return EngineConfig()
+    data = read_config_file(path)
     if "engine" in data and isinstance(data["engine"], dict):
         data = data["engine"]
     return EngineConfig.from_dict(data, source=str(path))

@@ -15,13 +15,11 @@ A file whose top level holds engine fields directly (the format ``accel run`` re
 
 from __future__ import annotations
 
-import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from accel.config import ConfigError, EngineConfig
+from accel.config import ConfigError, EngineConfig, read_config_file
 
 __all__ = ["DramConfig", "ReportOptions", "SystemConfig", "load_system_config"]
 
@@ -131,16 +129,7 @@ def load_system_config(path: str | Path | None) -> SystemConfig:
     if path is None:
         return SystemConfig()
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read configuration ({exc.strerror})") from None
-    try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a table of parameters")
+    data = read_config_file(path)
     source = str(path)
     tables = {"engine", "dram", "report", "energy"}
     if not tables & set(data):
