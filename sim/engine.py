@@ -47,8 +47,8 @@ class EngineResult:
 
     Parameters
     ----------
-    outputs : ndarray of int64, shape (c_out, h_out, w_out)
-        The ``y`` values written into the output buffer.
+    outputs : ndarray of int64, shape (c_out, h_out, w_out), or None
+        The ``y`` values written into the output buffer (None when the run was asked for no outputs).
     gates : ndarray of bool, shape (c_out, h_out, w_out)
         The gate bits written into the output buffer (all true in dense mode).
     counters : dict of str to int
@@ -58,7 +58,7 @@ class EngineResult:
         phase-1 write-back, or its phase-2 write-back when its gate is on.
     """
 
-    outputs: np.ndarray
+    outputs: np.ndarray | None
     gates: np.ndarray
     counters: dict[str, int]
     write_cycle: np.ndarray
@@ -325,8 +325,12 @@ def _functional(
     cond_ch,
     n_groups,
     dense,
+    conditional,
 ):
     """Fill ``y`` and ``gate`` (both ``[c_out, h_out * w_out]``).
+
+    With ``conditional`` false the conditional sums are not taken: ``y`` holds the base sums ``p`` and
+    ``gate`` the gate bits, all the schedule needs.
 
     ``xb`` (zeroed, ``hp * wp * c_in``) is a work buffer of the float type the dot products run in; ``zero``
     is that type's 0. Output positions are taken in blocks of ``_BLOCK``: their im2col rows are built
@@ -428,7 +432,7 @@ def _functional(
                     if g:
                         ids[n_on] = j
                         n_on += 1
-                if n_on:
+                if n_on and conditional:
                     _cond_sums(rows, ids, n_on, wm[co], lo, hi, chunk, zero, cond)
                     for j in range(n_on):
                         yc[ids[j]] += cond[j]
@@ -590,35 +594,42 @@ def _run(
     pes,
     lanes,
     counter_width,
+    outputs,
 ):
     """One tile: functional part, schedule and wrapped counters, written into the arrays passed in.
 
-    Returns False (and computes nothing) when a threshold lies outside ``[tau_lo, tau_hi]``.
+    Returns False (and computes nothing) when a threshold lies outside ``[tau_lo, tau_hi]``. With
+    ``outputs`` false only what the schedule depends on is computed: the gate bits (base sums) in gated
+    mode, nothing in dense mode (every gate is on).
     """
     for co in range(tau.shape[0]):
         if tau[co] < tau_lo or tau[co] > tau_hi:
             return False
-    _functional(
-        x,
-        w,
-        tau,
-        xp,
-        y,
-        gate,
-        zero,
-        chunk,
-        kernel,
-        stride,
-        y.shape[1] // w_out,
-        w_out,
-        pad_top,
-        pad_left,
-        n_seg,
-        base_ch,
-        cond_ch,
-        n_groups,
-        dense,
-    )
+    if dense and not outputs:
+        gate[:] = True
+    else:
+        _functional(
+            x,
+            w,
+            tau,
+            xp,
+            y,
+            gate,
+            zero,
+            chunk,
+            kernel,
+            stride,
+            y.shape[1] // w_out,
+            w_out,
+            pad_top,
+            pad_left,
+            n_seg,
+            base_ch,
+            cond_ch,
+            n_groups,
+            dense,
+            outputs,
+        )
     # C order of (co, position) is lin order.
     raw = _schedule(
         gate.reshape(-1), write_cycle, pes, lanes, kernel * kernel, n_seg, base_ch, cond_ch, dense
@@ -698,7 +709,7 @@ def _geometry_segments(config: EngineConfig, g: TileGeometry) -> Segments:
     return seg
 
 
-def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
+def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineResult:
     """Run one tile through the engine model.
 
     Parameters
@@ -707,6 +718,11 @@ def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
         Elaboration parameters of the engine.
     tile : Tile
         Geometry and operands of the run.
+    outputs : bool
+        Compute the output values. When false only what the schedule depends on is computed (the base
+        sums behind the gate bits in gated mode; nothing in dense mode, whose gates are all on): the gates,
+        counters and write cycles are those of the full run, ``outputs`` of the result is None. For callers
+        that need only cycles and counters (the network report).
 
     Returns
     -------
@@ -747,12 +763,13 @@ def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
     n_pos = h_out * w_out
     # The padded frame spans exactly the rows/columns the outputs read; input pixels outside it (below or
     # right of the last output's window) are never read.
-    xp = np.zeros(((h_out - 1) * s + k) * ((w_out - 1) * s + k) * int(g.c_in), dtype=fdt)
+    dense = bool(g.dense)
+    n_xp = ((h_out - 1) * s + k) * ((w_out - 1) * s + k) * int(g.c_in) if (outputs or not dense) else 0
+    xp = np.zeros(n_xp, dtype=fdt)
     y = np.empty((c_out, h_out, w_out), dtype=np.int64)
     gate = np.empty((c_out, h_out, w_out), dtype=np.bool_)
     write_cycle = np.empty((c_out, h_out, w_out), dtype=np.int64)  # phase 1 writes every entry
     counters = np.empty(len(COUNTER_NAMES), dtype=np.int64)
-    dense = bool(g.dense)
     ok = _run(
         x,
         w,
@@ -779,12 +796,13 @@ def run_tile(config: EngineConfig, tile: Tile) -> EngineResult:
         pes,
         lanes,
         counter_width,
+        bool(outputs),
     )
     if not ok:  # a threshold out of range: the full check names it
         tile.check(config)
         raise AssertionError("run_tile: the kernel refused thresholds that Tile.check accepts")
     return EngineResult(
-        outputs=y,
+        outputs=y if outputs else None,
         gates=gate,
         counters=dict(zip(COUNTER_NAMES, counters.tolist(), strict=True)),
         write_cycle=write_cycle,

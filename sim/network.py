@@ -82,35 +82,65 @@ def _operands(layer: TraceLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return x, w, tau
 
 
-def _tile(plan_tile, x: np.ndarray, w: np.ndarray, tau: np.ndarray, dense: bool) -> Tile:
-    ch = list(plan_tile.channels)
-    geometry = dataclasses.replace(plan_tile.geometry, dense=dense)
-    return Tile(
-        geometry=geometry,
-        inputs=np.ascontiguousarray(x[:, plan_tile.y0 : plan_tile.y1, plan_tile.x0 : plan_tile.x1]),
-        weights=np.ascontiguousarray(w[ch]),
-        thresholds=np.ascontiguousarray(tau[ch]),
-    )
+class _Blocks:
+    """A layer's operands cut once per channel block (every tile of a block, every image, shares them)."""
+
+    def __init__(self, plan: LayerPlan, w: np.ndarray, tau: np.ndarray):
+        self.index: list[np.ndarray | slice] = []  # the block's layer channels: a slice where contiguous
+        self.weights: list[np.ndarray] = []
+        self.thresholds: list[np.ndarray] = []
+        for cb in range(plan.n_chan_blocks):
+            ch = np.array(next(t.channels for t in plan if t.chan_block == cb))
+            contiguous = bool(np.all(np.diff(ch) == 1))
+            self.index.append(slice(int(ch[0]), int(ch[-1]) + 1) if contiguous else ch)
+            self.weights.append(np.ascontiguousarray(w[ch]))
+            self.thresholds.append(np.ascontiguousarray(tau[ch]))
+
+    def tile(self, t, x: np.ndarray, geometry=None, thresholds: np.ndarray | None = None) -> Tile:
+        cb = t.chan_block
+        return Tile(
+            geometry=t.geometry if geometry is None else geometry,
+            inputs=x[:, t.y0 : t.y1, t.x0 : t.x1],
+            weights=self.weights[cb],
+            thresholds=self.thresholds[cb] if thresholds is None else thresholds[self.index[cb]],
+        )
+
+
+def _dense_counters(cfg: EngineConfig, plan: LayerPlan, blocks: _Blocks, x: np.ndarray) -> np.ndarray:
+    """Counters of every tile in dense mode (``[tiles, counters]``).
+
+    A dense run's schedule depends on the tile's geometry only (every gate is on), so the engine runs once
+    per distinct geometry, computing no outputs.
+    """
+    seen: dict = {}
+    rows = []
+    for t in plan:
+        c = seen.get(t.geometry)
+        if c is None:
+            dense = dataclasses.replace(t.geometry, dense=True)
+            c = seen[t.geometry] = list(
+                run_tile(cfg, blocks.tile(t, x, dense), outputs=False).counters.values()
+            )
+        rows.append(c)
+    return np.array(rows, dtype=np.int64)
 
 
 def _run_sample(
-    cfg: EngineConfig, plan: LayerPlan, x: np.ndarray, w: np.ndarray, tau: np.ndarray, dense: bool, shape_out
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, int]]]:
-    """Run every tile of one sample; return the layer's outputs, gates and each tile's counters."""
-    out = np.zeros(shape_out, dtype=np.int64)
+    cfg: EngineConfig, plan: LayerPlan, blocks: _Blocks, x: np.ndarray, shape_out, outputs: bool, dense: bool
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Run every tile of one image: the layer's outputs (when asked for), gates and each tile's counters."""
+    out = np.zeros(shape_out, dtype=np.int64) if outputs else None
     gates = np.zeros(shape_out, dtype=bool)
-    counters = []
-    for t in plan:
-        res = run_tile(cfg, _tile(t, x, w, tau, dense))
-        ch = list(t.channels)
-        out[ch, t.r0 : t.r1, t.x0_out : t.x1_out] = res.outputs
-        gates[ch, t.r0 : t.r1, t.x0_out : t.x1_out] = res.gates
-        counters.append(res.counters)
+    counters = np.empty((len(plan), len(COUNTER_NAMES)), dtype=np.int64)
+    for i, t in enumerate(plan):
+        geometry = dataclasses.replace(t.geometry, dense=True) if dense else None
+        res = run_tile(cfg, blocks.tile(t, x, geometry), outputs=outputs)
+        where = (blocks.index[t.chan_block], slice(t.r0, t.r1), slice(t.x0_out, t.x1_out))
+        if outputs:
+            out[where] = res.outputs
+        gates[where] = res.gates
+        counters[i] = list(res.counters.values())
     return out, gates, counters
-
-
-def _sum_counters(tile_counters: list[dict[str, int]]) -> dict[str, int]:
-    return {name: sum(c[name] for c in tile_counters) for name in COUNTER_NAMES}
 
 
 def _reference_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
@@ -124,6 +154,15 @@ def _reference_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> 
         :, :h_out, :w_out
     ]
     return np.einsum("chwij,ocij->ohw", win, w.astype(np.int64), optimize=True)
+
+
+def _plan(layer: TraceLayer, cfg: EngineConfig, base: int) -> LayerPlan:
+    try:
+        return plan_layer(
+            cfg, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, base, cfg.padding
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"layer {layer.name!r}: {exc}") from None
 
 
 def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: bool) -> LayerRun:
@@ -144,30 +183,36 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
     run.mapped = True
     run.macs_dense = layer_macs(layer.meta)
     cfg, base = engine_config_for(config.engine, layer)
-    try:
-        plan = plan_layer(
-            cfg, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, base, cfg.padding
-        )
-    except ConfigError as exc:
-        raise ConfigError(f"layer {layer.name!r}: {exc}") from None
+    plan = _plan(layer, cfg, base)
     run.tiles = len(plan)
     run.blocks = (plan.n_chan_blocks, plan.n_row_blocks, plan.n_col_blocks)
     x_all, w, tau = _operands(layer)
+    x_all = x_all[:samples]
+    blocks = _Blocks(plan, w, tau)
     shape_out = (layer.c_out, layer.h_out, layer.w_out)
     n_pix = layer.h_out * layer.w_out
     never = np.int64((1 << (cfg.acc_width - 1)) - 1)
     threshold = config.report.prune_threshold
+    # Output values are needed only to check them and to count zero-compressed bytes; cycles and counters
+    # depend on the gate bits alone.
+    need_outputs = check or config.report.zero_compression
 
-    # Dense baseline: the cycles are data-independent, so the first sample stands for all.
-    _, _, dense_tiles = _run_sample(cfg, plan, x_all[0], w, tau, True, shape_out)
+    # Dense baseline: its cycles are data-independent, so the first image stands for all.
+    dense_counters = _dense_counters(cfg, plan, blocks, x_all[0])
 
-    per_sample = {"gated": [], "pruned": []}
+    counters = {"dense": [dense_counters], "gated": [], "pruned": []}
+    pruned_masks = []
     outputs = []
     on_fracs, pruned_fracs = [], []
     for n in range(samples):
         x = x_all[n]
-        acc, gates, gated_tiles = _run_sample(cfg, plan, x, w, tau, not layer.gated, shape_out)
-        per_sample["gated"].append(gated_tiles)
+        if layer.gated or need_outputs:
+            acc, gates, gated_counters = _run_sample(
+                cfg, plan, blocks, x, shape_out, need_outputs, not layer.gated
+            )
+        else:  # an ungated layer runs in dense mode in the gated design: the baseline's tiles
+            acc, gates, gated_counters = None, None, dense_counters
+        counters["gated"].append(gated_counters)
         if check:
             ref = _reference_conv(x, w, run.stride, cfg.padding)
             if layer.gated:
@@ -177,32 +222,43 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
             else:
                 ok_gates = bool(gates.all())
             ok = ok_gates and np.array_equal(acc, ref)
+            if not layer.gated:  # the full dense-mode runs also confirm the baseline's data-independence
+                ok = ok and np.array_equal(gated_counters, dense_counters)
             run.outputs_match = ok if run.outputs_match is None else (run.outputs_match and ok)
-        outputs.append(requantize(acc[None], layer.bias, layer.requant_scale, layer.relu)[0])
-        if layer.gated:
-            share = gates.reshape(layer.c_out, -1).sum(axis=1) / n_pix
-            pruned = share <= threshold
-            on_fracs.append(float(gates.mean()))
-            pruned_fracs.append(float(pruned.mean()))
+        if need_outputs:
+            outputs.append(requantize(acc[None], layer.bias, layer.requant_scale, layer.relu)[0])
+        if not layer.gated:
+            continue
+        share = gates.reshape(layer.c_out, -1).sum(axis=1) / n_pix
+        pruned = share <= threshold
+        on_fracs.append(float(gates.mean()))
+        pruned_fracs.append(float(pruned.mean()))
+        pruned_masks.append(pruned)
+        pruned_counters = gated_counters
+        if pruned.any():
             tau_p = np.where(pruned, never, tau)
-            pruned_tiles = []
-            for t, counters in zip(plan, gated_tiles, strict=True):
-                ch = list(t.channels)
-                hit = pruned[ch] & gates[ch, t.r0 : t.r1, t.x0_out : t.x1_out].reshape(len(ch), -1).any(
-                    axis=1
-                )
-                if hit.any():  # a pruned channel had gates on here: rerun with them forced off
-                    pruned_tiles.append(run_tile(cfg, _tile(t, x, w, tau_p, False)).counters)
-                else:
-                    pruned_tiles.append(counters)
-            per_sample["pruned"].append((pruned_tiles, pruned))
-        else:
-            per_sample["pruned"].append((gated_tiles, np.zeros(layer.c_out, dtype=bool)))
+            pruned_counters = gated_counters.copy()
+            for i, t in enumerate(plan):
+                where = (blocks.index[t.chan_block], slice(t.r0, t.r1), slice(t.x0_out, t.x1_out))
+                if (pruned[where[0]] & gates[where].any(axis=(1, 2))).any():
+                    # A pruned channel had gates on here: rerun with them forced off.
+                    res = run_tile(cfg, blocks.tile(t, x, thresholds=tau_p), outputs=False)
+                    pruned_counters[i] = list(res.counters.values())
+        counters["pruned"].append(pruned_counters)
 
     if layer.gated:
         run.gate_on_fraction = float(np.mean(on_fracs))
         run.pruned_channel_fraction = float(np.mean(pruned_fracs))
-    traffic = layer_traffic(layer, cfg, plan, x_all[:samples], outputs, per_sample, dense_tiles, config)
+    traffic = layer_traffic(
+        layer,
+        cfg,
+        plan,
+        counters,
+        pruned_masks if layer.gated else None,
+        config,
+        x_all,
+        outputs if need_outputs else None,
+    )
     run.loop_order = traffic.loop_order
     run.designs = traffic.designs
     return run
@@ -266,21 +322,7 @@ def run_network(
     # Refuse a configuration that cannot run some layer before simulating any (tiling is cheap).
     for layer in layers:
         if not _unmapped_reason(layer):
-            cfg, base = engine_config_for(config.engine, layer)
-            try:
-                plan_layer(
-                    cfg,
-                    layer.c_in,
-                    layer.c_out,
-                    layer.h,
-                    layer.w,
-                    layer.h_out,
-                    layer.w_out,
-                    base,
-                    cfg.padding,
-                )
-            except ConfigError as exc:
-                raise ConfigError(f"layer {layer.name!r}: {exc}") from None
+            _plan(layer, *engine_config_for(config.engine, layer))
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(one, layers))

@@ -21,6 +21,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -90,6 +91,7 @@ def _input_span(o0: int, o1: int, size: int, kernel: int, stride: int, padding: 
     return i0, i1, i0 - lo
 
 
+@functools.lru_cache(maxsize=1024)
 def plan_layer(
     config: EngineConfig,
     c_in: int,
@@ -105,7 +107,8 @@ def plan_layer(
 
     ``padding`` is the layer's (default: the configuration's; it may not exceed it). The layer's
     ``(h_out, w_out)`` must be what kernel, stride and padding give for ``(h, w)``. Raises
-    :class:`ConfigError` when not even one output activation fits the buffers.
+    :class:`ConfigError` when not even one output activation fits the buffers. Plans are remembered per
+    argument list (they are immutable and depend on nothing else).
     """
     k, s, g = config.kernel, config.stride, config.groups
     p = config.padding if padding is None else padding

@@ -32,20 +32,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from accel.config import EngineConfig
-from accel.tile import COUNTER_NAMES as cs_names
+from accel.tile import COUNTER_NAMES
 from sim.results import DesignRun, DesignTraffic
 from sim.tiling import LayerPlan
 
-__all__ = ["OPERANDS", "LayerTraffic", "Step", "chain_cycles", "layer_traffic"]
+__all__ = ["OPERANDS", "LayerTraffic", "Step", "Steps", "chain_cycles", "layer_traffic"]
 
 OPERANDS = ("weights", "params", "inputs", "outputs", "psum_spill")
 PARAM_BYTES = 8  # bias (int32) + requantization scale (float32) per output channel
+_CYCLES = COUNTER_NAMES.index("cycles")
 
 
 @dataclass
 class LayerTraffic:
     loop_order: str
-    designs: dict = field(default_factory=dict)  # design -> sim.network.DesignRun
+    designs: dict = field(default_factory=dict)  # design -> sim.results.DesignRun
 
 
 @dataclass
@@ -63,7 +64,45 @@ class Step:
     stores: list[float]
 
 
-def chain_cycles(layers: list[list[Step]], dram) -> list[float]:
+@dataclass
+class Steps:
+    """A layer's tiles for one image in pipeline order, as arrays (what the runner builds).
+
+    ``compute`` holds each tile's engine cycles ``[n]``; ``weight_loads``, ``input_loads`` and ``stores``
+    the bytes of each of its transfers ``[n, entries]``, 0 where a tile has no such transfer. The meaning
+    of the three kinds is :class:`Step`'s.
+    """
+
+    compute: np.ndarray
+    weight_loads: np.ndarray
+    input_loads: np.ndarray
+    stores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.compute)
+
+    @classmethod
+    def from_steps(cls, steps: list[Step]) -> Steps:
+        def table(rows: list[list[float]]) -> np.ndarray:
+            out = np.zeros((len(rows), max((len(r) for r in rows), default=0)))
+            for i, r in enumerate(rows):
+                out[i, : len(r)] = r
+            return out
+
+        return cls(
+            np.array([s.compute for s in steps], dtype=float),
+            table([s.weight_loads for s in steps]),
+            table([s.input_loads for s in steps]),
+            table([s.stores for s in steps]),
+        )
+
+
+def _transfer_cycles(nbytes: np.ndarray, dram) -> np.ndarray:
+    """Per tile, the DRAM cycles of its transfers (``DramConfig.transfer_cycles`` summed over entries)."""
+    return np.where(nbytes > 0, dram.latency_cycles + nbytes / dram.bytes_per_cycle, 0.0).sum(axis=1)
+
+
+def chain_cycles(layers: list[Steps | list[Step]], dram) -> list[float]:
     """Cycles of a sequence of layers of double-buffered tiles, attributed to each layer.
 
     While tile ``i`` computes, the DRAM channel carries tile ``i+1``'s loads and tile ``i-1``'s stores:
@@ -71,168 +110,230 @@ def chain_cycles(layers: list[list[Step]], dram) -> list[float]:
     loads overlap the last tile; its input loads wait until the last tile's outputs are stored, and that
     exposed time is charged to the next layer. A transfer pays the latency once per entry.
     """
-
-    def t(parts: list[float]) -> float:
-        return sum(dram.transfer_cycles(b) for b in parts)
-
-    flat = [(li, step) for li, steps in enumerate(layers) for step in steps]
-    out = [0.0] * len(layers)
-    if not flat:
-        return out
-    first_li, first = flat[0]
-    out[first_li] += t(first.weight_loads) + t(first.input_loads)
-    prev_store = 0.0  # store of the tile before the current one, still to be carried
-    for i, (li, step) in enumerate(flat):
-        if i + 1 < len(flat):
-            nli, nxt = flat[i + 1]
-            if nli == li:
-                out[li] += max(step.compute, t(nxt.weight_loads) + t(nxt.input_loads) + prev_store)
-                prev_store = t(step.stores)
-            else:
-                out[li] += max(step.compute, t(nxt.weight_loads) + prev_store)
-                out[nli] += t(step.stores) + t(nxt.input_loads)
-                prev_store = 0.0
-        else:
-            out[li] += max(step.compute, prev_store) + t(step.stores)
-    return out
+    parts = [s if isinstance(s, Steps) else Steps.from_steps(s) for s in layers]
+    counts = [len(p) for p in parts]
+    out = np.zeros(len(parts))
+    if sum(counts) == 0:
+        return out.tolist()
+    li = np.repeat(np.arange(len(parts)), counts)  # layer of each tile, in pipeline order
+    c = np.concatenate([p.compute for p in parts])
+    w = np.concatenate([_transfer_cycles(p.weight_loads, dram) for p in parts])
+    ld = np.concatenate([_transfer_cycles(p.input_loads, dram) for p in parts])
+    st = np.concatenate([_transfer_cycles(p.stores, dram) for p in parts])
+    same = li[1:] == li[:-1]  # tile i+1 in tile i's layer
+    # Store of the previous tile still to be carried while tile i computes (none after a boundary).
+    prev = np.zeros_like(st)
+    prev[1:] = np.where(same, st[:-1], 0.0)
+    stage = np.empty_like(c)
+    stage[:-1] = np.maximum(c[:-1], w[1:] + np.where(same, ld[1:], 0.0) + prev[:-1])
+    stage[-1] = max(c[-1], prev[-1]) + st[-1]
+    out += np.bincount(li, weights=stage, minlength=len(parts))
+    # At a boundary the next layer waits for the last store, then loads its first inputs.
+    b = np.flatnonzero(~same)
+    np.add.at(out, li[b + 1], st[b] + ld[b + 1])
+    out[li[0]] += w[0] + ld[0]
+    return out.tolist()
 
 
 def _nbytes(bits: int) -> int:
     return math.ceil(bits / 8)
 
 
-def _compressed(values: np.ndarray, elem_bytes: int) -> float:
+@dataclass(frozen=True)
+class _TileTable:
+    """Per-tile sizes of a layer plan, as arrays in plan order."""
+
+    n_ch: np.ndarray  # output channels
+    in_size: np.ndarray  # input values read (halo included, all input channels)
+    pix: np.ndarray  # output positions
+    in_words: np.ndarray  # input buffer words filled
+    weight_words: np.ndarray  # weight buffer words filled
+    chan_block: np.ndarray
+    first_of_block: np.ndarray  # first tile of its channel block (row and column block 0)
+    first_of_space: np.ndarray  # first tile of its spatial block (channel block 0)
+
+    @property
+    def out_size(self) -> np.ndarray:
+        return self.n_ch * self.pix
+
+    @classmethod
+    def of(cls, plan: LayerPlan, cfg: EngineConfig) -> _TileTable:
+        tiles = plan.tiles
+        n_chunks = tiles[0].geometry.segments(cfg).n_chunks  # every tile holds all input channels
+        g = np.array(
+            [
+                (
+                    len(t.channels),
+                    t.geometry.c_in,
+                    t.geometry.h_in,
+                    t.geometry.w_in,
+                    t.geometry.h_out,
+                    t.geometry.w_out,
+                    t.chan_block,
+                    t.row_block,
+                    t.col_block,
+                )
+                for t in tiles
+            ],
+            dtype=np.int64,
+        )
+        n_ch, c_in, h_in, w_in, h_out, w_out, cb, rb, xb = g.T
+        return cls(
+            n_ch=n_ch,
+            in_size=c_in * h_in * w_in,
+            pix=h_out * w_out,
+            in_words=n_chunks * h_in * w_in,
+            weight_words=n_ch * n_chunks * cfg.kernel**2,
+            chan_block=cb,
+            first_of_block=(rb == 0) & (xb == 0),
+            first_of_space=cb == 0,
+        )
+
+
+def _compressed(size, nonzero, elem_bytes: int):
     """Zero compression: one mask bit per value plus the non-zero values."""
-    return values.size / 8 + np.count_nonzero(values) * elem_bytes
+    return size / 8 + nonzero * elem_bytes
+
+
+def _nonzero_inputs(plan: LayerPlan, x: np.ndarray) -> np.ndarray:
+    return np.array([np.count_nonzero(x[:, t.y0 : t.y1, t.x0 : t.x1]) for t in plan.tiles], dtype=float)
+
+
+def _nonzero_outputs(plan: LayerPlan, y: np.ndarray) -> list[np.ndarray]:
+    """Per tile, the non-zero outputs of each of its channels (tile channel order)."""
+    return [
+        np.count_nonzero(y[list(t.channels), t.r0 : t.r1, t.x0_out : t.x1_out], axis=(1, 2))
+        for t in plan.tiles
+    ]
 
 
 def layer_traffic(
-    layer, cfg: EngineConfig, plan: LayerPlan, x_samples, outputs, per_sample, dense_tiles, config
-):
-    """Traffic, buffer accesses and cycles of the three designs for one engine layer."""
+    layer,
+    cfg: EngineConfig,
+    plan: LayerPlan,
+    counters: dict[str, list[np.ndarray]],
+    pruned: list[np.ndarray] | None,
+    config,
+    x_samples: np.ndarray | None = None,
+    outputs: list[np.ndarray] | None = None,
+) -> LayerTraffic:
+    """Traffic, buffer accesses and cycles of the three designs for one engine layer.
+
+    ``counters[design]`` holds, per image, the engine counters of every tile (``[tiles, counters]`` in plan
+    order; the dense design's one entry stands for every image); ``pruned`` per image the output channels
+    whose conditional path is skipped (None: an ungated layer, the pruned design is the gated one). With
+    zero compression, ``x_samples`` (the layer's inputs) and ``outputs`` (its int8 outputs per image) give
+    the non-zero counts.
+    """
     a_b, w_b, acc_b = _nbytes(cfg.act_width), _nbytes(cfg.weight_width), _nbytes(cfg.acc_width)
     k2 = cfg.kernel**2
     c_in = layer.c_in
     gated = layer.gated
     zc = config.report.zero_compression
-    tiles = list(plan)
-    # Width of every output channel's base segment (its conditional weights are the rest).
-    base_width = c_in // cfg.groups if cfg.groups > 1 else (layer.base_channels if gated else c_in)
-    if not gated:
-        base_width = c_in
+    tab = _TileTable.of(plan, cfg)
+    n_tiles = len(plan)
+    unique = float(c_in * layer.h * layer.w * a_b)
+    in_b = tab.in_size * float(a_b)
+    out_b = tab.out_size * float(a_b)
 
-    def in_bytes(t, x) -> tuple[float, float]:
-        sl = x[:, t.y0 : t.y1, t.x0 : t.x1]
-        return float(sl.size * a_b), _compressed(sl, a_b)
-
-    def out_bytes(t, y, ch=None) -> tuple[float, float]:
-        chs = list(t.channels) if ch is None else ch
-        sl = y[chs, t.r0 : t.r1, t.x0_out : t.x1_out]
-        return float(sl.size * a_b), _compressed(sl, a_b)
-
-    def weight_bytes(n_ch: int, width: int = c_in) -> float:
-        return float(n_ch * width * k2 * w_b)
-
-    def param_bytes(n_ch: int, with_tau: bool) -> float:
-        return float(n_ch * (PARAM_BYTES + (acc_b if with_tau else 0)))
-
-    def words(t):
-        seg = t.geometry.segments(cfg)
-        return seg.n_chunks * t.geometry.h_in * t.geometry.w_in, t.geometry.c_out * seg.n_chunks * k2
+    # Zero-compressed activation bytes per image (None: not asked for).
+    in_c, out_nz = [], []
+    if zc:
+        for s, y in enumerate(outputs):
+            in_c.append(_compressed(tab.in_size, _nonzero_inputs(plan, x_samples[s]), a_b))
+            out_nz.append(_nonzero_outputs(plan, y))
 
     # Loop order: decided on the dense byte count (static, independent of the data).
-    spatial_order = sorted(
-        range(len(tiles)), key=lambda i: (tiles[i].row_block, tiles[i].col_block, tiles[i].chan_block)
-    )
+    wb_all = tab.n_ch * float(c_in * k2 * w_b)
     if plan.n_chan_blocks > 1 and plan.n_row_blocks * plan.n_col_blocks > 1:
-        ws = sum(weight_bytes(len(t.channels)) for t in tiles if t.row_block == 0 and t.col_block == 0)
-        ws += sum(in_bytes(t, x_samples[0])[0] for t in tiles)
-        is_ = sum(weight_bytes(len(t.channels)) for t in tiles)
-        is_ += sum(in_bytes(t, x_samples[0])[0] for t in tiles if t.chan_block == 0)
+        ws = wb_all[tab.first_of_block].sum() + in_b.sum()
+        is_ = wb_all.sum() + in_b[tab.first_of_space].sum()
         order = "inputs stationary" if is_ < ws else "weights stationary"
     else:
         order = "weights stationary"
+    if order == "weights stationary":
+        seq = np.arange(n_tiles)
+        fb, fs = tab.first_of_block, np.ones(n_tiles, dtype=bool)
+    else:
+        # Spatial blocks outermost: plan order is (channel, row, column) block; a stable sort on the
+        # spatial block keeps channel blocks in order within it.
+        spatial = np.array([(t.row_block, t.col_block) for t in plan.tiles])
+        seq = np.lexsort((tab.chan_block, spatial[:, 1], spatial[:, 0]))
+        fb, fs = np.ones(n_tiles, dtype=bool), tab.first_of_space[seq]
 
-    def plain_design(tile_counters_per_sample, with_tau: bool, out_per_sample) -> DesignRun:
-        """Dense or gated: every tile loads its operands by the loop order; return per-image means."""
-        totals = {op: 0.0 for op in OPERANDS}
-        comp = {op: 0.0 for op in OPERANDS}
-        all_steps, compute = [], []
-        buf = {"input_fill_words": 0.0, "weight_fill_words": 0.0, "output_drain_words": 0.0}
-        for s, counters in enumerate(tile_counters_per_sample):
-            x = x_samples[min(s, len(x_samples) - 1)]
-            y = out_per_sample[min(s, len(out_per_sample) - 1)]
-            seq = range(len(tiles)) if order == "weights stationary" else spatial_order
-            steps = []
-            for i in seq:
-                t = tiles[i]
-                first_of_block = (
-                    (t.row_block == 0 and t.col_block == 0) if order == "weights stationary" else True
-                )
-                first_of_space = t.chan_block == 0 if order == "inputs stationary" else True
-                ld, wl = [], []
-                iw, ww = words(t)
-                if first_of_space:
-                    b, bc = in_bytes(t, x)
-                    totals["inputs"] += b
-                    comp["inputs"] += bc
-                    ld.append(bc if zc else b)
-                    buf["input_fill_words"] += iw
-                if first_of_block:
-                    wb = weight_bytes(len(t.channels))
-                    pb = param_bytes(len(t.channels), with_tau)
-                    totals["weights"] += wb
-                    comp["weights"] += wb
-                    totals["params"] += pb
-                    comp["params"] += pb
-                    wl += [wb, pb]
-                    buf["weight_fill_words"] += ww
-                ob, obc = out_bytes(t, y)
-                totals["outputs"] += ob
-                comp["outputs"] += obc
-                buf["output_drain_words"] += t.geometry.n_outputs
-                steps.append(Step(float(counters[i]["cycles"]), wl, ld, [obc if zc else ob]))
-            all_steps.append(steps)
-            compute.append(sum(st.compute for st in steps))
-        n = len(tile_counters_per_sample)
-        unique = float(c_in * layer.h * layer.w * a_b)
-        mean = {op: v / n for op, v in totals.items()}
-        rereads = mean["inputs"] - unique
-        summed = {
-            name: sum(sum(c[name] for c in cs) for cs in tile_counters_per_sample) / n for name in cs_names
+    def mean_counters(per_sample: list[np.ndarray]) -> dict[str, float]:
+        total = np.sum([c.sum(axis=0) for c in per_sample], axis=0)
+        return {name: int(v) / len(per_sample) for name, v in zip(COUNTER_NAMES, total, strict=True)}
+
+    def plain_design(per_sample: list[np.ndarray], with_tau: bool) -> DesignRun:
+        """Dense or gated: every tile loads its operands by the loop order; per-image means."""
+        n = len(per_sample)
+        wb = wb_all[seq]
+        pb = tab.n_ch[seq] * float(PARAM_BYTES + (acc_b if with_tau else 0))
+        ib, ob = in_b[seq], out_b[seq]
+        totals = {
+            "weights": wb[fb].sum(),
+            "params": pb[fb].sum(),
+            "inputs": ib[fs].sum(),
+            "outputs": ob.sum(),
+            "psum_spill": 0.0,
         }
-        buf = {k_: v / n for k_, v in buf.items()}
+        weight_loads = np.stack([np.where(fb, wb, 0.0), np.where(fb, pb, 0.0)], axis=1)
+        steps, comp_in, comp_out = [], 0.0, 0.0
+        for s, cs in enumerate(per_sample):
+            il, st = ib, ob
+            if zc:
+                # The dense design's one entry: the gated design's first image stands in for the outputs'
+                # values (the same only for an ungated layer; for a gated one their size is).
+                ic = in_c[min(s, len(in_c) - 1)][seq]
+                oc = np.array(
+                    [
+                        _compressed(v.size * p, v.sum(), a_b)
+                        for v, p in zip(out_nz[min(s, len(out_nz) - 1)], tab.pix, strict=True)
+                    ]
+                )[seq]
+                comp_in += ic[fs].sum()
+                comp_out += oc.sum()
+                il, st = ic, oc
+            steps.append(
+                Steps(
+                    cs[seq, _CYCLES].astype(float), weight_loads, np.where(fs, il, 0.0)[:, None], st[:, None]
+                )
+            )
+        mean = {op: float(v) for op, v in totals.items()}  # the same bytes for every image
+        comp = dict(mean, inputs=float(comp_in) / n, outputs=float(comp_out) / n)
+        buf = {
+            "input_fill_words": float(tab.in_words[seq][fs].sum()),
+            "weight_fill_words": float(tab.weight_words[seq][fb].sum()),
+            "output_drain_words": float(tab.out_size.sum()),
+        }
+        compute = float(np.mean([st_.compute.sum() for st_ in steps]))
         return DesignRun(
-            counters=summed,
-            compute_cycles=float(np.mean(compute)),
-            cycles=float(np.mean(compute)),
-            traffic=DesignTraffic(mean, rereads, {op: v / n for op, v in comp.items()} if zc else None),
+            counters=mean_counters(per_sample),
+            compute_cycles=compute,
+            cycles=compute,
+            traffic=DesignTraffic(mean, mean["inputs"] - unique, comp if zc else None),
             buffer=buf,
-            steps=all_steps,
+            steps=steps,
         )
 
-    # Dense outputs of the first sample stand in for the dense design's output bytes (same values only when
-    # the layer is ungated; for a gated layer the dense network's outputs differ, their size does not).
-    dense = plain_design([dense_tiles], False, outputs)
-    gated_counters = per_sample["gated"]
-    gated_run = plain_design(gated_counters, gated, outputs)
-    if gated:
+    dense = plain_design(counters["dense"], False)
+    gated_run = plain_design(counters["gated"], gated)
+    if gated and pruned is not None:
+        # Width of every output channel's base segment (its conditional weights are the rest).
+        base_width = c_in // cfg.groups if cfg.groups > 1 else layer.base_channels
         pruned_run = _pruned_design(
             layer,
-            cfg,
             plan,
-            x_samples,
-            outputs,
-            per_sample["pruned"],
-            config,
-            in_bytes,
-            out_bytes,
-            weight_bytes,
-            param_bytes,
-            words,
+            tab,
+            counters["pruned"],
+            pruned,
+            zc,
+            in_c,
+            out_nz,
+            (a_b, w_b, acc_b, k2),
             base_width,
-            acc_b,
-            cs_names,
+            unique,
         )
     else:
         pruned_run = gated_run
@@ -240,25 +341,16 @@ def layer_traffic(
 
 
 def _pruned_design(
-    layer,
-    cfg,
-    plan,
-    x_samples,
-    outputs,
-    pruned_per_sample,
-    config,
-    in_bytes,
-    out_bytes,
-    weight_bytes,
-    param_bytes,
-    words,
-    base_width,
-    acc_b,
-    cs_names,
-):
-    zc = config.report.zero_compression
-    tiles = list(plan)
-    n = len(pruned_per_sample)
+    layer, plan, tab, per_sample, pruned, zc, in_c, out_nz, widths, base_width, unique
+) -> DesignRun:
+    """Channel blocks outermost, two passes where a block has several spatial blocks (module docstring)."""
+    a_b, w_b, acc_b, k2 = widths
+    c_in = layer.c_in
+    cond_width = c_in - base_width
+    n = len(per_sample)
+    block_tiles = np.bincount(tab.chan_block)  # tiles per channel block
+    fb = tab.first_of_block
+    in_b = tab.in_size * float(a_b)
     totals = {op: 0.0 for op in OPERANDS}
     comp = {op: 0.0 for op in OPERANDS}
     buf = {
@@ -267,68 +359,70 @@ def _pruned_design(
         "output_drain_words": 0.0,
         "psum_spill_words": 0.0,
     }
-    all_steps, compute = [], []
-    cond_width = layer.c_in - base_width
-
-    def add(op, b, bc=None):
-        totals[op] += b
-        comp[op] += b if bc is None else bc
-        return bc if (zc and bc is not None) else b
-
-    for s, (counters, pruned) in enumerate(pruned_per_sample):
-        x, y = x_samples[s], outputs[s]
-        steps = []
-        for cb in range(plan.n_chan_blocks):
-            block = [i for i, t in enumerate(tiles) if t.chan_block == cb]
-            ch = list(tiles[block[0]].channels)
-            surv = [c for c in ch if not pruned[c]]
-            gone = [c for c in ch if pruned[c]]
-            two_pass = len(block) > 1 and bool(surv)
-            for j, i in enumerate(block):
-                t = tiles[i]
-                iw, ww = words(t)
-                pix = t.geometry.h_out * t.geometry.w_out
-                ld, st, wl = [], [], []
-                b, bc = in_bytes(t, x)
-                ld.append(add("inputs", b, bc))
-                buf["input_fill_words"] += iw
-                if j == 0:
-                    wl.append(add("weights", weight_bytes(len(ch), base_width)))
-                    wl.append(add("weights", weight_bytes(len(surv), cond_width)))
-                    wl.append(add("params", param_bytes(len(ch), True)))
-                    buf["weight_fill_words"] += (
-                        ww * (base_width + len(surv) / max(len(ch), 1) * cond_width) / layer.c_in
-                    )
-                if two_pass:
-                    # Pass 1 writes the pruned channels' outputs and spills the survivors' partial sums;
-                    # pass 2 re-reads inputs and partial sums and writes the survivors' outputs.
-                    ob, obc = out_bytes(t, y, gone) if gone else (0.0, 0.0)
-                    st.append(add("outputs", ob, obc))
-                    spill = float(len(surv) * pix * acc_b)
-                    st.append(add("psum_spill", spill))
-                    ld.append(add("inputs", b, bc))
-                    ld.append(add("psum_spill", spill))
-                    buf["input_fill_words"] += iw
-                    buf["psum_spill_words"] += 2 * len(surv) * pix
-                    ob, obc = out_bytes(t, y, surv)
-                    st.append(add("outputs", ob, obc))
-                else:
-                    ob, obc = out_bytes(t, y)
-                    st.append(add("outputs", ob, obc))
-                buf["output_drain_words"] += t.geometry.n_outputs
-                steps.append(Step(float(counters[i]["cycles"]), wl, ld, st))
-        all_steps.append(steps)
-        compute.append(sum(st_.compute for st_ in steps))
-    mean = {op: v / n for op, v in totals.items()}
-    unique = float(layer.c_in * layer.h * layer.w * _nbytes(cfg.act_width))
-    summed = {name: sum(sum(c[name] for c in cs) for cs, _ in pruned_per_sample) / n for name in cs_names}
+    steps = []
+    for s, (cs, pm) in enumerate(zip(per_sample, pruned, strict=True)):
+        # Surviving channels of each tile (its channel block's).
+        surv_tile = [np.flatnonzero(~pm[list(t.channels)]) for t in plan.tiles]
+        n_surv = np.array([len(v) for v in surv_tile], dtype=np.int64)
+        n_gone = tab.n_ch - n_surv
+        two = (block_tiles[tab.chan_block] > 1) & (n_surv > 0)
+        spill = np.where(two, n_surv * tab.pix * float(acc_b), 0.0)
+        ob_all = tab.out_size * float(a_b)
+        ob_gone = np.where(two, n_gone * tab.pix * float(a_b), 0.0)
+        ob_surv = np.where(two, n_surv * tab.pix * float(a_b), 0.0)
+        wl = np.stack(
+            [
+                np.where(fb, tab.n_ch * float(base_width * k2 * w_b), 0.0),
+                np.where(fb, n_surv * float(cond_width * k2 * w_b), 0.0),
+                np.where(fb, tab.n_ch * float(PARAM_BYTES + acc_b), 0.0),
+            ],
+            axis=1,
+        )
+        totals["weights"] += wl[:, 0].sum() + wl[:, 1].sum()
+        totals["params"] += wl[:, 2].sum()
+        totals["inputs"] += (in_b * (1 + two)).sum()
+        totals["outputs"] += np.where(two, ob_gone + ob_surv, ob_all).sum()
+        totals["psum_spill"] += 2 * spill.sum()
+        il = in_b
+        st_out = np.stack([np.where(two, ob_gone, ob_all), np.where(two, ob_surv, 0.0)], axis=1)
+        if zc:
+            nz = out_nz[s]
+            il = in_c[s]
+            c_all = np.array(
+                [_compressed(v.size * p, v.sum(), a_b) for v, p in zip(nz, tab.pix, strict=True)]
+            )
+            c_surv = np.array(
+                [
+                    _compressed(len(k) * p, v[k].sum(), a_b)
+                    for v, k, p in zip(nz, surv_tile, tab.pix, strict=True)
+                ]
+            )
+            c_gone = np.where(n_gone > 0, c_all - c_surv, 0.0)
+            st_out = np.stack([np.where(two, c_gone, c_all), np.where(two, c_surv, 0.0)], axis=1)
+            comp["inputs"] += (il * (1 + two)).sum()
+            comp["outputs"] += st_out.sum()
+        comp["weights"] += wl[:, 0].sum() + wl[:, 1].sum()
+        comp["params"] += wl[:, 2].sum()
+        comp["psum_spill"] += 2 * spill.sum()
+        ld = np.stack([il, np.where(two, il, 0.0), spill], axis=1)
+        st = np.stack([st_out[:, 0], spill, st_out[:, 1]], axis=1)
+        steps.append(Steps(cs[:, _CYCLES].astype(float), wl, ld, st))
+        buf["input_fill_words"] += float((tab.in_words * (1 + two)).sum())
+        buf["weight_fill_words"] += float(
+            (tab.weight_words * (base_width + n_surv / np.maximum(tab.n_ch, 1) * cond_width) / c_in)[fb].sum()
+        )
+        buf["output_drain_words"] += float(tab.out_size.sum())
+        buf["psum_spill_words"] += float((2 * n_surv * tab.pix)[two].sum())
+    mean = {op: float(v) / n for op, v in totals.items()}
+    total = np.sum([c.sum(axis=0) for c in per_sample], axis=0)
+    compute = float(np.mean([st_.compute.sum() for st_ in steps]))
     return DesignRun(
-        counters=summed,
-        compute_cycles=float(np.mean(compute)),
-        cycles=float(np.mean(compute)),
+        counters={name: int(v) / n for name, v in zip(COUNTER_NAMES, total, strict=True)},
+        compute_cycles=compute,
+        cycles=compute,
         traffic=DesignTraffic(
-            mean, mean["inputs"] - unique, {op: v / n for op, v in comp.items()} if zc else None
+            mean, mean["inputs"] - unique, {op: float(v) / n for op, v in comp.items()} if zc else None
         ),
         buffer={k_: v / n for k_, v in buf.items()},
-        steps=all_steps,
+        steps=steps,
     )

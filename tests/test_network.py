@@ -171,3 +171,91 @@ def test_buffers_too_small_name_the_layer(trace):
     tiny = SystemConfig(engine=EngineConfig(pes=2, lanes=2, input_depth=2, weight_depth=4, output_depth=1))
     with pytest.raises(ConfigError, match="conv"):
         run_network(trace, tiny)
+
+
+def _chain_reference(layers: list[list[Step]], dram) -> list[float]:
+    """chain_cycles's rule walked tile by tile (the runner's version is vectorized)."""
+
+    def t(parts):
+        return sum(dram.transfer_cycles(b) for b in parts)
+
+    flat = [(li, step) for li, steps in enumerate(layers) for step in steps]
+    out = [0.0] * len(layers)
+    if not flat:
+        return out
+    out[flat[0][0]] += t(flat[0][1].weight_loads) + t(flat[0][1].input_loads)
+    prev_store = 0.0
+    for i, (li, step) in enumerate(flat):
+        if i + 1 == len(flat):
+            out[li] += max(step.compute, prev_store) + t(step.stores)
+            break
+        nli, nxt = flat[i + 1]
+        if nli == li:
+            out[li] += max(step.compute, t(nxt.weight_loads) + t(nxt.input_loads) + prev_store)
+            prev_store = t(step.stores)
+        else:
+            out[li] += max(step.compute, t(nxt.weight_loads) + prev_store)
+            out[nli] += t(step.stores) + t(nxt.input_loads)
+            prev_store = 0.0
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_chain_cycles_against_a_tile_by_tile_walk(seed):
+    rng = np.random.default_rng(seed)
+    dram = DramConfig(bytes_per_cycle=float(rng.uniform(1, 32)), latency_cycles=int(rng.integers(0, 200)))
+
+    def entries(most):
+        return [float(b) for b in rng.integers(0, 5000, rng.integers(0, most + 1))]
+
+    # Some layers empty (skipped by the chain), some with one tile.
+    layers = [
+        [Step(float(rng.integers(0, 4000)), entries(2), entries(3), entries(3)) for _ in range(n)]
+        for n in rng.integers(0, 6, 7)
+    ]
+    assert chain_cycles(layers, dram) == pytest.approx(_chain_reference(layers, dram), rel=1e-12)
+
+
+def test_counters_do_not_depend_on_computing_outputs(trace):
+    """The report computes no output values unless asked (check, zero compression): same cycles and bytes."""
+    lean = run_network(trace, SystemConfig(engine=SMALL))
+    full = run_network(trace, SystemConfig(engine=SMALL), check=True)
+    # Zero compression moves fewer bytes (other cycles), but the engine's work and the plain bytes stay.
+    zc = run_network(trace, SystemConfig(engine=SMALL, report=ReportOptions(zero_compression=True)))
+    for la, lb, lz in zip(lean.mapped(), full.mapped(), zc.mapped(), strict=True):
+        assert lb.outputs_match
+        for d in la.designs:
+            assert la.designs[d].counters == lb.designs[d].counters == lz.designs[d].counters
+            assert la.designs[d].cycles == lb.designs[d].cycles
+            assert la.designs[d].traffic.bytes == lb.designs[d].traffic.bytes == lz.designs[d].traffic.bytes
+
+
+def test_dense_baseline_equals_every_tile_run_in_dense_mode(trace):
+    """The baseline runs one tile per distinct geometry: its sums equal running every tile in full."""
+    from accel.tile import COUNTER_NAMES, Tile
+    from sim.engine import run_tile
+    from sim.network import engine_config_for
+
+    run = run_network(trace, SystemConfig(engine=SMALL))
+    repeated = 0
+    for lr in run.mapped():
+        layer = trace[lr.name]
+        cfg, base = engine_config_for(SMALL, layer)
+        plan = plan_layer(
+            cfg, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, base, cfg.padding
+        )
+        repeated += len({t.geometry for t in plan}) < len(plan)
+        x = layer.inputs[0].reshape(layer.c_in, layer.h, layer.w)
+        w = layer.weights.reshape(layer.c_out, layer.c_in, cfg.kernel, cfg.kernel)
+        total = dict.fromkeys(COUNTER_NAMES, 0)
+        for t in plan:
+            tile = Tile(
+                dataclasses.replace(t.geometry, dense=True),
+                x[:, t.y0 : t.y1, t.x0 : t.x1],
+                w[list(t.channels)],
+                np.zeros(len(t.channels), dtype=np.int64),
+            )
+            for name, v in run_tile(cfg, tile).counters.items():
+                total[name] += v
+        assert lr.designs["dense"].counters == total
+    assert repeated  # some layer has tiles of one geometry: the shortcut is exercised
