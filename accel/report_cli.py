@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 from pathlib import Path
 
 from accel.config import ConfigError
@@ -70,6 +71,12 @@ def add_report_parsers(sub) -> None:
     )
     rep.add_argument("--no-plots", action="store_true", help="write no PNG plots")
     rep.add_argument("--check", action="store_true", help="also check every layer's outputs against numpy")
+    rep.add_argument(
+        "--jobs",
+        type=_positive_int("job count"),
+        metavar="N",
+        help="layers simulated at once, in threads (default: all cores; results do not depend on it)",
+    )
     rep.set_defaults(func=_cmd_report)
 
     sw = sub.add_parser(
@@ -154,7 +161,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
             total=len(trace), desc="layers", unit="layer", disable=args.no_progress or None, leave=False
         ) as bar:
             run = run_network(
-                trace, config, samples=args.samples, check=args.check, progress=lambda _: bar.update()
+                trace,
+                config,
+                samples=args.samples,
+                check=args.check,
+                workers=args.jobs or os.cpu_count() or 1,
+                progress=lambda _: bar.update(),
             )
         report = build_report(run, trace, table)
         print(f"trace: {path}")

@@ -274,6 +274,18 @@ def test_report_check_compares_every_layer_with_numpy(tmp_path):
     assert (out / "report.json").is_file()
 
 
+def test_report_does_not_depend_on_jobs(tmp_path):
+    """Layers in threads: the same figures with one job as with three."""
+    reports = []
+    for jobs in (1, 3):
+        out = tmp_path / f"out{jobs}"
+        code, _, stderr = _run("report", "--jobs", jobs, "--no-plots", "--out", out, "--no-progress")
+        assert code == 0, stderr
+        reports.append(json.loads((out / "report.json").read_text()))
+    for key in ("network", "layers", "trace", "config"):
+        assert reports[0][key] == reports[1][key], key
+
+
 def test_report_without_zero_compression_has_no_compressed_figures(report_run):
     *_, report = report_run
     for design in DESIGNS:
@@ -381,6 +393,7 @@ def test_report_unwritable_output_folder(tmp_path):
         (["--prune-threshold", "2"], "--prune-threshold"),
         (["--prune-threshold", "x"], "--prune-threshold"),
         (["--samples", "0"], "--samples"),
+        (["--jobs", "0"], "--jobs"),
     ],
 )
 def test_report_usage_errors(tmp_path, argv, piece):
