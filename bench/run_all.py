@@ -328,7 +328,8 @@ def _worker(spec: dict) -> dict:
         gc.collect()
         rss_before = _status_kb("VmRSS")
         result["trace_rss_kb"] = rss_before - rss_start if rss_before and rss_start else None
-        result["trace_array_bytes"] = int(sum(a.nbytes for layer in trace for a in layer.arrays.values()))
+        # From the .npy headers: the loader reads an array only when it is used.
+        result["trace_array_bytes"] = int(sum(layer.arrays.nbytes for layer in trace))
         engine = EngineConfig(pes=spec["pes"], lanes=spec["lanes"])
         config = SystemConfig(engine=engine)
         samples = spec.get("samples")
@@ -349,7 +350,7 @@ def _worker(spec: dict) -> dict:
         }
         # The largest layer's arrays (all samples): what streaming layer by layer has to hold at least.
         result["largest_layer_array_bytes"] = int(
-            max(sum(a.nbytes for a in layer.arrays.values()) for layer in trace if layer.is_engine_layer)
+            max(layer.arrays.nbytes for layer in trace if layer.is_engine_layer)
         )
     else:  # one synthetic layer, gated and dense, as `accel run` runs it
         import dataclasses

@@ -1,11 +1,13 @@
 """Layer traces: load, validate and save the trace format of docs/trace-format.md (version 1).
 
 A trace is one ``.npz`` file: ``format``, ``version``, ``meta`` (JSON) and the arrays
-``layer/<name>/<array>`` of the layers that map to the engine. :func:`load_trace` reads it with
-``allow_pickle=False`` and :func:`validate_trace` checks it; every refusal is a :class:`TraceError` whose
-message names the file, the layer, the key and the offending value. :func:`save_trace` validates first and
-then writes atomically (a temporary file in the same directory, then ``os.replace``), with fixed zip member
-timestamps so that the same content always gives the same bytes.
+``layer/<name>/<array>`` of the layers that map to the engine. :func:`load_trace` opens it, checks every
+member from its ``.npy`` header (values only of the small arrays the checks look at) and leaves the file
+open: a layer's large arrays are read from it on access (:class:`TraceArrays`), never pickled data.
+:func:`validate_trace` runs the same checks on arrays in memory; every refusal is a :class:`TraceError`
+whose message names the file, the layer, the key and the offending value. :func:`save_trace` validates
+first and then writes atomically (a temporary file in the same directory, then ``os.replace``), with fixed
+zip member timestamps so that the same content always gives the same bytes.
 
 This module imports only the standard library and numpy (``make_meta`` reads ``accel.__version__``).
 """
@@ -17,12 +19,14 @@ import json
 import math
 import os
 import tempfile
+import threading
+import weakref
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -32,6 +36,7 @@ __all__ = [
     "KINDS",
     "VERSION",
     "Trace",
+    "TraceArrays",
     "TraceError",
     "TraceLayer",
     "gated_macs",
@@ -54,6 +59,9 @@ TOP_KEYS = ("format", "version", "meta")
 LAYER_PREFIX = "layer/"
 # Fixed zip member timestamp: the same trace content always gives the same file bytes.
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+# The arrays of a loaded trace that are read from the file on every access and never kept (activations,
+# gates, weights: a layer's working set); every other array (per-channel vectors, scalars) is kept once read.
+LARGE_ARRAYS = frozenset({"inputs", "gates", "weights"})
 
 
 class TraceError(ValueError):
@@ -69,13 +77,15 @@ class TraceLayer:
     """One layer of a trace: its metadata (``meta``, the JSON object) and its arrays.
 
     ``sources`` are the names of the layers feeding this one (the metadata field ``inputs``); the
-    ``inputs`` property is the array of input activations (engine layers only).
+    ``inputs`` property is the array of input activations (engine layers only). ``arrays`` maps array
+    name -> array: a :class:`TraceArrays` for a loaded trace (each access of a large array reads it from
+    the file: keep the array, not the layer, while you use it), a dict for :func:`validate_trace`'s.
     """
 
     name: str
     kind: str
     meta: dict
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     # -- classification
     @property
@@ -207,13 +217,29 @@ class TraceLayer:
 
 @dataclass(frozen=True)
 class Trace:
-    """A validated trace: network metadata and its layers in ``layer_order``."""
+    """A validated trace: network metadata and its layers in ``layer_order``.
+
+    A trace from :func:`load_trace` keeps its file open while it (or one of its layers) lives; ``close()``
+    or a ``with`` block closes it earlier (arrays already kept stay readable, large ones no longer).
+    """
 
     name: str
     meta: dict
     layer_order: tuple[str, ...]
     layers: dict[str, TraceLayer]
     path: str = "<trace>"
+    _file: _TraceFile | None = field(default=None, repr=False, compare=False)
+
+    def close(self) -> None:
+        """Close the trace file (a no-op for a trace validated in memory, or when already closed)."""
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> Trace:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @property
     def samples(self) -> int:
@@ -311,11 +337,12 @@ def layer_tile_operands(layer: TraceLayer, sample: int = 0) -> tuple[np.ndarray,
         raise TraceError(f"layer {layer.name!r}: kind {layer.kind!r}, gated {layer.gated}: not a gated conv")
     if layer.groups != 1:
         raise TraceError(f"layer {layer.name!r}: groups = {layer.groups}: the engine takes groups = 1 convs")
-    n = layer.inputs.shape[0]
+    inputs = layer.inputs  # one read: a loaded trace reads large arrays from its file on each access
+    n = inputs.shape[0]
     if not isinstance(sample, (int, np.integer)) or not -n <= sample < n:
         raise TraceError(f"layer {layer.name!r}: sample {sample!r} outside the {n} stored samples")
     return (
-        np.ascontiguousarray(layer.inputs[sample]),
+        np.ascontiguousarray(inputs[sample]),
         np.ascontiguousarray(layer.weights),
         layer.thresholds.astype(np.int64),
     )
@@ -416,27 +443,66 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _scalar_text(arrays: Mapping[str, np.ndarray], key: str, where: _Where) -> str:
-    arr = arrays[key]
-    if arr.dtype.kind != "U" or arr.shape != ():
-        where.fail(f"key {key!r}: dtype {arr.dtype}, shape {arr.shape}: expected a string scalar")
-    return str(arr[()])
+class _Arrays:
+    """A trace's arrays as the checks see them: the keys, each key's dtype and shape, and values on request.
+
+    :func:`validate_trace` checks arrays in memory (:class:`_InMemory`), :func:`load_trace` an open file
+    (:class:`_TraceFile`, dtype and shape from the ``.npy`` headers); the checks are the same code.
+    """
+
+    def keys(self) -> Iterable[str]:
+        raise NotImplementedError
+
+    def __contains__(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def header(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
+        raise NotImplementedError
+
+    def value(self, key: str, where: _Where) -> np.ndarray:
+        raise NotImplementedError
 
 
-def _check_top(arrays: Mapping[str, np.ndarray], where: _Where) -> dict:
+class _InMemory(_Arrays):
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        self._arrays = arrays
+
+    def keys(self) -> Iterable[str]:
+        return self._arrays.keys()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._arrays
+
+    def header(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
+        arr = self._arrays[key]
+        return arr.dtype, arr.shape
+
+    def value(self, key: str, where: _Where) -> np.ndarray:
+        return self._arrays[key]
+
+
+def _scalar_text(arrays: _Arrays, key: str, where: _Where) -> str:
+    dtype, shape = arrays.header(key)
+    if dtype.kind != "U" or shape != ():
+        where.fail(f"key {key!r}: dtype {dtype}, shape {shape}: expected a string scalar")
+    return str(arrays.value(key, where)[()])
+
+
+def _check_top(arrays: _Arrays, where: _Where) -> dict:
     for key in TOP_KEYS:
         if key not in arrays:
             where.fail(f"key {key!r} is missing (is this a {FORMAT} trace?)")
     fmt = _scalar_text(arrays, "format", where)
     if fmt != FORMAT:
         where.fail(f"key 'format' = {fmt!r}: expected {FORMAT!r}")
-    version = arrays["version"]
-    if version.dtype.kind not in "iu" or version.shape != ():
-        where.fail(
-            f"key 'version': dtype {version.dtype}, shape {version.shape}: expected an integer scalar "
-            f"(value {_short(version.tolist())})"
+    dtype, shape = arrays.header("version")
+    if dtype.kind not in "iu" or shape != ():
+        size = math.prod(shape)
+        value = (
+            _short(arrays.value("version", where).tolist()) if size <= 16 else f"not shown: {size} elements"
         )
-    v = int(version)
+        where.fail(f"key 'version': dtype {dtype}, shape {shape}: expected an integer scalar (value {value})")
+    v = int(arrays.value("version", where))
     if v > VERSION:
         where.fail(
             f"key 'version' = {v}: newer than this reader's trace format version {VERSION}; "
@@ -608,19 +674,21 @@ def _expected_arrays(lm: dict, n: int) -> dict[str, tuple[tuple[str, ...], tuple
     return spec
 
 
-def _check_arrays(name: str, lm: dict, arrays: Mapping[str, np.ndarray], n: int, where: _Where) -> None:
+def _check_arrays(name: str, lm: dict, arrays: _Arrays, n: int, where: _Where) -> None:
     spec = _expected_arrays(lm, n)
     for array, (dtypes, shape) in spec.items():
         key = f"{LAYER_PREFIX}{name}/{array}"
         if key not in arrays:
             where.fail(f"key {key!r} is missing")
-        arr = arrays[key]
-        if arr.dtype.name not in dtypes or not arr.dtype.isnative:
-            where.fail(f"key {key!r}: dtype {arr.dtype.str} ({arr.dtype}), expected {' or '.join(dtypes)}")
-        if arr.shape != shape:
+        dtype, got = arrays.header(key)
+        if dtype.name not in dtypes or not dtype.isnative:
+            where.fail(f"key {key!r}: dtype {dtype.str} ({dtype}), expected {' or '.join(dtypes)}")
+        if got != shape:
             note = f", samples = {n}" if array in ("inputs", "gates") else ""
-            where.fail(f"key {key!r}: shape {arr.shape}, expected {shape} from the layer's metadata{note}")
+            where.fail(f"key {key!r}: shape {got}, expected {shape} from the layer's metadata{note}")
+        # Values are checked of the small arrays only (c_out entries at most): the rest are not read.
         if array.endswith("scale"):
+            arr = arrays.value(key, where)
             bad = ~(np.isfinite(arr) & (arr > 0))
             if bad.any():
                 index = tuple(int(i) for i in np.argwhere(bad)[0])
@@ -628,7 +696,8 @@ def _check_arrays(name: str, lm: dict, arrays: Mapping[str, np.ndarray], n: int,
                     f"key {key!r}: value {arr[index].item()!r} at index {index}: "
                     "scales must be positive and finite"
                 )
-        if array == "thresholds" and arr.size:
+        if array == "thresholds" and math.prod(shape):
+            arr = arrays.value(key, where)
             lo, hi = int(arr.min()), int(arr.max())
             if lo < INT32_MIN or hi > INT32_MAX:
                 bad_value = lo if lo < INT32_MIN else hi
@@ -639,19 +708,8 @@ def _check_arrays(name: str, lm: dict, arrays: Mapping[str, np.ndarray], n: int,
                 )
 
 
-def validate_trace(arrays: Mapping[str, np.ndarray], source: str = "<trace>") -> Trace:
-    """Check the arrays of a trace (key -> array, as in the ``.npz``) and return the :class:`Trace`.
-
-    Raises :class:`TraceError` naming ``source``, the layer, the key and the offending value.
-    """
-    where = _Where(str(source))
-    for key, arr in arrays.items():
-        if not isinstance(arr, np.ndarray):
-            where.fail(f"key {key!r}: a {type(arr).__name__}, expected a numpy array")
-        if arr.dtype.hasobject:
-            where.fail(
-                f"key {key!r}: an object array (pickled Python objects); traces hold plain arrays only"
-            )
+def _check(arrays: _Arrays, where: _Where) -> tuple[dict, dict[str, dict[str, str]]]:
+    """Every check of docs/trace-format.md; returns the metadata and, per layer, array name -> key."""
     meta = _check_top(arrays, where)
     _check_network_meta(meta, where)
     order = _get(meta, "layer_order", where)
@@ -694,8 +752,8 @@ def validate_trace(arrays: Mapping[str, np.ndarray], source: str = "<trace>") ->
         out_shape[name] = (lm["c_out"], lm["h_out"], lm["w_out"])
 
     # Arrays: every key known, every engine layer complete.
-    per_layer: dict[str, dict[str, np.ndarray]] = {name: {} for name in order}
-    for key in arrays:
+    per_layer: dict[str, dict[str, str]] = {name: {} for name in order}
+    for key in arrays.keys():
         if key in TOP_KEYS:
             continue
         if not key.startswith(LAYER_PREFIX) or key.count("/") < 2:
@@ -711,59 +769,284 @@ def validate_trace(arrays: Mapping[str, np.ndarray], source: str = "<trace>") ->
                 f"key {key!r}: unknown array {array!r} for a{' gated' if lm.get('gated') else 'n ungated'} "
                 f"{lm['kind']} layer"
             )
-        per_layer[name][array] = arrays[key]
+        per_layer[name][array] = key
     for name in order:
         lm = layers_meta[name]
         if lm["kind"] in ENGINE_KINDS:
             _check_arrays(name, lm, arrays, n, _Where(where.source, name))
+    return meta, per_layer
 
+
+def _build(
+    meta: dict, arrays: Mapping[str, Mapping[str, np.ndarray]], source: str, file: _TraceFile | None = None
+) -> Trace:
     layers = {
         name: TraceLayer(
-            name=name, kind=layers_meta[name]["kind"], meta=layers_meta[name], arrays=per_layer[name]
+            name=name, kind=meta["layers"][name]["kind"], meta=meta["layers"][name], arrays=named
         )
-        for name in order
+        for name, named in arrays.items()
     }
-    return Trace(name=meta["name"], meta=meta, layer_order=tuple(order), layers=layers, path=str(source))
+    order = tuple(meta["layer_order"])
+    return Trace(name=meta["name"], meta=meta, layer_order=order, layers=layers, path=source, _file=file)
+
+
+def validate_trace(arrays: Mapping[str, np.ndarray], source: str = "<trace>") -> Trace:
+    """Check the arrays of a trace (key -> array, as in the ``.npz``) and return the :class:`Trace`.
+
+    Raises :class:`TraceError` naming ``source``, the layer, the key and the offending value. The layers'
+    ``arrays`` are dicts of the arrays given.
+    """
+    where = _Where(str(source))
+    for key, arr in arrays.items():
+        if not isinstance(arr, np.ndarray):
+            where.fail(f"key {key!r}: a {type(arr).__name__}, expected a numpy array")
+        if arr.dtype.hasobject:
+            where.fail(
+                f"key {key!r}: an object array (pickled Python objects); traces hold plain arrays only"
+            )
+    meta, per_layer = _check(_InMemory(arrays), where)
+    named = {name: {array: arrays[key] for array, key in keys.items()} for name, keys in per_layer.items()}
+    return _build(meta, named, str(source))
 
 
 # --------------------------------------------------------------------------------------------------------
 # Reading and writing
 
+# What zipfile, zlib and numpy raise on a damaged zip or member (OSError is "cannot read the file").
+_DAMAGE = (zipfile.BadZipFile, zlib.error, EOFError, KeyError, RuntimeError, NotImplementedError, ValueError)
+_CHUNK = 1 << 16
 
-def load_trace(path: str | os.PathLike) -> Trace:
-    """Read and validate a trace file (``np.load(path, allow_pickle=False)``)."""
-    source = str(path)
-    where = _Where(source)
-    arrays: dict[str, np.ndarray] = {}
-    key = None
+
+def _open_zip(fh: Any, where: _Where) -> zipfile.ZipFile:
+    """The zip of an open file, refusing what ``np.load`` would not read as a ``.npz``."""
     try:
-        with open(path, "rb") as fh:
-            loaded = np.load(fh, allow_pickle=False)
-            if not isinstance(loaded, np.lib.npyio.NpzFile):
-                where.fail("a single .npy array, not a trace (.npz)")
-            with loaded:
-                for key in loaded.files:
-                    value = loaded[key]
-                    if not isinstance(value, np.ndarray):
-                        where.fail(f"key {key!r}: a zip member that is not a .npy array")
-                    arrays[key] = value
+        head = fh.read(len(np.lib.format.MAGIC_PREFIX))
+        if not head:
+            where.fail("corrupt or truncated file (EOFError: no data in the file)")
+        if head.startswith(np.lib.format.MAGIC_PREFIX):
+            where.fail("a single .npy array, not a trace (.npz)")
+        if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):  # np.load's test for a zip
+            where.fail(f"not a trace file (not a zip of .npy arrays: it starts with {head!r})")
+        fh.seek(0)
+        return zipfile.ZipFile(fh)
     except TraceError:
         raise
     except OSError as exc:
         where.fail(f"cannot read the file ({exc.strerror or exc})")
+    except _DAMAGE as exc:
+        where.fail(f"corrupt or truncated file ({type(exc).__name__}: {exc})")
+
+
+def _close_handles(zf: zipfile.ZipFile, fh: Any) -> None:
+    zf.close()
+    fh.close()
+
+
+class _Npy(NamedTuple):
+    """A ``.npy`` member's header: what it holds and where its data starts in the uncompressed member."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    fortran_order: bool
+    data_start: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.dtype.itemsize * math.prod(self.shape)
+
+
+def _read_npy_header(fp: Any, key: str, where: _Where) -> _Npy:
+    """Parse the ``.npy`` header at the start of an open member (numpy's public readers); read no data."""
+    try:
+        version = np.lib.format.read_magic(fp)
+    except ValueError:
+        where.fail(f"key {key!r}: a zip member that is not a .npy array")
+    if version not in ((1, 0), (2, 0)):
+        where.fail(f"key {key!r}: .npy format version {version[0]}.{version[1]}, expected 1.0 or 2.0")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    try:
+        shape, fortran_order, dtype = read(fp)
     except ValueError as exc:
-        if key is not None and "allow_pickle" in str(exc):
+        where.fail(f"key {key!r}: not a readable array (bad .npy header: {exc})")
+    if dtype.hasobject:
+        where.fail(
+            f"key {key!r}: an object array (pickled Python objects), refused: traces are read with "
+            "allow_pickle=False"
+        )
+    return _Npy(dtype, tuple(shape), bool(fortran_order), fp.tell())
+
+
+def _read_npy_data(fp: Any, npy: _Npy) -> np.ndarray:
+    """The array after the header, read in chunks straight into it (no second full-size buffer)."""
+    nbytes = npy.nbytes
+    if nbytes == 0:
+        return np.empty(npy.shape, npy.dtype, order="F" if npy.fortran_order else "C")
+    raw = np.empty(nbytes, dtype=np.uint8)
+    view = memoryview(raw)
+    done = 0
+    while done < nbytes:
+        chunk = fp.read(min(_CHUNK, nbytes - done))
+        if not chunk:
+            raise EOFError(f"the member ends after {done} of its {nbytes} bytes of array data")
+        view[done : done + len(chunk)] = chunk
+        done += len(chunk)
+    while fp.read(_CHUNK):  # on to the member's end, where zipfile checks the CRC
+        pass
+    arr = raw.view(npy.dtype)
+    return arr.reshape(npy.shape[::-1]).transpose() if npy.fortran_order else arr.reshape(npy.shape)
+
+
+class _TraceFile(_Arrays):
+    """An open trace file: every member's ``.npy`` header, read at open; arrays read on request.
+
+    Reads hold a lock (several threads may read layers). Arrays outside :data:`LARGE_ARRAYS` are kept
+    once read; large ones are read again on every request. The file closes with :meth:`close` or when
+    nothing refers to this object any more.
+    """
+
+    def __init__(self, path: str | os.PathLike, source: str):
+        self.source = source
+        self.closed = False
+        self._lock = threading.Lock()
+        self._members: dict[str, tuple[zipfile.ZipInfo, _Npy]] = {}
+        self._kept: dict[str, np.ndarray] = {}
+        where = _Where(source)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 (closed by close() or the finalizer)
+        except OSError as exc:
+            where.fail(f"cannot read the file ({exc.strerror or exc})")
+        zf = None
+        try:
+            zf = _open_zip(fh, where)
+            for info in zf.infolist():
+                self._add_member(zf, info, where)
+        except BaseException:
+            if zf is not None:
+                zf.close()
+            fh.close()
+            raise
+        self._zip = zf
+        self._finalizer = weakref.finalize(self, _close_handles, zf, fh)
+
+    def _add_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: _Where) -> None:
+        """Check one member's ``.npy`` header (no array data is read) and record it."""
+        name = info.filename
+        key = name[:-4] if name.endswith(".npy") else name  # the key np.load gives it
+        if key in self._members:
+            where.fail(f"key {key!r}: stored twice in the zip")
+        try:
+            with zf.open(info) as fp:
+                npy = _read_npy_header(fp, key, where)
+        except TraceError:
+            raise
+        except OSError as exc:
+            where.fail(f"key {key!r}: cannot read the file ({exc.strerror or exc})")
+        except _DAMAGE as exc:
+            where.fail(f"key {key!r}: corrupt or truncated file ({type(exc).__name__}: {exc})")
+        if info.file_size < npy.data_start + npy.nbytes:
             where.fail(
-                f"key {key!r}: an object array (pickled Python objects), refused: traces are read with "
-                "allow_pickle=False"
+                f"key {key!r}: corrupt or truncated file (the member holds {info.file_size} bytes, its .npy "
+                f"header says {npy.data_start + npy.nbytes})"
             )
-        if key is not None:
-            where.fail(f"key {key!r}: not a readable array ({exc})")
-        where.fail(f"not a trace file (not a zip of .npy arrays: {exc})")
-    except (zipfile.BadZipFile, zlib.error, EOFError, KeyError, RuntimeError, NotImplementedError) as exc:
-        what = f"key {key!r}: " if key is not None else ""
-        where.fail(f"{what}corrupt or truncated file ({type(exc).__name__}: {exc})")
-    return validate_trace(arrays, source)
+        self._members[key] = (info, npy)
+
+    def keys(self) -> Iterable[str]:
+        return self._members.keys()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._members
+
+    def header(self, key: str) -> tuple[np.dtype, tuple[int, ...]]:
+        npy = self._members[key][1]
+        return npy.dtype, npy.shape
+
+    def value(self, key: str, where: _Where) -> np.ndarray:
+        """The array of ``key``, read from the file (or kept from an earlier read of a small array)."""
+        info, npy = self._members[key]
+        keep = key.rpartition("/")[2] not in LARGE_ARRAYS
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None:
+                return kept
+            if self.closed:
+                where.fail(f"key {key!r}: the trace file is closed (Trace.close), its arrays cannot be read")
+            try:
+                with self._zip.open(info) as fp:
+                    now = _read_npy_header(fp, key, where)
+                    if now != npy:
+                        where.fail(f"key {key!r}: its .npy header changed since the file was loaded")
+                    arr = _read_npy_data(fp, npy)
+            except TraceError:
+                raise
+            except OSError as exc:
+                where.fail(f"key {key!r}: cannot read the file ({exc.strerror or exc})")
+            except _DAMAGE as exc:
+                where.fail(f"key {key!r}: corrupt or truncated file ({type(exc).__name__}: {exc})")
+            if keep:
+                self._kept[key] = arr
+        return arr
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            self._finalizer()
+
+
+class TraceArrays(Mapping[str, np.ndarray]):
+    """The arrays of one layer of a loaded trace (array name -> array), read from the open file on access.
+
+    Every access of a large array (``inputs``, ``gates``, ``weights``) reads it from the file anew and
+    nothing keeps it; the small ones (per-channel vectors, scalars) are kept once read. ``header(name)``
+    and ``nbytes`` come from the ``.npy`` headers without reading data. A member found damaged only now
+    raises :class:`TraceError` naming the file, the layer and the key.
+    """
+
+    def __init__(self, file: _TraceFile, layer: str, keys: Mapping[str, str]):
+        self._file = file
+        self._where = _Where(file.source, layer)
+        self._keys = dict(keys)  # array name -> key in the file
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._file.value(self._keys[name], self._where)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys
+
+    def header(self, name: str) -> tuple[np.dtype, tuple[int, ...]]:
+        """``(dtype, shape)`` of an array, from its ``.npy`` header."""
+        return self._file.header(self._keys[name])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all the arrays once read (from the headers: nothing is read)."""
+        return sum(dtype.itemsize * math.prod(shape) for dtype, shape in map(self.header, self._keys))
+
+    def __repr__(self) -> str:
+        return f"<TraceArrays of layer {self._where.layer!r} in {self._file.source}: {', '.join(self._keys)}>"
+
+
+def load_trace(path: str | os.PathLike) -> Trace:
+    """Open and validate a trace file; the layers' arrays are read from it on access (:class:`TraceArrays`).
+
+    The checks read the ``.npy`` headers of all members and the values of the small arrays they look at
+    (``format``, ``version``, ``meta``, scales, thresholds); no pickled data is ever read. The file stays
+    open while the trace or one of its layers lives (or until ``Trace.close()``).
+    """
+    source = str(path)
+    file = _TraceFile(path, source)
+    try:
+        meta, per_layer = _check(file, _Where(source))
+    except BaseException:
+        file.close()
+        raise
+    named = {name: TraceArrays(file, name, keys) for name, keys in per_layer.items()}
+    return _build(meta, named, source, file)
 
 
 def _keys(

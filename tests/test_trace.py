@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
+import threading
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +19,10 @@ import pytest
 
 from accel.cli import main
 from sim.trace import (
+    LARGE_ARRAYS,
     VERSION,
     Trace,
+    TraceArrays,
     TraceError,
     gated_macs,
     layer_macs,
@@ -440,6 +448,163 @@ def test_corrupt_or_foreign_files(tmp_path, content, pieces):
 def test_missing_file_and_directory(tmp_path):
     refused(tmp_path / "nope.npz", "cannot read", "No such file")
     refused(tmp_path, "cannot read")
+
+
+# ------------------------------------------------------------------------------------------------------
+# lazy loading: headers at load, arrays on access
+
+
+def _write_members(path: Path, keys: dict[str, np.ndarray], damage: dict[str, callable]) -> Path:
+    """A deflated zip of .npy members, each member's bytes passed through ``damage[key]`` where given."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, value in keys.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, value, allow_pickle=False)
+            data = buf.getvalue()
+            zf.writestr(f"{key}.npy", damage[key](data) if key in damage else data)
+    return path
+
+
+needs_shipped = pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped ResNet-18 trace is not there")
+
+
+@needs_shipped
+def test_load_reads_no_large_array_and_keeps_none():
+    with np.load(SHIPPED, allow_pickle=False) as npz:  # headers only: what the eager loader held
+        sizes = [npz[k].nbytes for k in npz.files if k.endswith("/inputs")]
+    tracemalloc.start()
+    try:
+        trace = load_trace(SHIPPED)
+        loaded, peak_load = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        read = [layer.inputs.nbytes for layer in trace.engine_layers()]
+        current, peak_read = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sorted(read) == sorted(sizes) and sum(sizes) > 4_000_000
+    # The eager loader peaked above all arrays (19 MB, inputs alone 4.4 MB); this one reads headers, meta
+    # and the per-channel vectors (about 0.5 MB).
+    assert peak_load < sum(sizes) / 8, (peak_load, sum(sizes))
+    # Reading every layer's inputs in turn holds one at a time (plus read buffers), and none stays behind.
+    assert peak_read - loaded < 3 * max(sizes), (peak_read - loaded, max(sizes))
+    assert current - loaded < max(sizes) / 4, (current - loaded, max(sizes))
+    trace.close()
+
+
+@needs_shipped
+def test_lazy_arrays_equal_np_load():
+    trace = load_trace(SHIPPED)
+    with np.load(SHIPPED, allow_pickle=False) as npz:
+        files = set(npz.files)
+        seen = {"format", "version", "meta"}
+        for layer in trace:
+            assert isinstance(layer.arrays, TraceArrays)
+            for name, value in layer.arrays.items():
+                key = f"layer/{layer.name}/{name}"
+                seen.add(key)
+                ref = npz[key]
+                assert layer.arrays.header(name) == (ref.dtype, ref.shape)
+                assert value.dtype == ref.dtype and value.shape == ref.shape, key
+                np.testing.assert_array_equal(value, ref, err_msg=key)
+            assert layer.arrays.nbytes == sum(npz[f"layer/{layer.name}/{a}"].nbytes for a in layer.arrays)
+        assert seen == files
+    assert trace["maxpool"].arrays == {} and len(trace["maxpool"].arrays) == 0
+    trace.close()
+
+
+def test_repeated_and_concurrent_access(tmp_path):
+    meta, arrays = small_trace()
+    path = tmp_path / "t.npz"
+    save_trace(path, meta, arrays)
+    with load_trace(path) as trace:
+        conv = trace["conv"]
+        for name, value in arrays["conv"].items():
+            first, second = conv.arrays[name], conv.arrays[name]
+            np.testing.assert_array_equal(first, value)
+            np.testing.assert_array_equal(second, first)
+            # large arrays are read anew (nothing keeps them); small ones are read once and kept
+            assert (first is second) == (name not in LARGE_ARRAYS), name
+        assert "gates" in conv.arrays and "nope" not in conv.arrays and conv.arrays.get("nope") is None
+        assert conv.gates is not None and trace["fc"].gates is None and conv.arrays.get("gates") is not None
+        with pytest.raises(KeyError):
+            conv.arrays["nope"]
+        # two threads reading the same file at once
+        errors: list[BaseException] = []
+
+        def reader():
+            try:
+                for _ in range(50):
+                    for layer in trace.engine_layers():
+                        for name in LARGE_ARRAYS & set(layer.arrays):
+                            np.testing.assert_array_equal(layer.arrays[name], arrays[layer.name][name])
+            except BaseException as exc:  # noqa: BLE001 (reported below)
+                errors.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        kept = conv.bias
+    # closed: kept arrays still there, large ones refused with a clear message
+    assert kept is conv.bias
+    with pytest.raises(TraceError, match=r"layer 'conv': key 'layer/conv/inputs': the trace file is closed"):
+        _ = conv.inputs
+
+
+def test_fortran_order_and_stored_members(tmp_path):
+    meta, arrays = small_trace()
+    arrays["conv"]["weights"] = np.asfortranarray(arrays["conv"]["weights"])
+    arrays["conv"]["gates"] = np.asfortranarray(arrays["conv"]["gates"])
+    path = write_raw(tmp_path / "f.npz", raw_keys(meta, arrays))
+    stored = tmp_path / "stored.npz"
+    np.savez(stored, **raw_keys(meta, arrays))  # not deflated
+    for p in (path, stored):
+        with load_trace(p) as trace:
+            for name, value in arrays["conv"].items():
+                np.testing.assert_array_equal(trace["conv"].arrays[name], value)
+                assert trace["conv"].arrays[name].dtype == value.dtype
+
+
+@pytest.mark.parametrize(
+    "damage, pieces",
+    [
+        (lambda b: b.replace(b"'descr'", b"'DESCR'", 1), ["not a readable array", "bad .npy header"]),
+        (lambda b: b[:6] + b"\x07\x00" + b[8:], [".npy format version 7.0"]),
+        (lambda b: b"\x00" + b[1:], ["a zip member that is not a .npy array"]),
+        (lambda b: b[:-10], ["corrupt or truncated", "header says"]),
+    ],
+    ids=["bad header", "unknown npy version", "bad magic", "short data"],
+)
+def test_bad_member_header_fails_at_load(tmp_path, damage, pieces):
+    meta, arrays = small_trace()
+    keys = raw_keys(meta, arrays)
+    path = _write_members(tmp_path / "bad.npz", keys, {"layer/conv/inputs": damage})
+    refused(path, "key 'layer/conv/inputs'", *pieces)
+
+
+@needs_shipped
+def test_member_damaged_in_its_data_fails_on_access(tmp_path):
+    path = tmp_path / "damaged.npz"
+    shutil.copyfile(SHIPPED, path)
+    key = "layer/layer1.0.conv1/inputs"
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{key}.npy")
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26 : info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the member's deflated data
+    for i in range(start + info.compress_size // 2, start + info.compress_size - 16, 331):
+        data[i] ^= 0xFF  # the second half only: the .npy header still reads
+    path.write_bytes(bytes(data))
+    trace = load_trace(path)  # the header is fine: loading succeeds
+    np.testing.assert_array_equal(trace["conv1"].inputs, load_trace(SHIPPED)["conv1"].inputs)
+    with pytest.raises(TraceError) as info_:
+        _ = trace["layer1.0.conv1"].inputs
+    message = str(info_.value)
+    assert message.startswith(f"{path}: layer 'layer1.0.conv1': key '{key}': corrupt or truncated"), message
+    assert "\n" not in message
+    trace.close()
 
 
 # ------------------------------------------------------------------------------------------------------
