@@ -89,8 +89,8 @@ class _Blocks:
         self.index: list[np.ndarray | slice] = []  # the block's layer channels: a slice where contiguous
         self.weights: list[np.ndarray] = []
         self.thresholds: list[np.ndarray] = []
-        for cb in range(plan.n_chan_blocks):
-            ch = np.array(next(t.channels for t in plan if t.chan_block == cb))
+        for channels in plan.block_channels:
+            ch = np.array(channels)
             contiguous = bool(np.all(np.diff(ch) == 1))
             self.index.append(slice(int(ch[0]), int(ch[-1]) + 1) if contiguous else ch)
             self.weights.append(np.ascontiguousarray(w[ch]))

@@ -70,6 +70,11 @@ class LayerPlan:
     def __iter__(self):
         return iter(self.tiles)
 
+    @property
+    def block_channels(self) -> list[tuple[int, ...]]:
+        """The layer output channels of each channel block (every tile of a block has the same)."""
+        return [t.channels for t in self.tiles if t.row_block == 0 and t.col_block == 0]
+
 
 def _blocks(total: int, largest: int) -> list[tuple[int, int]]:
     """Split ``range(total)`` into the fewest blocks of at most ``largest``, as even as possible."""

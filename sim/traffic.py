@@ -149,8 +149,18 @@ class _TileTable:
     in_words: np.ndarray  # input buffer words filled
     weight_words: np.ndarray  # weight buffer words filled
     chan_block: np.ndarray
-    first_of_block: np.ndarray  # first tile of its channel block (row and column block 0)
-    first_of_space: np.ndarray  # first tile of its spatial block (channel block 0)
+    row_block: np.ndarray
+    col_block: np.ndarray
+
+    @property
+    def first_of_block(self) -> np.ndarray:
+        """First tile of its channel block (row and column block 0)."""
+        return (self.row_block == 0) & (self.col_block == 0)
+
+    @property
+    def first_of_space(self) -> np.ndarray:
+        """First tile of its spatial block (channel block 0)."""
+        return self.chan_block == 0
 
     @property
     def out_size(self) -> np.ndarray:
@@ -185,8 +195,8 @@ class _TileTable:
             in_words=n_chunks * h_in * w_in,
             weight_words=n_ch * n_chunks * cfg.kernel**2,
             chan_block=cb,
-            first_of_block=(rb == 0) & (xb == 0),
-            first_of_space=cb == 0,
+            row_block=rb,
+            col_block=xb,
         )
 
 
@@ -257,8 +267,7 @@ def layer_traffic(
     else:
         # Spatial blocks outermost: plan order is (channel, row, column) block; a stable sort on the
         # spatial block keeps channel blocks in order within it.
-        spatial = np.array([(t.row_block, t.col_block) for t in plan.tiles])
-        seq = np.lexsort((tab.chan_block, spatial[:, 1], spatial[:, 0]))
+        seq = np.lexsort((tab.chan_block, tab.col_block, tab.row_block))
         fb, fs = np.ones(n_tiles, dtype=bool), tab.first_of_space[seq]
 
     def mean_counters(per_sample: list[np.ndarray]) -> dict[str, float]:
@@ -361,9 +370,9 @@ def _pruned_design(
     }
     steps = []
     for s, (cs, pm) in enumerate(zip(per_sample, pruned, strict=True)):
-        # Surviving channels of each tile (its channel block's).
-        surv_tile = [np.flatnonzero(~pm[list(t.channels)]) for t in plan.tiles]
-        n_surv = np.array([len(v) for v in surv_tile], dtype=np.int64)
+        # Surviving channels of each channel block (positions in the block's tiles).
+        keep = [np.flatnonzero(~pm[list(ch)]) for ch in plan.block_channels]
+        n_surv = np.array([len(k) for k in keep], dtype=np.int64)[tab.chan_block]
         n_gone = tab.n_ch - n_surv
         two = (block_tiles[tab.chan_block] > 1) & (n_surv > 0)
         spill = np.where(two, n_surv * tab.pix * float(acc_b), 0.0)
@@ -393,8 +402,8 @@ def _pruned_design(
             )
             c_surv = np.array(
                 [
-                    _compressed(len(k) * p, v[k].sum(), a_b)
-                    for v, k, p in zip(nz, surv_tile, tab.pix, strict=True)
+                    _compressed(len(keep[cb]) * p, v[keep[cb]].sum(), a_b)
+                    for v, cb, p in zip(nz, tab.chan_block, tab.pix, strict=True)
                 ]
             )
             c_gone = np.where(n_gone > 0, c_all - c_surv, 0.0)
