@@ -166,7 +166,9 @@ def reference_layers(trace) -> list[tuple[np.ndarray, np.ndarray, int, int, int]
     return layers
 
 
-def reference_forward(layers, samples: int) -> None:
+def reference_forward(layers, samples: int, keep: bool = False) -> list[np.ndarray] | None:
+    """The timed forward pass; ``keep`` returns each layer's and image's outputs ``[c_out, h*w]`` (tests)."""
+    kept = [] if keep else None
     for x_all, w, k, s, p in layers:
         for n in range(samples):
             x = x_all[n]
@@ -178,7 +180,10 @@ def reference_forward(layers, samples: int) -> None:
             cols = np.ascontiguousarray(win[:, :h_out, :w_out].transpose(1, 2, 0, 3, 4)).reshape(
                 h_out * w_out, -1
             )
-            np.matmul(cols, w.T)
+            y = np.matmul(cols, w.T)
+            if keep:
+                kept.append(y.T)
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------------------
