@@ -15,6 +15,15 @@ from pathlib import Path
 
 from accel import __version__
 from accel.config import ConfigError, EngineConfig, load_config
+from accel.errors import UserError
+from accel.outdir import (
+    OutputFolder,
+    Terminated,
+    check_out_file,
+    check_out_path,
+    terminate_on_sigterm,
+    write_file_atomic,
+)
 
 __all__ = ["main"]
 
@@ -56,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     rtl = sub.add_parser("rtl", help="generate the engine's Verilog and its parameter JSON")
-    rtl.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created)")
+    rtl.add_argument(
+        "--out", required=True, type=check_out_path, metavar="DIR", help="output folder (created or replaced)"
+    )
     rtl.add_argument("--config", type=Path, metavar="FILE", help="engine configuration (TOML or JSON)")
     rtl.set_defaults(func=_cmd_rtl)
 
@@ -119,12 +130,14 @@ def _add_training_commands(sub, trace_sub) -> None:
 def _cmd_rtl(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     try:
-        from rtl.generate import generate_verilog
+        from rtl.generate import RTL_FILES, check_buildable, generate_verilog
     except ModuleNotFoundError as exc:
         raise ConfigError(f"cannot load the RTL generator: {exc}") from None
-    vpath = Path(generate_verilog(config, args.out))
-    written = [vpath] + [p for p in (vpath.with_suffix(".json"),) if p.exists()]
-    for path in written:
+    check_buildable(config, source=str(args.config) if args.config else "configuration")
+    folder = OutputFolder(args.out, RTL_FILES, "Verilog")
+    with folder as staging:
+        generate_verilog(config, staging)
+    for path in folder.files():
         print(f"wrote {path}")
     return 0
 
@@ -162,6 +175,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from traces.synthetic import cut_tiles, layer_reference
 
     config = load_config(args.config)
+    if args.json is not None:
+        check_out_file(args.json)  # before the work, not after
     layer = default_layer(config, args.gate_rate, args.seed)
     all_tiles = cut_tiles(layer, config)
     tiles = all_tiles[: args.tiles] if args.tiles else all_tiles
@@ -268,7 +283,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             },
             "reference_match": not mismatches,
         }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_file_atomic(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
 
     if mismatches:
@@ -281,7 +296,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _error(message: str) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())  # always one line
+    print(f"{PROG}: error: {line}", file=sys.stderr)
     return 2
 
 
@@ -325,12 +341,9 @@ def _trace_rows(trace) -> list[tuple[str, ...]]:
 
 
 def _cmd_trace_info(args: argparse.Namespace) -> int:
-    from sim.trace import TraceError, load_trace
+    from sim.trace import load_trace
 
-    try:
-        trace = load_trace(args.path)
-    except TraceError as exc:
-        return _error(str(exc))
+    trace = load_trace(args.path)  # headers, metadata and every member's data (CRC) checked
     meta = trace.meta
     header = (
         "layer",
@@ -338,7 +351,7 @@ def _cmd_trace_info(args: argparse.Namespace) -> int:
         "shape (in -> out)",
         "k/s",
         "gated",
-        "gate-on",
+        "gate-on (samples)",
         "dense MACs",
         "gated MACs",
         "reduction",
@@ -346,7 +359,7 @@ def _cmd_trace_info(args: argparse.Namespace) -> int:
     rows = _trace_rows(trace)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     left = 5  # the first five columns are left-aligned, the numbers right-aligned
-    print(f"trace: {args.path}")
+    print(f"trace: {args.path} (valid: metadata, array shapes and every array's data checked)")
     print()
     for row in [header, *rows]:
         cells = [
@@ -404,23 +417,31 @@ def _os_message(exc: OSError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``accel`` console script; returns the exit status."""
+    """Entry point of the ``accel`` console script; returns the exit status.
+
+    The one place where errors become messages: every error the user can cause (:class:`UserError`:
+    configuration, trace, data set, output path; ``OSError``) prints one line ``accel: error: ...`` and
+    returns 2; Ctrl-C returns 130 and SIGTERM 143, after the command's clean-up ran.
+    """
     parser = _parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and usage errors (argparse prints them)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        return args.func(args)
-    except ConfigError as exc:
+        with terminate_on_sigterm():
+            return args.func(args)
+    except UserError as exc:
         message = str(exc)
     except OSError as exc:
         message = _os_message(exc)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return 2
+    except Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 143
+    return _error(message)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from accel.errors import UserError
+
 __all__ = ["ConfigError", "EngineConfig", "load_config"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration or tile that the engine cannot take; the message names the field and value."""
 
 
@@ -123,27 +125,58 @@ class EngineConfig:
             raise ConfigError(f"{source}: {exc}") from None
 
 
+# The tables of a system configuration file (accel/system.py); ``accel run`` and ``accel rtl`` read only
+# ``[engine]`` from such a file.
+CONFIG_TABLES = ("dram", "energy", "engine", "report")
+
+
 def read_config_file(path: str | Path) -> dict:
-    """The top-level table of a TOML (or, for ``.json``, JSON) configuration file; errors name the file."""
+    """The top-level table of a TOML (or, for ``.json`` in any case, JSON) configuration file; errors name
+    the file."""
     path = Path(path)
+    kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read configuration ({exc.strerror})") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+        text = raw.decode("utf-8")
+        data = json.loads(text) if kind == "JSON" else tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid {kind}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {kind}: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a table of parameters")
     return data
 
 
+def config_tables(data: dict, source: str) -> dict[str, dict]:
+    """Split a configuration file into its tables (:data:`CONFIG_TABLES`).
+
+    A file without any table is the flat format: every key is an engine field. A file with tables takes
+    no other top-level key, so a misspelled table (``[engin]``) is named as such.
+    """
+    if not any(isinstance(value, dict) for value in data.values()):
+        return {"engine": data}
+    for name, value in data.items():
+        if name not in CONFIG_TABLES:
+            what = "table" if isinstance(value, dict) else "top-level key"
+            raise ConfigError(
+                f"{source}: unknown {what} {name!r} (known tables: {', '.join(CONFIG_TABLES)}; "
+                "a file with tables has no top-level keys)"
+            )
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table, got {value!r}")
+    return data
+
+
 def load_config(path: str | Path | None) -> EngineConfig:
-    """Read an engine configuration from a TOML (``[engine]`` table or top level) or JSON file."""
+    """Read an engine configuration from a TOML or JSON file: its ``[engine]`` table, or the top level of a
+    file without tables."""
     if path is None:
         return EngineConfig()
-    data = read_config_file(path)
-    if "engine" in data and isinstance(data["engine"], dict):
-        data = data["engine"]
-    return EngineConfig.from_dict(data, source=str(path))
+    tables = config_tables(read_config_file(path), str(path))
+    return EngineConfig.from_dict(tables.get("engine", {}), source=str(path))

@@ -56,6 +56,14 @@ _ACTION_KEYS = ("pj", "source")
 _SRAM_KEYS = ("sizes_bytes", "pj_per_64bit", "source", "write_factor", "write_factor_source")
 
 
+# Upper bounds of a table's figures. Every published figure lies far below them (a DRAM byte costs about
+# 160 pJ, a 64-bit read of a 1 MB SRAM 100 pJ); a larger value is a unit error, and it would let the
+# network's totals (up to ~1e12 actions) overflow to inf.
+MAX_PJ = 1e6
+MAX_WRITE_FACTOR = 1e3
+MAX_SRAM_BYTES = 1e15
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -86,8 +94,9 @@ class EnergyTable:
     Raises
     ------
     ConfigError
-        A missing action, a negative or non-finite figure, SRAM sizes not strictly increasing or lists of
-        different lengths; the message names ``origin``, the key and the value.
+        A missing action, a figure out of range (negative, non-finite or above :data:`MAX_PJ`), SRAM
+        sizes not strictly increasing or lists of different lengths; the message names ``origin``, the
+        key and the value.
     """
 
     name: str
@@ -108,8 +117,10 @@ class EnergyTable:
         for name, value in self.actions.items():
             if name not in ACTIONS:
                 raise ConfigError(f"{src}: unknown action {name!r} (known actions: {', '.join(ACTIONS)})")
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{src}: actions.{name}.pj = {value!r}: must be a finite number >= 0")
+            if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= MAX_PJ:
+                raise ConfigError(
+                    f"{src}: actions.{name}.pj = {value!r}: must be a number in [0, {MAX_PJ:g}]"
+                )
         sizes, pj = tuple(self.sram_sizes_bytes), tuple(self.sram_pj_per_64bit)
         if len(sizes) == 0:
             raise ConfigError(f"{src}: sram.sizes_bytes = []: needs at least one size")
@@ -118,17 +129,19 @@ class EnergyTable:
                 f"{src}: sram.pj_per_64bit = {list(pj)!r}: "
                 f"{len(pj)} values but sram.sizes_bytes has {len(sizes)}"
             )
-        for key, values in (("sizes_bytes", sizes), ("pj_per_64bit", pj)):
+        for key, values, top in (("sizes_bytes", sizes, MAX_SRAM_BYTES), ("pj_per_64bit", pj, MAX_PJ)):
             for v in values:
-                if not _is_number(v) or not math.isfinite(v) or v <= 0:
+                if not _is_number(v) or not math.isfinite(v) or not 0 < v <= top:
                     raise ConfigError(
-                        f"{src}: sram.{key} = {list(values)!r}: {v!r} is not a finite number > 0"
+                        f"{src}: sram.{key} = {list(values)!r}: {v!r} is not a number in (0, {top:g}]"
                     )
         if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
             raise ConfigError(f"{src}: sram.sizes_bytes = {list(sizes)!r}: must be strictly increasing")
         wf = self.write_factor
-        if not _is_number(wf) or not math.isfinite(wf) or wf < 0:
-            raise ConfigError(f"{src}: sram.write_factor = {wf!r}: must be a finite number >= 0")
+        if not _is_number(wf) or not math.isfinite(wf) or not 0 <= wf <= MAX_WRITE_FACTOR:
+            raise ConfigError(
+                f"{src}: sram.write_factor = {wf!r}: must be a number in [0, {MAX_WRITE_FACTOR:g}]"
+            )
         object.__setattr__(self, "sram_sizes_bytes", tuple(float(v) for v in sizes))
         object.__setattr__(self, "sram_pj_per_64bit", tuple(float(v) for v in pj))
         object.__setattr__(self, "actions", {k: float(self.actions[k]) for k in ACTIONS})
@@ -320,8 +333,9 @@ def load_energy_table(path: str | Path | None = None) -> EnergyTable:
     ------
     ConfigError
         The file cannot be read or is not valid TOML, has an unknown table or key, an action without
-        ``pj``, a negative or non-finite figure, SRAM sizes not strictly increasing or SRAM lists of
-        different lengths. The one-line message names the file, the key and the value.
+        ``pj``, a figure out of range (negative, non-finite, above :data:`MAX_PJ`), SRAM sizes not
+        strictly increasing or SRAM lists of different lengths. The one-line message names the file, the
+        key and the value.
     """
     builtin_src = f"accel/{DEFAULT_TABLE} (built-in)"
     default = _parse(

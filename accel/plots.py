@@ -10,7 +10,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["report_plots", "sweep_plots"]
+__all__ = [
+    "conditional_work_figure",
+    "dram_figure",
+    "energy_figure",
+    "report_plots",
+    "speedup_figure",
+    "sweep_plots",
+]
 
 DESIGN_COLORS = {"dense": "#7f7f7f", "gated": "#1f77b4", "pruned": "#2ca02c"}
 
@@ -26,17 +33,42 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _label(text) -> str:
+    """A name as drawn: non-printable characters escaped as ``repr`` does; ``$`` literal (no mathtext)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return text.replace("$", r"\$")
+
+
 def _layer_axis(ax, names: list[str]) -> None:
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
+    ax.set_xticklabels([_label(n) for n in names], rotation=70, ha="right", fontsize=7)
     ax.set_xlim(-0.6, len(names) - 0.4)
 
 
-def plot_speedup(report: dict, path: Path) -> Path:
+def _note(ax, text: str) -> None:
+    """Say in the middle of an axes why it holds nothing to compare."""
+    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3")
+
+
+def _has_gated_layer(report: dict) -> bool:
+    return any(e["gated"] for e in _mapped(report))
+
+
+NO_MAPPED = "no layer of this trace is mapped to the accelerator"
+NO_GATED = "no gated layer: gated = dense"
+
+
+def speedup_figure(report: dict):
+    """Theoretical beside achieved speed-up per mapped layer (``speedup.png``)."""
     layers = _mapped(report)
     names = [e["name"] for e in layers]
     x = np.arange(len(layers))
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers) + 2), 4.2))
+    title = f"{_label(report['trace']['name'])}: speed-up per layer"
+    if not layers:
+        _note(ax, NO_MAPPED)
+        ax.set_title(title, fontsize=9)
+        return fig
     ax.bar(
         x - 0.2,
         [e["theoretical_speedup"] or 0 for e in layers],
@@ -53,20 +85,21 @@ def plot_speedup(report: dict, path: Path) -> Path:
     )
     ax.plot(x + 0.2, [e["compute_speedup"] or 0 for e in layers], "k.", label="achieved, compute only")
     ax.axhline(1.0, color="k", lw=0.5)
-    net = report["network"]["gated_layers"]
-    ratio = net.get("speedup_ratio")
-    ax.set_title(
-        f"{report['trace']['name']}: speed-up per layer"
-        + (f" (gated layers: {ratio:.3f} of theoretical)" if ratio else ""),
-        fontsize=9,
-    )
+    if _has_gated_layer(report):
+        ratio = report["network"]["gated_layers"].get("speedup_ratio")
+        if ratio:
+            title += f" (gated layers: {ratio:.3f} of theoretical)"
+    else:
+        title += f" ({NO_GATED}: every speed-up is 1)"
+    ax.set_title(title, fontsize=9)
     ax.set_ylabel("speed-up over dense (x)")
     _layer_axis(ax, names)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return fig
 
 
-def plot_conditional_work(report: dict, path: Path) -> Path:
+def conditional_work_figure(report: dict):
+    """Share of the conditional path used per gated layer (``conditional_work.png``)."""
     layers = [e for e in _mapped(report) if e["gated"]]
     names = [e["name"] for e in layers]
     x = np.arange(len(layers))
@@ -87,17 +120,20 @@ def plot_conditional_work(report: dict, path: Path) -> Path:
             f"{report['trace']['pruning_threshold']:g})",
             color=DESIGN_COLORS["pruned"],
         )
+        ax.legend(fontsize=7)
+    else:
+        _note(ax, f"{NO_GATED}\n(no conditional path to show)")
     ax.set_ylabel("percent")
     ax.set_ylim(0, 100)
     ax.set_title(
         "Share of the conditional path used per gated layer (cf. the rebuttal's Figure A)", fontsize=9
     )
     _layer_axis(ax, names)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return fig
 
 
-def plot_energy(report: dict, path: Path) -> Path:
+def energy_figure(report: dict):
+    """Energy per layer and per network, by component (``energy.png``)."""
     layers = _mapped(report)
     names = [e["name"] for e in layers]
     parts = list(layers[0]["energy_breakdown_dense"]) if layers else []
@@ -123,9 +159,15 @@ def plot_energy(report: dict, path: Path) -> Path:
             )
             bottom += vals
     ax.set_ylabel("energy per image (uJ)")
-    ax.set_title("Energy per layer: left bar dense (hatched), right bar gated", fontsize=9)
+    title = "Energy per layer: left bar dense (hatched), right bar gated"
+    if layers and not _has_gated_layer(report):
+        title += f" ({NO_GATED})"
+    ax.set_title(title, fontsize=9)
     _layer_axis(ax, names)
-    ax.legend(fontsize=7, ncol=2)
+    if layers:
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        _note(ax, NO_MAPPED)
     totals = report["network"].get("energy_breakdown", {})
     for j, design in enumerate(("dense", "gated", "pruned")):
         bottom = 0.0
@@ -136,10 +178,11 @@ def plot_energy(report: dict, path: Path) -> Path:
     ax2.set_xticks(range(3))
     ax2.set_xticklabels(["dense", "gated", "pruned"], fontsize=8)
     ax2.set_title("network", fontsize=9)
-    return _save(fig, path)
+    return fig
 
 
-def plot_dram(report: dict, path: Path) -> Path:
+def dram_figure(report: dict):
+    """Off-chip traffic per mapped layer (``dram_traffic.png``)."""
     layers = _mapped(report)
     names = [e["name"] for e in layers]
     x = np.arange(len(layers))
@@ -153,15 +196,36 @@ def plot_dram(report: dict, path: Path) -> Path:
             color=DESIGN_COLORS[design],
         )
     net = report["network"]
-    ax.set_title(
+    title = (
         f"Off-chip traffic per layer: network dense {net['dram_bytes_dense'] / 1024:.0f} KB, gated "
-        f"{net['dram_bytes_gated'] / 1024:.0f} KB, channel-pruned {net['dram_bytes_pruned'] / 1024:.0f} KB",
-        fontsize=9,
+        f"{net['dram_bytes_gated'] / 1024:.0f} KB, channel-pruned {net['dram_bytes_pruned'] / 1024:.0f} KB"
     )
+    if layers and not _has_gated_layer(report):
+        title += f"\n({NO_GATED} = pruned)"
+    ax.set_title(title, fontsize=9)
     ax.set_ylabel("KB per image")
     _layer_axis(ax, names)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    if layers:
+        ax.legend(fontsize=7)
+    else:
+        _note(ax, NO_MAPPED)
+    return fig
+
+
+def plot_speedup(report: dict, path: Path) -> Path:
+    return _save(speedup_figure(report), path)
+
+
+def plot_conditional_work(report: dict, path: Path) -> Path:
+    return _save(conditional_work_figure(report), path)
+
+
+def plot_energy(report: dict, path: Path) -> Path:
+    return _save(energy_figure(report), path)
+
+
+def plot_dram(report: dict, path: Path) -> Path:
+    return _save(dram_figure(report), path)
 
 
 def report_plots(report: dict, folder: Path) -> list[Path]:

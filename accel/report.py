@@ -10,12 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-from accel.config import ConfigError
 from accel.energy import EnergyTable, design_energy
 from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.trace import Trace
@@ -54,6 +50,8 @@ CSV_COLUMNS = (
     "theoretical_speedup",
     "pe_utilization_dense",
     "pe_utilization_gated",
+    "lane_utilization_dense",
+    "lane_utilization_gated",
     "gate_on_fraction",
     "conditional_work_share",
     "channels_used_pruned",
@@ -112,6 +110,9 @@ def _layer_entry(lr: LayerRun, run: NetworkRun, table: EnergyTable) -> dict:
         entry[f"pe_utilization_{design}"] = _ratio(
             d.counters["busy_pe_cycles"], d.compute_cycles * engine.pes
         )
+        # Every busy PE beat issues L lanes; the MAC counters count only its valid lanes (channels that
+        # exist in the beat's chunk), so MACs / (busy PE beats x L) is the share of issued lanes that work.
+        entry[f"lane_utilization_{design}"] = _ratio(d.macs, d.counters["busy_pe_cycles"] * engine.lanes)
         energy = design_energy(d, engine, table, gated=lr.gated and design != "dense", outputs=outputs)
         entry[f"energy_pj_{design}"] = float(sum(energy.values()))
         entry[f"energy_breakdown_{design}"] = energy
@@ -144,11 +145,15 @@ def _sum(layers: list[dict], key: str) -> float:
     return float(sum(entry.get(key) or 0 for entry in layers))
 
 
-def _totals(layers: list[dict]) -> dict:
+def _totals(layers: list[dict], pes: int, lanes: int) -> dict:
     out: dict = {}
     for key in ("macs", "cycles", "compute_cycles", "energy_pj", "dram_bytes"):
         for design in DESIGNS:
             out[f"{key}_{design}"] = _sum(layers, f"{key}_{design}")
+    for design in DESIGNS:
+        busy = float(sum(e[f"counters_{design}"]["busy_pe_cycles"] for e in layers if e["mapped"]))
+        out[f"pe_utilization_{design}"] = _ratio(busy, out[f"compute_cycles_{design}"] * pes)
+        out[f"lane_utilization_{design}"] = _ratio(out[f"macs_{design}"], busy * lanes)
     for design in DESIGNS:
         comp = [e.get(f"dram_bytes_{design}_compressed") for e in layers if e["mapped"]]
         out[f"dram_bytes_{design}_compressed"] = None if any(v is None for v in comp) else float(sum(comp))
@@ -168,8 +173,9 @@ def build_report(run: NetworkRun, trace: Trace, table: EnergyTable) -> dict:
     layers = [_layer_entry(lr, run, table) for lr in run.layers]
     mapped = [e for e in layers if e["mapped"]]
     gated = [e for e in layers if e["mapped"] and e["gated"]]
-    network = _totals(mapped)
-    network["gated_layers"] = _totals(gated)
+    pes, lanes = run.config.engine.pes, run.config.engine.lanes
+    network = _totals(mapped, pes, lanes)
+    network["gated_layers"] = _totals(gated, pes, lanes)
     if mapped:
         breakdown = {}
         for design in DESIGNS:
@@ -223,8 +229,27 @@ def build_report(run: NetworkRun, trace: Trace, table: EnergyTable) -> dict:
 # Text
 
 
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value, spec: str, scale: float = 1.0, unit: str = "") -> str:
+    """One figure as printed: ``format(value * scale, spec) + unit``, or ``n/a`` when the figure is missing
+    (None), not a number or not finite. Every figure of the table and the summary goes through here."""
+    from math import isfinite
+    from numbers import Real
+
+    if value is None or isinstance(value, bool) or not isinstance(value, Real):
+        return "n/a"
+    value = float(value) * scale
+    return format(value, spec) + unit if isfinite(value) else "n/a"
+
+
+def _text(value) -> str:
+    """A name as printed: control and other non-printable characters escaped the way ``repr`` escapes
+    them (``\\n``, ``\\t``, ``\\x1b``), without quotes, so a name cannot break the table's lines or columns.
+    The files (report.json, layers.csv) keep the exact name."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
+def _has_gated_layer(report: dict) -> bool:
+    return any(e["mapped"] and e["gated"] for e in report["layers"])
 
 
 def format_table(report: dict) -> str:
@@ -237,6 +262,7 @@ def format_table(report: dict) -> str:
         "speed-up",
         "theor.",
         "PE util",
+        "lane util d/g",
         "gate-on",
         "energy uJ d/g",
         "DRAM KB d/g/pruned",
@@ -244,21 +270,21 @@ def format_table(report: dict) -> str:
     rows = []
     for e in report["layers"]:
         if not e["mapped"]:
-            rows.append((e["name"], e["kind"], "not mapped", "", "", "", "", "", "", ""))
+            rows.append((_text(e["name"]), _text(e["kind"]), "not mapped", *[""] * (len(header) - 3)))
             continue
         rows.append(
             (
-                e["name"],
-                e["kind"] + ("*" if e["gated"] else ""),
-                f"{e['cycles_dense']:,.0f}",
-                f"{e['cycles_gated']:,.0f}",
-                _fmt(e["speedup"], ".2f"),
-                _fmt(e["theoretical_speedup"], ".2f"),
-                _fmt(e["pe_utilization_gated"], ".0%"),
-                _fmt(e["gate_on_fraction"], ".1%"),
-                f"{e['energy_pj_dense'] / 1e6:.2f}/{e['energy_pj_gated'] / 1e6:.2f}",
-                f"{e['dram_bytes_dense'] / 1024:.1f}/{e['dram_bytes_gated'] / 1024:.1f}/"
-                f"{e['dram_bytes_pruned'] / 1024:.1f}",
+                _text(e["name"]),
+                _text(e["kind"]) + ("*" if e["gated"] else ""),
+                _fmt(e.get("cycles_dense"), ",.0f"),
+                _fmt(e.get("cycles_gated"), ",.0f"),
+                _fmt(e.get("speedup"), ".2f"),
+                _fmt(e.get("theoretical_speedup"), ".2f"),
+                _fmt(e.get("pe_utilization_gated"), ".0%"),
+                "/".join(_fmt(e.get(f"lane_utilization_{d}"), ".0%") for d in ("dense", "gated")),
+                _fmt(e.get("gate_on_fraction"), ".1%"),
+                "/".join(_fmt(e.get(f"energy_pj_{d}"), ".2f", 1e-6) for d in ("dense", "gated")),
+                "/".join(_fmt(e.get(f"dram_bytes_{d}"), ".1f", 1 / 1024) for d in DESIGNS),
             )
         )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -267,54 +293,91 @@ def format_table(report: dict) -> str:
         cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
     lines.append(
-        "(* gated layer; not mapped: run by the host, no accelerator cycles, energy or traffic charged)"
+        "(* gated layer; not mapped: run by the host, no accelerator cycles, energy or traffic charged; "
+        "lane util: valid MAC lanes / lanes issued, dense/gated)"
     )
     return "\n".join(lines)
+
+
+def _energy_comparison(net: dict, has_gated: bool) -> str:
+    """How the gated design's energy compares with dense, worded by direction."""
+    if not has_gated:
+        return "no gated layer: gated = dense"
+    ratio = net.get("energy_ratio")  # dense / gated
+    if _fmt(ratio, "g") == "n/a" or ratio <= 0:
+        return "gated vs dense: n/a"
+    if ratio > 1:
+        return f"gated {ratio:.2f}x less than dense"
+    if ratio < 1:
+        return f"gated {1 / ratio:.2f}x more than dense"
+    return "gated = dense"
 
 
 def format_summary(report: dict) -> str:
     net, gl, tr = report["network"], report["network"]["gated_layers"], report["trace"]
     lo, hi = report["published_speedup_ratio"]
-    acc = tr["accuracy"]
-
-    def pct(x):
-        return "n/a" if x is None else f"{x:.2%}"
+    acc = tr.get("accuracy") or {}
+    has_gated = _has_gated_layer(report)
+    lanes = (report.get("config") or {}).get("engine", {}).get("lanes")
+    threshold = _fmt(tr.get("pruning_threshold"), "g")
 
     lines = [
-        f"network:   {tr['name']} ({tr['samples_run']} image(s) simulated"
+        f"network:   {_text(tr['name'])} ({tr['samples_run']} image(s) simulated"
         + (", synthetic weights" if tr["synthetic"] else "")
         + ")",
-        f"cycles:    dense {net['cycles_dense']:,.0f}, gated {net['cycles_gated']:,.0f} per image; speed-up "
-        f"{_fmt(net['speedup'], '.2f')}x (theoretical {_fmt(net['theoretical_speedup'], '.2f')}x)",
-        f"gated layers: speed-up {_fmt(gl['speedup'], '.2f')}x vs theoretical "
-        f"{_fmt(gl['theoretical_speedup'], '.2f')}x: achieved/theoretical "
-        f"{_fmt(gl['speedup_ratio'], '.3f')} "
-        f"(published CGNet ASICs {lo:.2f}-{hi:.2f}); "
-        f"compute only {_fmt(gl['compute_speedup'], '.2f')}x",
-        f"energy:    dense {net['energy_pj_dense'] / 1e6:.2f} uJ, "
-        f"gated {net['energy_pj_gated'] / 1e6:.2f} uJ, "
-        f"pruned {net['energy_pj_pruned'] / 1e6:.2f} uJ per image "
-        f"({_fmt(net['energy_ratio'], '.2f')}x less, gated)",
-        f"DRAM:      dense {net['dram_bytes_dense'] / 1024:.1f} KB, "
-        f"gated {net['dram_bytes_gated'] / 1024:.1f} KB, "
-        f"pruned at {tr['pruning_threshold']:g}: {net['dram_bytes_pruned'] / 1024:.1f} KB per image "
-        f"(dense/pruned {_fmt(net['dram_ratio_pruned'], '.2f')}x)",
+        f"cycles:    dense {_fmt(net.get('cycles_dense'), ',.0f')}, "
+        f"gated {_fmt(net.get('cycles_gated'), ',.0f')} per image; "
+        f"speed-up {_fmt(net.get('speedup'), '.2f', unit='x')} "
+        f"(theoretical {_fmt(net.get('theoretical_speedup'), '.2f', unit='x')})",
+    ]
+    if has_gated:
+        lines.append(
+            f"gated layers: speed-up {_fmt(gl.get('speedup'), '.2f', unit='x')} vs theoretical "
+            f"{_fmt(gl.get('theoretical_speedup'), '.2f', unit='x')}: achieved/theoretical "
+            f"{_fmt(gl.get('speedup_ratio'), '.3f')} "
+            f"(published CGNet ASICs {lo:.2f}-{hi:.2f}); "
+            f"compute only {_fmt(gl.get('compute_speedup'), '.2f', unit='x')}"
+        )
+    else:
+        lines.append(
+            "gated layers: none (no gated layer: gated = dense, nothing to compare with the CGNet ASICs)"
+        )
+    ld, lg = net.get("lane_utilization_dense"), net.get("lane_utilization_gated")
+    util = (
+        f"utilization: PE dense {_fmt(net.get('pe_utilization_dense'), '.1%')}, "
+        f"gated {_fmt(net.get('pe_utilization_gated'), '.1%')}; MAC lanes (valid / issued) dense "
+        f"{_fmt(ld, '.1%')}, gated {_fmt(lg, '.1%')}"
+    )
+    low = [u for u in (ld, lg) if _fmt(u, "g") != "n/a" and u < 0.995]
+    if low:
+        util += (
+            f" (lanes idle where a segment is narrower than L = {_fmt(lanes, 'g')} or not a multiple of it)"
+        )
+    lines.append(util)
+    lines += [
+        f"energy:    dense {_fmt(net.get('energy_pj_dense'), '.2f', 1e-6)} uJ, "
+        f"gated {_fmt(net.get('energy_pj_gated'), '.2f', 1e-6)} uJ, "
+        f"pruned {_fmt(net.get('energy_pj_pruned'), '.2f', 1e-6)} uJ per image "
+        f"({_energy_comparison(net, has_gated)})",
+        f"DRAM:      dense {_fmt(net.get('dram_bytes_dense'), '.1f', 1 / 1024)} KB, "
+        f"gated {_fmt(net.get('dram_bytes_gated'), '.1f', 1 / 1024)} KB, "
+        f"pruned at {threshold}: {_fmt(net.get('dram_bytes_pruned'), '.1f', 1 / 1024)} KB per image "
+        f"(dense/pruned {_fmt(net.get('dram_ratio_pruned'), '.2f', unit='x')})",
     ]
     if net.get("dram_bytes_pruned_compressed") is not None:
         lines.append(
             "           zero-compressed activations: "
-            f"dense {net['dram_bytes_dense_compressed'] / 1024:.1f} KB, "
-            f"gated {net['dram_bytes_gated_compressed'] / 1024:.1f} KB, "
-            f"pruned {net['dram_bytes_pruned_compressed'] / 1024:.1f} KB"
+            f"dense {_fmt(net.get('dram_bytes_dense_compressed'), '.1f', 1 / 1024)} KB, "
+            f"gated {_fmt(net.get('dram_bytes_gated_compressed'), '.1f', 1 / 1024)} KB, "
+            f"pruned {_fmt(net.get('dram_bytes_pruned_compressed'), '.1f', 1 / 1024)} KB"
         )
     lines.append(
-        f"accuracy:  float {pct(acc.get('float'))}, int8 {pct(acc.get('int8'))}, "
-        "int8 with channel pruning at "
-        f"{tr['pruning_threshold']:g}: {pct(tr['int8_accuracy_pruned'])}"
+        f"accuracy:  float {_fmt(acc.get('float'), '.2%')}, int8 {_fmt(acc.get('int8'), '.2%')}, "
+        f"int8 with channel pruning at {threshold}: {_fmt(tr.get('int8_accuracy_pruned'), '.2%')}"
     )
     nm = report["layers_not_mapped"]
     if nm["count"]:
-        kinds = ", ".join(f"{n} {k}" for k, n in sorted(nm["kinds"].items()))
+        kinds = ", ".join(f"{n} {_text(k)}" for k, n in sorted(nm["kinds"].items()))
         lines.append(f"not mapped: {nm['count']} layers ({kinds}), run by the host")
     return "\n".join(lines)
 
@@ -332,42 +395,18 @@ def layers_csv(report: dict) -> str:
 # Files
 
 
-def prepare_out_dir(out: Path) -> None:
-    """Refuse an output folder that cannot be created or written, before any work is done."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"{out}: cannot create the output folder ({exc.strerror})") from None
-    if not out.is_dir():
-        raise ConfigError(f"{out}: not a folder")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ConfigError(f"{out}: output folder is not writable")
+# The files of a report folder (accel.outdir.OutputFolder refuses a folder holding anything else).
+REPORT_FILES = ("report.json", "layers.csv", "*.png")
 
 
-def write_report(report: dict, out: Path, plots: bool = True) -> list[Path]:
-    """Write ``report.json``, ``layers.csv`` and the PNG plots into ``out``, all or nothing.
+def write_report(report: dict, folder: Path, plots: bool = True) -> list[Path]:
+    """Write ``report.json``, ``layers.csv`` and the PNG plots into ``folder`` (the staging folder of an
+    :class:`accel.outdir.OutputFolder`, which puts them in place all together or not at all)."""
+    folder = Path(folder)
+    (folder / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    (folder / "layers.csv").write_text(layers_csv(report))
+    if plots:
+        from accel.plots import report_plots
 
-    Everything is first written into a temporary folder inside ``out``; only when all files are complete
-    are they moved into place (``os.replace``), so an error leaves no half-written report.
-    """
-    prepare_out_dir(out)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
-    except OSError as exc:
-        raise ConfigError(f"{out}: cannot write into the output folder ({exc.strerror})") from None
-    try:
-        (tmp / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
-        (tmp / "layers.csv").write_text(layers_csv(report))
-        if plots:
-            from accel.plots import report_plots
-
-            report_plots(report, tmp)
-        written = []
-        for f in sorted(tmp.iterdir()):
-            os.replace(f, out / f.name)
-            written.append(out / f.name)
-        return written
-    except OSError as exc:
-        raise ConfigError(f"{out}: cannot write the report ({exc.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        report_plots(report, folder)
+    return sorted(folder.iterdir())

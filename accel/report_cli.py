@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 from pathlib import Path
 
 from accel.config import ConfigError
+from accel.outdir import OutputFolder, check_out_path
 
 __all__ = ["DEFAULT_TRACE", "add_report_parsers"]
 
 DEFAULT_TRACE = "cgnet-resnet20-digits.npz"  # shipped in the traces package
+SWEEP_FILES = ("sweep.csv", "sweep.json", "*.png")  # what a sweep folder holds
 
 
 def default_trace_path() -> Path:
@@ -59,7 +60,9 @@ def add_report_parsers(sub) -> None:
         ),
     )
     _common(rep)
-    rep.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: report-<trace name>)")
+    rep.add_argument(
+        "--out", type=check_out_path, metavar="DIR", help="output folder (default: report-<trace name>)"
+    )
     rep.add_argument(
         "--prune-threshold",
         type=_fraction("pruning threshold"),
@@ -97,7 +100,9 @@ def add_report_parsers(sub) -> None:
         help="a parameter and its values (repeat for a grid): engine fields (pes, lanes, input_depth, "
         "weight_depth, output_depth, ...), dram.bytes_per_cycle, dram.latency_cycles, report.prune_threshold",
     )
-    sw.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: sweep-<trace name>)")
+    sw.add_argument(
+        "--out", type=check_out_path, metavar="DIR", help="output folder (default: sweep-<trace name>)"
+    )
     sw.add_argument(
         "--jobs", type=_positive_int("job count"), metavar="N", help="processes (default: all cores)"
     )
@@ -109,7 +114,7 @@ def _load(args):
 
     from accel.energy import load_energy_table
     from accel.system import load_system_config
-    from sim.trace import TraceError, load_trace
+    from sim.trace import load_trace
 
     path = args.trace or default_trace_path()
     config = load_system_config(args.config)
@@ -122,41 +127,21 @@ def _load(args):
     if getattr(args, "zero_compression", False):
         config = dataclasses.replace(config, report=dataclasses.replace(config.report, zero_compression=True))
     table = load_energy_table(config.energy_table)
-    try:
-        trace = load_trace(path)
-    except TraceError as exc:
-        raise ConfigError(str(exc)) from None
+    trace = load_trace(path)  # every member's data read once: damaged data is refused before the work
     if args.samples is not None and args.samples > trace.samples:
         raise ConfigError(f"--samples {args.samples}: {path} stores {trace.samples} sample(s)")
     return path, trace, config, table
 
 
-@contextlib.contextmanager
-def _output_folder(out: Path):
-    """Create (or check) the output folder before the work; remove it again if the work fails and it was
-    created here and is still empty, so a failed run leaves nothing behind."""
-    from accel.report import prepare_out_dir
-
-    created = not out.exists()
-    prepare_out_dir(out)  # refuse an unwritable folder before the work, not after
-    try:
-        yield
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only if empty
-        raise
-
-
 def _cmd_report(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from accel.report import build_report, format_summary, format_table, write_report
+    from accel.report import REPORT_FILES, build_report, format_summary, format_table, write_report
     from sim.network import run_network
 
     path, trace, config, table = _load(args)
-    out = args.out or Path(f"report-{Path(path).stem}")
-    with _output_folder(out):
+    folder = OutputFolder(args.out or Path(f"report-{Path(path).stem}"), REPORT_FILES, "report")
+    with folder as staging:
         with tqdm(
             total=len(trace), desc="layers", unit="layer", disable=args.no_progress or None, leave=False
         ) as bar:
@@ -179,18 +164,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
             if bad:
                 raise ConfigError(f"engine outputs differ from numpy in layers: {', '.join(bad)}")
             print("check:     every engine layer's outputs and gates equal a plain numpy convolution")
-        written = write_report(report, out, plots=not args.no_plots)
+        write_report(report, staging, plots=not args.no_plots)
     print()
-    for p in written:
+    for p in folder.files():
         print(f"wrote {p}")
     return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    import os
-    import shutil
     import sys
-    import tempfile
 
     from tqdm import tqdm
 
@@ -203,8 +185,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise ConfigError("sweep: a parameter is given twice")
     points = sweep_points(config, params)  # every point's configuration checked before any run
-    out = args.out or Path(f"sweep-{Path(path).stem}")
-    with _output_folder(out):
+    folder = OutputFolder(args.out or Path(f"sweep-{Path(path).stem}"), SWEEP_FILES, "sweep")
+    with folder as staging:
         with tqdm(
             total=len(points), desc="grid points", disable=args.no_progress or None, leave=False
         ) as bar:
@@ -219,24 +201,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             cells += ["-" if r[k] is None else f"{r[k]:.4g}" for k in shown]
             cells.append(r["error"])
             print("  ".join(cells).rstrip())
-        tmp = None
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=".sweep-", dir=out))
-            (tmp / "sweep.csv").write_text(sweep_csv(rows, names))
-            (tmp / "sweep.json").write_text(sweep_json(rows, names, str(path), config) + "\n")
-            ok = [r for r in rows if not r["error"]]
-            if ok:
-                sweep_plots(ok, names, tmp)
-            written = []
-            for f in sorted(tmp.iterdir()):
-                os.replace(f, out / f.name)
-                written.append(out / f.name)
-        except OSError as exc:
-            raise ConfigError(f"{out}: cannot write the sweep ({exc.strerror})") from None
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-    for p in written:
+        (staging / "sweep.csv").write_text(sweep_csv(rows, names))
+        (staging / "sweep.json").write_text(sweep_json(rows, names, str(path), config) + "\n")
+        ok = [r for r in rows if not r["error"]]
+        if ok:
+            sweep_plots(ok, names, staging)
+    for p in folder.files():
         print(f"wrote {p}")
     failed = sum(1 for r in rows if r["error"])
     if failed:

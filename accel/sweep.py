@@ -2,9 +2,10 @@
 
 A parameter is named as in a system configuration file: an engine field (``pes``, ``lanes``,
 ``input_depth``, ...; ``engine.pes`` also works), or ``dram.bytes_per_cycle``, ``dram.latency_cycles``,
-``report.prune_threshold``. Each grid point runs the whole network (:func:`sim.network.run_network`) and
-keeps the network figures of its report; the table goes to ``sweep.csv`` and ``sweep.json`` and the plots
-(speed-up and energy against each parameter) next to them.
+``report.prune_threshold``. The engine's kernel, stride, padding and groups are refused: a trace replaces
+them per layer by the layer's own. Each grid point runs the whole network
+(:func:`sim.network.run_network`) and keeps the network figures of its report; the table goes to
+``sweep.csv`` and ``sweep.json`` and the plots (speed-up and energy against each parameter) next to them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from accel.config import ConfigError, EngineConfig
 from accel.system import DramConfig, ReportOptions, SystemConfig
 
-__all__ = ["SWEEP_COLUMNS", "parse_param", "run_sweep", "sweep_points"]
+__all__ = ["PER_LAYER_FIELDS", "SWEEP_COLUMNS", "parse_param", "run_sweep", "sweep_points"]
 
 # Network figures kept per grid point (keys of report.json's "network").
 SWEEP_COLUMNS = (
@@ -39,6 +40,9 @@ SWEEP_COLUMNS = (
 )
 
 _SECTIONS = {"engine": EngineConfig, "dram": DramConfig, "report": ReportOptions}
+# Engine fields a trace replaces per layer by the layer's own (sim.network.engine_config_for): sweeping them
+# would run the same network at every grid point, so they are refused.
+PER_LAYER_FIELDS = ("kernel", "stride", "padding", "groups")
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -49,8 +53,13 @@ def _field_type(section: str, name: str):
     return None
 
 
+def _sweepable_engine_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(EngineConfig) if f.name not in PER_LAYER_FIELDS]
+
+
 def parse_param(text: str) -> tuple[str, list]:
-    """``NAME=V1,V2,...`` → (``section.field``, values); refuses unknown names and bad values."""
+    """``NAME=V1,V2,...`` → (``section.field``, values); refuses unknown names, bad values and the engine
+    fields a trace replaces per layer (:data:`PER_LAYER_FIELDS`)."""
     if "=" not in text:
         raise ConfigError(f"sweep parameter {text!r}: expected NAME=V1,V2,... (e.g. pes=4,8,16)")
     name, _, values = text.partition("=")
@@ -58,10 +67,16 @@ def parse_param(text: str) -> tuple[str, list]:
     section, _, field = name.rpartition(".")
     section = section or "engine"
     if section not in _SECTIONS or _field_type(section, field) is None:
-        known = [f.name for f in dataclasses.fields(EngineConfig)] + [
+        known = _sweepable_engine_fields() + [
             f"{s}.{f.name}" for s in ("dram", "report") for f in dataclasses.fields(_SECTIONS[s])
         ]
         raise ConfigError(f"sweep parameter {name!r}: unknown (known: {', '.join(known)})")
+    if section == "engine" and field in PER_LAYER_FIELDS:
+        raise ConfigError(
+            f"sweep parameter {name!r}: cannot be swept: a trace replaces the engine's {field} per layer by "
+            "the layer's own, so every grid point would run the same network "
+            f"(sweepable engine fields: {', '.join(_sweepable_engine_fields())})"
+        )
     kind = _field_type(section, field)
     expected = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, kind.__name__)
     out = []
@@ -98,6 +113,9 @@ def _apply(base: SystemConfig, point: dict) -> SystemConfig:
 def sweep_points(base: SystemConfig, params: list[tuple[str, list]]) -> list[tuple[dict, SystemConfig]]:
     """Every grid point and its configuration (all checked before anything runs)."""
     names = [n for n, _ in params]
+    for name in names:
+        if name.removeprefix("engine.") in PER_LAYER_FIELDS:
+            parse_param(f"{name}=0")  # refused there, with the reason
     points = []
     for combo in itertools.product(*(v for _, v in params)):
         point = dict(zip(names, combo, strict=True))
@@ -142,11 +160,17 @@ def run_sweep(
             if progress:
                 progress()
         return rows
-    with ProcessPoolExecutor(max_workers=min(jobs, len(work))) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(work)))
+    try:
         for row in pool.map(_run_point, work):
             rows.append(row)
             if progress:
                 progress()
+    except BaseException:
+        # Ctrl-C, SIGTERM or an error: drop the points not started instead of running them all first.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return rows
 
 

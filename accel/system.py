@@ -19,7 +19,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from accel.config import ConfigError, EngineConfig, read_config_file
+from accel.config import ConfigError, EngineConfig, config_tables, read_config_file
 
 __all__ = ["DramConfig", "ReportOptions", "SystemConfig", "load_system_config"]
 
@@ -129,19 +129,11 @@ def load_system_config(path: str | Path | None) -> SystemConfig:
     if path is None:
         return SystemConfig()
     path = Path(path)
-    data = read_config_file(path)
     source = str(path)
-    tables = {"engine", "dram", "report", "energy"}
-    if not tables & set(data):
-        data = {"engine": data}  # the flat engine-only format of `accel run`
-    unknown = sorted(set(data) - tables)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key {unknown[0]!r} (known tables: {', '.join(sorted(tables))})")
+    data = config_tables(read_config_file(path), source)
     engine = data.get("engine", {})
-    if not isinstance(engine, dict):
-        raise ConfigError(f"{source}: [engine] must be a table, got {engine!r}")
     energy = data.get("energy", {})
-    if not isinstance(energy, dict) or set(energy) - {"table"}:
+    if set(energy) - {"table"}:
         raise ConfigError(f"{source}: [energy] takes one key, 'table' (a file name), got {energy!r}")
     table = energy.get("table")
     if table is not None:

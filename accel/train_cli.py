@@ -13,6 +13,8 @@ from pathlib import Path
 
 from accel.cli import number_arg
 from accel.config import ConfigError
+from accel.errors import UserError
+from accel.outdir import check_out_path
 
 __all__ = ["add_trace_export_parser", "add_train_parser", "train_command"]
 
@@ -191,7 +193,13 @@ def add_train_parser(sub) -> None:
     for dest, flags, kwargs in _TRAIN_ARGS:
         p.add_argument(*flags, dest=dest, **kwargs)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--out", required=True, type=Path, metavar="RUN_DIR", help="run directory (created)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=check_out_path,
+        metavar="RUN_DIR",
+        help="run directory (created or replaced)",
+    )
     p.set_defaults(func=_cmd_train)
 
 
@@ -208,7 +216,7 @@ def add_trace_export_parser(trace_sub) -> None:
         ),
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory written by 'accel train'")
-    p.add_argument("--out", required=True, type=Path, metavar="FILE", help="trace file (.npz)")
+    p.add_argument("--out", required=True, type=check_out_path, metavar="FILE", help="trace file (.npz)")
     p.add_argument("--samples", type=_positive_int, default=4, metavar="N", help="sample images stored (4)")
     p.add_argument("--name", default=None, help="network name in the trace (default: from the run)")
     p.add_argument(
@@ -262,7 +270,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     try:
         train_run(opts, args.out, command=train_command(args))
-    except ValueError as exc:  # RunError, DataError, bad model options
+    except UserError:
+        raise
+    except ValueError as exc:  # bad model options
         raise ConfigError(str(exc)) from None
     return 0
 
@@ -298,6 +308,8 @@ def _cmd_trace_export(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=not args.no_progress,
         )
-    except ValueError as exc:  # RunError, DataError, TraceError
+    except UserError:
+        raise
+    except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return 0

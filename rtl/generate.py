@@ -3,40 +3,74 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from amaranth.back import verilog
 
-from accel.config import EngineConfig
+from accel.config import ConfigError, EngineConfig
+from accel.outdir import write_file_atomic
 from rtl.engine import GatedConvEngine
 
-__all__ = ["TOP_NAME", "generate_verilog", "verilog_text"]
+__all__ = [
+    "MAX_RTL_DEPTH",
+    "MAX_VALUE_BITS",
+    "RTL_FILES",
+    "TOP_NAME",
+    "check_buildable",
+    "generate_verilog",
+]
 
 TOP_NAME = "gated_conv_engine"
+RTL_FILES = (f"{TOP_NAME}.v", f"{TOP_NAME}.json")  # what `accel rtl` writes into its folder
+
+# Amaranth's netlist numbers the bits of one value with 16 bits: no value may be wider than this.
+MAX_VALUE_BITS = (1 << 16) - 1
+# Deepest buffer the generator builds. Elaboration time and memory grow with the buffers' depth, hardly with
+# P: with every buffer 65536 words deep (the bound) it took 73 s and 1.0 GB at P = 8 and 73 s and 1.2 GB at
+# P = 64 here; 16 s and 0.33 GB at 16384 words (P = 8).
+MAX_RTL_DEPTH = 1 << 16
+
+
+def check_buildable(config: EngineConfig, source: str = "configuration") -> None:
+    """Refuse, before elaborating, a configuration the cycle model takes but the generator cannot build.
+
+    Raises
+    ------
+    ConfigError
+        The operand bus of the MAC array (P × L × operand width bits, one value) is wider than Amaranth
+        can represent, or a buffer is deeper than :data:`MAX_RTL_DEPTH`.
+    """
+    width = max(config.act_width, config.weight_width)
+    bus = config.pes * config.lanes * width
+    if bus > MAX_VALUE_BITS:
+        raise ConfigError(
+            f"{source}: pes × lanes × max(act_width, weight_width) = {config.pes} × {config.lanes} × {width} "
+            f"= {bus} bits: the MAC array's operand bus is one value, and Amaranth builds values of at most "
+            f"{MAX_VALUE_BITS} bits (the cycle model takes this configuration; accel rtl does not)"
+        )
+    for name in ("input_depth", "weight_depth", "output_depth", "threshold_depth"):
+        depth = getattr(config, name)
+        if depth > MAX_RTL_DEPTH:
+            raise ConfigError(
+                f"{source}: {name} = {depth}: accel rtl builds buffers of at most {MAX_RTL_DEPTH} words "
+                "(elaboration time and memory grow with the depth: over a minute and 1 GB at that bound; "
+                "the cycle model takes deeper buffers)"
+            )
 
 
 def verilog_text(config: EngineConfig) -> str:
     """Verilog of the engine for ``config``; identical parameters give identical text."""
+    check_buildable(config)
     engine = GatedConvEngine(config)
     return verilog.convert(engine, name=TOP_NAME, emit_src=False, strip_internal_attrs=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    # Write beside the target and rename, so an interrupted run never leaves a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def generate_verilog(config: EngineConfig, out_dir: str | Path) -> Path:
-    """Write ``gated_conv_engine.v`` and ``gated_conv_engine.json`` into ``out_dir``; return the .v path."""
+    """Write ``gated_conv_engine.v`` and ``gated_conv_engine.json`` into ``out_dir``; return the .v path.
+
+    Each file is written beside its target and renamed into place (an interrupted run never leaves a
+    half-written file), with the mode a plain ``open`` gives (0666 less the umask).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     text = verilog_text(config)
@@ -47,6 +81,6 @@ def generate_verilog(config: EngineConfig, out_dir: str | Path) -> Path:
         "data_width": config.data_width,
         "addr_width": config.addr_width,
     }
-    _write_atomic(vpath, text)
-    _write_atomic(out / f"{TOP_NAME}.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
+    write_file_atomic(vpath, text)
+    write_file_atomic(out / f"{TOP_NAME}.json", json.dumps(params, indent=2, sort_keys=True) + "\n")
     return vpath

@@ -14,9 +14,10 @@ Rules:
 * output rows and columns are cut into blocks; a tile holds the input rows/columns its outputs read (the
   halo), its ``pad_top``/``pad_left`` is the part of the layer's padding that falls before them, and reads
   beyond its last row/column are the layer's zero padding;
-* the largest channel block that fits the weight, threshold and output buffers with one output row is
-  taken first, then the largest row block; column blocks arise only when a whole output row does not fit;
-  block sizes are then evened out.
+* each dimension in turn (columns, then channels, then rows) takes the largest block that fits the
+  buffers, then splits evenly into as many blocks as that block size implies (sizes differ by at most
+  one), and the next dimension is fitted with the largest of those blocks; input halos count only real
+  rows and columns, not padding (docs/network.md, "Tiling", has the formulas).
 """
 
 from __future__ import annotations

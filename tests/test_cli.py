@@ -135,8 +135,8 @@ def test_missing_config_file(capsys, tmp_path, command):
         ('{"lanes": -3}', ".json", ["'lanes'", "-3"]),
         ("[engine]\nkernel = 3\npadding = 3\n", ".toml", ["'padding'", "3"]),
         ("[engine]\npes = 'eight'\n", ".toml", ["'pes'", "eight"]),
-        ("pes = = 1\n", ".toml", ["not valid toml"]),
-        ("{", ".json", ["not valid json"]),
+        ("pes = = 1\n", ".toml", ["not valid TOML"]),
+        ("{", ".json", ["not valid JSON"]),
     ],
 )
 def test_impossible_values(capsys, tmp_path, text, suffix, pieces):

@@ -7,12 +7,12 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
 
 from accel.cli import main
-from accel.config import ConfigError
 from accel.report_cli import default_trace_path
 from sim.trace import load_trace
 
@@ -208,21 +208,24 @@ def test_report_prints_the_table_and_summary(report_run):
 
 
 def test_write_report_is_all_or_nothing(report_run, tmp_path, monkeypatch):
-    """A failure while writing (here: the plots) leaves neither report files nor the temporary folder."""
+    """A failure while writing (here: the plots) leaves neither report files nor the staging folder, and
+    the previous report as it was."""
     import accel.plots
-    from accel.report import write_report
 
-    *_, report = report_run
+    *_, out, _ = report_run
+    previous = tmp_path / "previous"
+    shutil.copytree(out, previous)
+    before = {p.name: p.read_bytes() for p in previous.iterdir()}
 
     def broken(report, folder):
         (Path(folder) / "speedup.png").write_bytes(PNG_MAGIC)
-        raise OSError(28, "No space left on device")
+        raise OSError(28, "No space left on device", str(Path(folder) / "speedup.png"))
 
     monkeypatch.setattr(accel.plots, "report_plots", broken)
-    out = tmp_path / "out"
-    with pytest.raises(ConfigError, match="cannot write the report"):
-        write_report(report, out)
-    assert list(out.iterdir()) == []
+    code, _, err = _run("report", "--samples", "1", "--out", previous, "--no-progress")
+    _assert_one_line_error(code, err, "No space left on device")
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["previous"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -366,12 +369,12 @@ def test_report_errors(tmp_path, case):
 def test_report_error_keeps_an_existing_folder_as_it_was(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    _write(out / "keep.txt", "mine")
+    _write(out / "report.json", "an earlier run")
     cfg = _write(tmp_path / "c.toml", "[engine]\ninput_depth = 4\n")
     code, _, err = _run("report", "--samples", "1", "--config", cfg, "--out", out, "--no-progress")
     _assert_one_line_error(code, err, "not even one output activation")
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert (out / "keep.txt").read_text() == "mine"
+    assert [p.name for p in out.iterdir()] == ["report.json"]
+    assert (out / "report.json").read_text() == "an earlier run"
 
 
 def test_report_unwritable_output_folder(tmp_path):

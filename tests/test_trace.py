@@ -474,7 +474,10 @@ def test_load_reads_no_large_array_and_keeps_none():
         sizes = [npz[k].nbytes for k in npz.files if k.endswith("/inputs")]
     tracemalloc.start()
     try:
-        trace = load_trace(SHIPPED)
+        load_trace(SHIPPED).close()  # every member's data read through once (the CRC check), none kept
+        _, peak_verify = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        trace = load_trace(SHIPPED, verify_data=False)
         loaded, peak_load = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
         read = [layer.inputs.nbytes for layer in trace.engine_layers()]
@@ -485,6 +488,8 @@ def test_load_reads_no_large_array_and_keeps_none():
     # The eager loader peaked above all arrays (19 MB, inputs alone 4.4 MB); this one reads headers, meta
     # and the per-channel vectors (about 0.5 MB).
     assert peak_load < sum(sizes) / 8, (peak_load, sum(sizes))
+    # Verifying the data streams it in 64 KB chunks: a few chunks more, no array.
+    assert peak_verify < peak_load + 4 * 65536, (peak_verify, peak_load)
     # Reading every layer's inputs in turn holds one at a time (plus read buffers), and none stays behind.
     assert peak_read - loaded < 3 * max(sizes), (peak_read - loaded, max(sizes))
     assert current - loaded < max(sizes) / 4, (current - loaded, max(sizes))
@@ -597,7 +602,9 @@ def test_member_damaged_in_its_data_fails_on_access(tmp_path):
     for i in range(start + info.compress_size // 2, start + info.compress_size - 16, 331):
         data[i] ^= 0xFF  # the second half only: the .npy header still reads
     path.write_bytes(bytes(data))
-    trace = load_trace(path)  # the header is fine: loading succeeds
+    with pytest.raises(TraceError, match=f"key '{key}': corrupt or truncated"):
+        load_trace(path)  # the default load reads every member's data once
+    trace = load_trace(path, verify_data=False)  # the header is fine: loading succeeds
     np.testing.assert_array_equal(trace["conv1"].inputs, load_trace(SHIPPED)["conv1"].inputs)
     with pytest.raises(TraceError) as info_:
         _ = trace["layer1.0.conv1"].inputs

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from accel.errors import UserError
+
 __all__ = [
     "Dataset",
     "DataError",
@@ -46,7 +48,7 @@ CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_FILE = "test_batch"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data set cannot be read (missing file, wrong content); the message names the file."""
 
 

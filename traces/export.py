@@ -165,7 +165,10 @@ def export_run(
     log: Callable[[str], None] = print,
 ):
     """Write the trace of run ``run_dir`` to ``out`` (module docstring); returns the saved :class:`Trace`."""
+    from accel.outdir import check_out_file
     from sim.trace import make_meta, save_trace
+
+    check_out_file(Path(out), create_parents=True)  # refuse the destination before the work
     from traces.data import load_dataset
 
     torch.set_num_threads(max(1, threads))

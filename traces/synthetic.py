@@ -284,9 +284,9 @@ def cut_tiles(layer: SyntheticLayer, config: EngineConfig, max_tiles: int | None
       (the halo), its ``pad_top``/``pad_left`` is the part of the layer's padding that falls before them
       (the layer padding for the first block, 0 for the others, unless a block is shorter than the
       padding), and reads beyond its last row/column are the layer's zero padding;
-    * the largest channel block that fits the weight, threshold and output buffers with one output row is
-      taken first, then the largest row block; column blocks arise only when a whole output row does not
-      fit; block sizes are then evened out.
+    * each dimension in turn (columns, then channels, then rows) takes the largest block that fits the
+      buffers, then splits evenly into as many blocks as that block size implies (sizes differ by at most
+      one); input halos count only real rows and columns (docs/network.md, "Tiling").
 
     The layer's kernel, stride and groups must equal the configuration's and its padding must not exceed
     the configuration's; otherwise, or when not even one output activation fits, :class:`ConfigError`.

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from accel.errors import UserError
+from accel.outdir import OutputFolder
 from traces.data import Dataset, load_dataset
 from traces.flops import count_flops, flop_totals
 from traces.gating import LAMBDA_G, collect_gate_stats, gate_penalty, gate_rates, set_gate_target
@@ -70,7 +72,7 @@ __all__ = [
 FLOP_SUBSET = 256  # training images on which a search trial measures gate rates
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """A run directory or option that cannot be used; the message says which."""
 
 
@@ -263,11 +265,16 @@ def gated_flop_reduction(model: nn.Module, x: np.ndarray, input_shape) -> tuple[
 # Run directories
 
 
+# The files of a run directory (accel.outdir.OutputFolder refuses a folder holding anything else).
+RUN_FILES = ("model.pt", "config.json", "metrics.json")
+
+
 def _save_run(out: Path, model: nn.Module, config: dict, metrics: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "model.pt")
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # Staged and swapped in whole: a run directory never mixes two runs or holds half a run.
+    with OutputFolder(out, RUN_FILES, "training run") as staging:
+        torch.save(model.state_dict(), staging / "model.pt")
+        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 
 def load_run(run_dir: str | Path) -> tuple[CifarResNet, dict, dict]:
@@ -339,6 +346,7 @@ def train_run(
     """Train according to ``opts`` (module docstring), write the run directory ``out``; returns metrics."""
     torch.set_num_threads(max(1, opts.threads))
     out = Path(out)
+    OutputFolder(out, RUN_FILES, "training run").check()  # refuse the destination before training
     started = time.time()
     data = _load_data(opts)
     input_shape = data.input_shape

@@ -1,0 +1,264 @@
+"""Output folders that hold exactly one run: checked before the work, staged, swapped in whole.
+
+Every command that writes a folder (``accel report``, ``accel sweep``, ``accel rtl``) goes through
+:class:`OutputFolder`:
+
+* **before the work** the path is checked: not empty, not the current folder or one of its parents, not a
+  file, its parent creatable and writable, and an existing folder holds only files of this kind of run
+  (a report folder only ``report.json``, ``layers.csv`` and plots), so nothing of the user's is replaced;
+* the run writes into a hidden **staging folder** beside the destination; on success the staging folder
+  **replaces the destination as a whole** (two renames under a lock on the parent folder), so a folder
+  never mixes two runs' files, old plots do not survive a ``--no-plots`` run, and two runs into the same
+  folder at once leave the last one's files, complete;
+* on any failure, Ctrl-C or SIGTERM (see :func:`terminate_on_sigterm`) the staging folder and every
+  parent folder the run created are removed again.
+
+:func:`write_file_atomic` does the same for a single file (``accel run --json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import fnmatch
+import os
+import secrets
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from accel.errors import UserError
+
+__all__ = [
+    "OutputError",
+    "OutputFolder",
+    "Terminated",
+    "check_out_file",
+    "check_out_path",
+    "file_mode",
+    "terminate_on_sigterm",
+    "write_file_atomic",
+]
+
+
+class OutputError(UserError):
+    """An output path that cannot take the run's files; the message names the path."""
+
+
+class Terminated(BaseException):
+    """The process received SIGTERM; raised in the main thread so that clean-up code runs."""
+
+
+@contextlib.contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only), as Ctrl-C is turned
+    into ``KeyboardInterrupt``, so staging folders are removed on both."""
+
+    def handler(signum, frame):
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave the default action
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def check_out_path(text: str) -> Path:
+    """An argparse ``type`` for ``--out``: refuse an empty path (it would silently mean the current
+    folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path: name a folder")
+    return Path(text)
+
+
+class OutputFolder:
+    """A folder filled by one run, replaced as a whole when the run succeeds.
+
+    Parameters
+    ----------
+    path : Path
+        The destination folder.
+    owned : tuple of str
+        Glob patterns of the files this kind of run writes; an existing destination holding anything
+        else is refused before the work.
+    what : str
+        What the folder holds, for messages ("report", "sweep", "Verilog").
+
+    Use as a context manager: ``with OutputFolder(out, ...) as staging:`` writes the files into
+    ``staging``; leaving the block normally swaps the staging folder in (:meth:`commit`), leaving it with
+    an exception removes it and any parent folder created for it.
+    """
+
+    def __init__(self, path: Path, owned: tuple[str, ...], what: str) -> None:
+        path = Path(path)
+        if str(path).strip() == "":
+            raise OutputError("output folder: empty path")
+        if path.is_symlink() and path.is_dir():
+            path = path.resolve()  # replace the folder the link points to, not the link
+        self.path = Path(os.path.abspath(path))
+        self.shown = path  # as the user wrote it, for messages
+        self.owned = owned
+        self.what = what
+        self.staging: Path | None = None
+        self._created: list[Path] = []
+
+    # -- checks ---------------------------------------------------------------------------------------
+    def _foreign(self) -> list[str]:
+        try:
+            names = sorted(os.listdir(self.path))
+        except OSError as exc:
+            raise OutputError(f"{self.shown}: cannot read the output folder ({_strerror(exc)})") from None
+        return [n for n in names if not any(fnmatch.fnmatchcase(n, pat) for pat in self.owned)]
+
+    def check(self) -> None:
+        """Refuse a destination that cannot take this run's files, before any work is done."""
+        here = Path.cwd().resolve()
+        if self.path == here or self.path in here.parents:
+            raise OutputError(f"{self.shown}: is the current folder or one of its parents; name a new folder")
+        if self.path.exists() or self.path.is_symlink():
+            if not self.path.is_dir():
+                raise OutputError(f"{self.shown}: exists and is not a folder")
+            foreign = self._foreign()
+            if foreign:
+                more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+                raise OutputError(
+                    f"{self.shown}: holds {foreign[0]!r}{more}, which a {self.what} run does not write; "
+                    f"name a new or empty folder (the whole folder is replaced)"
+                )
+        ancestor = self.path.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise OutputError(f"{self.shown}: cannot create the output folder ({ancestor} is not a folder)")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise OutputError(f"{self.shown}: cannot create the output folder ({ancestor} is not writable)")
+        if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK | os.X_OK):
+            raise OutputError(f"{self.shown}: output folder is not writable")
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def __enter__(self) -> Path:
+        self.check()
+        missing = []
+        parent = self.path.parent
+        while not parent.exists():
+            missing.append(parent)
+            parent = parent.parent
+        try:
+            for folder in reversed(missing):
+                folder.mkdir()
+                self._created.append(folder)
+            self.staging = self.path.parent / f".{self.path.name}.accel-{secrets.token_hex(4)}"
+            self.staging.mkdir(mode=0o777)
+        except OSError as exc:
+            self._clean()
+            raise OutputError(f"{self.shown}: cannot create the output folder ({_strerror(exc)})") from None
+        return self.staging
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self._clean()
+                raise
+        else:
+            self._clean()
+
+    def _clean(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        for folder in reversed(self._created):  # deepest first, only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._created = []
+
+    def commit(self) -> None:
+        """Replace the destination by the staging folder, as a whole, under a lock on the parent folder."""
+        assert self.staging is not None
+        parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        old = self.path.parent / f".{self.path.name}.accel-old-{secrets.token_hex(4)}"
+        try:
+            fcntl.flock(parent, fcntl.LOCK_EX)  # one swap at a time in this folder
+            if self.path.exists() or self.path.is_symlink():
+                if not self.path.is_dir() or self._foreign():
+                    raise OutputError(f"{self.shown}: changed during the run; the results were not written")
+                os.rename(self.path, old)
+            try:
+                os.rename(self.staging, self.path)
+            except OSError:
+                if old.exists():
+                    os.rename(old, self.path)
+                raise
+        except OSError as exc:
+            raise OutputError(f"{self.shown}: cannot write the {self.what} ({_strerror(exc)})") from None
+        finally:
+            fcntl.flock(parent, fcntl.LOCK_UN)
+            os.close(parent)
+        self.staging = None
+        self._created = []
+        shutil.rmtree(old, ignore_errors=True)
+
+    def files(self) -> list[Path]:
+        """The files of the committed folder, as the user named it."""
+        return [self.shown / name for name in sorted(os.listdir(self.path))]
+
+
+def file_mode() -> int:
+    """The mode a plain ``open`` gives a new file: 0666 less the umask (``mkstemp`` gives 0600)."""
+    return 0o666 & ~_umask()
+
+
+def check_out_file(path: Path, create_parents: bool = False) -> None:
+    """Refuse, before the work, a file destination that cannot be written: a folder, a missing folder
+    (unless ``create_parents``), or a path whose nearest existing ancestor is not a writable folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, expected a file name")
+    if not create_parents and not path.parent.is_dir():
+        raise OutputError(f"{path}: cannot write (No such file or directory: {path.parent})")
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{path}: cannot create the file ({ancestor} is not a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot create the file ({ancestor} is not writable)")
+
+
+def write_file_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a hidden file beside it and a rename, with the mode a plain
+    ``open`` would give (0666 less the umask); an interrupted run leaves the old file or none."""
+    path = Path(path)
+    check_out_file(path)
+    tmp = path.parent / f".{path.name}.accel-{secrets.token_hex(4)}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"{path}: cannot write ({_strerror(exc)})") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
