@@ -306,6 +306,8 @@ def _shape(c: int, h: int, w: int) -> str:
 
 
 def _trace_rows(trace) -> list[tuple[str, ...]]:
+    from accel.report import printable  # a name cannot break the table's lines
+
     rows = []
     for layer in trace:
         lm = layer.meta
@@ -315,7 +317,7 @@ def _trace_rows(trace) -> list[tuple[str, ...]]:
         shape = f"{shape_in} -> {_shape(layer.c_out, layer.h_out, layer.w_out)}"
         geometry = f"{lm['kernel']}/{lm['stride']}" if "kernel" in lm and layer.kind != "fc" else "-"
         if not layer.is_engine_layer:
-            rows.append((layer.name, layer.kind, shape, geometry, "-", "-", "-", "-", "-"))
+            rows.append((printable(layer.name), layer.kind, shape, geometry, "-", "-", "-", "-", "-"))
             continue
         if layer.gated:
             gated = f"G={layer.gate_groups}" if layer.base_channels == 0 else f"C_b={layer.base_channels}"
@@ -326,7 +328,7 @@ def _trace_rows(trace) -> list[tuple[str, ...]]:
         reduction = f"{dense / gated_macs:.2f}x" if gated_macs else "-"
         rows.append(
             (
-                layer.name,
+                printable(layer.name),
                 layer.kind,
                 shape,
                 geometry,
@@ -341,6 +343,7 @@ def _trace_rows(trace) -> list[tuple[str, ...]]:
 
 
 def _cmd_trace_info(args: argparse.Namespace) -> int:
+    from accel.report import printable
     from sim.trace import load_trace
 
     trace = load_trace(args.path)  # headers, metadata and every member's data (CRC) checked
@@ -406,7 +409,7 @@ def _cmd_trace_info(args: argparse.Namespace) -> int:
         summary.append(("", made_details))
     width = max(len(key) for key, _ in summary) + 1
     for key, text in summary:
-        print(f"{(key + ':') if key else '':<{width}} {text}")
+        print(f"{(key + ':') if key else '':<{width}} {printable(text)}")
     return 0
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from accel.report import printable
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -35,8 +37,7 @@ def _save(fig, path: Path) -> Path:
 
 def _label(text) -> str:
     """A name as drawn: non-printable characters escaped as ``repr`` does; ``$`` literal (no mathtext)."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return text.replace("$", r"\$")
+    return printable(text).replace("$", r"\$")
 
 
 def _layer_axis(ax, names: list[str]) -> None:

@@ -17,6 +17,7 @@ from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.trace import Trace
 
 __all__ = [
+    "printable",
     "PUBLISHED_RATIO",
     "SCHEMA_VERSION",
     "build_report",
@@ -241,7 +242,7 @@ def _fmt(value, spec: str, scale: float = 1.0, unit: str = "") -> str:
     return format(value, spec) + unit if isfinite(value) else "n/a"
 
 
-def _text(value) -> str:
+def printable(value) -> str:
     """A name as printed: control and other non-printable characters escaped the way ``repr`` escapes
     them (``\\n``, ``\\t``, ``\\x1b``), without quotes, so a name cannot break the table's lines or columns.
     The files (report.json, layers.csv) keep the exact name."""
@@ -270,12 +271,12 @@ def format_table(report: dict) -> str:
     rows = []
     for e in report["layers"]:
         if not e["mapped"]:
-            rows.append((_text(e["name"]), _text(e["kind"]), "not mapped", *[""] * (len(header) - 3)))
+            rows.append((printable(e["name"]), printable(e["kind"]), "not mapped", *[""] * (len(header) - 3)))
             continue
         rows.append(
             (
-                _text(e["name"]),
-                _text(e["kind"]) + ("*" if e["gated"] else ""),
+                printable(e["name"]),
+                printable(e["kind"]) + ("*" if e["gated"] else ""),
                 _fmt(e.get("cycles_dense"), ",.0f"),
                 _fmt(e.get("cycles_gated"), ",.0f"),
                 _fmt(e.get("speedup"), ".2f"),
@@ -322,7 +323,7 @@ def format_summary(report: dict) -> str:
     threshold = _fmt(tr.get("pruning_threshold"), "g")
 
     lines = [
-        f"network:   {_text(tr['name'])} ({tr['samples_run']} image(s) simulated"
+        f"network:   {printable(tr['name'])} ({tr['samples_run']} image(s) simulated"
         + (", synthetic weights" if tr["synthetic"] else "")
         + ")",
         f"cycles:    dense {_fmt(net.get('cycles_dense'), ',.0f')}, "
@@ -377,7 +378,7 @@ def format_summary(report: dict) -> str:
     )
     nm = report["layers_not_mapped"]
     if nm["count"]:
-        kinds = ", ".join(f"{n} {_text(k)}" for k, n in sorted(nm["kinds"].items()))
+        kinds = ", ".join(f"{n} {printable(k)}" for k, n in sorted(nm["kinds"].items()))
         lines.append(f"not mapped: {nm['count']} layers ({kinds}), run by the host")
     return "\n".join(lines)
 

@@ -491,3 +491,37 @@ def test_shipped_traces_are_not_modified_by_the_checks():
     assert len(paths) == 4
     for path in paths:
         load_trace(path).close()
+
+
+def test_trace_info_escapes_control_characters_in_names(tmp_path):
+    from test_trace import N, small_trace
+
+    from sim.trace import make_meta, save_trace
+
+    meta, arrays = small_trace()
+    weird = "f\nc\x1b[31m"
+    layers = {(weird if k == "fc" else k): v for k, v in meta["layers"].items()}
+    meta = make_meta(
+        name="ti\nny",
+        dataset="unit-test",
+        synthetic=True,
+        num_classes=3,
+        input_shape=(4, 6, 6),
+        samples=N,
+        layer_order=list(layers),
+        layers=layers,
+        command="pytest",
+        seed=0,
+        date="2026-11-30",
+    )
+    arrays = {(weird if k == "fc" else k): v for k, v in arrays.items()}
+    path = tmp_path / "t.npz"
+    save_trace(path, meta, arrays).close()
+    plain = tmp_path / "plain.npz"
+    save_trace(plain, *small_trace()).close()
+    code, out, err = _run("trace", "info", path)
+    assert code == 0, err
+    code, out_plain, _ = _run("trace", "info", plain)
+    assert len(out.splitlines()) == len(out_plain.splitlines())  # the names add no line
+    assert "\x1b" not in out
+    assert r"f\nc\x1b[31m" in out and r"ti\nny" in out
