@@ -22,6 +22,7 @@ from accel.outdir import (
     check_out_file,
     check_out_path,
     terminate_on_sigterm,
+    terminated,
     write_file_atomic,
 )
 
@@ -433,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         with terminate_on_sigterm():
-            return args.func(args)
+            status = args.func(args)
+        if terminated():
+            raise Terminated
+        return status
     except UserError as exc:
         message = str(exc)
     except OSError as exc:

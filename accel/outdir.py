@@ -39,6 +39,7 @@ __all__ = [
     "check_out_path",
     "file_mode",
     "terminate_on_sigterm",
+    "terminated",
     "write_file_atomic",
 ]
 
@@ -51,12 +52,23 @@ class Terminated(BaseException):
     """The process received SIGTERM; raised in the main thread so that clean-up code runs."""
 
 
+_signalled: set[int] = set()  # signals turned into exceptions in this process
+
+
+def terminated() -> bool:
+    """Whether SIGTERM arrived under :func:`terminate_on_sigterm` (even if its exception was dropped)."""
+    return bool(_signalled)
+
+
 @contextlib.contextmanager
 def terminate_on_sigterm() -> Iterator[None]:
     """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only), as Ctrl-C is turned
     into ``KeyboardInterrupt``, so staging folders are removed on both."""
 
     def handler(signum, frame):
+        # Also remembered: an exception raised inside a finalizer or a fork hook is printed and dropped, and
+        # then the run must still neither commit its folder nor end with status 0.
+        _signalled.add(signum)
         raise Terminated
 
     try:
@@ -78,6 +90,17 @@ def _umask() -> int:
 
 def _strerror(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+def _check_creatable(path: Path, shown: Path, what: str) -> None:
+    """Refuse ``path`` unless its nearest existing ancestor is a writable folder (it can be created)."""
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{shown}: cannot create {what} ({ancestor} is not a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"{shown}: cannot create {what} ({ancestor} is not writable)")
 
 
 def check_out_path(text: str) -> Path:
@@ -142,13 +165,7 @@ class OutputFolder:
                     f"{self.shown}: holds {foreign[0]!r}{more}, which a {self.what} run does not write; "
                     f"name a new or empty folder (the whole folder is replaced)"
                 )
-        ancestor = self.path.parent
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise OutputError(f"{self.shown}: cannot create the output folder ({ancestor} is not a folder)")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise OutputError(f"{self.shown}: cannot create the output folder ({ancestor} is not writable)")
+        _check_creatable(self.path, self.shown, "the output folder")
         if self.path.exists() and not os.access(self.path, os.R_OK | os.W_OK | os.X_OK):
             raise OutputError(f"{self.shown}: output folder is not writable")
 
@@ -193,6 +210,8 @@ class OutputFolder:
     def commit(self) -> None:
         """Replace the destination by the staging folder, as a whole, under a lock on the parent folder."""
         assert self.staging is not None
+        if terminated():
+            raise Terminated
         parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         old = self.path.parent / f".{self.path.name}.accel-old-{secrets.token_hex(4)}"
         try:
@@ -234,13 +253,7 @@ def check_out_file(path: Path, create_parents: bool = False) -> None:
         raise OutputError(f"{path}: is a folder, expected a file name")
     if not create_parents and not path.parent.is_dir():
         raise OutputError(f"{path}: cannot write (No such file or directory: {path.parent})")
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise OutputError(f"{path}: cannot create the file ({ancestor} is not a folder)")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: cannot create the file ({ancestor} is not writable)")
+    _check_creatable(path, path, "the file")
 
 
 def write_file_atomic(path: Path, text: str) -> None:

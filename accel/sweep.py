@@ -15,9 +15,10 @@ import dataclasses
 import io
 import itertools
 import json
+import multiprocessing
 import os
+import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 
 from accel.config import ConfigError, EngineConfig
 from accel.system import DramConfig, ReportOptions, SystemConfig
@@ -160,18 +161,36 @@ def run_sweep(
             if progress:
                 progress()
         return rows
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(work)))
+    # multiprocessing.Pool rather than ProcessPoolExecutor: its workers are daemons and ``terminate()`` is
+    # public, so Ctrl-C or SIGTERM at any moment (even while the workers start) stops the sweep; an
+    # executor interrupted while starting its workers leaves them waiting and the process hangs at exit.
+    # Forking with Ctrl-C and SIGTERM blocked: an exception raised by their handlers in the middle of a fork
+    # would be lost in the fork's clean-up hooks; they arrive once the pool stands, inside the try.
+    stop = {signal.SIGINT, signal.SIGTERM}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
     try:
-        for row in pool.map(_run_point, work):
+        pool = multiprocessing.Pool(min(jobs, len(work)), initializer=_worker_signals)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    try:
+        for row in pool.imap(_run_point, work):
             rows.append(row)
             if progress:
                 progress()
     except BaseException:
-        # Ctrl-C, SIGTERM or an error: drop the points not started instead of running them all first.
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.terminate()
         raise
-    pool.shutdown()
+    pool.close()
+    pool.join()
     return rows
+
+
+def _worker_signals() -> None:
+    # The parent handles Ctrl-C (the terminal sends it to every process of the group) and stops the
+    # workers itself; SIGTERM ends a worker at once.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # forked while blocked
 
 
 def sweep_csv(rows: list[dict], names: list[str]) -> str:

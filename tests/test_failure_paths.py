@@ -494,26 +494,15 @@ def test_shipped_traces_are_not_modified_by_the_checks():
 
 
 def test_trace_info_escapes_control_characters_in_names(tmp_path):
-    from test_trace import N, small_trace
+    from test_trace import small_trace
 
-    from sim.trace import make_meta, save_trace
+    from sim.trace import save_trace
 
     meta, arrays = small_trace()
     weird = "f\nc\x1b[31m"
-    layers = {(weird if k == "fc" else k): v for k, v in meta["layers"].items()}
-    meta = make_meta(
-        name="ti\nny",
-        dataset="unit-test",
-        synthetic=True,
-        num_classes=3,
-        input_shape=(4, 6, 6),
-        samples=N,
-        layer_order=list(layers),
-        layers=layers,
-        command="pytest",
-        seed=0,
-        date="2026-11-30",
-    )
+    meta["name"] = "ti\nny"
+    meta["layer_order"] = [weird if k == "fc" else k for k in meta["layer_order"]]
+    meta["layers"] = {(weird if k == "fc" else k): v for k, v in meta["layers"].items()}
     arrays = {(weird if k == "fc" else k): v for k, v in arrays.items()}
     path = tmp_path / "t.npz"
     save_trace(path, meta, arrays).close()
