@@ -10,14 +10,17 @@ them per layer by the layer's own. Each grid point runs the whole network
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import itertools
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import traceback
 from collections.abc import Callable
 
 from accel.config import ConfigError, EngineConfig
@@ -161,36 +164,73 @@ def run_sweep(
             if progress:
                 progress()
         return rows
-    # multiprocessing.Pool rather than ProcessPoolExecutor: its workers are daemons and ``terminate()`` is
-    # public, so Ctrl-C or SIGTERM at any moment (even while the workers start) stops the sweep; an
-    # executor interrupted while starting its workers leaves them waiting and the process hangs at exit.
-    # Forking with Ctrl-C and SIGTERM blocked: an exception raised by their handlers in the middle of a fork
-    # would be lost in the fork's clean-up hooks; they arrive once the pool stands, inside the try.
-    stop = {signal.SIGINT, signal.SIGTERM}
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    return _run_in_processes(work, min(jobs, len(work)), progress)
+
+
+def _run_in_processes(work: list[tuple], jobs: int, progress: Callable[[], None] | None) -> list[dict]:
+    """``_run_point`` of every item, one forked process per item, at most ``jobs`` at a time.
+
+    One process per grid point, each answering through its own pipe, rather than a pool: the workers share
+    no lock, so on Ctrl-C, SIGTERM or an error the parent kills the running ones and returns at once (a
+    pool stopped at the wrong moment waits forever on a queue lock that a killed worker held).
+    """
+    rows: list[dict | None] = [None] * len(work)
+    pending = iter(enumerate(work))
+    running: dict = {}  # the pipe's reading end -> (index, process)
     try:
-        pool = multiprocessing.Pool(min(jobs, len(work)), initializer=_worker_signals)
+        while True:
+            while len(running) < jobs and (item := next(pending, None)) is not None:
+                reader, writer = multiprocessing.Pipe(duplex=False)
+                with _signals_blocked():  # a handler's exception raised inside fork's hooks would be lost
+                    proc = multiprocessing.Process(target=_point_process, args=(writer, item[1]), daemon=True)
+                    proc.start()
+                writer.close()
+                running[reader] = (item[0], proc)
+            if not running:
+                break
+            for reader in multiprocessing.connection.wait(list(running)):
+                index, proc = running.pop(reader)
+                try:
+                    status, value = reader.recv()
+                except EOFError:
+                    status, value = "error", f"the process ended with status {proc.exitcode} and no result"
+                reader.close()
+                proc.join()
+                if status != "ok":
+                    raise RuntimeError(f"sweep grid point {index}: {value}")
+                rows[index] = value
+                if progress:
+                    progress()
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    try:
-        for row in pool.imap(_run_point, work):
-            rows.append(row)
-            if progress:
-                progress()
-    except BaseException:
-        pool.terminate()
-        raise
-    pool.close()
-    pool.join()
+        for reader, (_, proc) in running.items():
+            proc.kill()
+            proc.join()
+            reader.close()
     return rows
 
 
-def _worker_signals() -> None:
-    # The parent handles Ctrl-C (the terminal sends it to every process of the group) and stops the
-    # workers itself; SIGTERM ends a worker at once.
+@contextlib.contextmanager
+def _signals_blocked():
+    stop = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending signal arrives here
+
+
+def _point_process(conn, item: tuple) -> None:
+    # The parent handles Ctrl-C (the terminal sends it to the whole process group) and kills this process;
+    # SIGTERM ends it at once. It was forked with both blocked.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # forked while blocked
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        conn.send(("ok", _run_point(item)))
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
 
 
 def sweep_csv(rows: list[dict], names: list[str]) -> str:

@@ -434,13 +434,23 @@ def test_concurrent_reports_into_one_folder(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "command, sig, status",
-    [("report", signal.SIGTERM, 143), ("report", signal.SIGINT, 130), ("sweep", signal.SIGTERM, 143)],
+    "command, sig, status, delay",
+    [
+        ("report", signal.SIGTERM, 143, 0.0),
+        ("report", signal.SIGINT, 130, 0.0),
+        ("sweep", signal.SIGTERM, 143, 0.0),  # while the grid points' processes start
+        ("sweep", signal.SIGTERM, 143, 1.0),  # while they run
+        ("sweep", signal.SIGINT, 130, 1.0),
+    ],
 )
-def test_signal_during_a_run_leaves_nothing(tmp_path, command, sig, status):
+def test_signal_during_a_run_leaves_nothing(tmp_path, command, sig, status, delay):
     trace = TRACES / "resnet18-imagenet-synthetic.npz"  # seconds of work after the folder is staged
     out = tmp_path / "a" / "out"
-    extra = ["--param", "pes=4,8,16,32,64", "--jobs", "2"] if command == "sweep" else []
+    extra = (
+        ["--param", "pes=4,8,16,32,64", "--param", "lanes=4,8,16", "--jobs", "2"]
+        if command == "sweep"
+        else []
+    )
     proc = subprocess.Popen(
         _cli(command, str(trace), "--no-progress", "--out", str(out), *extra),
         stdout=subprocess.DEVNULL,
@@ -453,6 +463,7 @@ def test_signal_during_a_run_leaves_nothing(tmp_path, command, sig, status):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    time.sleep(delay)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == status, err
