@@ -16,15 +16,8 @@ from pathlib import Path
 from accel import __version__
 from accel.config import ConfigError, EngineConfig, load_config
 from accel.errors import UserError
-from accel.outdir import (
-    OutputFolder,
-    Terminated,
-    check_out_file,
-    check_out_path,
-    terminate_on_sigterm,
-    terminated,
-    write_file_atomic,
-)
+from accel.interrupts import stop_cleanly
+from accel.outdir import OutputFolder, check_out_file, check_out_path, write_file_atomic
 
 __all__ = ["main"]
 
@@ -425,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
 
     The one place where errors become messages: every error the user can cause (:class:`UserError`:
     configuration, trace, data set, output path; ``OSError``) prints one line ``accel: error: ...`` and
-    returns 2; Ctrl-C returns 130 and SIGTERM 143, after the command's clean-up ran.
+    returns 2. Ctrl-C and SIGTERM run the command's clean-up and end the process with status 130 or 143
+    (:mod:`accel.interrupts`).
     """
     parser = _parser()
     try:
@@ -433,21 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version and usage errors (argparse prints them)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        with terminate_on_sigterm():
-            status = args.func(args)
-        if terminated():
-            raise Terminated
-        return status
+        with stop_cleanly():
+            return args.func(args)
     except UserError as exc:
         message = str(exc)
     except OSError as exc:
         message = _os_message(exc)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"{PROG}: terminated", file=sys.stderr)
-        return 143
     return _error(message)
 
 

@@ -10,8 +10,8 @@ Every command that writes a folder (``accel report``, ``accel sweep``, ``accel r
   **replaces the destination as a whole** (two renames under a lock on the parent folder), so a folder
   never mixes two runs' files, old plots do not survive a ``--no-plots`` run, and two runs into the same
   folder at once leave the last one's files, complete;
-* on any failure, Ctrl-C or SIGTERM (see :func:`terminate_on_sigterm`) the staging folder and every
-  parent folder the run created are removed again.
+* on any failure, Ctrl-C or SIGTERM (:mod:`accel.interrupts`) the staging folder and every parent folder
+  the run created are removed again.
 
 :func:`write_file_atomic` does the same for a single file (``accel run --json``).
 """
@@ -25,61 +25,23 @@ import fnmatch
 import os
 import secrets
 import shutil
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 from accel.errors import UserError
+from accel.interrupts import on_stop, signals_blocked
 
 __all__ = [
     "OutputError",
     "OutputFolder",
-    "Terminated",
     "check_out_file",
     "check_out_path",
     "file_mode",
-    "terminate_on_sigterm",
-    "terminated",
     "write_file_atomic",
 ]
 
 
 class OutputError(UserError):
     """An output path that cannot take the run's files; the message names the path."""
-
-
-class Terminated(BaseException):
-    """The process received SIGTERM; raised in the main thread so that clean-up code runs."""
-
-
-_signalled: set[int] = set()  # signals turned into exceptions in this process
-
-
-def terminated() -> bool:
-    """Whether SIGTERM arrived under :func:`terminate_on_sigterm` (even if its exception was dropped)."""
-    return bool(_signalled)
-
-
-@contextlib.contextmanager
-def terminate_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` while the block runs (main thread only), as Ctrl-C is turned
-    into ``KeyboardInterrupt``, so staging folders are removed on both."""
-
-    def handler(signum, frame):
-        # Also remembered: an exception raised inside a finalizer or a fork hook is printed and dropped, and
-        # then the run must still neither commit its folder nor end with status 0.
-        _signalled.add(signum)
-        raise Terminated
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave the default action
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _umask() -> int:
@@ -177,26 +139,33 @@ class OutputFolder:
         while not parent.exists():
             missing.append(parent)
             parent = parent.parent
+        self._on_stop = on_stop(self._clean)  # Ctrl-C or SIGTERM from here on: removed, then exit
+        self._on_stop.__enter__()
         try:
-            for folder in reversed(missing):
-                folder.mkdir()
-                self._created.append(folder)
-            self.staging = self.path.parent / f".{self.path.name}.accel-{secrets.token_hex(4)}"
-            self.staging.mkdir(mode=0o777)
+            with signals_blocked():  # the folders made are recorded before a signal can look at the list
+                for folder in reversed(missing):
+                    folder.mkdir()
+                    self._created.append(folder)
+                self.staging = self.path.parent / f".{self.path.name}.accel-{secrets.token_hex(4)}"
+                self.staging.mkdir(mode=0o777)
         except OSError as exc:
             self._clean()
+            self._on_stop.__exit__(None, None, None)
             raise OutputError(f"{self.shown}: cannot create the output folder ({_strerror(exc)})") from None
         return self.staging
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self.commit()
-            except BaseException:
+        try:
+            if exc_type is None:
+                try:
+                    self.commit()
+                except BaseException:
+                    self._clean()
+                    raise
+            else:
                 self._clean()
-                raise
-        else:
-            self._clean()
+        finally:
+            self._on_stop.__exit__(None, None, None)
 
     def _clean(self) -> None:
         if self.staging is not None:
@@ -210,29 +179,32 @@ class OutputFolder:
     def commit(self) -> None:
         """Replace the destination by the staging folder, as a whole, under a lock on the parent folder."""
         assert self.staging is not None
-        if terminated():
-            raise Terminated
-        parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         old = self.path.parent / f".{self.path.name}.accel-old-{secrets.token_hex(4)}"
-        try:
-            fcntl.flock(parent, fcntl.LOCK_EX)  # one swap at a time in this folder
-            if self.path.exists() or self.path.is_symlink():
-                if not self.path.is_dir() or self._foreign():
-                    raise OutputError(f"{self.shown}: changed during the run; the results were not written")
-                os.rename(self.path, old)
+        # Ctrl-C and SIGTERM are held back until both renames are done (a stop in between would leave the
+        # old folder renamed away); the lock makes one swap at a time in this folder.
+        with signals_blocked():
+            parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                os.rename(self.staging, self.path)
-            except OSError:
-                if old.exists():
-                    os.rename(old, self.path)
-                raise
-        except OSError as exc:
-            raise OutputError(f"{self.shown}: cannot write the {self.what} ({_strerror(exc)})") from None
-        finally:
-            fcntl.flock(parent, fcntl.LOCK_UN)
-            os.close(parent)
-        self.staging = None
-        self._created = []
+                fcntl.flock(parent, fcntl.LOCK_EX)
+                if self.path.exists() or self.path.is_symlink():
+                    if not self.path.is_dir() or self._foreign():
+                        raise OutputError(
+                            f"{self.shown}: changed during the run; the results were not written"
+                        )
+                    os.rename(self.path, old)
+                try:
+                    os.rename(self.staging, self.path)
+                except OSError:
+                    if old.exists():
+                        os.rename(old, self.path)
+                    raise
+                self.staging = None
+                self._created = []
+            except OSError as exc:
+                raise OutputError(f"{self.shown}: cannot write the {self.what} ({_strerror(exc)})") from None
+            finally:
+                fcntl.flock(parent, fcntl.LOCK_UN)
+                os.close(parent)
         shutil.rmtree(old, ignore_errors=True)
 
     def files(self) -> list[Path]:

@@ -10,7 +10,6 @@ them per layer by the layer's own. Each grid point runs the whole network
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -24,6 +23,7 @@ import traceback
 from collections.abc import Callable
 
 from accel.config import ConfigError, EngineConfig
+from accel.interrupts import on_stop, signals_blocked
 from accel.system import DramConfig, ReportOptions, SystemConfig
 
 __all__ = ["PER_LAYER_FIELDS", "SWEEP_COLUMNS", "parse_param", "run_sweep", "sweep_points"]
@@ -177,11 +177,20 @@ def _run_in_processes(work: list[tuple], jobs: int, progress: Callable[[], None]
     rows: list[dict | None] = [None] * len(work)
     pending = iter(enumerate(work))
     running: dict = {}  # the pipe's reading end -> (index, process)
+
+    def kill_running() -> None:
+        for _, proc in list(running.values()):
+            proc.kill()
+
+    stopping = on_stop(kill_running)  # Ctrl-C or SIGTERM: the grid points' processes are killed first
+    stopping.__enter__()
     try:
         while True:
             while len(running) < jobs and (item := next(pending, None)) is not None:
                 reader, writer = multiprocessing.Pipe(duplex=False)
-                with _signals_blocked():  # a handler's exception raised inside fork's hooks would be lost
+                # Forked with Ctrl-C and SIGTERM held back: the child resets their handlers (it must not run
+                # the parent's clean-up) before it takes them.
+                with signals_blocked():
                     proc = multiprocessing.Process(target=_point_process, args=(writer, item[1]), daemon=True)
                     proc.start()
                 writer.close()
@@ -206,22 +215,13 @@ def _run_in_processes(work: list[tuple], jobs: int, progress: Callable[[], None]
             proc.kill()
             proc.join()
             reader.close()
+        stopping.__exit__(None, None, None)
     return rows
-
-
-@contextlib.contextmanager
-def _signals_blocked():
-    stop = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending signal arrives here
 
 
 def _point_process(conn, item: tuple) -> None:
     # The parent handles Ctrl-C (the terminal sends it to the whole process group) and kills this process;
-    # SIGTERM ends it at once. It was forked with both blocked.
+    # SIGTERM ends it at once. It was forked with both held back and the parent's handlers installed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
