@@ -11,13 +11,14 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 from accel import __version__
-from accel.config import ConfigError, EngineConfig, load_config
+from accel.config import ConfigError, EngineConfig, path_arg
 from accel.errors import UserError
 from accel.interrupts import stop_cleanly
 from accel.outdir import OutputFolder, check_out_file, check_out_path, write_file_atomic
+from accel.system import load_system_config
+from accel.terminal import one_line, printable
 
 __all__ = ["main"]
 
@@ -62,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     rtl.add_argument(
         "--out", required=True, type=check_out_path, metavar="DIR", help="output folder (created or replaced)"
     )
-    rtl.add_argument("--config", type=Path, metavar="FILE", help="engine configuration (TOML or JSON)")
+    rtl.add_argument("--config", type=path_arg, metavar="FILE", help="engine configuration (TOML or JSON)")
     rtl.set_defaults(func=_cmd_rtl)
 
     run = sub.add_parser(
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
             "dense mode, check the outputs against a numpy reference and report MACs, cycles and speed-ups."
         ),
     )
-    run.add_argument("--config", type=Path, metavar="FILE", help="engine configuration (TOML or JSON)")
+    run.add_argument("--config", type=path_arg, metavar="FILE", help="engine configuration (TOML or JSON)")
     run.add_argument("--seed", type=_seed, default=0, metavar="N", help="seed of the synthetic layer (0)")
     run.add_argument(
         "--gate-rate",
@@ -90,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="run the first N tiles of the layer, 0 for all (0: the whole layer)",
     )
-    run.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    run.add_argument("--json", type=path_arg, metavar="FILE", help="also write the results as JSON")
     run.set_defaults(func=_cmd_run)
 
     trace = sub.add_parser("trace", help="inspect layer traces (docs/trace-format.md)")
@@ -104,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
             "summary (name, dataset, accuracies, total FLOP reduction, how it was made)."
         ),
     )
-    info.add_argument("path", type=Path, metavar="PATH", help="trace file (.npz)")
+    info.add_argument("path", type=path_arg, metavar="PATH", help="trace file (.npz)")
     info.set_defaults(func=_cmd_trace_info)
     _add_training_commands(sub, trace_sub)
     from accel.report_cli import add_report_parsers
@@ -122,17 +123,17 @@ def _add_training_commands(sub, trace_sub) -> None:
 
 
 def _cmd_rtl(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_system_config(args.config).engine  # every table of the file checked
     try:
         from rtl.generate import RTL_FILES, check_buildable, generate_verilog
     except ModuleNotFoundError as exc:
         raise ConfigError(f"cannot load the RTL generator: {exc}") from None
     check_buildable(config, source=str(args.config) if args.config else "configuration")
-    folder = OutputFolder(args.out, RTL_FILES, "Verilog")
+    folder = OutputFolder(args.out, RTL_FILES, "accel rtl")
     with folder as staging:
         generate_verilog(config, staging)
     for path in folder.files():
-        print(f"wrote {path}")
+        print(f"wrote {printable(path)}")
     return 0
 
 
@@ -168,7 +169,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sim.engine import run_tile
     from traces.synthetic import cut_tiles, layer_reference
 
-    config = load_config(args.config)
+    config = load_system_config(args.config).engine  # every table of the file checked
     if args.json is not None:
         check_out_file(args.json)  # before the work, not after
     layer = default_layer(config, args.gate_rate, args.seed)
@@ -278,7 +279,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "reference_match": not mismatches,
         }
         write_file_atomic(args.json, json.dumps(report, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        print(f"wrote {printable(args.json)}")
 
     if mismatches:
         print(
@@ -290,8 +291,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _error(message: str) -> int:
-    line = "; ".join(part.strip() for part in message.splitlines() if part.strip())  # always one line
-    print(f"{PROG}: error: {line}", file=sys.stderr)
+    print(f"{PROG}: error: {one_line(message)}", file=sys.stderr)
     return 2
 
 
@@ -300,8 +300,6 @@ def _shape(c: int, h: int, w: int) -> str:
 
 
 def _trace_rows(trace) -> list[tuple[str, ...]]:
-    from accel.report import printable  # a name cannot break the table's lines
-
     rows = []
     for layer in trace:
         lm = layer.meta
@@ -337,7 +335,6 @@ def _trace_rows(trace) -> list[tuple[str, ...]]:
 
 
 def _cmd_trace_info(args: argparse.Namespace) -> int:
-    from accel.report import printable
     from sim.trace import load_trace
 
     trace = load_trace(args.path)  # headers, metadata and every member's data (CRC) checked
@@ -356,7 +353,7 @@ def _cmd_trace_info(args: argparse.Namespace) -> int:
     rows = _trace_rows(trace)
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     left = 5  # the first five columns are left-aligned, the numbers right-aligned
-    print(f"trace: {args.path} (valid: metadata, array shapes and every array's data checked)")
+    print(f"trace: {printable(args.path)} (valid: metadata, array shapes and every array's data checked)")
     print()
     for row in [header, *rows]:
         cells = [

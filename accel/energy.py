@@ -10,13 +10,12 @@ so for every design of a layer. The rules are in docs/energy.md.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accel.config import ConfigError, EngineConfig
+from accel.config import ConfigError, EngineConfig, finite_number, parse_config_text, read_text_file
 
 if TYPE_CHECKING:
     from sim.results import DesignRun, LayerRun
@@ -117,7 +116,7 @@ class EnergyTable:
         for name, value in self.actions.items():
             if name not in ACTIONS:
                 raise ConfigError(f"{src}: unknown action {name!r} (known actions: {', '.join(ACTIONS)})")
-            if not _is_number(value) or not math.isfinite(value) or not 0 <= value <= MAX_PJ:
+            if not finite_number(value) or not 0 <= value <= MAX_PJ:
                 raise ConfigError(
                     f"{src}: actions.{name}.pj = {value!r}: must be a number in [0, {MAX_PJ:g}]"
                 )
@@ -131,14 +130,14 @@ class EnergyTable:
             )
         for key, values, top in (("sizes_bytes", sizes, MAX_SRAM_BYTES), ("pj_per_64bit", pj, MAX_PJ)):
             for v in values:
-                if not _is_number(v) or not math.isfinite(v) or not 0 < v <= top:
+                if not finite_number(v) or not 0 < v <= top:
                     raise ConfigError(
                         f"{src}: sram.{key} = {list(values)!r}: {v!r} is not a number in (0, {top:g}]"
                     )
         if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
             raise ConfigError(f"{src}: sram.sizes_bytes = {list(sizes)!r}: must be strictly increasing")
         wf = self.write_factor
-        if not _is_number(wf) or not math.isfinite(wf) or not 0 <= wf <= MAX_WRITE_FACTOR:
+        if not finite_number(wf) or not 0 <= wf <= MAX_WRITE_FACTOR:
             raise ConfigError(
                 f"{src}: sram.write_factor = {wf!r}: must be a number in [0, {MAX_WRITE_FACTOR:g}]"
             )
@@ -170,7 +169,7 @@ class EnergyTable:
         float
             Energy in pJ.
         """
-        if not (_is_number(size_bytes) and math.isfinite(size_bytes) and size_bytes > 0):
+        if not (finite_number(size_bytes) and size_bytes > 0):
             raise ValueError(f"SRAM size must be a finite number > 0, got {size_bytes!r}")
         if word_bits < 0:
             raise ValueError(f"SRAM word width must be >= 0, got {word_bits!r}")
@@ -186,7 +185,13 @@ class EnergyTable:
                 e64 = self.sram_pj_per_64bit[i - 1 if x == xs[i - 1] else i]
             else:
                 slope = (ys[i] - ys[i - 1]) / (xs[i] - xs[i - 1])
-                e64 = math.exp(ys[i - 1] + slope * (x - xs[i - 1]))
+                log_e64 = ys[i - 1] + slope * (x - xs[i - 1])
+                if log_e64 > math.log(MAX_PJ):  # a steep table extrapolated far: refused, not overflowed
+                    raise ConfigError(
+                        f"{self.origin}: sram: a {size_bytes:g}-byte array extrapolates to above "
+                        f"{MAX_PJ:g} pJ per 64-bit access; add a point for that size to the table"
+                    )
+                e64 = math.exp(log_e64)
         return e64 * word_bits / 64.0 * (self.write_factor if write else 1.0)
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,7 +231,7 @@ def _string(value: Any, key: str, src: str) -> str:
 
 
 def _number(value: Any, key: str, src: str) -> float:
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
+    if not finite_number(value) or value < 0:
         raise ConfigError(f"{src}: {key} = {value!r}: must be a finite number >= 0")
     return float(value)
 
@@ -235,7 +240,7 @@ def _number_list(value: Any, key: str, src: str) -> tuple[float, ...]:
     if not isinstance(value, list):
         raise ConfigError(f"{src}: {key} = {value!r}: must be a list of numbers")
     for v in value:
-        if not _is_number(v) or not math.isfinite(v) or v <= 0:
+        if not finite_number(v) or v <= 0:
             raise ConfigError(f"{src}: {key} = {value!r}: {v!r} is not a finite number > 0")
     return tuple(float(v) for v in value)
 
@@ -309,10 +314,7 @@ def _parse(data: dict, src: str, base: EnergyTable | None) -> EnergyTable:
 
 
 def _read_toml(text: str, src: str) -> dict:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{src}: not valid TOML: {str(exc).splitlines()[0]}") from None
+    return parse_config_text(text, Path(src), "TOML")
 
 
 def load_energy_table(path: str | Path | None = None) -> EnergyTable:
@@ -345,13 +347,7 @@ def load_energy_table(path: str | Path | None = None) -> EnergyTable:
     )
     if path is None:
         return default
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read energy table ({exc.strerror})") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    text = read_text_file(path, "energy table")
     return _parse(_read_toml(text, str(path)), str(path), default)
 
 

@@ -27,6 +27,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from accel.config import path_arg
 from accel.errors import UserError
 from accel.interrupts import on_stop, signals_blocked
 
@@ -67,10 +68,10 @@ def _check_creatable(path: Path, shown: Path, what: str) -> None:
 
 def check_out_path(text: str) -> Path:
     """An argparse ``type`` for ``--out``: refuse an empty path (it would silently mean the current
-    folder)."""
+    folder) and one holding a NUL byte."""
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path: name a folder")
-    return Path(text)
+    return path_arg(text)
 
 
 class OutputFolder:
@@ -84,7 +85,7 @@ class OutputFolder:
         Glob patterns of the files this kind of run writes; an existing destination holding anything
         else is refused before the work.
     what : str
-        What the folder holds, for messages ("report", "sweep", "Verilog").
+        The command that writes it, for messages ("accel report", "accel sweep", "accel rtl").
 
     Use as a context manager: ``with OutputFolder(out, ...) as staging:`` writes the files into
     ``staging``; leaving the block normally swaps the staging folder in (:meth:`commit`), leaving it with
@@ -106,11 +107,18 @@ class OutputFolder:
 
     # -- checks ---------------------------------------------------------------------------------------
     def _foreign(self) -> list[str]:
+        """What the folder holds that this kind of run does not write: any name outside the patterns, and
+        anything that is not a regular file (a folder named ``report.json`` holds the user's data)."""
         try:
-            names = sorted(os.listdir(self.path))
+            with os.scandir(self.path) as entries:
+                listed = sorted((e.name, e.is_file(follow_symlinks=False)) for e in entries)
         except OSError as exc:
             raise OutputError(f"{self.shown}: cannot read the output folder ({_strerror(exc)})") from None
-        return [n for n in names if not any(fnmatch.fnmatchcase(n, pat) for pat in self.owned)]
+        return [
+            name
+            for name, regular in listed
+            if not regular or not any(fnmatch.fnmatchcase(name, pat) for pat in self.owned)
+        ]
 
     def check(self) -> None:
         """Refuse a destination that cannot take this run's files, before any work is done."""
@@ -124,7 +132,7 @@ class OutputFolder:
             if foreign:
                 more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
                 raise OutputError(
-                    f"{self.shown}: holds {foreign[0]!r}{more}, which a {self.what} run does not write; "
+                    f"{self.shown}: holds {foreign[0]!r}{more}, which {self.what} does not write; "
                     f"name a new or empty folder (the whole folder is replaced)"
                 )
         _check_creatable(self.path, self.shown, "the output folder")
@@ -201,7 +209,8 @@ class OutputFolder:
                 self.staging = None
                 self._created = []
             except OSError as exc:
-                raise OutputError(f"{self.shown}: cannot write the {self.what} ({_strerror(exc)})") from None
+                why = _strerror(exc)
+                raise OutputError(f"{self.shown}: cannot write the results of {self.what} ({why})") from None
             finally:
                 fcntl.flock(parent, fcntl.LOCK_UN)
                 os.close(parent)
@@ -223,6 +232,9 @@ def check_out_file(path: Path, create_parents: bool = False) -> None:
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: is a folder, expected a file name")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        # Replacing it would turn a link, a device (/dev/null) or a FIFO into a plain file.
+        raise OutputError(f"{path}: exists and is not a regular file (a link, device or FIFO); name a file")
     if not create_parents and not path.parent.is_dir():
         raise OutputError(f"{path}: cannot write (No such file or directory: {path.parent})")
     _check_creatable(path, path, "the file")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import warnings
 from pathlib import Path
 
 import matplotlib
 
-from accel.report import printable
+from accel.terminal import printable
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -229,6 +231,20 @@ def plot_dram(report: dict, path: Path) -> Path:
     return _save(dram_figure(report), path)
 
 
+def _quiet(draw):
+    """Draw without matplotlib's layout and missing-glyph warnings on stderr (a name from a trace may hold
+    characters no font has; the plot is written all the same)."""
+
+    @functools.wraps(draw)
+    def quiet(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return draw(*args, **kwargs)
+
+    return quiet
+
+
+@_quiet
 def report_plots(report: dict, folder: Path) -> list[Path]:
     """Write the four plots of a report into ``folder``; return their paths."""
     folder = Path(folder)
@@ -240,6 +256,7 @@ def report_plots(report: dict, folder: Path) -> list[Path]:
     ]
 
 
+@_quiet
 def sweep_plots(rows: list[dict], params: list[str], folder: Path) -> list[Path]:
     """Speed-up and energy against each swept parameter (other parameters: each of their values a line)."""
     folder = Path(folder)

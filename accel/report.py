@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 
 from accel.energy import EnergyTable, design_energy
+from accel.terminal import printable
 from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.trace import Trace
 
 __all__ = [
-    "printable",
     "PUBLISHED_RATIO",
     "SCHEMA_VERSION",
     "build_report",
@@ -240,13 +240,6 @@ def _fmt(value, spec: str, scale: float = 1.0, unit: str = "") -> str:
         return "n/a"
     value = float(value) * scale
     return format(value, spec) + unit if isfinite(value) else "n/a"
-
-
-def printable(value) -> str:
-    """A name as printed: control and other non-printable characters escaped the way ``repr`` escapes
-    them (``\\n``, ``\\t``, ``\\x1b``), without quotes, so a name cannot break the table's lines or columns.
-    The files (report.json, layers.csv) keep the exact name."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
 
 
 def _has_gated_layer(report: dict) -> bool:

@@ -6,8 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from accel.config import ConfigError
+from accel.config import ConfigError, path_arg
 from accel.outdir import OutputFolder, check_out_path
+from accel.terminal import printable
 
 __all__ = ["DEFAULT_TRACE", "add_report_parsers"]
 
@@ -37,12 +38,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "trace",
         nargs="?",
-        type=Path,
+        type=path_arg,
         metavar="TRACE",
         help=f"trace file (.npz); default: the shipped traces/{DEFAULT_TRACE}",
     )
-    p.add_argument("--config", type=Path, metavar="FILE", help="system configuration (TOML or JSON)")
-    p.add_argument("--energy", type=Path, metavar="FILE", help="energy table (TOML) replacing the default")
+    p.add_argument("--config", type=path_arg, metavar="FILE", help="system configuration (TOML or JSON)")
+    p.add_argument(
+        "--energy", type=path_arg, metavar="FILE", help="energy table (TOML) replacing the default"
+    )
     p.add_argument(
         "--samples", type=_positive_int("sample count"), metavar="N", help="images to simulate (default: all)"
     )
@@ -126,7 +129,12 @@ def _load(args):
         )
     if getattr(args, "zero_compression", False):
         config = dataclasses.replace(config, report=dataclasses.replace(config.report, zero_compression=True))
-    table = load_energy_table(config.energy_table)
+    try:
+        table = load_energy_table(config.energy_table)
+    except ConfigError as exc:
+        if args.energy is None:  # the table was named by the configuration file: say so
+            raise ConfigError(f"{args.config}: [energy] table: {exc}") from None
+        raise
     trace = load_trace(path)  # every member's data read once: damaged data is refused before the work
     if args.samples is not None and args.samples > trace.samples:
         raise ConfigError(f"--samples {args.samples}: {path} stores {trace.samples} sample(s)")
@@ -140,7 +148,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from sim.network import run_network
 
     path, trace, config, table = _load(args)
-    folder = OutputFolder(args.out or Path(f"report-{Path(path).stem}"), REPORT_FILES, "report")
+    folder = OutputFolder(args.out or Path(f"report-{Path(path).stem}"), REPORT_FILES, "accel report")
     with folder as staging:
         with tqdm(
             total=len(trace), desc="layers", unit="layer", disable=args.no_progress or None, leave=False
@@ -154,7 +162,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 progress=lambda _: bar.update(),
             )
         report = build_report(run, trace, table)
-        print(f"trace: {path}")
+        print(f"trace: {printable(path)}")
         print()
         print(format_table(report))
         print()
@@ -167,7 +175,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         write_report(report, staging, plots=not args.no_plots)
     print()
     for p in folder.files():
-        print(f"wrote {p}")
+        print(f"wrote {printable(p)}")
     return 0
 
 
@@ -182,10 +190,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     path, trace, config, _ = _load(args)
     params = [parse_param(p) for p in args.param]
     names = [n for n, _ in params]
-    if len(set(names)) != len(names):
-        raise ConfigError("sweep: a parameter is given twice")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"sweep: parameter {twice[0]!r} is given twice")
     points = sweep_points(config, params)  # every point's configuration checked before any run
-    folder = OutputFolder(args.out or Path(f"sweep-{Path(path).stem}"), SWEEP_FILES, "sweep")
+    folder = OutputFolder(args.out or Path(f"sweep-{Path(path).stem}"), SWEEP_FILES, "accel sweep")
     with folder as staging:
         with tqdm(
             total=len(points), desc="grid points", disable=args.no_progress or None, leave=False
@@ -207,7 +216,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if ok:
             sweep_plots(ok, names, staging)
     for p in folder.files():
-        print(f"wrote {p}")
+        print(f"wrote {printable(p)}")
     failed = sum(1 for r in rows if r["error"])
     if failed:
         print(

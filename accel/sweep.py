@@ -15,6 +15,7 @@ import dataclasses
 import io
 import itertools
 import json
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -23,6 +24,7 @@ import traceback
 from collections.abc import Callable
 
 from accel.config import ConfigError, EngineConfig
+from accel.errors import UserError
 from accel.interrupts import on_stop, signals_blocked
 from accel.system import DramConfig, ReportOptions, SystemConfig
 
@@ -47,6 +49,7 @@ _SECTIONS = {"engine": EngineConfig, "dram": DramConfig, "report": ReportOptions
 # Engine fields a trace replaces per layer by the layer's own (sim.network.engine_config_for): sweeping them
 # would run the same network at every grid point, so they are refused.
 PER_LAYER_FIELDS = ("kernel", "stride", "padding", "groups")
+MAX_GRID_POINTS = 10_000  # a grid larger than this is a typo, not a sweep (one network run per point)
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -117,6 +120,12 @@ def _apply(base: SystemConfig, point: dict) -> SystemConfig:
 def sweep_points(base: SystemConfig, params: list[tuple[str, list]]) -> list[tuple[dict, SystemConfig]]:
     """Every grid point and its configuration (all checked before anything runs)."""
     names = [n for n, _ in params]
+    size = math.prod(len(values) for _, values in params)
+    if size > MAX_GRID_POINTS:
+        raise ConfigError(
+            f"sweep: {' x '.join(str(len(v)) for _, v in params)} = {size} grid points; at most "
+            f"{MAX_GRID_POINTS} (each point runs the whole network)"
+        )
     for name in names:
         if name.removeprefix("engine.") in PER_LAYER_FIELDS:
             parse_param(f"{name}=0")  # refused there, with the reason
@@ -135,13 +144,13 @@ def _run_point(args) -> dict:
     from sim.network import run_network
     from sim.trace import load_trace
 
-    trace = load_trace(trace_path)
-    table = load_energy_table(config.energy_table)
     try:
+        trace = load_trace(trace_path)
+        table = load_energy_table(config.energy_table)
         run = run_network(trace, config, samples=samples)
-    except ConfigError as exc:
+        net = build_report(run, trace, table)["network"]
+    except UserError as exc:  # this point's configuration does not fit the trace: its row says why
         return {**point, **dict.fromkeys(SWEEP_COLUMNS), "error": str(exc)}
-    net = build_report(run, trace, table)["network"]
     return {**point, **{k: net[k] for k in SWEEP_COLUMNS}, "error": ""}
 
 
@@ -155,7 +164,7 @@ def run_sweep(
 ) -> list[dict]:
     """Run every grid point (``jobs`` processes, default all cores); rows in grid order."""
     points = sweep_points(base, params)
-    jobs = jobs or os.cpu_count() or 1
+    jobs = min(jobs or os.cpu_count() or 1, os.cpu_count() or 1)  # one process per core at most
     work = [(trace_path, cfg, samples, point) for point, cfg in points]
     rows: list[dict] = []
     if jobs == 1:

@@ -15,11 +15,10 @@ A file whose top level holds engine fields directly (the format ``accel run`` re
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from accel.config import ConfigError, EngineConfig, config_tables, read_config_file
+from accel.config import ConfigError, EngineConfig, config_tables, finite_number, read_config_file
 
 __all__ = ["DramConfig", "ReportOptions", "SystemConfig", "load_system_config"]
 
@@ -30,7 +29,7 @@ def _check_fields(obj, limits: dict[str, tuple[float, float]], source: str) -> N
         if f.name not in limits:
             continue
         lo, hi = limits[f.name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not finite_number(value):
             raise ConfigError(f"{source} field {f.name!r}: expected a number, got {value!r}")
         if not lo <= value <= hi:
             raise ConfigError(f"{source} field {f.name!r} = {value}: must lie in [{lo}, {hi}]")
@@ -137,7 +136,7 @@ def load_system_config(path: str | Path | None) -> SystemConfig:
         raise ConfigError(f"{source}: [energy] takes one key, 'table' (a file name), got {energy!r}")
     table = energy.get("table")
     if table is not None:
-        if not isinstance(table, str):
+        if not isinstance(table, str) or not table.strip() or "\0" in table:
             raise ConfigError(f"{source}: [energy] field 'table': expected a file name, got {table!r}")
         table = str(path.parent / table) if not Path(table).is_absolute() else table
     return SystemConfig(

@@ -195,6 +195,24 @@ class TileGeometry:
             )
         return seg
 
+    def check_counters(self, config: EngineConfig) -> None:
+        """Refuse a tile whose performance counts could wrap the ``counter_width``-bit counters.
+
+        The engine's counters wrap, as the hardware's do (the model reproduces it); a tool that reads them as
+        figures (the network report, ``accel run``) must not cut tiles that could. Each of the two phases
+        has at most ceil(n/P) rounds of n_chunks·K² beats plus a few cycles each, and no counter grows by
+        more than P·L per cycle (MACs: valid PEs × valid lanes).
+        """
+        k = config.kernel
+        rounds = _ceil_div(self.n_outputs, config.pes)
+        cycles = 2 * rounds * (self.segments(config).n_chunks * k * k + 4) + 16
+        if config.pes * config.lanes * cycles >= 1 << config.counter_width:
+            raise ConfigError(
+                f"config field 'counter_width' = {config.counter_width}: a tile of {self.n_outputs} outputs "
+                f"can count up to {config.pes * config.lanes * cycles:,} (P × L × {cycles:,} cycles), which "
+                "wraps the counters; widen counter_width"
+            )
+
 
 @dataclass(frozen=True)
 class Tile:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from pathlib import Path
 
 from accel.cli import number_arg
-from accel.config import ConfigError
+from accel.config import ConfigError, path_arg
 from accel.errors import UserError
 from accel.outdir import check_out_path
 
@@ -215,7 +214,7 @@ def add_trace_export_parser(trace_sub) -> None:
             "inputs of the first N test images."
         ),
     )
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory written by 'accel train'")
+    p.add_argument("run_dir", type=path_arg, metavar="RUN_DIR", help="directory written by 'accel train'")
     p.add_argument("--out", required=True, type=check_out_path, metavar="FILE", help="trace file (.npz)")
     p.add_argument("--samples", type=_positive_int, default=4, metavar="N", help="sample images stored (4)")
     p.add_argument("--name", default=None, help="network name in the trace (default: from the run)")

@@ -183,5 +183,6 @@ def plan_layer(
                     base_channels=base_channels if g == 1 else 0,
                 )
                 geometry.check(config)
+                geometry.check_counters(config)  # its counts are read as figures
                 tiles.append(TilePlan(geometry, channels, r0, r1, x0_out, x1_out, y0, y1, x0, x1, cb, rb, xb))
     return LayerPlan(tuple(tiles), len(chan_blocks), len(row_blocks), len(col_blocks))

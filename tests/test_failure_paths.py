@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -525,3 +526,134 @@ def test_trace_info_escapes_control_characters_in_names(tmp_path):
     assert len(out.splitlines()) == len(out_plain.splitlines())  # the names add no line
     assert "\x1b" not in out
     assert r"f\nc\x1b[31m" in out and r"ti\nny" in out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Found by a few hundred adversarial inputs
+
+
+def test_a_folder_named_like_a_report_file_is_the_users(tmp_path):
+    out = tmp_path / "d"
+    (out / "report.json").mkdir(parents=True)
+    _write(out / "report.json" / "thesis.tex", "mine")
+    code, stdout, err = _report(out)
+    _one_line_error(code, err, "'report.json'", "does not write")
+    assert (out / "report.json" / "thesis.tex").read_text() == "mine"
+
+
+def test_json_output_never_replaces_a_link_device_or_fifo(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = _write(tmp_path / "target.json", "keep")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    for path in (fifo, link, Path("/dev/null")):
+        code, _, err = _run("run", "--tiles", "1", "--json", path)
+        _one_line_error(code, err, str(path), "not a regular file")
+    assert stat_is_fifo(fifo) and link.is_symlink() and target.read_text() == "keep"
+
+
+def stat_is_fifo(path: Path) -> bool:
+    import stat
+
+    return stat.S_ISFIFO(path.lstat().st_mode)
+
+
+@pytest.mark.parametrize("source", ["fifo", "/dev/zero", "big", "empty name"])
+@pytest.mark.parametrize("option", ["--config", "--energy"])
+def test_configuration_files_that_are_not_small_regular_files(tmp_path, source, option):
+    if source == "fifo":
+        path = tmp_path / "c.toml"
+        os.mkfifo(path)  # opening it would block for ever
+        piece = "not a regular file"
+    elif source == "big":
+        path = _write(tmp_path / "c.toml", "# " + "x" * (1 << 20) + "\n")
+        piece = "at most 1048576"
+    elif source == "empty name":
+        path, piece = "", "not a file name"  # an argparse usage error
+    else:
+        path, piece = source, "not a regular file"
+    code, stdout, err = _run("report", "--samples", "1", "--no-progress", option, path)
+    if source == "empty name":  # refused by the option's parser: usage, then the one error line
+        assert code == 2 and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == f"accel report: error: argument {option}: '': not a file name"
+    else:
+        _one_line_error(code, err, piece)
+    assert stdout == ""
+
+
+@pytest.mark.parametrize(
+    "name, text, piece",
+    [
+        ("huge.toml", "[dram]\nbytes_per_cycle = " + "9" * 400 + "\n", "bytes_per_cycle"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("deep.toml", "pes = " + "[" * 50_000 + "]" * 50_000 + "\n", "not valid TOML"),
+        ("long.json", '{"pes": ' + "9" * 5000 + "}", "not valid JSON"),
+        ("twice.json", '{"pes": 4, "pes": 8}', "key 'pes' given twice"),
+        ("nul.toml", '[energy]\ntable = "a\\u0000b"\n', "[energy] field 'table'"),
+        ("empty.toml", '[energy]\ntable = ""\n', "[energy] field 'table'"),
+        ("missing.toml", '[energy]\ntable = "nope.toml"\n', "missing.toml: [energy] table: "),
+    ],
+)
+def test_configuration_values_that_break_parsers(tmp_path, name, text, piece):
+    path = _write(tmp_path / name, text)
+    code, _, err = _run("report", "--samples", "1", "--no-progress", "--config", path)
+    _one_line_error(code, err, name, piece)
+
+
+@pytest.mark.parametrize("command", [["run", "--tiles", "1"], ["rtl", "--out", "v"]])
+def test_run_and_rtl_check_every_table_of_the_file(tmp_path, command, no_elaboration):
+    path = _write(tmp_path / "c.toml", "[engine]\npes = 2\n[dram]\nbytes_per_cycle = nan\n")
+    code, _, err = _run(*command, "--config", path)
+    _one_line_error(code, err, "c.toml", "bytes_per_cycle")
+
+
+def test_energy_of_a_steep_sram_table_is_refused_not_overflowed(tmp_path):
+    table = _write(tmp_path / "e.toml", "[sram]\nsizes_bytes = [1, 1.001]\npj_per_64bit = [1e-6, 1e6]\n")
+    code, stdout, err = _run("report", "--samples", "1", "--no-progress", "--energy", table)
+    _one_line_error(code, err, "e.toml", "extrapolates to above")
+    assert "inf" not in stdout and "nan" not in stdout
+
+
+def test_counters_that_could_wrap_are_refused(tmp_path):
+    config = _write(tmp_path / "c.toml", "counter_width = 20\n")
+    code, _, err = _run("run", "--config", config)
+    _one_line_error(code, err, "'counter_width' = 20", "wraps the counters")
+    code, _, err = _report(tmp_path / "r", "--config", config)
+    _one_line_error(code, err, "layer 'conv1'", "'counter_width' = 20")
+    code, stdout, err = _run(
+        "sweep", "--param", "counter_width=20,48", "--samples", "1", "--no-progress", "--out", tmp_path / "s"
+    )
+    assert code == 1 and "1 of 2 grid point(s) failed" in err  # the 20-bit point's row says why
+    rows = json.loads((tmp_path / "s" / "sweep.json").read_text())["rows"]
+    assert "wraps the counters" in rows[0]["error"] and rows[1]["error"] == ""
+
+
+def test_sweep_grid_size_and_repeated_parameters(tmp_path):
+    values = ",".join(str(v) for v in range(1, 65))
+    code, _, err = _run(
+        "sweep",
+        "--param",
+        f"pes={values}",
+        "--param",
+        f"lanes={values}",
+        "--param",
+        "input_depth=" + ",".join(str(v) for v in range(1000, 1100)),
+        "--no-progress",
+    )
+    _one_line_error(code, err, "409600 grid points", "at most 10000")
+    code, _, err = _run("sweep", "--param", "pes=4", "--param", "engine.pes=8", "--no-progress")
+    _one_line_error(code, err, "'engine.pes' is given twice")
+
+
+def test_printed_paths_and_errors_stay_on_one_printable_line(tmp_path):
+    weird = tmp_path / "we ird\nname\x1b[31m"
+    weird.mkdir()
+    trace = weird / "t.npz"
+    shutil.copyfile(default_trace_path(), trace)
+    code, stdout, _ = _run("trace", "info", trace)
+    assert code == 0 and "\x1b" not in stdout and r"we ird\nname\x1b[31m" in stdout.splitlines()[0]
+    config = _write(tmp_path / "c.toml", "x" * 100_000 + " = 1\n")
+    code, _, err = _run("run", "--config", config)
+    line = _one_line_error(code, err, "c.toml")
+    assert len(line) <= 2020
