@@ -36,8 +36,12 @@ def number_arg(convert, what: str, accept, expected: str):
 
     def parse(text: str):
         try:
+            if convert is int and not text.strip().lstrip("+-").isascii():
+                raise ValueError(text)  # int() takes other scripts' digits; a count is written in ASCII
+            if convert is int and "_" in text:
+                raise ValueError(text)
             value = convert(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected {expected}") from None
         if not accept(value):
             raise argparse.ArgumentTypeError(f"invalid {what} {value}: expected {expected}")

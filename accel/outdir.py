@@ -98,7 +98,7 @@ class OutputFolder:
             raise OutputError("output folder: empty path")
         if path.is_symlink() and path.is_dir():
             path = path.resolve()  # replace the folder the link points to, not the link
-        self.path = Path(os.path.abspath(path))
+        self.path = Path(path).absolute()  # ".." kept: "file/../x" is refused as the system would
         self.shown = path  # as the user wrote it, for messages
         self.owned = owned
         self.what = what
@@ -122,8 +122,8 @@ class OutputFolder:
 
     def check(self) -> None:
         """Refuse a destination that cannot take this run's files, before any work is done."""
-        here = Path.cwd().resolve()
-        if self.path == here or self.path in here.parents:
+        here, resolved = Path.cwd().resolve(), self.path.resolve()
+        if resolved == here or resolved in here.parents:
             raise OutputError(f"{self.shown}: is the current folder or one of its parents; name a new folder")
         if self.path.exists() or self.path.is_symlink():
             if not self.path.is_dir():

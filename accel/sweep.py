@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
 import traceback
 from collections.abc import Callable
@@ -50,6 +51,7 @@ _SECTIONS = {"engine": EngineConfig, "dram": DramConfig, "report": ReportOptions
 # would run the same network at every grid point, so they are refused.
 PER_LAYER_FIELDS = ("kernel", "stride", "padding", "groups")
 MAX_GRID_POINTS = 10_000  # a grid larger than this is a typo, not a sweep (one network run per point)
+_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 
 
@@ -71,8 +73,8 @@ def parse_param(text: str) -> tuple[str, list]:
         raise ConfigError(f"sweep parameter {text!r}: expected NAME=V1,V2,... (e.g. pes=4,8,16)")
     name, _, values = text.partition("=")
     name = name.strip()
-    section, _, field = name.rpartition(".")
-    section = section or "engine"
+    section, dot, field = name.rpartition(".")
+    section = section or ("" if dot else "engine")  # ".pes" names no section
     if section not in _SECTIONS or _field_type(section, field) is None:
         known = _sweepable_engine_fields() + [
             f"{s}.{f.name}" for s in ("dram", "report") for f in dataclasses.fields(_SECTIONS[s])
@@ -94,6 +96,8 @@ def parse_param(text: str) -> tuple[str, list]:
                 if v.lower() not in _BOOLS:
                     raise ValueError(v)
                 out.append(_BOOLS[v.lower()])
+            elif not _NUMBER.fullmatch(v) or (kind is int and not v.lstrip("+-").isdigit()):
+                raise ValueError(v)  # plain ASCII numbers only: no "1_6", no other scripts' digits
             else:
                 out.append(kind(v))
         except ValueError:
@@ -151,6 +155,9 @@ def _run_point(args) -> dict:
         net = build_report(run, trace, table)["network"]
     except UserError as exc:  # this point's configuration does not fit the trace: its row says why
         return {**point, **dict.fromkeys(SWEEP_COLUMNS), "error": str(exc)}
+    bad = [k for k in SWEEP_COLUMNS if net[k] is not None and not math.isfinite(net[k])]
+    if bad:
+        return {**point, **dict.fromkeys(SWEEP_COLUMNS), "error": f"{bad[0]} is not finite ({net[bad[0]]})"}
     return {**point, **{k: net[k] for k in SWEEP_COLUMNS}, "error": ""}
 
 

@@ -505,27 +505,24 @@ def test_shipped_traces_are_not_modified_by_the_checks():
         load_trace(path).close()
 
 
-def test_trace_info_escapes_control_characters_in_names(tmp_path):
+def test_trace_names_with_control_characters(tmp_path):
     from test_trace import small_trace
 
     from sim.trace import save_trace
 
     meta, arrays = small_trace()
     weird = "f\nc\x1b[31m"
-    meta["name"] = "ti\nny"
-    meta["layer_order"] = [weird if k == "fc" else k for k in meta["layer_order"]]
-    meta["layers"] = {(weird if k == "fc" else k): v for k, v in meta["layers"].items()}
-    arrays = {(weird if k == "fc" else k): v for k, v in arrays.items()}
+    bad_meta = {**meta, "layer_order": [weird if k == "fc" else k for k in meta["layer_order"]]}
+    bad_meta["layers"] = {(weird if k == "fc" else k): v for k, v in meta["layers"].items()}
+    bad_arrays = {(weird if k == "fc" else k): v for k, v in arrays.items()}
+    with pytest.raises(TraceError, match=r"layer name 'f\\nc\\x1b\[31m'"):  # refused, and named escaped
+        save_trace(tmp_path / "bad.npz", bad_meta, bad_arrays)
+    # A network name is free text: printed escaped, on its line.
     path = tmp_path / "t.npz"
-    save_trace(path, meta, arrays).close()
-    plain = tmp_path / "plain.npz"
-    save_trace(plain, *small_trace()).close()
+    save_trace(path, {**meta, "name": "ti\nny\x1b[0m"}, arrays).close()
     code, out, err = _run("trace", "info", path)
     assert code == 0, err
-    code, out_plain, _ = _run("trace", "info", plain)
-    assert len(out.splitlines()) == len(out_plain.splitlines())  # the names add no line
-    assert "\x1b" not in out
-    assert r"f\nc\x1b[31m" in out and r"ti\nny" in out
+    assert "\x1b" not in out and r"ti\nny\x1b[0m" in out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -657,3 +654,27 @@ def test_printed_paths_and_errors_stay_on_one_printable_line(tmp_path):
     code, _, err = _run("run", "--config", config)
     line = _one_line_error(code, err, "c.toml")
     assert len(line) <= 2020
+
+
+@pytest.mark.parametrize("param", ["pes=1_6", "pes=\u0664", ".pes=4", "dram.bytes_per_cycle=1e400x"])
+def test_sweep_values_are_plain_numbers(param):
+    code, _, err = _run("sweep", "--param", param, "--no-progress")
+    _one_line_error(code, err, "sweep parameter")
+
+
+@pytest.mark.parametrize("text", ["1_0", "\u0661", "9" * 5000])
+def test_counts_are_plain_ascii_integers(text):
+    code, _, err = _run("report", "--samples", text, "--no-progress")
+    assert code == 2 and "Traceback" not in err
+    assert (
+        err.strip()
+        .splitlines()[-1]
+        .startswith("accel report: error: argument --samples: invalid sample count")
+    )
+
+
+def test_out_through_a_file_is_refused_as_the_system_would(tmp_path):
+    _write(tmp_path / "afile", "")
+    code, _, err = _run("report", "--out", tmp_path / "afile" / ".." / "x", "--no-progress")
+    _one_line_error(code, err, "afile is not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
