@@ -31,7 +31,7 @@ from accel.tile import COUNTER_NAMES, Tile
 from sim.engine import run_tile
 from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.tiling import LayerPlan, plan_layer
-from sim.trace import Trace, TraceLayer, layer_macs, requantize
+from sim.trace import Trace, TraceError, TraceLayer, engine_geometry_problem, layer_macs, requantize
 from sim.traffic import chain_cycles, layer_traffic
 
 __all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_network"]
@@ -44,7 +44,13 @@ def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineCo
     layer's. A gated layer with base ``"groups"`` runs with groups = G; with ``{"first": C_b}`` with
     groups = 1 and ``base_channels = C_b``. An ungated layer runs in dense mode with groups = 1 and a base
     segment of ``L`` channels (a multiple of L: no extra beats; 1 channel when ``c_in ≤ L``).
+
+    A layer outside the engine's fixed limits (kernel 1..11, ...: :func:`sim.trace.engine_geometry_problem`;
+    a loaded trace never has one) raises :class:`TraceError` naming the layer and its metadata field.
     """
+    problem = engine_geometry_problem(layer.meta)
+    if problem is not None:
+        raise TraceError(f"layer {layer.name!r}: metadata field {problem}")
     if layer.kind == "fc":
         k, s, p = 1, 1, 0
     else:
@@ -322,7 +328,11 @@ def run_network(
     # Refuse a configuration that cannot run some layer before simulating any (tiling is cheap).
     for layer in layers:
         if not _unmapped_reason(layer):
-            _plan(layer, *engine_config_for(config.engine, layer))
+            try:
+                cfg, base = engine_config_for(config.engine, layer)
+            except TraceError as exc:  # a layer outside the engine's limits: the trace's, not the config's
+                raise TraceError(f"{trace.path}: {exc}") from None
+            _plan(layer, cfg, base)
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(one, layers))

@@ -97,6 +97,22 @@ def _input_span(o0: int, o1: int, size: int, kernel: int, stride: int, padding: 
     return i0, i1, i0 - lo
 
 
+def _widest_block(w_out: int, w: int, rows: int, k: int, s: int, mult: int, config: EngineConfig) -> int:
+    """The widest block of output columns (0: none) whose input columns fit the input buffer beside
+    ``rows`` chunk-rows (``rows * min(w, (w_blk - 1)*s + k) <= input_depth``) and whose outputs fit the
+    output buffer (``mult * w_blk <= output_depth``).
+
+    Both needs grow with the width, so the widths that fit are ``1..w_blk``: computed directly, not by
+    trying every width from ``w_out`` down (a layer millions of columns wide would take minutes).
+    """
+    cap = min(w_out, config.output_depth // mult)
+    budget = config.input_depth // rows  # input columns a block may read
+    if cap < 1 or min(w, (cap - 1) * s + k) <= budget:
+        return max(cap, 0)
+    # w > budget here (else every width fits): the block's (w_blk - 1)*s + k columns must fit the budget.
+    return max(0, min(cap, (budget - k) // s + 1)) if budget >= k else 0
+
+
 @functools.lru_cache(maxsize=1024)
 def plan_layer(
     config: EngineConfig,
@@ -127,16 +143,9 @@ def plan_layer(
         return min(size, (n_out - 1) * s + k)
 
     # Columns: a full output row if its input rows fit, else the widest block that does.
-    w_blk = w_out
-    while w_blk > 0 and (
-        n_chunks * rows_in(1, h) * rows_in(w_blk, w) > config.input_depth
-        or mult * w_blk > config.output_depth
-    ):
-        w_blk -= 1
-    col_blocks: list[tuple[int, int]] = []
+    w_blk = _widest_block(w_out, w, n_chunks * rows_in(1, h), k, s, mult, config)
     if w_blk >= 1:
-        col_blocks = _blocks(w_out, w_blk)
-        w_blk = max(x1 - x0 for x0, x1 in col_blocks)
+        w_blk = -(-w_out // -(-w_out // w_blk))  # the largest of _blocks(w_out, w_blk), evened out
     m = min(
         per_group,
         config.weight_depth // (mult * n_chunks * k * k),
@@ -150,6 +159,7 @@ def plan_layer(
             f"{config.weight_depth}, output_depth = {config.output_depth}, threshold_depth = "
             f"{config.threshold_depth})"
         )
+    col_blocks = _blocks(w_out, w_blk)
     chan_blocks = _blocks(per_group, m)
     m = max(c1 - c0 for c0, c1 in chan_blocks)  # evened out: may leave room for more rows
     h_blk = 1

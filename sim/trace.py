@@ -18,8 +18,10 @@ import datetime
 import json
 import math
 import os
+import stat
 import tempfile
 import threading
+import tokenize
 import weakref
 import zipfile
 import zlib
@@ -42,6 +44,7 @@ __all__ = [
     "TraceArrays",
     "TraceError",
     "TraceLayer",
+    "engine_geometry_problem",
     "gated_macs",
     "layer_macs",
     "layer_tile_operands",
@@ -65,6 +68,22 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # The arrays of a loaded trace that are read from the file on every access and never kept (activations,
 # gates, weights: a layer's working set); every other array (per-channel vectors, scalars) is kept once read.
 LARGE_ARRAYS = frozenset({"inputs", "gates", "weights"})
+# Largest integer metadata field (channels, sizes, kernel, samples, ...): int32, so that every product of
+# them numpy forms stays within int64.
+MAX_INT_FIELD = INT32_MAX
+# Largest magnitude of a metadata number (accuracies, fractions, MACs): 2**53, so that it converts to a
+# float exactly and sums of them cannot overflow.
+MAX_NUMBER = 1 << 53
+# The engine's fixed limits on a layer's geometry: EngineConfig's field limits (accel/config.py) for
+# kernel, stride, padding and groups (a gated layer's G), and the 16-bit configuration registers
+# (accel/tile.py, REGISTER_LIMIT) for c_in, which every tile of a layer takes whole.
+ENGINE_LIMITS = {"kernel": (1, 11), "stride": (1, 8), "padding": (0, 10), "gate_groups": (1, 64)}
+ENGINE_MAX_C_IN = (1 << 16) - 1
+# Largest uncompressed size of the metadata members (bytes of the whole .npy member): they are read whole
+# before anything else is checked.
+TOP_MEMBER_LIMIT = {"format": 1 << 16, "version": 1 << 16, "meta": 1 << 26}
+# Deflate never expands data more than 1032-fold (one 258-byte match per two bits at best).
+DEFLATE_MAX_RATIO = 1032
 
 
 class TraceError(UserError):
@@ -388,12 +407,21 @@ def _get(obj: Mapping, key: str, where: _Where, default: Any = _MISSING) -> Any:
     return obj[key]
 
 
-def _int(obj: Mapping, key: str, where: _Where, lo: int | None = None, default: Any = _MISSING) -> int:
+def _int(
+    obj: Mapping,
+    key: str,
+    where: _Where,
+    lo: int | None = None,
+    default: Any = _MISSING,
+    hi: int = MAX_INT_FIELD,
+) -> int:
     value = _get(obj, key, where, default)
     if not isinstance(value, int) or isinstance(value, bool):
         where.fail(f"{where.field_name(key)} = {_short(value)}: expected an integer")
     if lo is not None and value < lo:
-        where.fail(f"{where.field_name(key)} = {value}: expected an integer >= {lo}")
+        where.fail(f"{where.field_name(key)} = {_short(value)}: expected an integer >= {lo}")
+    if value > hi:
+        where.fail(f"{where.field_name(key)} = {_short(value)}: out of range (at most {hi})")
     return value
 
 
@@ -423,11 +451,15 @@ def _number(
     value = _get(obj, key, where, default)
     if value is None and null:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
         expected = "a number" + (" or null" if null else "")
         where.fail(f"{where.field_name(key)} = {_short(value)}: expected {expected}")
+    # Compared as Python numbers (an int of any size against a float is exact): a huge integer never
+    # meets float() or math.isfinite, which raise OverflowError on it; 1e400 parses as inf.
+    if not -MAX_NUMBER <= value <= MAX_NUMBER:
+        where.fail(f"{where.field_name(key)} = {_short(value)}: out of range (magnitude above 2**53)")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        where.fail(f"{where.field_name(key)} = {value}: must lie in [{lo}, {hi}]")
+        where.fail(f"{where.field_name(key)} = {_short(value)}: must lie in [{lo}, {hi}]")
     return value
 
 
@@ -444,6 +476,21 @@ def _pool_or_conv_size(size: int, kernel: int, stride: int, padding: int) -> int
 
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
+
+
+class _DuplicateKey(Exception):
+    """A JSON object of ``meta`` with a key twice (``json`` would keep the last one silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
 
 
 class _Arrays:
@@ -515,11 +562,20 @@ def _check_top(arrays: _Arrays, where: _Where) -> dict:
         where.fail(f"key 'version' = {v}: expected an integer from 1 to {VERSION}")
     text = _scalar_text(arrays, "meta", where)
     try:
-        meta = json.loads(text, parse_constant=_reject_constant)
+        meta = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        where.fail(f"key 'meta': a JSON object has the key {exc.args[0]!r} twice")
     except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
         where.fail(f"key 'meta': not valid JSON ({exc}): {_short(text)}")
     if not isinstance(meta, dict):
         where.fail(f"key 'meta' = {_short(meta)}: expected a JSON object")
+    try:  # a lone surrogate (the JSON escape "\ud800", or in the numpy string) cannot be written out
+        json.dumps(meta, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        where.fail(f"key 'meta': a string holds {bad!r}, a lone surrogate (not valid Unicode)")
+    except RecursionError:
+        where.fail("key 'meta': JSON nested too deeply")
     return meta
 
 
@@ -532,9 +588,12 @@ def _check_network_meta(meta: dict, where: _Where) -> None:
     if (
         not isinstance(shape, list)
         or len(shape) != 3
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_INT_FIELD for v in shape)
     ):
-        where.fail(f"metadata field 'input_shape' = {_short(shape)}: expected [channels, height, width]")
+        where.fail(
+            f"metadata field 'input_shape' = {_short(shape)}: expected [channels, height, width] "
+            f"(integers in [1, {MAX_INT_FIELD}])"
+        )
     _int(meta, "samples", where, lo=1)
     accuracy = _object(meta, "accuracy", where)
     acc_where = where.sub("accuracy.")
@@ -563,18 +622,71 @@ def _check_network_meta(meta: dict, where: _Where) -> None:
         made_where.fail(f"metadata field 'made_by.seed' = {_short(seed)}: expected an integer or null")
 
 
+def _engine_limit(key: str, value: int) -> str | None:
+    """Why the engine cannot take a layer's ``key`` = ``value`` (:data:`ENGINE_LIMITS`,
+    :data:`ENGINE_MAX_C_IN`), as ``"'<key>' = <value>: ..."``; None when it can."""
+    if key == "c_in":
+        if value <= ENGINE_MAX_C_IN:
+            return None
+        return (
+            f"'c_in' = {value}: the engine takes at most {ENGINE_MAX_C_IN} input channels (its "
+            "configuration registers are 16 bits)"
+        )
+    lo, hi = ENGINE_LIMITS[key]
+    if lo <= value <= hi:
+        return None
+    what = {"kernel": "kernels", "stride": "strides", "padding": "paddings", "gate_groups": "gate groups"}
+    return f"{key!r} = {value}: the engine takes {what[key]} {lo}..{hi}"
+
+
+def _engine_padding(padding: int, kernel: int) -> str | None:
+    if padding < kernel:
+        return None
+    return f"'padding' = {padding}: the engine takes a padding smaller than the kernel ({kernel})"
+
+
+def engine_geometry_problem(lm: Mapping) -> str | None:
+    """Why the engine cannot run an engine layer of this (checked) metadata, as ``"'<field>' = <value>:
+    ..."``: its geometry outside the engine's fixed limits (:data:`ENGINE_LIMITS`, :data:`ENGINE_MAX_C_IN`;
+    :func:`validate_trace` refuses such a layer). None when it fits, and for non-engine layers."""
+    kind = lm.get("kind")
+    if kind not in ENGINE_KINDS:
+        return None
+    checks = [("c_in", lm["c_in"])]
+    if kind == "conv":
+        checks += [(key, lm.get(key, 1)) for key in ("kernel", "stride")] + [
+            ("padding", lm.get("padding", 0))
+        ]
+        if lm.get("gated"):
+            checks.append(("gate_groups", lm.get("gate_groups", 1)))
+    for key, value in checks:
+        problem = _engine_limit(key, value)
+        if problem is not None:
+            return problem
+    if kind == "conv":
+        return _engine_padding(lm.get("padding", 0), lm.get("kernel", 1))
+    return None
+
+
 def _check_layer_meta(lm: Any, where: _Where) -> None:
     if not isinstance(lm, dict):
         where.fail(f"metadata = {_short(lm)}: expected a JSON object")
     kind = _str(lm, "kind", where)
     if kind not in KINDS:
-        where.fail(f"metadata field 'kind' = {kind!r}: expected one of {', '.join(KINDS)}")
+        where.fail(f"metadata field 'kind' = {_short(kind)}: expected one of {', '.join(KINDS)}")
     sources = _get(lm, "inputs", where)
     if not isinstance(sources, list) or not sources or not all(isinstance(s, str) for s in sources):
         where.fail(f"metadata field 'inputs' = {_short(sources)}: expected a non-empty list of layer names")
     c_in, c_out = _int(lm, "c_in", where, lo=1), _int(lm, "c_out", where, lo=1)
     h, w = _int(lm, "h", where, lo=1), _int(lm, "w", where, lo=1)
     h_out, w_out = _int(lm, "h_out", where, lo=1), _int(lm, "w_out", where, lo=1)
+
+    def engine_limit(problem: str | None) -> None:
+        if problem is not None:
+            where.fail(f"metadata field {problem}")
+
+    if kind in ENGINE_KINDS:
+        engine_limit(_engine_limit("c_in", c_in))
     _bool(lm, "relu", where, False)
     gated = _bool(lm, "gated", where, False)
     _bool(lm, "shuffle", where, False)
@@ -593,6 +705,10 @@ def _check_layer_meta(lm: Any, where: _Where) -> None:
         k = _int(lm, "kernel", where, lo=1)
         s = _int(lm, "stride", where, lo=1)
         p = _int(lm, "padding", where, lo=0)
+        if kind == "conv":  # before the output size: a kernel the engine cannot take is the news
+            for key, value in (("kernel", k), ("stride", s), ("padding", p)):
+                engine_limit(_engine_limit(key, value))
+            engine_limit(_engine_padding(p, k))
         want_h, want_w = _pool_or_conv_size(h, k, s, p), _pool_or_conv_size(w, k, s, p)
         why = f"h = {h}, w = {w}, kernel {k}, stride {s}, padding {p}"
         expect("h_out", h_out, want_h, why)
@@ -608,6 +724,11 @@ def _check_layer_meta(lm: Any, where: _Where) -> None:
         for key, want in (("kernel", 1), ("stride", 1), ("padding", 0), ("groups", 1)):
             if key in lm:
                 expect(key, _int(lm, key, where), want, "an fc layer")
+    if kind in ("add", "relu", "flatten"):
+        for key in ("kernel", "stride", "padding", "groups"):
+            if key in lm:
+                article = "an" if kind == "add" else "a"
+                where.fail(f"metadata field {key!r} = {_short(lm[key])}: {article} {kind} layer has none")
     if kind in ("maxpool", "avgpool", "add", "relu"):
         expect("c_out", c_out, c_in, f"a {kind} layer keeps its channels")
     if kind in ("add", "relu"):
@@ -625,6 +746,7 @@ def _check_layer_meta(lm: Any, where: _Where) -> None:
         if lm.get("groups", 1) != 1:
             where.fail(f"metadata field 'groups' = {lm['groups']}: a gated conv must have groups = 1")
         g = _int(lm, "gate_groups", where, lo=1)
+        engine_limit(_engine_limit("gate_groups", g))
         base = _get(lm, "base", where)
         if base == "groups":
             if g < 2:
@@ -645,11 +767,57 @@ def _check_layer_meta(lm: Any, where: _Where) -> None:
         else:
             where.fail(f'metadata field \'base\' = {_short(base)}: expected "groups" or {{"first": C_b}}')
         _number(lm, "gate_on_fraction", where, 0.0, 1.0)
+    elif "gate_on_fraction" in lm:  # informational on an ungated layer, but a runner reports it
+        _number(lm, "gate_on_fraction", where, 0.0, 1.0, null=True)
     pruned = _get(lm, "pruned_channels", where, None)
     if pruned is not None and not (
         isinstance(pruned, list) and all(isinstance(c, int) and not isinstance(c, bool) for c in pruned)
     ):
         where.fail(f"metadata field 'pruned_channels' = {_short(pruned)}: expected a list of integers")
+    if kind in ENGINE_KINDS:
+        _check_layer_flops(lm, where)
+
+
+def _check_layer_flops(lm: dict, where: _Where) -> None:
+    """A layer's ``flops`` against its geometry: ``dense = layer_macs``; ``gated`` between the base
+    segment's share of ``dense`` (every gate off) and ``dense`` (every gate on), give or take the rounding
+    of a synthetic trace's integer figure; ungated layers ``gated = dense``."""
+    dense, gated = lm["flops"]["dense"], lm["flops"]["gated"]
+    macs = layer_macs(lm)
+    if dense != macs:
+        how = "c_in * c_out" if lm["kind"] == "fc" else "kernel^2 * c_in/groups * c_out * h_out * w_out"
+        where.fail(f"metadata field 'flops.dense' = {_short(dense)}: expected {macs} ({how})")
+    if lm.get("gated"):
+        base = lm["base"]
+        share = base["first"] / lm["c_in"] if isinstance(base, dict) else 1 / lm["gate_groups"]
+        why = f"its base segment, {share:.4g} of the layer, always computed"
+    else:
+        share, why = 1.0, "an ungated layer computes every MAC"
+    slack = 0.5 + 1e-9 * macs
+    if not macs * share - slack <= gated <= macs + slack:
+        low = macs * share
+        where.fail(
+            f"metadata field 'flops.gated' = {_short(gated)}: expected "
+            + (f"{macs}" if share == 1.0 else f"a number from {low:.6g} to {macs}")
+            + f" (flops.dense = {macs}; {why})"
+        )
+
+
+def _check_network_flops(meta: dict, layers: list[dict], where: _Where) -> None:
+    """``flops.dense`` and ``flops.gated`` are the sums of the engine layers' (up to float rounding)."""
+    engine = [lm for lm in layers if lm["kind"] in ENGINE_KINDS]
+    if not engine:
+        where.fail(
+            f"metadata field 'layers': no {' or '.join(ENGINE_KINDS)} layer, nothing for the engine to run"
+        )
+    for key in ("dense", "gated"):
+        total = math.fsum(lm["flops"][key] for lm in engine)
+        given = meta["flops"][key]
+        if abs(given - total) > 1e-9 * total + 1e-6:
+            where.fail(
+                f"metadata field 'flops.{key}' = {_short(given)}: expected {total:.15g}, the sum of the "
+                f"{len(engine)} engine layers' flops.{key}"
+            )
 
 
 def _expected_arrays(lm: dict, n: int) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
@@ -723,8 +891,11 @@ def _check(arrays: _Arrays, where: _Where) -> tuple[dict, dict[str, dict[str, st
     for name in order:
         if name in seen:
             where.fail(f"metadata field 'layer_order': layer {name!r} listed twice")
-        if not name or "/" in name or name == "input":
-            where.fail(f"metadata field 'layer_order': layer name {name!r} (empty, 'input' or with '/')")
+        if not name or "/" in name or name == "input" or not name.isprintable():
+            where.fail(
+                f"metadata field 'layer_order': layer name {name!r} (empty, 'input', with '/' or with a "
+                "control or other non-printable character)"
+            )
         seen.add(name)
         if name not in layers_meta:
             where.fail(f"metadata field 'layer_order' names layer {name!r}, which has no entry in 'layers'")
@@ -753,6 +924,7 @@ def _check(arrays: _Arrays, where: _Where) -> tuple[dict, dict[str, dict[str, st
                     f"{src!r} gives {'x'.join(map(str, out_shape[src]))}"
                 )
         out_shape[name] = (lm["c_out"], lm["h_out"], lm["w_out"])
+    _check_network_flops(meta, [layers_meta[name] for name in order], where)
 
     # Arrays: every key known, every engine layer complete.
     per_layer: dict[str, dict[str, str]] = {name: {} for name in order}
@@ -840,6 +1012,45 @@ def _open_zip(fh: Any, where: _Where) -> zipfile.ZipFile:
         where.fail(f"corrupt or truncated file ({type(exc).__name__}: {exc})")
 
 
+def _open_regular_file(path: str | os.PathLike, where: _Where) -> Any:
+    """The file at ``path``, open for reading; anything but a regular file (a FIFO, which would block
+    until a writer comes, a device such as /dev/zero, a directory) is refused without reading it."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        where.fail(f"cannot read the file ({exc.strerror or exc})")
+    except ValueError as exc:  # a NUL in the path
+        where.fail(f"cannot read the file ({exc})")
+    if not stat.S_ISREG(st.st_mode):
+        where.fail(f"cannot read the file (not a regular file: {_file_kind(st.st_mode)})")
+    try:
+        # O_NONBLOCK: should the path become a FIFO after the stat, opening it does not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        where.fail(f"cannot read the file ({exc.strerror or exc})")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            where.fail(f"cannot read the file (not a regular file: {_file_kind(st.st_mode)})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "another kind of file")
+
+
 def _close_handles(zf: zipfile.ZipFile, fh: Any) -> None:
     zf.close()
     fh.close()
@@ -869,7 +1080,7 @@ def _read_npy_header(fp: Any, key: str, where: _Where) -> _Npy:
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     try:
         shape, fortran_order, dtype = read(fp)
-    except ValueError as exc:
+    except (ValueError, SyntaxError, TypeError, tokenize.TokenError) as exc:  # numpy tokenizes the header
         where.fail(f"key {key!r}: not a readable array (bad .npy header: {exc})")
     if dtype.hasobject:
         where.fail(
@@ -914,12 +1125,10 @@ class _TraceFile(_Arrays):
         self._members: dict[str, tuple[zipfile.ZipInfo, _Npy]] = {}
         self._kept: dict[str, np.ndarray] = {}
         where = _Where(source)
-        try:
-            fh = open(path, "rb")  # noqa: SIM115 (closed by close() or the finalizer)
-        except OSError as exc:
-            where.fail(f"cannot read the file ({exc.strerror or exc})")
+        fh = _open_regular_file(path, where)
         zf = None
         try:
+            self._size = os.fstat(fh.fileno()).st_size
             zf = _open_zip(fh, where)
             for info in zf.infolist():
                 self._add_member(zf, info, where)
@@ -932,11 +1141,35 @@ class _TraceFile(_Arrays):
         self._finalizer = weakref.finalize(self, _close_handles, zf, fh)
 
     def _add_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: _Where) -> None:
-        """Check one member's ``.npy`` header (no array data is read) and record it."""
+        """Check one member's sizes and ``.npy`` header (no array data is read) and record it."""
         name = info.filename
         key = name[:-4] if name.endswith(".npy") else name  # the key np.load gives it
         if key in self._members:
             where.fail(f"key {key!r}: stored twice in the zip")
+        # Sizes from the zip's directory, before anything is read: a member is read into one buffer of
+        # its size, so a claim its compressed data cannot back (a zip bomb, a forged size) is refused here.
+        methods = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+        if info.compress_type not in methods:
+            where.fail(
+                f"key {key!r}: zip compression method {info.compress_type}, expected stored (0) or deflated "
+                "(8), as numpy writes"
+            )
+        if info.compress_size > self._size:
+            where.fail(
+                f"key {key!r}: corrupt or truncated file (the zip says the member takes {info.compress_size} "
+                f"bytes, the file has {self._size})"
+            )
+        most = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else DEFLATE_MAX_RATIO)
+        if info.file_size > most:
+            where.fail(
+                f"key {key!r}: corrupt file (the zip says the member holds {info.file_size} bytes, more "
+                f"than its {info.compress_size} {methods[info.compress_type]} bytes can give)"
+            )
+        limit = TOP_MEMBER_LIMIT.get(key)
+        if limit is not None and info.file_size > limit:
+            where.fail(
+                f"key {key!r}: {info.file_size} bytes, more than the {limit} a trace's {key!r} may take"
+            )
         try:
             with zf.open(info) as fp:
                 npy = _read_npy_header(fp, key, where)
@@ -946,10 +1179,12 @@ class _TraceFile(_Arrays):
             where.fail(f"key {key!r}: cannot read the file ({exc.strerror or exc})")
         except _DAMAGE as exc:
             where.fail(f"key {key!r}: corrupt or truncated file ({type(exc).__name__}: {exc})")
-        if info.file_size < npy.data_start + npy.nbytes:
+        want = npy.data_start + npy.nbytes
+        if info.file_size != want:  # np.save writes exactly the header and the data, nothing after
+            what = "truncated file" if info.file_size < want else "file (bytes after the array's data)"
             where.fail(
-                f"key {key!r}: corrupt or truncated file (the member holds {info.file_size} bytes, its .npy "
-                f"header says {npy.data_start + npy.nbytes})"
+                f"key {key!r}: corrupt or {what}: the member holds {info.file_size} bytes, its .npy header "
+                f"says {want} ({npy.data_start} of header, {npy.nbytes} of data)"
             )
         self._members[key] = (info, npy)
 
@@ -985,6 +1220,8 @@ class _TraceFile(_Arrays):
                 where.fail(f"key {key!r}: cannot read the file ({exc.strerror or exc})")
             except _DAMAGE as exc:
                 where.fail(f"key {key!r}: corrupt or truncated file ({type(exc).__name__}: {exc})")
+            except MemoryError:
+                where.fail(f"key {key!r}: not enough memory to read its {npy.nbytes} bytes")
             if keep:
                 self._kept[key] = arr
         return arr
