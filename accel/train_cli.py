@@ -8,6 +8,7 @@ Every error a user can cause ends as a :class:`~accel.config.ConfigError` (one `
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 
 from accel.cli import number_arg
@@ -24,17 +25,55 @@ TORCH_HINT = (
 )
 
 
-_positive_int = number_arg(int, "count", lambda v: v >= 1, "an integer >= 1")
-_count = number_arg(int, "count", lambda v: v >= 0, "an integer >= 0")
-_fraction = number_arg(float, "fraction", lambda v: 0.0 < v < 1.0, "a number in (0, 1)")
-_positive = number_arg(float, "value", lambda v: v > 0, "a positive number")
+# Ranges of the numeric options: every float finite, every count bounded (a seed must fit the 32 bits numpy
+# and torch seed with; a width above MAX_WIDTH, traces.resnet's bound, would allocate terabytes).
+MAX_SEED = 2**32 - 1
+MAX_WIDTH = 8.0
+MAX_GROUPS = 4096  # the widest layer of any model at MAX_WIDTH (resnet18: 512 x 8)
+MAX_EPOCHS = 1000
+MAX_BATCH = 4096
+MAX_THREADS = 256
+MAX_COUNT = 2**31 - 1
+MAX_SAMPLES = 10_000  # a CIFAR-10 test split
+MAX_CALIBRATION = 50_000  # a CIFAR-10 training split
 
 
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+def _int_in(what: str, lo: int, hi: int):
+    """An argparse ``type``: an integer in ``[lo, hi]``."""
+    return number_arg(int, what, lambda v: lo <= v <= hi, f"an integer in [{lo}, {hi}]")
+
+
+def _float_in(what: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
+    """An argparse ``type``: a finite number in the interval ``lo .. hi`` (each end open or closed)."""
+
+    def accept(v: float) -> bool:
+        return math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return number_arg(float, what, accept, f"a number in {interval}")
+
+
+def _path_arg(what: str):
+    """An argparse ``type``: a non-empty path (an empty one would silently mean none or the current one)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"empty {what}")
+        return text
+
+    return parse
+
+
+def _name_arg(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty name")
+    return text
+
+
+_seed = _int_in("seed", 0, MAX_SEED)
+_epochs = _int_in("epoch count", 1, MAX_EPOCHS)
+_threads = _int_in("thread count", 1, MAX_THREADS)
+_fraction = _float_in("fraction", 0, 1, lo_open=True, hi_open=True)
 
 
 # (dest, flags, kwargs) of ``accel train``; the defaults are TrainOptions' own.
@@ -43,7 +82,12 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
     (
         "width",
         ("--width",),
-        {"type": _positive, "default": 1.0, "metavar": "X", "help": "channel multiplier"},
+        {
+            "type": _float_in("width", 0, MAX_WIDTH, lo_open=True),
+            "default": 1.0,
+            "metavar": "X",
+            "help": f"channel multiplier, (0, {MAX_WIDTH:g}] (1)",
+        },
     ),
     (
         "dataset",
@@ -53,57 +97,124 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
     (
         "data_dir",
         ("--data-dir",),
-        {"type": str, "default": None, "metavar": "DIR", "help": "CIFAR-10 python batches (cifar10 only)"},
+        {
+            "type": _path_arg("folder name"),
+            "default": None,
+            "metavar": "DIR",
+            "help": "CIFAR-10 python batches (cifar10 only)",
+        },
     ),
     ("dense", ("--dense",), {"action": "store_true", "help": "plain dense convolutions (the baseline)"}),
     (
         "gate_groups",
         ("--gating-groups",),
-        {"type": _positive_int, "default": 2, "metavar": "G", "help": "CGNet channel groups G (2)"},
+        {
+            "type": _int_in("group count", 1, MAX_GROUPS),
+            "default": 2,
+            "metavar": "G",
+            "help": "CGNet channel groups G (2); at most the channels of the narrowest gated layers, and "
+            "dividing the channel counts of the convolutions it gates",
+        },
     ),
     (
         "base_fraction",
         ("--base-fraction",),
-        {"type": _fraction, "default": 0.5, "metavar": "F", "help": "base-path share of inputs when G = 1"},
+        {
+            "type": _fraction,
+            "default": 0.5,
+            "metavar": "F",
+            "help": "base-path share of inputs when G = 1, (0, 1) (0.5)",
+        },
     ),
     (
         "target",
         ("--target",),
-        {"type": _number, "default": 1.0, "metavar": "T", "help": "gating target T (1.0)"},
+        {
+            "type": _float_in("gating target", -10, 10),
+            "default": 1.0,
+            "metavar": "T",
+            "help": "gating target T, [-10, 10] (1.0)",
+        },
     ),
     (
         "no_shuffle",
         ("--no-shuffle",),
         {"action": "store_true", "help": "no channel shuffle after gated convs"},
     ),
-    ("epochs", ("--epochs",), {"type": _positive_int, "default": 15, "metavar": "N", "help": "epochs (15)"}),
+    (
+        "epochs",
+        ("--epochs",),
+        {"type": _epochs, "default": 15, "metavar": "N", "help": f"epochs, 1..{MAX_EPOCHS} (15)"},
+    ),
     (
         "batch_size",
         ("--batch-size",),
-        {"type": _positive_int, "default": 128, "metavar": "N", "help": "(128)"},
+        {
+            "type": _int_in("batch size", 1, MAX_BATCH),
+            "default": 128,
+            "metavar": "N",
+            "help": f"1..{MAX_BATCH} (128)",
+        },
     ),
-    ("lr", ("--lr",), {"type": _positive, "default": 0.1, "metavar": "X", "help": "learning rate (0.1)"}),
-    ("weight_decay", ("--weight-decay",), {"type": float, "default": 5e-4, "metavar": "X", "help": "(5e-4)"}),
-    ("seed", ("--seed",), {"type": _count, "default": 0, "metavar": "N", "help": "training seed (0)"}),
+    (
+        "lr",
+        ("--lr",),
+        {
+            "type": _float_in("learning rate", 0, 10, lo_open=True),
+            "default": 0.1,
+            "metavar": "X",
+            "help": "learning rate, (0, 10] (0.1)",
+        },
+    ),
+    (
+        "weight_decay",
+        ("--weight-decay",),
+        {
+            "type": _float_in("weight decay", 0, 1),
+            "default": 5e-4,
+            "metavar": "X",
+            "help": "[0, 1] (5e-4)",
+        },
+    ),
+    (
+        "seed",
+        ("--seed",),
+        {"type": _seed, "default": 0, "metavar": "N", "help": f"training seed, 0..{MAX_SEED} (0)"},
+    ),
     (
         "split_seed",
         ("--split-seed",),
-        {"type": _count, "default": 0, "metavar": "N", "help": "seed of the digits train/test split (0)"},
+        {
+            "type": _seed,
+            "default": 0,
+            "metavar": "N",
+            "help": f"seed of the digits train/test split, 0..{MAX_SEED} (0)",
+        },
     ),
     (
         "threads",
         ("--threads",),
-        {"type": _positive_int, "default": 2, "metavar": "N", "help": "torch threads"},
+        {"type": _threads, "default": 2, "metavar": "N", "help": f"torch threads, 1..{MAX_THREADS} (2)"},
     ),
     (
         "max_batches",
         ("--max-batches",),
-        {"type": _count, "default": 0, "metavar": "N", "help": "batches per epoch, 0 = all (quick runs)"},
+        {
+            "type": _int_in("batch count", 0, MAX_COUNT),
+            "default": 0,
+            "metavar": "N",
+            "help": "batches per epoch, 0 = all (quick runs)",
+        },
     ),
     (
         "max_test",
         ("--max-test",),
-        {"type": _count, "default": 0, "metavar": "N", "help": "test images used, 0 = all (quick runs)"},
+        {
+            "type": _int_in("image count", 0, MAX_COUNT),
+            "default": 0,
+            "metavar": "N",
+            "help": "test images used, 0 = all (quick runs)",
+        },
     ),
     (
         "gate_flop_target",
@@ -112,7 +223,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
             "type": _fraction,
             "default": None,
             "metavar": "F",
-            "help": "search T for this fraction of FLOPs removed (0.7 = 3.3x) before training",
+            "help": "search T for this fraction of FLOPs removed, (0, 1) (0.7 = 3.3x) before training",
         },
     ),
     (
@@ -122,55 +233,94 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
             "type": _fraction,
             "default": None,
             "metavar": "F",
-            "help": "polarization pruning: Algorithm 1 for this FLOP reduction, then fine-tune "
+            "help": "polarization pruning: Algorithm 1 for this FLOP reduction, (0, 1), then fine-tune "
             "(implies --dense)",
         },
     ),
     (
         "prune_delta",
         ("--prune-delta",),
-        {"type": _fraction, "default": 0.05, "metavar": "D", "help": "(0.05)"},
+        {"type": _fraction, "default": 0.05, "metavar": "D", "help": "(0, 1) (0.05)"},
     ),
     (
         "prune_t0",
         ("--prune-t0",),
-        {"type": _positive, "default": 1.2, "metavar": "T", "help": "initial t (1.2)"},
+        {
+            "type": _float_in("polarization t", 0, 10, lo_open=True),
+            "default": 1.2,
+            "metavar": "T",
+            "help": "initial t, (0, 10] (1.2)",
+        },
     ),
     (
         "prune_lam0",
         ("--prune-lam0",),
-        {"type": _positive, "default": 5e-3, "metavar": "L", "help": "initial lambda (5e-3)"},
+        {
+            "type": _float_in("polarization lambda", 0, 1, lo_open=True),
+            "default": 5e-3,
+            "metavar": "L",
+            "help": "initial lambda, (0, 1] (5e-3)",
+        },
     ),
     (
         "prune_multiple_of",
         ("--prune-multiple-of",),
-        {"type": _positive_int, "default": 1, "metavar": "M", "help": "keep channel counts multiples of M"},
+        {
+            "type": _int_in("channel multiple", 1, MAX_GROUPS),
+            "default": 1,
+            "metavar": "M",
+            "help": f"keep channel counts multiples of M, 1..{MAX_GROUPS} (1)",
+        },
     ),
     (
         "search_epochs",
         ("--search-epochs",),
-        {"type": _positive_int, "default": 4, "metavar": "N", "help": "epochs per search trial (4)"},
+        {
+            "type": _epochs,
+            "default": 4,
+            "metavar": "N",
+            "help": f"epochs per search trial, 1..{MAX_EPOCHS} (4)",
+        },
     ),
     (
         "search_delta",
         ("--search-delta",),
-        {"type": _fraction, "default": 0.05, "metavar": "D", "help": "(0.05)"},
+        {"type": _fraction, "default": 0.05, "metavar": "D", "help": "(0, 1) (0.05)"},
     ),
-    ("max_trials", ("--max-trials",), {"type": _positive_int, "default": 10, "metavar": "N", "help": "(10)"}),
+    (
+        "max_trials",
+        ("--max-trials",),
+        {"type": _int_in("trial count", 1, 100), "default": 10, "metavar": "N", "help": "1..100 (10)"},
+    ),
     (
         "finetune_epochs",
         ("--finetune-epochs",),
-        {"type": _count, "default": 5, "metavar": "N", "help": "fine-tuning epochs after pruning (5)"},
+        {
+            "type": _int_in("epoch count", 0, MAX_EPOCHS),
+            "default": 5,
+            "metavar": "N",
+            "help": f"fine-tuning epochs after pruning, 0..{MAX_EPOCHS} (5)",
+        },
     ),
     (
         "init_from",
         ("--init-from",),
-        {"type": str, "default": None, "metavar": "RUN_DIR", "help": "start from a run's (pruned) weights"},
+        {
+            "type": _path_arg("run folder name"),
+            "default": None,
+            "metavar": "RUN_DIR",
+            "help": "start from a run's (pruned) weights (same --model and --width)",
+        },
     ),
     (
         "baseline",
         ("--baseline",),
-        {"type": str, "default": None, "metavar": "RUN_DIR", "help": "dense baseline run (its accuracy)"},
+        {
+            "type": _path_arg("run folder name"),
+            "default": None,
+            "metavar": "RUN_DIR",
+            "help": "dense baseline run (its accuracy)",
+        },
     ),
 ]
 
@@ -216,15 +366,33 @@ def add_trace_export_parser(trace_sub) -> None:
     )
     p.add_argument("run_dir", type=path_arg, metavar="RUN_DIR", help="directory written by 'accel train'")
     p.add_argument("--out", required=True, type=check_out_path, metavar="FILE", help="trace file (.npz)")
-    p.add_argument("--samples", type=_positive_int, default=4, metavar="N", help="sample images stored (4)")
-    p.add_argument("--name", default=None, help="network name in the trace (default: from the run)")
     p.add_argument(
-        "--calibration", type=_positive_int, default=256, metavar="N", help="calibration images (256)"
+        "--samples",
+        type=_int_in("sample count", 1, MAX_SAMPLES),
+        default=4,
+        metavar="N",
+        help="sample images stored, 1..the run's test images (4)",
     )
     p.add_argument(
-        "--percentile", type=_positive, default=99.99, metavar="P", help="activation scale percentile (99.99)"
+        "--name", type=_name_arg, default=None, help="network name in the trace (default: from the run)"
     )
-    p.add_argument("--threads", type=_positive_int, default=2, metavar="N", help="torch threads (2)")
+    p.add_argument(
+        "--calibration",
+        type=_int_in("calibration image count", 1, MAX_CALIBRATION),
+        default=256,
+        metavar="N",
+        help=f"calibration images, 1..{MAX_CALIBRATION} (at most the training split) (256)",
+    )
+    p.add_argument(
+        "--percentile",
+        type=_float_in("percentile", 0, 100, lo_open=True),
+        default=99.99,
+        metavar="P",
+        help="activation scale percentile, (0, 100] (99.99)",
+    )
+    p.add_argument(
+        "--threads", type=_threads, default=2, metavar="N", help=f"torch threads, 1..{MAX_THREADS} (2)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_trace_export)
 

@@ -3,8 +3,6 @@ left behind; an output folder holds exactly one run (accel/errors.py, accel/outd
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -16,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import leftovers as _leftovers
+from cli_run import one_line_error as _one_line_error
+from cli_run import run as _run
 
-from accel.cli import main
 from accel.config import ConfigError, load_config
 from accel.energy import load_energy_table
 from accel.outdir import OutputError, OutputFolder
@@ -28,29 +28,6 @@ from sim.trace import TraceError, load_trace
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "traces"
 SMALL_ENGINE = "[engine]\npes = 2\nlanes = 2\ninput_depth = 64\nweight_depth = 64\noutput_depth = 64\n"
-
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def _one_line_error(code: int, err: str, *pieces: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("accel: error: "), err
-    for piece in pieces:
-        assert piece in lines[0], (piece, lines[0])
-    return lines[0]
-
-
-def _leftovers(root: Path) -> list[str]:
-    """Hidden staging or temporary entries anywhere under ``root``."""
-    return sorted(str(p.relative_to(root)) for p in root.rglob(".*"))
 
 
 def _write(path: Path, content: str | bytes) -> Path:

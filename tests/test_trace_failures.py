@@ -4,7 +4,6 @@ the value, never a hang, a traceback or a wrong figure."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -18,32 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_run import one_line_error as _one_line_error
+from cli_run import run as _run
 from test_trace import raw_keys, small_trace, write_raw
 
 import sim.trace as trace_module
-from accel.cli import main
 from accel.config import ConfigError, EngineConfig
 from sim.trace import TraceError, TraceLayer, load_trace, validate_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 HUGE = 10**400  # a 400-digit integer: float() and math.isfinite() raise OverflowError on it
-
-
-def _run(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
-    return code, out.getvalue(), err.getvalue()
-
-
-def _one_line_error(code: int, err: str, *pieces: str) -> str:
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("accel: error: "), err
-    for piece in pieces:
-        assert piece in lines[0], (piece, lines[0])
-    return lines[0]
 
 
 def _refused(path: Path, *pieces: str, verify_data: bool = True) -> str:
@@ -139,23 +122,28 @@ def test_directory_is_refused(tmp_path):
     _refused(tmp_path, "cannot read the file", "not a regular file", "a directory")
 
 
+def _python(args: list[str], cwd: Path, hung: str) -> subprocess.CompletedProcess:
+    """Python with ``args`` in a child process, failing the test if it runs 60 s (a hang)."""
+    try:
+        return subprocess.run(
+            [sys.executable, *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail(hung)
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
 @pytest.mark.parametrize("command", ["trace info", "report"])
 def test_fifo_on_the_command_line_ends_clean(tmp_path, command):
     fifo = tmp_path / "f.npz"
     os.mkfifo(fifo)
     argv = ["trace", "info", str(fifo)] if command == "trace info" else ["report", str(fifo), "--no-progress"]
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "accel.cli", *argv],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            timeout=60,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"accel {command} hung on a FIFO")
+    proc = _python(["-m", "accel.cli", *argv], tmp_path, f"accel {command} hung on a FIFO")
     _one_line_error(proc.returncode, proc.stderr, str(fifo), "not a regular file")
     assert not (tmp_path / "report-f").exists()
 
@@ -615,17 +603,7 @@ def test_plan_of_a_very_wide_layer_does_not_hang():
         "    print('refused', exc)\n"
     )
     start = time.monotonic()
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            timeout=60,
-        )
-    except subprocess.TimeoutExpired:
-        pytest.fail("plan_layer did not finish in 60 s")
+    proc = _python(["-c", code], ROOT, "plan_layer did not finish in 60 s")
     assert proc.returncode == 0 and proc.stdout.startswith("refused"), proc.stderr
     assert "weight_depth = 1" in proc.stdout and time.monotonic() - start < 60
 

@@ -150,39 +150,68 @@ def load_digits32(seed: int = 0, test_fraction: float = DIGITS_TEST_FRACTION, si
     )
 
 
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    line = next((part.strip() for part in str(exc).splitlines() if part.strip()), "")
+    line = line if len(line) <= limit else line[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise DataError(f"{path}: CIFAR-10 batch file not found")
+        what = "is not a file" if path.exists() else "not found"
+        raise DataError(f"{path}: CIFAR-10 batch file {what}")
     try:
         with open(path, "rb") as fh:
             batch = pickle.load(fh, encoding="bytes")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise DataError(f"{path}: not a CIFAR-10 python batch file ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: not a CIFAR-10 python batch file ({_first_line(exc)})") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path}: expected a pickled dict, found {type(batch).__name__}")
     for key in (b"data", b"labels"):
         if key not in batch:
             raise DataError(f"{path}: missing key {key!r}")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    try:
+        data = np.asarray(batch[b"data"])
+    except Exception as exc:  # noqa: BLE001 - a ragged or odd object is a bad file
+        raise DataError(f"{path}: b'data' is not an array ({_first_line(exc)})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: b'data' must be uint8 [N, 3072], found {data.dtype} {list(data.shape)}")
+    raw = batch[b"labels"]
+    try:
+        labels = np.asarray(raw)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{path}: b'labels' is not a list of integers ({_first_line(exc)})") from None
+    if labels.ndim != 1 or not (labels.size == 0 or np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(
+            f"{path}: b'labels' must be a list of integers, found {labels.dtype} {list(labels.shape)}"
+        )
     if labels.shape != (data.shape[0],):
         raise DataError(f"{path}: b'labels' has {labels.size} entries for {data.shape[0]} images")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: labels outside 0..9")
-    return data.reshape(-1, 3, 32, 32), labels
+        bad = labels[(labels < 0) | (labels > 9)][0]
+        raise DataError(f"{path}: b'labels' holds {bad}, outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
 
 
 def load_cifar10(root: str | Path) -> Dataset:
     """CIFAR-10 from the python-version batch files in ``root`` (never downloaded)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: CIFAR-10 directory not found (expected data_batch_1..5 and test_batch)")
+        what = "is not a folder" if root.exists() else "not found"
+        raise DataError(f"{root}: CIFAR-10 directory {what} (expected data_batch_1..5 and test_batch)")
     parts = [_read_cifar_batch(root / name) for name in CIFAR_TRAIN_FILES]
     x_train = np.concatenate([p[0] for p in parts]).astype(np.float32) / 255.0
     y_train = np.concatenate([p[1] for p in parts])
     x_test_u8, y_test = _read_cifar_batch(root / CIFAR_TEST_FILE)
+    if x_train.shape[0] < 2:
+        raise DataError(
+            f"{root}: the training batches ({', '.join(CIFAR_TRAIN_FILES)}) hold {x_train.shape[0]} images; "
+            "training needs at least 2"
+        )
+    if x_test_u8.shape[0] == 0:
+        raise DataError(f"{root / CIFAR_TEST_FILE}: holds no images (the test split is empty)")
     x_test = x_test_u8.astype(np.float32) / 255.0
     mean = x_train.mean(axis=(0, 2, 3))
     std = x_train.std(axis=(0, 2, 3))

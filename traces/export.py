@@ -20,8 +20,13 @@ add, ReLU after it, pooling, flatten) as metadata-only layers.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
+import os
+import secrets
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +34,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from accel.errors import UserError
 from traces.quantize import IntNetwork, QLayer, quantize_network
-from traces.train import _commands, evaluate, load_run, run_data_options
+from traces.train import (
+    RUN_FILES,
+    RunError,
+    _check_fits_data,
+    _commands,
+    evaluate,
+    load_run,
+    run_data_options,
+)
 
 __all__ = ["CHANNEL_THRESHOLDS", "export_run"]
 
@@ -150,6 +164,59 @@ def _layer_meta(q: QLayer, rates: dict, sample_rates: dict, spec) -> dict:
     return lm
 
 
+def _check_not_a_run_file(out: Path, run_dir: Path) -> None:
+    """Refuse to write the trace over one of the run's own files."""
+    if out.name in RUN_FILES and run_dir.is_dir() and out.parent.is_dir():
+        with contextlib.suppress(OSError):
+            if os.path.samefile(out.parent, run_dir):
+                raise RunError(f"{out}: is a file of the run folder {run_dir}; name a trace file elsewhere")
+
+
+def _save(out: Path, meta: dict, arrays: dict, save_trace):
+    """Write the trace to ``out`` through a hidden staging folder beside it (the parent folders are made
+    first); an error, Ctrl-C or SIGTERM leaves neither a partial file nor the folders made for it, and a
+    write that fails names ``out``, not a temporary file."""
+    from accel.interrupts import on_stop
+
+    created: list[Path] = []
+    staging: list[Path] = []
+
+    def clean() -> None:
+        for folder in staging:
+            shutil.rmtree(folder, ignore_errors=True)
+        for folder in reversed(created):  # deepest first, only if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    with on_stop(clean):
+        try:
+            missing, parent = [], out.parent
+            while not parent.exists():
+                missing.append(parent)
+                parent = parent.parent
+            for folder in reversed(missing):
+                folder.mkdir()
+                created.append(folder)
+            folder = out.parent / f".{out.name}.accel-{secrets.token_hex(4)}"
+            folder.mkdir()
+            staging.append(folder)
+            trace = save_trace(folder / out.name, meta, arrays)
+            os.replace(folder / out.name, out)
+        except OSError as exc:
+            clean()
+            raise RunError(f"{out}: cannot write the trace ({exc.strerror or exc})") from None
+        except UserError as exc:  # a refusal of the trace's checks: name the destination
+            clean()
+            text = str(exc).replace(str(staging[0] / out.name), str(out)) if staging else str(exc)
+            raise type(exc)(text) from None
+        except BaseException:
+            clean()
+            raise
+        created.clear()  # the folders now hold the trace
+        clean()
+    return dataclasses.replace(trace, path=str(out))
+
+
 def export_run(
     run_dir: str | Path,
     out: str | Path,
@@ -169,6 +236,7 @@ def export_run(
     from sim.trace import make_meta, save_trace
 
     check_out_file(Path(out), create_parents=True)  # refuse the destination before the work
+    _check_not_a_run_file(Path(out), Path(run_dir))
     from traces.data import load_dataset
 
     torch.set_num_threads(max(1, threads))
@@ -178,10 +246,14 @@ def export_run(
     seed = int(opts.get("seed", 0))
     dataset, split_seed, data_dir = run_data_options(config)
     data = load_dataset(dataset, seed=split_seed, data_dir=data_dir)
+    _check_fits_data(model.spec, data, run_dir)
     if opts.get("max_test"):
         data.x_test, data.y_test = data.x_test[: opts["max_test"]], data.y_test[: opts["max_test"]]
     if not 1 <= samples <= data.x_test.shape[0]:
-        raise ValueError(f"samples = {samples}: must lie in [1, {data.x_test.shape[0]}] (test images)")
+        raise RunError(
+            f"--samples {samples}: the test split of {run_dir} has {data.x_test.shape[0]} images; "
+            f"expected 1 to {data.x_test.shape[0]}"
+        )
     spec = model.spec
 
     net = quantize_network(model, torch.from_numpy(data.x_train[:calibration]), percentile=percentile)
@@ -296,8 +368,7 @@ def export_run(
             meta["training"][key] = metrics[key]
     json.dumps(meta, allow_nan=False)  # fail early on NaN
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    trace = save_trace(out, meta, arrays)
+    trace = _save(out, meta, arrays, save_trace)
     speed = dense_flops / gated_flops if gated_flops else math.inf
     log(
         f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {time.time() - started:.0f} s): accuracy float "

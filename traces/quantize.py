@@ -319,6 +319,10 @@ def quantize_network(
     """
     if mode not in ("percentile", "max"):
         raise ValueError(f"calibration mode {mode!r}: expected 'percentile' or 'max'")
+    if mode == "percentile" and not 0.0 < percentile <= 100.0:  # also refuses NaN
+        raise ValueError(f"percentile = {percentile}: expected a number in (0, 100]")
+    if calibration.shape[0] == 0:
+        raise ValueError("no calibration images")
     model.eval()
     rec = _Recorder(model)
     stats: dict[str, list[float]] = {}

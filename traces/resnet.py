@@ -23,6 +23,7 @@ Module names (and so the trace's layer names): ``conv1``/``bn1``/``relu`` (stem)
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 
 from traces.gating import Add, GatedConv2d
 
-__all__ = ["ARCHS", "BasicBlock", "CifarResNet", "ModelSpec", "build_model"]
+__all__ = ["ARCHS", "MAX_WIDTH", "BasicBlock", "CifarResNet", "ModelSpec", "build_model"]
 
 # name -> (blocks per stage, stage widths, stage strides)
 ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
@@ -39,6 +40,22 @@ ARCHS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
     "resnet56": ((9, 9, 9), (16, 32, 64), (1, 2, 2)),
     "resnet18": ((2, 2, 2, 2), (64, 128, 256, 512), (1, 2, 2, 2)),
 }
+MAX_WIDTH = 8.0  # channel multipliers above this would build networks far beyond what these runs train
+MAX_CLASSES = 10_000
+MAX_IN_CHANNELS = 64
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_field(name: str, value, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} = {value!r}: expected {expected}")
 
 
 @dataclass
@@ -82,8 +99,96 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
+        """The spec stored as ``data`` (unknown keys ignored), every field checked (:meth:`check`)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object with the model's fields, found {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        spec = cls(**{k: v for k, v in data.items() if k in names})
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        """Refuse a field of the wrong type or outside its range (``ValueError`` naming field and value),
+        before a model is built from it (a huge ``width`` would try to allocate terabytes)."""
+        _check_field("arch", self.arch, self.arch in ARCHS, f"one of {', '.join(ARCHS)}")
+        _check_field(
+            "num_classes",
+            self.num_classes,
+            _is_int(self.num_classes) and 1 <= self.num_classes <= MAX_CLASSES,
+            f"an integer in [1, {MAX_CLASSES}]",
+        )
+        _check_field(
+            "width",
+            self.width,
+            _is_number(self.width) and 0 < self.width <= MAX_WIDTH,
+            f"a number in (0, {MAX_WIDTH:g}]",
+        )
+        _check_field(
+            "gate_groups",
+            self.gate_groups,
+            _is_int(self.gate_groups) and self.gate_groups >= 0,
+            "an integer >= 0 (0: dense)",
+        )
+        _check_field(
+            "base_fraction",
+            self.base_fraction,
+            _is_number(self.base_fraction) and 0 < self.base_fraction < 1,
+            "a number in (0, 1)",
+        )
+        _check_field("target", self.target, _is_number(self.target), "a finite number")
+        _check_field("shuffle", self.shuffle, isinstance(self.shuffle, bool), "true or false")
+        _check_field("alpha", self.alpha, _is_number(self.alpha) and self.alpha > 0, "a positive number")
+        _check_field(
+            "in_channels",
+            self.in_channels,
+            _is_int(self.in_channels) and 1 <= self.in_channels <= MAX_IN_CHANNELS,
+            f"an integer in [1, {MAX_IN_CHANNELS}]",
+        )
+        if self.mid_channels is not None:
+            full = self.default_mid_channels()
+            _check_field(
+                "mid_channels",
+                self.mid_channels,
+                isinstance(self.mid_channels, list) and len(self.mid_channels) == len(full),
+                f"null or a list of {len(full)} channel counts (one per block of {self.arch})",
+            )
+            for i, (mid, most) in enumerate(zip(self.mid_channels, full, strict=True)):
+                _check_field(
+                    f"mid_channels[{i}]", mid, _is_int(mid) and 1 <= mid <= most, f"an integer in [1, {most}]"
+                )
+        _check_field(
+            "pruned_channels",
+            self.pruned_channels,
+            isinstance(self.pruned_channels, dict)
+            and all(
+                isinstance(v, list) and all(_is_int(c) and c >= 0 for c in v)
+                for v in self.pruned_channels.values()
+            ),
+            "an object mapping block names to lists of channel indices",
+        )
+
+    def block_convs(self) -> list[tuple[str, int, int]]:
+        """``(name, c_in, c_out)`` of every BasicBlock's two 3x3 convolutions (the ones that can be gated)."""
+        blocks, widths, _ = self.stages()
+        mids = list(self.mid_channels) if self.mid_channels is not None else self.default_mid_channels()
+        convs, in_planes, k = [], widths[0], 0
+        for s, (n, planes) in enumerate(zip(blocks, widths, strict=True)):
+            for b in range(n):
+                name = f"layer{s + 1}.{b}"
+                convs += [(f"{name}.conv1", in_planes, mids[k]), (f"{name}.conv2", mids[k], planes)]
+                in_planes = planes
+                k += 1
+        return convs
+
+    def gates_conv(self, c_in: int, c_out: int) -> bool:
+        """Whether a block convolution ``c_in -> c_out`` is gated under this spec: not dense, the grouping
+        divides both channel counts (G > 1), or there are at least 2 input channels (G = 1)."""
+        g = self.gate_groups
+        if self.dense:
+            return False
+        if g > 1:
+            return c_in % g == 0 and c_out % g == 0
+        return c_in >= 2
 
 
 class BasicBlock(nn.Module):
@@ -125,12 +230,8 @@ class CifarResNet(nn.Module):
 
         def make_conv(c_in: int, c_out: int, k: int, stride: int, padding: int) -> GatedConv2d:
             g = spec.gate_groups
-            dense = spec.dense
-            if not dense and g > 1 and (c_in % g or c_out % g):
-                dense = True
+            dense = not spec.gates_conv(c_in, c_out)
             base = max(1, min(c_in - 1, int(round(spec.base_fraction * c_in))))
-            if not dense and g == 1 and c_in < 2:
-                dense = True
             return GatedConv2d(
                 c_in,
                 c_out,
@@ -179,4 +280,6 @@ class CifarResNet(nn.Module):
 
 
 def build_model(spec: ModelSpec) -> CifarResNet:
+    """The network of ``spec`` (checked first: ``ValueError`` naming the field)."""
+    spec.check()
     return CifarResNet(spec)

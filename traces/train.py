@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 FLOP_SUBSET = 256  # training images on which a search trial measures gate rates
+MAX_SEED = 2**32 - 1
+DATASETS = ("digits", "digits-32", "digits32", "cifar10")  # the names traces.data.load_dataset takes
 
 
 class RunError(UserError):
@@ -210,17 +212,20 @@ def train_epochs(
             f"{desc} {epoch + 1}/{epochs}",
             opts.progress,
         )
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
             out = model(x)
             loss = F.cross_entropy(out, y) + gate_penalty(model, opts.lam_g)
             if polarize is not None:
                 loss = loss + polarization_loss(model, *polarize)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                _diverged(f"the loss became {value}", desc, epoch, epochs, step, lr)
             optim.zero_grad(set_to_none=True)
             loss.backward()
             optim.step()
             sched.step()
             clamp_gammas(model, polarized=polarize is not None)
-            loss_sum += float(loss.detach()) * y.numel()
+            loss_sum += value * y.numel()
             correct += int((out.argmax(1) == y).sum())
             seen += y.numel()
             if hasattr(bar, "set_postfix"):
@@ -238,8 +243,18 @@ def train_epochs(
                 f"  {desc} epoch {epoch + 1}/{epochs}: loss {h['loss']:.4f}, train accuracy "
                 f"{h['train_accuracy']:.4f}, {h['seconds']:.0f} s"
             )
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            _diverged(f"{name} became non-finite", desc, epochs - 1, epochs, steps - 1, lr)
     model.eval()
     return history
+
+
+def _diverged(what: str, desc: str, epoch: int, epochs: int, step: int, lr: float):
+    raise RunError(
+        f"training diverged: {what} in {desc} epoch {epoch + 1}/{epochs}, step {step + 1} (learning rate "
+        f"{lr:g}); try a smaller --lr"
+    )
 
 
 @torch.no_grad()
@@ -270,28 +285,200 @@ RUN_FILES = ("model.pt", "config.json", "metrics.json")
 
 
 def _save_run(out: Path, model: nn.Module, config: dict, metrics: dict) -> None:
-    # Staged and swapped in whole: a run directory never mixes two runs or holds half a run.
-    with OutputFolder(out, RUN_FILES, "training run") as staging:
-        torch.save(model.state_dict(), staging / "model.pt")
-        (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    # Staged and swapped in whole: a run directory never mixes two runs or holds half a run. Strict JSON
+    # (no NaN): what load_run reads back.
+    texts = {
+        name: json.dumps(d, indent=2, allow_nan=False) + "\n"
+        for name, d in [("config.json", config), ("metrics.json", metrics)]
+    }
+    with OutputFolder(out, RUN_FILES, "accel train") as staging:
+        try:  # a failure names the destination, not the staging folder (which is removed)
+            torch.save(model.state_dict(), staging / "model.pt")
+            for name, text in texts.items():
+                (staging / name).write_text(text)
+        except OSError as exc:
+            raise RunError(f"{out}: cannot write the run ({exc.strerror or exc})") from None
+        except RuntimeError as exc:  # torch's writer reports a failed write this way
+            raise RunError(f"{out}: cannot write the run ({_first_line(exc, sentence=True)})") from None
+
+
+def _non_finite(value, where: str = "") -> str | None:
+    """The dotted path of the first NaN or infinity in a parsed JSON value, else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "the value"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for key, v in items:
+        sub = f"{where}{key}" if key.startswith("[") else (f"{where}.{key}" if where else key)
+        found = _non_finite(v, sub)
+        if found is not None:
+            return found
+    return None
+
+
+def _read_json(path: Path) -> dict:
+    """A run's JSON file: a JSON object of finite numbers, else a :class:`RunError` naming the file."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise RunError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    bad = _non_finite(data)
+    if bad is not None:
+        raise RunError(f"{path}: {bad} is not a finite number (NaN or infinity is not valid JSON)")
+    return data
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_run_config(config: dict, path: Path) -> ModelSpec:
+    """The model spec of a run's ``config.json`` (``path``), with the fields a run is read by checked."""
+    if "spec" not in config:
+        raise RunError(f"{path}: field 'spec' (the model) is missing")
+    if not isinstance(config["spec"], dict):
+        raise RunError(
+            f"{path}: spec = {_short(config['spec'])}: expected a JSON object (the model's fields)"
+        )
+    try:
+        spec = ModelSpec.from_dict(config["spec"])
+    except ValueError as exc:
+        raise RunError(f"{path}: spec.{exc}") from None
+    opts = config.get("options", {})
+    if not isinstance(opts, dict):
+        raise RunError(f"{path}: options = {_short(opts)}: expected a JSON object")
+    checks = {
+        "dataset": (lambda v: v in DATASETS, f"one of {', '.join(DATASETS)}"),
+        "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+        "split_seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+        "data_dir": (lambda v: v is None or (isinstance(v, str) and v != ""), "null or a folder name"),
+        "max_test": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    }
+    for key, (ok, expected) in checks.items():
+        if key in opts and not ok(opts[key]):
+            raise RunError(f"{path}: options.{key} = {_short(opts[key])}: expected {expected}")
+    if opts.get("dataset") == "cifar10" and not opts.get("data_dir"):
+        raise RunError(f"{path}: options.data_dir is missing: a cifar10 run names its data folder")
+    if "command" in config and not isinstance(config["command"], str):
+        raise RunError(f"{path}: command = {_short(config['command'])}: expected a string")
+    commands = config.get("commands", [])
+    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+        raise RunError(f"{path}: commands = {_short(commands)}: expected a list of strings")
+    return spec
+
+
+def _check_run_metrics(metrics: dict, path: Path) -> None:
+    """The fields of a run's ``metrics.json`` that runs building on it and traces take over."""
+    for key in ("accuracy", "dense_accuracy", "init_accuracy"):
+        value = metrics.get(key)
+        if value is not None and not (_is_number(value) and 0.0 <= value <= 1.0):
+            raise RunError(f"{path}: {key} = {_short(value)}: expected null or a number in [0, 1]")
+    value = metrics.get("unpruned_flops")
+    if value is not None and not (_is_number(value) and value > 0):
+        raise RunError(f"{path}: unpruned_flops = {_short(value)}: expected null or a positive number")
+
+
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first_line(exc: BaseException, limit: int = 160, sentence: bool = False) -> str:
+    """``Type: first line of the message`` (its first sentence with ``sentence``), at most ``limit`` long."""
+    line = next((part.strip() for part in str(exc).splitlines() if part.strip()), "")
+    if sentence:
+        line = line.split(". ")[0].rstrip(".")
+    line = line if len(line) <= limit else line[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _load_weights(model: nn.Module, path: Path, spec_file: Path) -> None:
+    """Load a run's ``model.pt`` into ``model`` (built from ``spec_file``'s spec); every mismatch, damaged
+    file or non-finite weight is a :class:`RunError` naming the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load gives up with, the file is not usable
+        raise RunError(
+            f"{path}: damaged, truncated or not a PyTorch state dict ({_first_line(exc, sentence=True)})"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise RunError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    expected = model.state_dict()
+    about = f"the network of {spec_file}'s spec"
+    missing = [k for k in expected if k not in state]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise RunError(f"{path}: does not fit {about}: {missing[0]!r}{more} missing")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
+        raise RunError(f"{path}: does not fit {about}: unexpected {unexpected[0]!r}{more}")
+    for key, want in expected.items():
+        got = state[key]
+        if (
+            got.layout != torch.strided
+            or got.is_complex()
+            or got.is_floating_point() != want.is_floating_point()
+        ):
+            raise RunError(f"{path}: {key} is a {got.dtype} tensor, {about} has {want.dtype}")
+        if tuple(got.shape) != tuple(want.shape):
+            raise RunError(
+                f"{path}: does not fit {about}: {key} has shape {list(got.shape)}, the network "
+                f"{list(want.shape)} (model.pt and config.json come from different runs?)"
+            )
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise RunError(f"{path}: {key} holds NaN or infinite values")
+        if key.endswith("running_var") and bool((got < 0).any()):
+            raise RunError(f"{path}: {key} holds negative variances")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise RunError(f"{path}: does not fit {about} ({_first_line(exc)})") from None
 
 
 def load_run(run_dir: str | Path) -> tuple[CifarResNet, dict, dict]:
-    """``(model in eval mode, config, metrics)`` of a run directory written by :func:`train_run`."""
+    """``(model in eval mode, config, metrics)`` of a run directory written by :func:`train_run`.
+
+    Whatever in the folder cannot be used (a missing or damaged file, a config.json field of the wrong type
+    or out of range, NaN, weights that do not fit the spec) is a :class:`RunError` naming the file.
+    """
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "does not exist" if not run_dir.exists() else "is not a folder"
+        raise RunError(f"{run_dir}: not a run directory (it {what})")
     for name in ("config.json", "metrics.json", "model.pt"):
         if not (run_dir / name).is_file():
             raise RunError(f"{run_dir}: not a run directory ({name} is missing)")
+    config_file, metrics_file = run_dir / "config.json", run_dir / "metrics.json"
+    config = _read_json(config_file)
+    metrics = _read_json(metrics_file)
+    spec = _check_run_config(config, config_file)
+    _check_run_metrics(metrics, metrics_file)
     try:
-        config = json.loads((run_dir / "config.json").read_text())
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{run_dir}: unreadable config.json or metrics.json ({exc})") from None
-    spec = ModelSpec.from_dict(config["spec"])
-    model = build_model(spec)
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+        model = build_model(spec)
+    except ValueError as exc:
+        raise RunError(f"{config_file}: spec: {exc}") from None
+    _load_weights(model, run_dir / "model.pt", config_file)
     model.eval()
     return model, config, metrics
 
@@ -324,7 +511,7 @@ def _load_data(opts: TrainOptions) -> Dataset:
     return data
 
 
-def _gated_from(pruned: CifarResNet, spec: ModelSpec) -> CifarResNet:
+def _gated_from(pruned: CifarResNet, spec: ModelSpec, run_dir=None) -> CifarResNet:
     """A gated network with ``pruned``'s architecture, starting from its weights (gate BN and Δ fresh)."""
     spec.mid_channels = list(pruned.spec.mid_channels or pruned.spec.default_mid_channels())
     spec.pruned_channels = copy.deepcopy(pruned.spec.pruned_channels)
@@ -332,8 +519,68 @@ def _gated_from(pruned: CifarResNet, spec: ModelSpec) -> CifarResNet:
     missing, unexpected = gated.load_state_dict(pruned.state_dict(), strict=False)
     bad = [k for k in missing if "bn_gate" not in k and not k.endswith("threshold")]
     if bad or unexpected:
-        raise RunError(f"cannot start the gated network from the run's weights: {bad or unexpected}")
+        where = f"{run_dir}: " if run_dir is not None else ""
+        raise RunError(
+            f"{where}cannot start the gated network from the run's weights: {(bad or unexpected)[0]}"
+        )
     return gated
+
+
+def _check_gating(spec: ModelSpec, log: Callable[[str], None]) -> None:
+    """Refuse a grouping that leaves the network ungated, or has more groups than its narrowest gated
+    layers have channels; say which block convolutions stay dense when only some do."""
+    if spec.dense:
+        return
+    g = spec.gate_groups
+    convs = spec.block_convs()
+    _, widths, _ = spec.stages()
+    counts = sorted({c for _, c_in, c_out in convs for c in (c_in, c_out)})
+    common = math.gcd(*counts)
+    hint = (
+        f"G = 1 or a divisor of {common} gates every block convolution"
+        if common > 1
+        else "G = 1 gates every block convolution"
+    ) + ", --dense trains the dense network"
+    what = f"{spec.arch} at width {spec.width:g}" + (" (pruned)" if spec.mid_channels is not None else "")
+    if g > min(widths):
+        raise RunError(
+            f"--gating-groups {g}: more groups than the {min(widths)} channels of the narrowest gated layers "
+            f"of {what}; {hint}"
+        )
+    gated = [name for name, c_in, c_out in convs if spec.gates_conv(c_in, c_out)]
+    if not gated:
+        need = f"channel counts divisible by {g}" if g > 1 else "2 or more input channels"
+        raise RunError(
+            f"--gating-groups {g}: no block convolution of {what} has {need} (channels "
+            f"{', '.join(map(str, counts))}): the network would be ungated; {hint}"
+        )
+    if len(gated) < len(convs):
+        dense = [name for name, _, _ in convs if name not in set(gated)]
+        log(
+            f"note: {len(dense)} of {len(convs)} block convolutions stay dense (channel counts not divisible "
+            f"by --gating-groups {g}): {', '.join(dense[:4])}{', ...' if len(dense) > 4 else ''}"
+        )
+
+
+def _check_init_run(opts: TrainOptions, init: ModelSpec) -> None:
+    """A run started from another keeps its network: same model and width, dense only from dense."""
+    if init.arch != opts.model or init.width != opts.width:
+        raise RunError(
+            f"{opts.init_from}: a {init.arch} run at width {init.width:g}, this run asks for --model "
+            f"{opts.model} --width {opts.width:g}: pass the run's --model and --width"
+        )
+    if opts.dense and not init.dense:
+        raise RunError(f"{opts.init_from}: a gated run cannot start a dense one")
+
+
+def _check_fits_data(spec: ModelSpec, data: Dataset, run_dir) -> None:
+    """A run's network takes the data set's images and predicts its classes."""
+    if spec.in_channels != data.input_shape[0] or spec.num_classes != data.num_classes:
+        raise RunError(
+            f"{run_dir}: the network takes {spec.in_channels} input channels and predicts "
+            f"{spec.num_classes} classes; {data.name} has {data.input_shape[0]} channels and "
+            f"{data.num_classes} classes"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -346,11 +593,12 @@ def train_run(
     """Train according to ``opts`` (module docstring), write the run directory ``out``; returns metrics."""
     torch.set_num_threads(max(1, opts.threads))
     out = Path(out)
-    OutputFolder(out, RUN_FILES, "training run").check()  # refuse the destination before training
+    OutputFolder(out, RUN_FILES, "accel train").check()  # refuse the destination before training
     started = time.time()
-    data = _load_data(opts)
-    input_shape = data.input_shape
-    flop_images = data.x_train[:FLOP_SUBSET]
+    if opts.prune_target is not None and not opts.dense:
+        raise RunError("--prune-target trains a dense network with the polarization regularizer: add --dense")
+    if opts.gate_flop_target is not None and opts.dense:
+        raise RunError("--gate-flop-target searches the gating target: it needs a gated network")
     parents: list[str] = []
     metrics: dict = {}
 
@@ -375,6 +623,18 @@ def train_run(
                 metrics["dense_accuracy"] = imetrics.get("accuracy")  # the init run is the dense baseline
         if imetrics.get("unpruned_flops") is not None:
             metrics["unpruned_flops"] = imetrics["unpruned_flops"]
+        _check_init_run(opts, init_model.spec)
+
+    spec = opts.spec(10)  # the grouping is checked before the data are loaded (num_classes plays no part)
+    if init_model is not None and not spec.dense:
+        spec.mid_channels = list(init_model.spec.mid_channels or init_model.spec.default_mid_channels())
+    _check_gating(spec, log)
+
+    data = _load_data(opts)
+    if init_model is not None:
+        _check_fits_data(init_model.spec, data, opts.init_from)
+    input_shape = data.input_shape
+    flop_images = data.x_train[:FLOP_SUBSET]
 
     def fresh(target: float | None = None) -> CifarResNet:
         torch.manual_seed(opts.seed)
@@ -383,11 +643,9 @@ def train_run(
             spec.target = target
         if init_model is not None:
             if spec.dense:
-                if not init_model.spec.dense:
-                    raise RunError(f"{opts.init_from}: a gated run cannot start a dense one")
                 model = copy.deepcopy(init_model)
             else:
-                model = _gated_from(init_model, spec)
+                model = _gated_from(init_model, spec, opts.init_from)
         else:
             model = build_model(spec)
         if target is not None:
@@ -395,14 +653,8 @@ def train_run(
         return model
 
     if opts.prune_target is not None:
-        if not opts.dense:
-            raise RunError(
-                "--prune-target trains a dense network with the polarization regularizer: add --dense"
-            )
         model = _prune_mode(opts, data, fresh, metrics, log)
     elif opts.gate_flop_target is not None:
-        if opts.dense:
-            raise RunError("--gate-flop-target searches the gating target: it needs a gated network")
         model = _gate_search_mode(opts, data, fresh, metrics, flop_images, log)
     else:
         model = fresh()
