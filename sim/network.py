@@ -29,6 +29,7 @@ from accel.config import ConfigError, EngineConfig
 from accel.system import SystemConfig
 from accel.tile import COUNTER_NAMES, Tile
 from sim.engine import run_tile
+from sim.reference import base_mask, gated_conv
 from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.tiling import LayerPlan, plan_layer
 from sim.trace import Trace, TraceError, TraceLayer, engine_geometry_problem, layer_macs, requantize
@@ -149,19 +150,6 @@ def _run_sample(
     return out, gates, counters
 
 
-def _reference_conv(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.ndarray:
-    """Plain numpy dense convolution (int64), for the runner's output check."""
-    c_in, h, wd = x.shape
-    k = w.shape[-1]
-    xp = np.pad(x.astype(np.int64), ((0, 0), (padding, padding), (padding, padding)))
-    h_out = (h + 2 * padding - k) // stride + 1
-    w_out = (wd + 2 * padding - k) // stride + 1
-    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(1, 2))[:, ::stride, ::stride][
-        :, :h_out, :w_out
-    ]
-    return np.einsum("chwij,ocij->ohw", win, w.astype(np.int64), optimize=True)
-
-
 def _plan(layer: TraceLayer, cfg: EngineConfig, base: int) -> LayerPlan:
     try:
         return plan_layer(
@@ -219,15 +207,13 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
         else:  # an ungated layer runs in dense mode in the gated design: the baseline's tiles
             acc, gates, gated_counters = None, None, dense_counters
         counters["gated"].append(gated_counters)
-        if check:
-            ref = _reference_conv(x, w, run.stride, cfg.padding)
-            if layer.gated:
-                p = _base_sums(x, w, run.stride, cfg.padding, cfg, base)
-                ref = np.where(gates, ref, p)
-                ok_gates = np.array_equal(gates, p > tau[:, None, None])
-            else:
-                ok_gates = bool(gates.all())
-            ok = ok_gates and np.array_equal(acc, ref)
+        if check:  # against the functional reference (sim/reference.py), independent of the model
+            mask = base_mask(w.shape[1], w.shape[0], cfg.groups, base)
+            tau_ref = tau if layer.gated else np.zeros(w.shape[0], dtype=np.int64)
+            ref, ref_gates, _ = gated_conv(
+                x, w, tau_ref, mask, dense=not layer.gated, stride=run.stride, padding=cfg.padding
+            )
+            ok = np.array_equal(gates, ref_gates) and np.array_equal(acc, ref)
             if not layer.gated:  # the full dense-mode runs also confirm the baseline's data-independence
                 ok = ok and np.array_equal(gated_counters, dense_counters)
             run.outputs_match = ok if run.outputs_match is None else (run.outputs_match and ok)
@@ -268,19 +254,6 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
     run.loop_order = traffic.loop_order
     run.designs = traffic.designs
     return run
-
-
-def _base_sums(x, w, stride, padding, cfg: EngineConfig, base: int) -> np.ndarray:
-    """Partial sums over each output channel's base segment (plain numpy)."""
-    c_out, c_in = w.shape[:2]
-    mask = np.zeros((c_out, c_in), dtype=bool)
-    if cfg.groups > 1:
-        cg, og = c_in // cfg.groups, c_out // cfg.groups
-        for g in range(cfg.groups):
-            mask[g * og : (g + 1) * og, g * cg : (g + 1) * cg] = True
-    else:
-        mask[:, :base] = True
-    return _reference_conv(x, np.where(mask[:, :, None, None], w, 0), stride, padding)
 
 
 def _chain(results: list[LayerRun], config: SystemConfig) -> None:

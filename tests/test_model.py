@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from accel.config import ConfigError, EngineConfig
 from accel.tile import COUNTER_NAMES, Tile, TileGeometry, random_tile
 from sim.engine import EngineResult, run_tile
+from sim.reference import tile_reference as reference
+from tests.test_reference import naive
 
 BIG = 1 << 16  # buffer depths that never limit the small test tiles
 
@@ -32,83 +34,22 @@ def make_config(**kw: int) -> EngineConfig:
 # ------------------------------------------------------------------------------------------------------
 
 
-def base_channels_of(config: EngineConfig, geo: TileGeometry, co: int) -> np.ndarray:
-    """Input channels of output channel ``co``'s base segment (spec section 1)."""
-    if config.groups > 1:
-        width = geo.c_in // config.groups
-        grp = co // (geo.c_out // config.groups)
-        return np.arange(grp * width, (grp + 1) * width)
-    return np.arange(geo.base_channels)
-
-
-def reference(config: EngineConfig, tile: Tile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Outputs, gates and partial sums with np.pad + einsum; base and conditional channels summed apart."""
-    geo, k, s = tile.geometry, config.kernel, config.stride
-    x = tile.inputs.astype(np.int64)
-    w = tile.weights.astype(np.int64)
-    # Pad on top/left as the tile asks; below/right as far as the last output window reaches.
-    need_h = (geo.h_out - 1) * s + k
-    need_w = (geo.w_out - 1) * s + k
-    xp = np.pad(
-        x,
-        (
-            (0, 0),
-            (geo.pad_top, max(0, need_h - geo.pad_top - geo.h_in)),
-            (geo.pad_left, max(0, need_w - geo.pad_left - geo.w_in)),
-        ),
-    )
-    win = np.empty((geo.c_in, geo.h_out, geo.w_out, k, k), dtype=np.int64)
-    for ky in range(k):
-        for kx in range(k):
-            win[..., ky, kx] = xp[
-                :, ky : ky + s * (geo.h_out - 1) + 1 : s, kx : kx + s * (geo.w_out - 1) + 1 : s
-            ]
-    shape = (geo.c_out, geo.h_out, geo.w_out)
-    y = np.empty(shape, dtype=np.int64)
-    gates = np.empty(shape, dtype=bool)
-    psum = np.empty(shape, dtype=np.int64)
-    for co in range(geo.c_out):
-        base = base_channels_of(config, geo, co)
-        cond = np.setdiff1d(np.arange(geo.c_in), base)
-        p = np.einsum("chwyx,cyx->hw", win[base], w[co, base])
-        r = np.einsum("chwyx,cyx->hw", win[cond], w[co, cond])
-        psum[co] = p
-        if geo.dense:
-            y[co], gates[co] = p + r, True
-        else:
-            on = p > int(tile.thresholds[co])
-            y[co], gates[co] = np.where(on, p + r, p), on
-    return y, gates, psum
-
-
 def naive_reference(config: EngineConfig, tile: Tile) -> tuple[np.ndarray, np.ndarray]:
     """The formula of spec section 1, literally, one activation and one MAC at a time (tiny tiles only)."""
-    geo, k, s = tile.geometry, config.kernel, config.stride
-    y = np.zeros((geo.c_out, geo.h_out, geo.w_out), dtype=np.int64)
-    gates = np.zeros(y.shape, dtype=bool)
-    for co in range(geo.c_out):
-        base = set(base_channels_of(config, geo, co).tolist())
-        for oy in range(geo.h_out):
-            for ox in range(geo.w_out):
-                p = r = 0
-                for ci in range(geo.c_in):
-                    for ky in range(k):
-                        for kx in range(k):
-                            iy, ix = oy * s + ky - geo.pad_top, ox * s + kx - geo.pad_left
-                            v = (
-                                int(tile.inputs[ci, iy, ix])
-                                if 0 <= iy < geo.h_in and 0 <= ix < geo.w_in
-                                else 0
-                            )
-                            prod = v * int(tile.weights[co, ci, ky, kx])
-                            if ci in base:
-                                p += prod
-                            else:
-                                r += prod
-                gate = geo.dense or p > int(tile.thresholds[co])
-                y[co, oy, ox] = p + r if gate else p
-                gates[co, oy, ox] = gate
-    return y, gates
+    g = tile.geometry
+    return naive(
+        tile.inputs,
+        tile.weights,
+        tile.thresholds,
+        config.stride,
+        g.pad_top,
+        g.pad_left,
+        g.h_out,
+        g.w_out,
+        config.groups,
+        g.base_channels,
+        g.dense,
+    )
 
 
 def ceil_div(a: int, b: int) -> int:

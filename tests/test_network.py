@@ -10,6 +10,7 @@ import pytest
 from accel.config import ConfigError, EngineConfig
 from accel.system import DramConfig, ReportOptions, SystemConfig
 from sim.network import run_network
+from sim.reference import conv2d
 from sim.tiling import plan_layer
 from sim.trace import load_trace, save_trace
 from sim.traffic import Step, chain_cycles
@@ -28,16 +29,8 @@ def trace(tmp_path_factory):
 
 
 def numpy_conv(x: np.ndarray, w: np.ndarray, pad: int) -> np.ndarray:
-    """Direct convolution with plain loops over taps (stride 1), int64."""
-    c_in, h, wd = x.shape
-    k = w.shape[-1]
-    xp = np.pad(x.astype(np.int64), ((0, 0), (pad, pad), (pad, pad)))
-    out = np.zeros((w.shape[0], h + 2 * pad - k + 1, wd + 2 * pad - k + 1), dtype=np.int64)
-    for dy in range(k):
-        for dx in range(k):
-            patch = xp[:, dy : dy + out.shape[1], dx : dx + out.shape[2]]
-            out += np.einsum("chw,oc->ohw", patch, w[:, :, dy, dx].astype(np.int64))
-    return out
+    """The functional reference's convolution (sim/reference.py, stride 1), int64."""
+    return conv2d(x, w, 1, pad)
 
 
 def expected_gates(trace, sample: int) -> np.ndarray:

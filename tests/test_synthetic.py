@@ -1,7 +1,7 @@
 """The synthetic layer generator and the tile cutter (traces/synthetic.py).
 
-References here are computed with a direct numpy convolution written for the test, independent of the
-im2col + float product in traces/synthetic.py and of the cycle model.
+Whole layers are checked against the literal formula (tests/test_reference.py's loops), tiles stitched
+back against the functional reference (sim/reference.py, itself checked by those loops).
 """
 
 from __future__ import annotations
@@ -13,48 +13,18 @@ from hypothesis import strategies as st
 
 from accel.config import ConfigError, EngineConfig
 from accel.tile import Tile, TileGeometry
+from sim.reference import base_mask, conv2d, gated_conv
+from tests.test_reference import naive
 from traces.synthetic import cut_tiles, layer_reference, synthetic_layer
 
 
-def conv(x, w, stride, pad_top, pad_left, h_out, w_out):
-    """Direct convolution: positions outside the input read zero."""
-    c_out, c_in, k, _ = w.shape
-    _, h_in, w_in = x.shape
-    rows = max(pad_top + h_in, (h_out - 1) * stride + k)
-    cols = max(pad_left + w_in, (w_out - 1) * stride + k)
-    xp = np.zeros((c_in, rows, cols), dtype=np.int64)
-    xp[:, pad_top : pad_top + h_in, pad_left : pad_left + w_in] = x
-    out = np.zeros((c_out, h_out, w_out), dtype=np.int64)
-    w = w.astype(np.int64)
-    for ky in range(k):
-        for kx in range(k):
-            patch = xp[
-                :, ky : ky + (h_out - 1) * stride + 1 : stride, kx : kx + (w_out - 1) * stride + 1 : stride
-            ]
-            out += np.einsum("oc,chw->ohw", w[:, :, ky, kx], patch)
-    return out
-
-
-def base_mask(c_in, c_out, groups, base_channels):
-    """Spec section 1: output channel co's base segment."""
-    mask = np.zeros((c_out, c_in), dtype=bool)
-    for co in range(c_out):
-        if groups > 1:
-            g = co // (c_out // groups)
-            cg = c_in // groups
-            mask[co, g * cg : (g + 1) * cg] = True
-        else:
-            mask[co, :base_channels] = True
-    return mask
-
-
 def gated(x, w, thresholds, stride, pad_top, pad_left, h_out, w_out, groups, base_channels):
+    """The functional reference (sim/reference.py) on a tile's or layer's geometry: (y, gates, p, full)."""
     c_out, c_in = w.shape[:2]
-    mask = base_mask(c_in, c_out, groups, base_channels)[:, :, None, None]
-    p = conv(x, np.where(mask, w, 0), stride, pad_top, pad_left, h_out, w_out)
-    full = conv(x, w, stride, pad_top, pad_left, h_out, w_out)
-    gates = p > np.asarray(thresholds, dtype=np.int64)[:, None, None]
-    return np.where(gates, full, p), gates, p, full
+    mask = base_mask(c_in, c_out, groups, base_channels)
+    geometry = dict(stride=stride, pad_top=pad_top, pad_left=pad_left, h_out=h_out, w_out=w_out)
+    y, gates, p = gated_conv(x, w, thresholds, mask, **geometry)
+    return y, gates, p, conv2d(x, w, **geometry)
 
 
 def layer_out_size(size, k, s, p):
@@ -91,17 +61,17 @@ def test_gate_rate_is_calibrated(groups, base_channels, gate_rate):
     assert np.all(np.abs(per_channel - gate_rate) < 0.03)
 
 
-def test_layer_reference_matches_direct_convolution():
+def test_layer_reference_equals_the_literal_formula():
     for groups, base in [(2, 0), (1, 3)]:
         layer = synthetic_layer(8, 6, 9, 7, 3, 2, 1, groups, 0.5, seed=3, base_channels=base)
         h_out, w_out = layer_out_size(9, 3, 2, 1), layer_out_size(7, 3, 2, 1)
-        y, gates, _, full = gated(
-            layer.inputs, layer.weights, layer.thresholds, 2, 1, 1, h_out, w_out, groups, base
-        )
-        y_lib, gates_lib = layer_reference(layer)
-        assert np.array_equal(y_lib, y) and np.array_equal(gates_lib, gates)
-        y_dense, gates_dense = layer_reference(layer, dense=True)
-        assert np.array_equal(y_dense, full) and gates_dense.all()
+        for dense in (False, True):
+            want = naive(
+                layer.inputs, layer.weights, layer.thresholds, 2, 1, 1, h_out, w_out, groups, base, dense
+            )
+            y, gates = layer_reference(layer, dense=dense)
+            assert np.array_equal(y, want[0]) and np.array_equal(gates, want[1])
+        assert 0 < gates.sum() and not layer_reference(layer)[1].all()
 
 
 def check_stitching(layer, config):

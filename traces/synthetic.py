@@ -24,6 +24,7 @@ import numpy as np
 
 from accel.config import ConfigError, EngineConfig
 from accel.tile import Tile, conv_output_size
+from sim.reference import base_mask, conv2d, gated_conv
 from sim.tiling import plan_layer
 
 __all__ = [
@@ -95,7 +96,7 @@ class SyntheticLayer:
 
     def base_mask(self) -> np.ndarray:
         """Boolean ``[c_out, c_in]``: True where input channel ``ci`` is in ``co``'s base path."""
-        return _base_mask(self.c_in, self.c_out, self.groups, self.base_channels)
+        return base_mask(self.c_in, self.c_out, self.groups, self.base_channels)
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,6 @@ class LayerTile(Tile):
     channels: tuple[int, ...]
     row0: int
     col0: int
-
-
-def _base_mask(c_in: int, c_out: int, groups: int, base_channels: int) -> np.ndarray:
-    mask = np.zeros((c_out, c_in), dtype=bool)
-    if groups > 1:
-        cg, og = c_in // groups, c_out // groups
-        for g in range(groups):
-            mask[g * og : (g + 1) * og, g * cg : (g + 1) * cg] = True
-    else:
-        mask[:, :base_channels] = True
-    return mask
 
 
 def _check_geometry(
@@ -163,51 +153,29 @@ def _check_geometry(
             )
 
 
-def _windows(inputs: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
-    """im2col of the zero-padded input: float64 ``[h_out * w_out, c_in * kernel * kernel]``."""
-    c_in, h, w = inputs.shape
-    xp = np.pad(inputs.astype(np.float64), ((0, 0), (padding, padding), (padding, padding)))
-    win = np.lib.stride_tricks.sliding_window_view(xp, (kernel, kernel), axis=(1, 2))[:, ::stride, ::stride]
-    h_out = conv_output_size(h, kernel, stride, padding, padding)
-    w_out = conv_output_size(w, kernel, stride, padding, padding)
-    win = win[:, :h_out, :w_out]  # [c_in, h_out, w_out, k, k]
-    return win.transpose(1, 2, 0, 3, 4).reshape(h_out * w_out, c_in * kernel * kernel)
-
-
-def _conv(inputs: np.ndarray, weights: np.ndarray, stride: int, padding: int) -> np.ndarray:
-    """Exact integer convolution ``[c_out, h_out, w_out]`` (int64) of int8 operands.
-
-    The product runs in float64 (BLAS); every partial sum is an integer below 2**53 in magnitude, so the
-    result is exact.
-    """
-    c_out, c_in, k, _ = weights.shape
-    if c_in * k * k * 128 * 128 >= 1 << 53:
-        raise ConfigError(f"layer field 'c_in' = {c_in}: too large for an exact float64 reference")
-    cols = _windows(inputs, k, stride, padding)
-    h_out = conv_output_size(inputs.shape[1], k, stride, padding, padding)
-    w_out = conv_output_size(inputs.shape[2], k, stride, padding, padding)
-    out = cols @ weights.reshape(c_out, -1).astype(np.float64).T  # [h_out * w_out, c_out]
-    return np.rint(out).astype(np.int64).T.reshape(c_out, h_out, w_out)
-
-
 def base_partial_sums(layer: SyntheticLayer) -> np.ndarray:
     """The base-path partial sums ``p`` of every output activation, int64 ``[c_out, h_out, w_out]``."""
     mask = layer.base_mask()[:, :, None, None]
-    return _conv(layer.inputs, np.where(mask, layer.weights, 0), layer.stride, layer.padding)
+    return conv2d(layer.inputs, np.where(mask, layer.weights, 0), layer.stride, layer.padding)
 
 
 def layer_reference(layer: SyntheticLayer, dense: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The engine's output ``y`` (int64) and gate bits (bool) for the whole layer, ``[c_out, h_out, w_out]``.
+    """The engine's output ``y`` (int64) and gate bits (bool) for the whole layer, ``[c_out, h_out, w_out]``
+    (the functional reference, sim/reference.py).
 
     Gated: ``y = p + r`` where ``p > threshold`` and ``y = p`` elsewhere; dense: ``y = p + r`` and every gate
     bit set.
     """
-    full = _conv(layer.inputs, layer.weights, layer.stride, layer.padding)
-    if dense:
-        return full, np.ones(full.shape, dtype=bool)
-    p = base_partial_sums(layer)
-    gates = p > layer.thresholds[:, None, None]
-    return np.where(gates, full, p), gates
+    y, gates, _ = gated_conv(
+        layer.inputs,
+        layer.weights,
+        layer.thresholds,
+        layer.base_mask(),
+        dense=dense,
+        stride=layer.stride,
+        padding=layer.padding,
+    )
+    return y, gates
 
 
 def _calibrate(p: np.ndarray, gate_rate: float) -> int:

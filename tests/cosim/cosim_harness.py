@@ -394,11 +394,11 @@ def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
         write_cycle=np.asarray(result.write_cycle, dtype=np.int64),
     )
     try:
-        from tests.reference import reference_outputs
+        from sim.reference import tile_reference
     except ImportError:
-        reference_outputs = None
-    if reference_outputs is not None:
-        ref_y, ref_g = reference_outputs(config, tile)
+        tile_reference = None
+    if tile_reference is not None:
+        ref_y, ref_g, _ = tile_reference(config, tile)
         case.ref_outputs, case.ref_gates = np.asarray(ref_y, dtype=np.int64), np.asarray(ref_g, dtype=bool)
         case.ref_counters = spec_counters(config, tile, int(np.count_nonzero(ref_g)))
         case.ref_write_cycle = spec_write_cycles(config, tile, ref_g)
