@@ -31,6 +31,7 @@ per machine for a configuration's widths.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -62,6 +63,37 @@ class EngineResult:
     gates: np.ndarray
     counters: dict[str, int]
     write_cycle: np.ndarray
+
+
+class TileParams(NamedTuple):
+    """The scalars of one tile's run, passed to the kernel as one record (Numba takes a NamedTuple).
+
+    ``zero`` is 0 in the float type of the dot products and ``chunk`` the most products one float sum
+    takes exactly (:func:`_float_plan`); ``[tau_lo, tau_hi]`` the thresholds' signed ``acc_width`` range;
+    then the tile's geometry, its segments (:class:`~accel.tile.Segments`), the output-channel groups
+    ``n_groups`` (1 in dense mode or for G = 1), the engine's P, L and counter width, and whether the output
+    values are wanted.
+    """
+
+    zero: float
+    chunk: int
+    tau_lo: int
+    tau_hi: int
+    kernel: int
+    stride: int
+    h_out: int
+    w_out: int
+    pad_top: int
+    pad_left: int
+    n_seg: int
+    base_ch: int
+    cond_ch: int
+    n_groups: int
+    dense: bool
+    pes: int
+    lanes: int
+    counter_width: int
+    outputs: bool
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -305,28 +337,7 @@ _BLOCK = 16
 
 
 @numba.njit(cache=True, nogil=True)
-def _functional(
-    x,
-    w,
-    tau,
-    xb,
-    y,
-    gate,
-    zero,
-    chunk,
-    kernel,
-    stride,
-    h_out,
-    w_out,
-    pad_top,
-    pad_left,
-    n_seg,
-    base_ch,
-    cond_ch,
-    n_groups,
-    dense,
-    conditional,
-):
+def _functional(x, w, tau, xb, y, gate, prm, conditional):
     """Fill ``y`` and ``gate`` (both ``[c_out, h_out * w_out]``).
 
     With ``conditional`` false the conditional sums are not taken: ``y`` holds the base sums ``p`` and
@@ -339,6 +350,9 @@ def _functional(
     a time. Output channels form ``n_groups`` equal groups; group ``g`` reads its base segment's columns
     (segment ``g``; groups = 1: segment 0; dense: the one segment holding every channel).
     """
+    zero, chunk, kernel, stride = prm.zero, prm.chunk, prm.kernel, prm.stride
+    h_out, w_out, pad_top, pad_left = prm.h_out, prm.w_out, prm.pad_top, prm.pad_left
+    n_seg, base_ch, cond_ch, n_groups, dense = prm.n_seg, prm.base_ch, prm.cond_ch, prm.n_groups, prm.dense
     c_out = w.shape[0]
     c_in = x.shape[0]
     n_pos = h_out * w_out
@@ -568,74 +582,40 @@ def _schedule(
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(
-    x,
-    w,
-    tau,
-    xp,
-    y,
-    gate,
-    write_cycle,
-    counters,
-    zero,
-    chunk,
-    tau_lo,
-    tau_hi,
-    kernel,
-    stride,
-    w_out,
-    pad_top,
-    pad_left,
-    n_seg,
-    base_ch,
-    cond_ch,
-    n_groups,
-    dense,
-    pes,
-    lanes,
-    counter_width,
-    outputs,
-):
-    """One tile: functional part, schedule and wrapped counters, written into the arrays passed in.
+def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
+    """One tile: functional part, schedule and wrapped counters, for the run ``p`` (:class:`TileParams`).
+
+    ``x`` ``[c_in, h_in, w_in]``, ``w`` ``[c_out, c_in, K, K]`` (int8, else int32) and ``tau`` ``[c_out]``
+    (int64) are the operands, ``xp`` the zeroed work buffer of the float type the dot products run in;
+    ``y`` and ``gate`` (``[c_out, h_out * w_out]``), ``write_cycle`` (``[c_out * h_out * w_out]``) and
+    ``counters`` (:data:`~accel.tile.COUNTER_NAMES` order) receive the results. (The arrays are passed
+    one by one: Numba types a record of arrays far slower than the arrays themselves.)
 
     Returns False (and computes nothing) when a threshold lies outside ``[tau_lo, tau_hi]``. With
-    ``outputs`` false only what the schedule depends on is computed: the gate bits (base sums) in gated
+    ``p.outputs`` false only what the schedule depends on is computed: the gate bits (base sums) in gated
     mode, nothing in dense mode (every gate is on).
     """
     for co in range(tau.shape[0]):
-        if tau[co] < tau_lo or tau[co] > tau_hi:
+        if tau[co] < p.tau_lo or tau[co] > p.tau_hi:
             return False
-    if dense and not outputs:
+    if p.dense and not p.outputs:
         gate[:] = True
     else:
-        _functional(
-            x,
-            w,
-            tau,
-            xp,
-            y,
-            gate,
-            zero,
-            chunk,
-            kernel,
-            stride,
-            y.shape[1] // w_out,
-            w_out,
-            pad_top,
-            pad_left,
-            n_seg,
-            base_ch,
-            cond_ch,
-            n_groups,
-            dense,
-            outputs,
-        )
+        _functional(x, w, tau, xp, y, gate, p, p.outputs)
     # C order of (co, position) is lin order.
     raw = _schedule(
-        gate.reshape(-1), write_cycle, pes, lanes, kernel * kernel, n_seg, base_ch, cond_ch, dense
+        gate.reshape(-1),
+        write_cycle,
+        p.pes,
+        p.lanes,
+        p.kernel * p.kernel,
+        p.n_seg,
+        p.base_ch,
+        p.cond_ch,
+        p.dense,
     )
     # The hardware counters are counter_width bits wide and wrap (the raw counts are never negative).
-    mask = np.int64(-1) if counter_width >= 63 else (np.int64(1) << counter_width) - 1
+    mask = np.int64(-1) if p.counter_width >= 63 else (np.int64(1) << p.counter_width) - 1
     for j in range(raw.shape[0]):
         counters[j] = raw[j] & mask
     return True
@@ -654,20 +634,37 @@ def _float_plan(config: EngineConfig) -> tuple[type, int]:
     return np.float64, min((1 << 53) // bound, 1 << 40) // _COL_ALIGN * _COL_ALIGN
 
 
-_PLANS: dict[int, tuple] = {}
+_PLANS: dict[int, tuple] = {}  # id(config) -> (config, its _Plan)
 _CHECKED: dict[tuple, tuple[EngineConfig, Segments]] = {}
 _PLAIN = (int,) * 9 + (bool,)  # TileGeometry field types on the fast path (9 ints, then `dense`)
 _INT8, _INT16, _INT64 = np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int64)
 
 
-def _plan(config: EngineConfig) -> tuple:
+class _Plan(NamedTuple):
     """Per-configuration constants of :func:`run_tile` (computed once per configuration)."""
+
+    fdt: type
+    zero: float
+    chunk: int
+    tau_lo: int
+    tau_hi: int
+    act_ok: tuple  # operand dtypes whose every value fits the operand widths: no range check needed
+    w_ok: tuple
+    kernel: int
+    stride: int
+    groups: int
+    pes: int
+    lanes: int
+    counter_width: int
+
+
+def _plan(config: EngineConfig) -> _Plan:
+    """The :class:`_Plan` of ``config``, remembered."""
     fdt, chunk = _float_plan(config)
     tau_lo, tau_hi = -(1 << (config.acc_width - 1)), (1 << (config.acc_width - 1)) - 1
-    # Operand dtypes whose every value fits the operand widths: no range check needed.
     act_ok = tuple(dt for dt in (_INT8, _INT16) if dt.itemsize * 8 <= config.act_width)
     w_ok = tuple(dt for dt in (_INT8, _INT16) if dt.itemsize * 8 <= config.weight_width)
-    plan = (
+    plan = _Plan(
         fdt,
         fdt(0),
         chunk,
@@ -736,7 +733,7 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
     """
     hit = _PLANS.get(id(config))
     plan = hit[1] if hit is not None and hit[0] is config else _plan(config)
-    fdt, zero, chunk, tau_lo, tau_hi, act_ok, w_ok, k, s, groups, pes, lanes, counter_width = plan
+    fdt, k, s, act_ok, w_ok = plan.fdt, plan.kernel, plan.stride, plan.act_ok, plan.w_ok
     g = tile.geometry
     seg = _geometry_segments(config, g)
     x, w, tau = tile.inputs, tile.weights, tile.thresholds
@@ -770,6 +767,27 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
     gate = np.empty((c_out, h_out, w_out), dtype=np.bool_)
     write_cycle = np.empty((c_out, h_out, w_out), dtype=np.int64)  # phase 1 writes every entry
     counters = np.empty(len(COUNTER_NAMES), dtype=np.int64)
+    params = TileParams(
+        zero=plan.zero,
+        chunk=plan.chunk,
+        tau_lo=plan.tau_lo,
+        tau_hi=plan.tau_hi,
+        kernel=k,
+        stride=s,
+        h_out=h_out,
+        w_out=w_out,
+        pad_top=int(g.pad_top),
+        pad_left=int(g.pad_left),
+        n_seg=int(seg.n_seg),
+        base_ch=int(seg.base_ch),
+        cond_ch=int(seg.cond_ch),
+        n_groups=1 if (dense or plan.groups == 1) else plan.groups,
+        dense=dense,
+        pes=plan.pes,
+        lanes=plan.lanes,
+        counter_width=plan.counter_width,
+        outputs=bool(outputs),
+    )
     ok = _run(
         x,
         w,
@@ -779,24 +797,7 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
         gate.reshape(c_out, n_pos),
         write_cycle.reshape(-1),
         counters,
-        zero,
-        chunk,
-        tau_lo,
-        tau_hi,
-        k,
-        s,
-        w_out,
-        int(g.pad_top),
-        int(g.pad_left),
-        int(seg.n_seg),
-        int(seg.base_ch),
-        int(seg.cond_ch),
-        1 if (dense or groups == 1) else groups,
-        dense,
-        pes,
-        lanes,
-        counter_width,
-        bool(outputs),
+        params,
     )
     if not ok:  # a threshold out of range: the full check names it
         tile.check(config)
