@@ -13,12 +13,15 @@ import json
 import sys
 
 from accel import __version__
-from accel.config import ConfigError, EngineConfig, path_arg
+from accel.arguments import number_arg, out_path_arg, path_arg
+from accel.config import ConfigError, EngineConfig
 from accel.errors import UserError
 from accel.interrupts import stop_cleanly
-from accel.outdir import OutputFolder, check_out_file, check_out_path, write_file_atomic
+from accel.outdir import OutputFolder, check_out_file, write_file_atomic
+from accel.report_cli import add_report_parsers
 from accel.system import load_system_config
 from accel.terminal import one_line, printable
+from accel.train_cli import add_trace_export_parser, add_train_parser
 
 __all__ = ["main"]
 
@@ -29,25 +32,6 @@ PUBLISHED_RATIO = (0.82, 0.86)  # achieved / theoretical speed-up of the publish
 DEFAULT_CHANNELS = 64
 DEFAULT_SIZE = 16
 DEFAULT_GATE_RATE = 0.3
-
-
-def number_arg(convert, what: str, accept, expected: str):
-    """An argparse ``type``: ``convert`` the text, refuse it unless ``accept(value)``, naming ``what``."""
-
-    def parse(text: str):
-        try:
-            if convert is int and not text.strip().lstrip("+-").isascii():
-                raise ValueError(text)  # int() takes other scripts' digits; a count is written in ASCII
-            if convert is int and "_" in text:
-                raise ValueError(text)
-            value = convert(text)
-        except (ValueError, OverflowError):
-            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: expected {expected}") from None
-        if not accept(value):
-            raise argparse.ArgumentTypeError(f"invalid {what} {value}: expected {expected}")
-        return value
-
-    return parse
 
 
 _seed = number_arg(int, "seed", lambda v: v >= 0, "a non-negative integer")
@@ -65,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rtl = sub.add_parser("rtl", help="generate the engine's Verilog and its parameter JSON")
     rtl.add_argument(
-        "--out", required=True, type=check_out_path, metavar="DIR", help="output folder (created or replaced)"
+        "--out", required=True, type=out_path_arg, metavar="DIR", help="output folder (created or replaced)"
     )
     rtl.add_argument("--config", type=path_arg, metavar="FILE", help="engine configuration (TOML or JSON)")
     rtl.set_defaults(func=_cmd_rtl)
@@ -111,19 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     info.add_argument("path", type=path_arg, metavar="PATH", help="trace file (.npz)")
     info.set_defaults(func=_cmd_trace_info)
-    _add_training_commands(sub, trace_sub)
-    from accel.report_cli import add_report_parsers
-
-    add_report_parsers(sub)
-    return parser
-
-
-def _add_training_commands(sub, trace_sub) -> None:
-    """``accel train`` and ``accel trace export`` (accel/train_cli.py; PyTorch is imported when they run)."""
-    from accel.train_cli import add_trace_export_parser, add_train_parser
-
     add_train_parser(sub)
     add_trace_export_parser(trace_sub)
+    add_report_parsers(sub)
+    return parser
 
 
 def _cmd_rtl(args: argparse.Namespace) -> int:

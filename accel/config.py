@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -135,14 +134,6 @@ CONFIG_TABLES = ("dram", "energy", "engine", "report")
 
 # Largest configuration or energy-table file read (they are a few KB): a bigger file is not one.
 MAX_CONFIG_BYTES = 1 << 20
-
-
-def path_arg(text: str) -> Path:
-    """An argparse ``type`` for a file or folder name: refuse an empty one (``Path("")`` would silently be
-    the current folder) and one holding a NUL byte."""
-    if not text.strip() or "\0" in text:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a file name")
-    return Path(text)
 
 
 def finite_number(value) -> bool:

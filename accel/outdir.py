@@ -18,7 +18,6 @@ Every command that writes a folder (``accel report``, ``accel sweep``, ``accel r
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import fnmatch
@@ -27,7 +26,6 @@ import secrets
 import shutil
 from pathlib import Path
 
-from accel.config import path_arg
 from accel.errors import UserError
 from accel.interrupts import on_stop, signals_blocked
 
@@ -35,7 +33,6 @@ __all__ = [
     "OutputError",
     "OutputFolder",
     "check_out_file",
-    "check_out_path",
     "file_mode",
     "write_file_atomic",
 ]
@@ -64,14 +61,6 @@ def _check_creatable(path: Path, shown: Path, what: str) -> None:
         raise OutputError(f"{shown}: cannot create {what} ({ancestor} is not a folder)")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"{shown}: cannot create {what} ({ancestor} is not writable)")
-
-
-def check_out_path(text: str) -> Path:
-    """An argparse ``type`` for ``--out``: refuse an empty path (it would silently mean the current
-    folder) and one holding a NUL byte."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("empty path: name a folder")
-    return path_arg(text)
 
 
 class OutputFolder:

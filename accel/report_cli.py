@@ -6,8 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from accel.config import ConfigError, path_arg
-from accel.outdir import OutputFolder, check_out_path
+from accel.arguments import number_arg, out_path_arg, path_arg
+from accel.config import ConfigError
+from accel.outdir import OutputFolder
 from accel.terminal import printable
 
 __all__ = ["DEFAULT_TRACE", "add_report_parsers"]
@@ -23,14 +24,10 @@ def default_trace_path() -> Path:
 
 
 def _positive_int(what: str):
-    from accel.cli import number_arg
-
     return number_arg(int, what, lambda v: v >= 1, "an integer >= 1")
 
 
 def _fraction(what: str):
-    from accel.cli import number_arg
-
     return number_arg(float, what, lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 
 
@@ -64,7 +61,7 @@ def add_report_parsers(sub) -> None:
     )
     _common(rep)
     rep.add_argument(
-        "--out", type=check_out_path, metavar="DIR", help="output folder (default: report-<trace name>)"
+        "--out", type=out_path_arg, metavar="DIR", help="output folder (default: report-<trace name>)"
     )
     rep.add_argument(
         "--prune-threshold",
@@ -104,7 +101,7 @@ def add_report_parsers(sub) -> None:
         "weight_depth, output_depth, ...), dram.bytes_per_cycle, dram.latency_cycles, report.prune_threshold",
     )
     sw.add_argument(
-        "--out", type=check_out_path, metavar="DIR", help="output folder (default: sweep-<trace name>)"
+        "--out", type=out_path_arg, metavar="DIR", help="output folder (default: sweep-<trace name>)"
     )
     sw.add_argument(
         "--jobs", type=_positive_int("job count"), metavar="N", help="processes (default: all cores)"

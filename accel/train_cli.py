@@ -8,13 +8,11 @@ Every error a user can cause ends as a :class:`~accel.config.ConfigError` (one `
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 
-from accel.cli import number_arg
-from accel.config import ConfigError, path_arg
+from accel.arguments import float_in, int_in, nonempty_arg, out_path_arg, path_arg
+from accel.config import ConfigError
 from accel.errors import UserError
-from accel.outdir import check_out_path
 
 __all__ = ["add_trace_export_parser", "add_train_parser", "train_command"]
 
@@ -38,42 +36,10 @@ MAX_SAMPLES = 10_000  # a CIFAR-10 test split
 MAX_CALIBRATION = 50_000  # a CIFAR-10 training split
 
 
-def _int_in(what: str, lo: int, hi: int):
-    """An argparse ``type``: an integer in ``[lo, hi]``."""
-    return number_arg(int, what, lambda v: lo <= v <= hi, f"an integer in [{lo}, {hi}]")
-
-
-def _float_in(what: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False):
-    """An argparse ``type``: a finite number in the interval ``lo .. hi`` (each end open or closed)."""
-
-    def accept(v: float) -> bool:
-        return math.isfinite(v) and (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-
-    interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    return number_arg(float, what, accept, f"a number in {interval}")
-
-
-def _path_arg(what: str):
-    """An argparse ``type``: a non-empty path (an empty one would silently mean none or the current one)."""
-
-    def parse(text: str) -> str:
-        if not text.strip():
-            raise argparse.ArgumentTypeError(f"empty {what}")
-        return text
-
-    return parse
-
-
-def _name_arg(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("empty name")
-    return text
-
-
-_seed = _int_in("seed", 0, MAX_SEED)
-_epochs = _int_in("epoch count", 1, MAX_EPOCHS)
-_threads = _int_in("thread count", 1, MAX_THREADS)
-_fraction = _float_in("fraction", 0, 1, lo_open=True, hi_open=True)
+_seed = int_in("seed", 0, MAX_SEED)
+_epochs = int_in("epoch count", 1, MAX_EPOCHS)
+_threads = int_in("thread count", 1, MAX_THREADS)
+_fraction = float_in("fraction", 0, 1, lo_open=True, hi_open=True)
 
 
 # (dest, flags, kwargs) of ``accel train``; the defaults are TrainOptions' own.
@@ -83,7 +49,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "width",
         ("--width",),
         {
-            "type": _float_in("width", 0, MAX_WIDTH, lo_open=True),
+            "type": float_in("width", 0, MAX_WIDTH, lo_open=True),
             "default": 1.0,
             "metavar": "X",
             "help": f"channel multiplier, (0, {MAX_WIDTH:g}] (1)",
@@ -98,7 +64,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "data_dir",
         ("--data-dir",),
         {
-            "type": _path_arg("folder name"),
+            "type": nonempty_arg("folder name"),
             "default": None,
             "metavar": "DIR",
             "help": "CIFAR-10 python batches (cifar10 only)",
@@ -109,7 +75,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "gate_groups",
         ("--gating-groups",),
         {
-            "type": _int_in("group count", 1, MAX_GROUPS),
+            "type": int_in("group count", 1, MAX_GROUPS),
             "default": 2,
             "metavar": "G",
             "help": "CGNet channel groups G (2); at most the channels of the narrowest gated layers, and "
@@ -130,7 +96,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "target",
         ("--target",),
         {
-            "type": _float_in("gating target", -10, 10),
+            "type": float_in("gating target", -10, 10),
             "default": 1.0,
             "metavar": "T",
             "help": "gating target T, [-10, 10] (1.0)",
@@ -150,7 +116,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "batch_size",
         ("--batch-size",),
         {
-            "type": _int_in("batch size", 1, MAX_BATCH),
+            "type": int_in("batch size", 1, MAX_BATCH),
             "default": 128,
             "metavar": "N",
             "help": f"1..{MAX_BATCH} (128)",
@@ -160,7 +126,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "lr",
         ("--lr",),
         {
-            "type": _float_in("learning rate", 0, 10, lo_open=True),
+            "type": float_in("learning rate", 0, 10, lo_open=True),
             "default": 0.1,
             "metavar": "X",
             "help": "learning rate, (0, 10] (0.1)",
@@ -170,7 +136,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "weight_decay",
         ("--weight-decay",),
         {
-            "type": _float_in("weight decay", 0, 1),
+            "type": float_in("weight decay", 0, 1),
             "default": 5e-4,
             "metavar": "X",
             "help": "[0, 1] (5e-4)",
@@ -200,7 +166,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "max_batches",
         ("--max-batches",),
         {
-            "type": _int_in("batch count", 0, MAX_COUNT),
+            "type": int_in("batch count", 0, MAX_COUNT),
             "default": 0,
             "metavar": "N",
             "help": "batches per epoch, 0 = all (quick runs)",
@@ -210,7 +176,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "max_test",
         ("--max-test",),
         {
-            "type": _int_in("image count", 0, MAX_COUNT),
+            "type": int_in("image count", 0, MAX_COUNT),
             "default": 0,
             "metavar": "N",
             "help": "test images used, 0 = all (quick runs)",
@@ -246,7 +212,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "prune_t0",
         ("--prune-t0",),
         {
-            "type": _float_in("polarization t", 0, 10, lo_open=True),
+            "type": float_in("polarization t", 0, 10, lo_open=True),
             "default": 1.2,
             "metavar": "T",
             "help": "initial t, (0, 10] (1.2)",
@@ -256,7 +222,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "prune_lam0",
         ("--prune-lam0",),
         {
-            "type": _float_in("polarization lambda", 0, 1, lo_open=True),
+            "type": float_in("polarization lambda", 0, 1, lo_open=True),
             "default": 5e-3,
             "metavar": "L",
             "help": "initial lambda, (0, 1] (5e-3)",
@@ -266,7 +232,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "prune_multiple_of",
         ("--prune-multiple-of",),
         {
-            "type": _int_in("channel multiple", 1, MAX_GROUPS),
+            "type": int_in("channel multiple", 1, MAX_GROUPS),
             "default": 1,
             "metavar": "M",
             "help": f"keep channel counts multiples of M, 1..{MAX_GROUPS} (1)",
@@ -290,13 +256,13 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
     (
         "max_trials",
         ("--max-trials",),
-        {"type": _int_in("trial count", 1, 100), "default": 10, "metavar": "N", "help": "1..100 (10)"},
+        {"type": int_in("trial count", 1, 100), "default": 10, "metavar": "N", "help": "1..100 (10)"},
     ),
     (
         "finetune_epochs",
         ("--finetune-epochs",),
         {
-            "type": _int_in("epoch count", 0, MAX_EPOCHS),
+            "type": int_in("epoch count", 0, MAX_EPOCHS),
             "default": 5,
             "metavar": "N",
             "help": f"fine-tuning epochs after pruning, 0..{MAX_EPOCHS} (5)",
@@ -306,7 +272,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "init_from",
         ("--init-from",),
         {
-            "type": _path_arg("run folder name"),
+            "type": nonempty_arg("run folder name"),
             "default": None,
             "metavar": "RUN_DIR",
             "help": "start from a run's (pruned) weights (same --model and --width)",
@@ -316,7 +282,7 @@ _TRAIN_ARGS: list[tuple[str, tuple[str, ...], dict]] = [
         "baseline",
         ("--baseline",),
         {
-            "type": _path_arg("run folder name"),
+            "type": nonempty_arg("run folder name"),
             "default": None,
             "metavar": "RUN_DIR",
             "help": "dense baseline run (its accuracy)",
@@ -345,7 +311,7 @@ def add_train_parser(sub) -> None:
     p.add_argument(
         "--out",
         required=True,
-        type=check_out_path,
+        type=out_path_arg,
         metavar="RUN_DIR",
         help="run directory (created or replaced)",
     )
@@ -365,27 +331,30 @@ def add_trace_export_parser(trace_sub) -> None:
         ),
     )
     p.add_argument("run_dir", type=path_arg, metavar="RUN_DIR", help="directory written by 'accel train'")
-    p.add_argument("--out", required=True, type=check_out_path, metavar="FILE", help="trace file (.npz)")
+    p.add_argument("--out", required=True, type=out_path_arg, metavar="FILE", help="trace file (.npz)")
     p.add_argument(
         "--samples",
-        type=_int_in("sample count", 1, MAX_SAMPLES),
+        type=int_in("sample count", 1, MAX_SAMPLES),
         default=4,
         metavar="N",
         help="sample images stored, 1..the run's test images (4)",
     )
     p.add_argument(
-        "--name", type=_name_arg, default=None, help="network name in the trace (default: from the run)"
+        "--name",
+        type=nonempty_arg("name"),
+        default=None,
+        help="network name in the trace (default: from the run)",
     )
     p.add_argument(
         "--calibration",
-        type=_int_in("calibration image count", 1, MAX_CALIBRATION),
+        type=int_in("calibration image count", 1, MAX_CALIBRATION),
         default=256,
         metavar="N",
         help=f"calibration images, 1..{MAX_CALIBRATION} (at most the training split) (256)",
     )
     p.add_argument(
         "--percentile",
-        type=_float_in("percentile", 0, 100, lo_open=True),
+        type=float_in("percentile", 0, 100, lo_open=True),
         default=99.99,
         metavar="P",
         help="activation scale percentile, (0, 100] (99.99)",

@@ -39,10 +39,10 @@ from traces.quantize import IntNetwork, QLayer, quantize_network
 from traces.train import (
     RUN_FILES,
     RunError,
-    _check_fits_data,
-    _commands,
+    check_fits_data,
     evaluate,
     load_run,
+    run_commands,
     run_data_options,
 )
 
@@ -246,7 +246,7 @@ def export_run(
     seed = int(opts.get("seed", 0))
     dataset, split_seed, data_dir = run_data_options(config)
     data = load_dataset(dataset, seed=split_seed, data_dir=data_dir)
-    _check_fits_data(model.spec, data, run_dir)
+    check_fits_data(model.spec, data, run_dir)
     if opts.get("max_test"):
         data.x_test, data.y_test = data.x_test[: opts["max_test"]], data.y_test[: opts["max_test"]]
     if not 1 <= samples <= data.x_test.shape[0]:
@@ -305,7 +305,7 @@ def export_run(
             }
             for t, s in ev["sweep"].items()
         ]
-    commands = _commands(config)
+    commands = run_commands(config)
     if command:
         commands = commands + [command]
     kind = ("cgnet-" if gated_any else "") + ("pruned-" if spec.pruned_channels else "")

@@ -61,10 +61,15 @@ from traces.resnet import CifarResNet, ModelSpec, build_model
 from traces.search import algorithm1, search_gate_target
 
 __all__ = [
+    "RUN_FILES",
+    "RunError",
     "TrainOptions",
+    "check_fits_data",
     "evaluate",
     "gated_flop_reduction",
     "load_run",
+    "run_commands",
+    "run_data_options",
     "train_epochs",
     "train_run",
 ]
@@ -483,7 +488,7 @@ def load_run(run_dir: str | Path) -> tuple[CifarResNet, dict, dict]:
     return model, config, metrics
 
 
-def _commands(config: dict) -> list[str]:
+def run_commands(config: dict) -> list[str]:
     """The commands that made a run, its ancestors' first."""
     return list(config.get("commands", [config.get("command", "")]))
 
@@ -573,7 +578,7 @@ def _check_init_run(opts: TrainOptions, init: ModelSpec) -> None:
         raise RunError(f"{opts.init_from}: a gated run cannot start a dense one")
 
 
-def _check_fits_data(spec: ModelSpec, data: Dataset, run_dir) -> None:
+def check_fits_data(spec: ModelSpec, data: Dataset, run_dir) -> None:
     """A run's network takes the data set's images and predicts its classes."""
     if spec.in_channels != data.input_shape[0] or spec.num_classes != data.num_classes:
         raise RunError(
@@ -605,7 +610,7 @@ def train_run(
     if opts.baseline:
         _, bconfig, bmetrics = load_run(opts.baseline)
         _check_same_data(opts, bconfig, opts.baseline)
-        parents += _commands(bconfig)
+        parents += run_commands(bconfig)
         metrics["dense_accuracy"] = bmetrics.get("accuracy")
         metrics["baseline_run"] = str(opts.baseline)
 
@@ -613,7 +618,7 @@ def train_run(
     if opts.init_from:
         init_model, iconfig, imetrics = load_run(opts.init_from)
         _check_same_data(opts, iconfig, opts.init_from)
-        parents += [c for c in _commands(iconfig) if c not in parents]
+        parents += [c for c in run_commands(iconfig) if c not in parents]
         metrics["init_from"] = str(opts.init_from)
         metrics["init_accuracy"] = imetrics.get("accuracy")
         if "dense_accuracy" not in metrics:
@@ -632,7 +637,7 @@ def train_run(
 
     data = _load_data(opts)
     if init_model is not None:
-        _check_fits_data(init_model.spec, data, opts.init_from)
+        check_fits_data(init_model.spec, data, opts.init_from)
     input_shape = data.input_shape
     flop_images = data.x_train[:FLOP_SUBSET]
 
