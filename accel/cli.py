@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from accel import __version__
@@ -405,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_cleanly():
             return args.func(args)
+    except BrokenPipeError:
+        # The reader of stdout stopped early (accel report | head): no error, nothing more to print.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except UserError as exc:
         message = str(exc)
     except OSError as exc:

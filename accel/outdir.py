@@ -24,6 +24,7 @@ import fnmatch
 import os
 import secrets
 import shutil
+import stat
 from pathlib import Path
 
 from accel.errors import UserError
@@ -117,6 +118,10 @@ class OutputFolder:
         if self.path.exists() or self.path.is_symlink():
             if not self.path.is_dir():
                 raise OutputError(f"{self.shown}: exists and is not a folder")
+            if os.path.ismount(self.path):  # a mount point cannot be renamed away
+                raise OutputError(
+                    f"{self.shown}: is a mount point; the whole folder is replaced: name a folder inside it"
+                )
             foreign = self._foreign()
             if foreign:
                 more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
@@ -141,7 +146,10 @@ class OutputFolder:
         try:
             with signals_blocked():  # the folders made are recorded before a signal can look at the list
                 for folder in reversed(missing):
-                    folder.mkdir()
+                    try:
+                        folder.mkdir()
+                    except FileExistsError:  # another run made it meanwhile: not ours to remove
+                        continue
                     self._created.append(folder)
                 self.staging = self.path.parent / f".{self.path.name}.accel-{secrets.token_hex(4)}"
                 self.staging.mkdir(mode=0o777)
@@ -160,7 +168,15 @@ class OutputFolder:
                     self._clean()
                     raise
             else:
+                staging = self.staging
                 self._clean()
+                if (
+                    isinstance(exc, OSError)
+                    and staging is not None
+                    and str(staging) in str(exc.filename or "")
+                ):
+                    # A write into the staging folder failed (disk full, quota): name the destination.
+                    raise self._write_error(exc) from None
         finally:
             self._on_stop.__exit__(None, None, None)
 
@@ -173,21 +189,28 @@ class OutputFolder:
                 folder.rmdir()
         self._created = []
 
+    def _write_error(self, exc: OSError) -> OutputError:
+        return OutputError(f"{self.shown}: cannot write the results of {self.what} ({_strerror(exc)})")
+
     def commit(self) -> None:
         """Replace the destination by the staging folder, as a whole, under a lock on the parent folder."""
         assert self.staging is not None
         old = self.path.parent / f".{self.path.name}.accel-old-{secrets.token_hex(4)}"
-        # Ctrl-C and SIGTERM are held back until both renames are done (a stop in between would leave the
-        # old folder renamed away); the lock makes one swap at a time in this folder.
-        with signals_blocked():
+        try:
             parent = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                fcntl.flock(parent, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise OutputError(
+                f"{self.shown}: cannot write the results of {self.what} ({_strerror(exc)})"
+            ) from None
+        try:
+            # The lock (one swap at a time in this folder) is taken while a stop signal still works.
+            fcntl.flock(parent, fcntl.LOCK_EX)
+            with on_stop(lambda: shutil.rmtree(old, ignore_errors=True)), signals_blocked():
+                # Both renames, or neither: a stop signal is held back until they are done.
                 if self.path.exists() or self.path.is_symlink():
                     if not self.path.is_dir() or self._foreign():
-                        raise OutputError(
-                            f"{self.shown}: changed during the run; the results were not written"
-                        )
+                        raise OutputError(f"{self.shown}: changed during the run; nothing was written")
+                    _keep_mode(self.path, self.staging)
                     os.rename(self.path, old)
                 try:
                     os.rename(self.staging, self.path)
@@ -197,17 +220,25 @@ class OutputFolder:
                     raise
                 self.staging = None
                 self._created = []
-            except OSError as exc:
-                why = _strerror(exc)
-                raise OutputError(f"{self.shown}: cannot write the results of {self.what} ({why})") from None
-            finally:
-                fcntl.flock(parent, fcntl.LOCK_UN)
-                os.close(parent)
-        shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            raise OutputError(
+                f"{self.shown}: cannot write the results of {self.what} ({_strerror(exc)})"
+            ) from None
+        finally:
+            os.close(parent)  # releases the lock
 
     def files(self) -> list[Path]:
         """The files of the committed folder, as the user named it."""
         return [self.shown / name for name in sorted(os.listdir(self.path))]
+
+
+def _keep_mode(old: Path, new: Path) -> None:
+    """Give the new folder the old one's mode (and, when allowed, owner and group)."""
+    info = old.stat()
+    os.chmod(new, stat.S_IMODE(info.st_mode))
+    with contextlib.suppress(OSError):
+        os.chown(new, info.st_uid, info.st_gid)
 
 
 def file_mode() -> int:
@@ -234,12 +265,15 @@ def write_file_atomic(path: Path, text: str) -> None:
     ``open`` would give (0666 less the umask); an interrupted run leaves the old file or none."""
     path = Path(path)
     check_out_file(path)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{path}: the file is not writable")
     tmp = path.parent / f".{path.name}.accel-{secrets.token_hex(4)}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        with on_stop(lambda: tmp.unlink(missing_ok=True)):
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()

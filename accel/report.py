@@ -390,7 +390,14 @@ def layers_csv(report: dict) -> str:
 
 
 # The files of a report folder (accel.outdir.OutputFolder refuses a folder holding anything else).
-REPORT_FILES = ("report.json", "layers.csv", "*.png")
+REPORT_FILES = (
+    "report.json",
+    "layers.csv",
+    "speedup.png",
+    "conditional_work.png",
+    "energy.png",
+    "dram_traffic.png",
+)
 
 
 def write_report(report: dict, folder: Path, plots: bool = True) -> list[Path]:

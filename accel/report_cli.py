@@ -14,7 +14,7 @@ from accel.terminal import printable
 __all__ = ["DEFAULT_TRACE", "add_report_parsers"]
 
 DEFAULT_TRACE = "cgnet-resnet20-digits.npz"  # shipped in the traces package
-SWEEP_FILES = ("sweep.csv", "sweep.json", "*.png")  # what a sweep folder holds
+SWEEP_FILES = ("sweep.csv", "sweep.json", "sweep_*.png")  # what a sweep folder holds
 
 
 def default_trace_path() -> Path:
@@ -159,17 +159,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
                 progress=lambda _: bar.update(),
             )
         report = build_report(run, trace, table)
-        print(f"trace: {printable(path)}")
-        print()
-        print(format_table(report))
-        print()
-        print(format_summary(report))
         if args.check:
             bad = [lr.name for lr in run.layers if lr.outputs_match is False]
             if bad:
                 raise ConfigError(f"engine outputs differ from numpy in layers: {', '.join(bad)}")
-            print("check:     every engine layer's outputs and gates equal a plain numpy convolution")
         write_report(report, staging, plots=not args.no_plots)
+    # Printed once the files are in place: a reader that stops early (| head) costs no results.
+    print(f"trace: {printable(path)}")
+    print()
+    print(format_table(report))
+    print()
+    print(format_summary(report))
+    if args.check:
+        print("check:     every engine layer's outputs and gates equal a plain numpy convolution")
     print()
     for p in folder.files():
         print(f"wrote {printable(p)}")
@@ -199,19 +201,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             rows = run_sweep(
                 str(path), config, params, samples=args.samples, jobs=args.jobs, progress=bar.update
             )
-        shown = ["speedup", "theoretical_speedup", "energy_pj_gated", "dram_bytes_pruned"]
-        header = [*names, *shown, "error"]
-        print("  ".join(header))
-        for r in rows:
-            cells = [str(r[n]) for n in names]
-            cells += ["-" if r[k] is None else f"{r[k]:.4g}" for k in shown]
-            cells.append(r["error"])
-            print("  ".join(cells).rstrip())
         (staging / "sweep.csv").write_text(sweep_csv(rows, names))
         (staging / "sweep.json").write_text(sweep_json(rows, names, str(path), config) + "\n")
         ok = [r for r in rows if not r["error"]]
         if ok:
             sweep_plots(ok, names, staging)
+    shown = ["speedup", "theoretical_speedup", "energy_pj_gated", "dram_bytes_pruned"]
+    print("  ".join([*names, *shown, "error"]))
+    for r in rows:
+        cells = [str(r[n]) for n in names]
+        cells += ["-" if r[k] is None else f"{r[k]:.4g}" for k in shown]
+        cells.append(printable(r["error"]))
+        print("  ".join(cells).rstrip())
     for p in folder.files():
         print(f"wrote {printable(p)}")
     failed = sum(1 for r in rows if r["error"])

@@ -206,22 +206,26 @@ def _run_in_processes(work: list[tuple], jobs: int, progress: Callable[[], None]
                 reader, writer = multiprocessing.Pipe(duplex=False)
                 # Forked with Ctrl-C and SIGTERM held back: the child resets their handlers (it must not run
                 # the parent's clean-up) before it takes them.
-                with signals_blocked():
+                with signals_blocked():  # and registered before a stop signal can look for it
                     proc = multiprocessing.Process(target=_point_process, args=(writer, item[1]), daemon=True)
                     proc.start()
+                    running[reader] = (item[0], proc)
                 writer.close()
-                running[reader] = (item[0], proc)
             if not running:
                 break
             for reader in multiprocessing.connection.wait(list(running)):
                 index, proc = running.pop(reader)
                 try:
                     status, value = reader.recv()
-                except EOFError:
-                    status, value = "error", f"the process ended with status {proc.exitcode} and no result"
+                except (EOFError, OSError):
+                    status, value = "lost", None
                 reader.close()
                 proc.join()
-                if status != "ok":
+                if status == "lost":  # killed from outside (the OOM killer): this point's row says so
+                    point = work[index][3]
+                    why = f"the grid point's process ended with status {proc.exitcode} and no result"
+                    value = {**point, **dict.fromkeys(SWEEP_COLUMNS), "error": why}
+                elif status != "ok":
                     raise RuntimeError(f"sweep grid point {index}: {value}")
                 rows[index] = value
                 if progress:
