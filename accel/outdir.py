@@ -32,6 +32,7 @@ from accel.interrupts import on_stop, signals_blocked
 
 __all__ = [
     "OutputError",
+    "OutputFile",
     "OutputFolder",
     "check_out_file",
     "file_mode",
@@ -156,7 +157,7 @@ class OutputFolder:
         except OSError as exc:
             self._clean()
             self._on_stop.__exit__(None, None, None)
-            raise OutputError(f"{self.shown}: cannot create the output folder ({_strerror(exc)})") from None
+            raise self._create_error(exc) from None
         return self.staging
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -188,6 +189,9 @@ class OutputFolder:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         self._created = []
+
+    def _create_error(self, exc: OSError) -> OutputError:
+        return OutputError(f"{self.shown}: cannot create the output folder ({_strerror(exc)})")
 
     def _write_error(self, exc: OSError) -> OutputError:
         return OutputError(f"{self.shown}: cannot write the results of {self.what} ({_strerror(exc)})")
@@ -260,25 +264,50 @@ def check_out_file(path: Path, create_parents: bool = False) -> None:
     _check_creatable(path, path, "the file")
 
 
+class OutputFile(OutputFolder):
+    """A single file written as :class:`OutputFolder` writes a folder.
+
+    ``with OutputFile(path) as tmp:`` checks the destination (:func:`check_out_file`), makes the missing
+    parent folders if ``create_parents``, and gives a path inside a hidden staging folder beside the
+    destination; leaving the block normally renames the file into place, leaving it with an exception or a
+    stop signal removes the staging folder (and whatever the writer left in it) and the parents made for
+    it. Errors name the destination, never the staging path.
+    """
+
+    def __init__(self, path: Path, what: str = "file", create_parents: bool = False) -> None:
+        super().__init__(path, (), what)
+        self.create_parents = create_parents
+
+    def check(self) -> None:
+        check_out_file(self.shown, self.create_parents)
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise OutputError(f"{self.shown}: the file is not writable")
+
+    def __enter__(self) -> Path:
+        return super().__enter__() / self.path.name
+
+    def _create_error(self, exc: OSError) -> OutputError:
+        return self._write_error(exc)
+
+    def _write_error(self, exc: OSError) -> OutputError:
+        return OutputError(f"{self.shown}: cannot write the {self.what} ({_strerror(exc)})")
+
+    def commit(self) -> None:
+        assert self.staging is not None
+        try:
+            with signals_blocked():
+                os.replace(self.staging / self.path.name, self.path)
+                self._created = []
+        except OSError as exc:
+            raise self._write_error(exc) from None
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging = None
+
+
 def write_file_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a hidden file beside it and a rename, with the mode a plain
-    ``open`` would give (0666 less the umask); an interrupted run leaves the old file or none."""
-    path = Path(path)
-    check_out_file(path)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise OutputError(f"{path}: the file is not writable")
-    tmp = path.parent / f".{path.name}.accel-{secrets.token_hex(4)}"
-    try:
-        with on_stop(lambda: tmp.unlink(missing_ok=True)):
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"{path}: cannot write ({_strerror(exc)})") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Write ``text`` to ``path`` (:class:`OutputFile`), with the mode a plain ``open`` would give (0666
+    less the umask); an interrupted run leaves the old file or none."""
+    with OutputFile(path) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)

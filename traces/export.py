@@ -25,8 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import secrets
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -173,47 +171,16 @@ def _check_not_a_run_file(out: Path, run_dir: Path) -> None:
 
 
 def _save(out: Path, meta: dict, arrays: dict, save_trace):
-    """Write the trace to ``out`` through a hidden staging folder beside it (the parent folders are made
-    first); an error, Ctrl-C or SIGTERM leaves neither a partial file nor the folders made for it, and a
-    write that fails names ``out``, not a temporary file."""
-    from accel.interrupts import on_stop
+    """Write the trace to ``out`` (:class:`accel.outdir.OutputFile`: staged beside it, the parent folders
+    made first; an error or a stop signal leaves neither a partial file nor the folders made for it, and
+    errors name ``out``, not a temporary file)."""
+    from accel.outdir import OutputFile
 
-    created: list[Path] = []
-    staging: list[Path] = []
-
-    def clean() -> None:
-        for folder in staging:
-            shutil.rmtree(folder, ignore_errors=True)
-        for folder in reversed(created):  # deepest first, only if still empty
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-
-    with on_stop(clean):
+    with OutputFile(out, "trace", create_parents=True) as tmp:
         try:
-            missing, parent = [], out.parent
-            while not parent.exists():
-                missing.append(parent)
-                parent = parent.parent
-            for folder in reversed(missing):
-                folder.mkdir()
-                created.append(folder)
-            folder = out.parent / f".{out.name}.accel-{secrets.token_hex(4)}"
-            folder.mkdir()
-            staging.append(folder)
-            trace = save_trace(folder / out.name, meta, arrays)
-            os.replace(folder / out.name, out)
-        except OSError as exc:
-            clean()
-            raise RunError(f"{out}: cannot write the trace ({exc.strerror or exc})") from None
+            trace = save_trace(tmp, meta, arrays)
         except UserError as exc:  # a refusal of the trace's checks: name the destination
-            clean()
-            text = str(exc).replace(str(staging[0] / out.name), str(out)) if staging else str(exc)
-            raise type(exc)(text) from None
-        except BaseException:
-            clean()
-            raise
-        created.clear()  # the folders now hold the trace
-        clean()
+            raise type(exc)(str(exc).replace(str(tmp), str(out))) from None
     return dataclasses.replace(trace, path=str(out))
 
 
