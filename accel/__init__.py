@@ -1,3 +1,5 @@
-"""Channel-gating CNN accelerator: engine configuration, tiles and the command line."""
+"""Channel-gating CNN accelerator: the command line, reports, plots and sweeps (the product's face)."""
 
-__version__ = "0.1.0"
+from spec import __version__
+
+__all__ = ["__version__"]

@@ -13,16 +13,16 @@ import json
 import os
 import sys
 
-from accel import __version__
 from accel.arguments import number_arg, out_path_arg, path_arg
-from accel.config import ConfigError, EngineConfig
-from accel.errors import UserError
-from accel.interrupts import stop_cleanly
-from accel.outdir import OutputFolder, check_out_file, write_file_atomic
 from accel.report_cli import add_report_parsers
-from accel.system import load_system_config
 from accel.terminal import one_line, printable
 from accel.train_cli import add_trace_export_parser, add_train_parser
+from outfiles.folder import OutputFolder, check_out_file, write_file_atomic
+from outfiles.interrupts import stop_cleanly
+from spec import __version__
+from spec.config import ConfigError, EngineConfig
+from spec.errors import UserError
+from spec.system import load_system_config
 
 __all__ = ["main"]
 
@@ -119,7 +119,7 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
 
 def default_layer(config: EngineConfig, gate_rate: float, seed: int):
     """The synthetic layer ``accel run`` uses for ``config``: 64 channels rounded to whole lane groups."""
-    from traces.synthetic import synthetic_layer
+    from sim.synthetic import synthetic_layer
 
     g, lanes = config.groups, config.lanes
     unit = g * lanes if g > 1 else 2 * lanes  # whole lanes in every segment: no lane-granularity loss
@@ -145,9 +145,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from accel.tile import COUNTER_NAMES
     from sim.engine import run_tile
-    from traces.synthetic import cut_tiles, layer_reference
+    from sim.synthetic import cut_tiles, layer_reference
+    from spec.tile import COUNTER_NAMES
 
     config = load_system_config(args.config).engine  # every table of the file checked
     if args.json is not None:
@@ -315,7 +315,7 @@ def _trace_rows(trace) -> list[tuple[str, ...]]:
 
 
 def _cmd_trace_info(args: argparse.Namespace) -> int:
-    from sim.trace import load_trace
+    from trace_format.trace import load_trace
 
     trace = load_trace(args.path)  # headers, metadata and every member's data (CRC) checked
     meta = trace.meta
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     The one place where errors become messages: every error the user can cause (:class:`UserError`:
     configuration, trace, data set, output path; ``OSError``) prints one line ``accel: error: ...`` and
     returns 2. Ctrl-C and SIGTERM run the command's clean-up and end the process with status 130 or 143
-    (:mod:`accel.interrupts`).
+    (:mod:`outfiles.interrupts`).
     """
     parser = _parser()
     try:

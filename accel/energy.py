@@ -15,7 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accel.config import ConfigError, EngineConfig, finite_number, parse_config_text, read_text_file
+from spec.config import ConfigError, EngineConfig
+from spec.config_file import finite_number, parse_config_text, read_text_file
 
 if TYPE_CHECKING:
     from sim.results import DesignRun, LayerRun

@@ -15,7 +15,7 @@ from pathlib import Path
 from accel.energy import EnergyTable, design_energy
 from accel.terminal import printable
 from sim.results import DESIGNS, LayerRun, NetworkRun
-from sim.trace import Trace
+from trace_format.trace import Trace
 
 __all__ = [
     "PUBLISHED_RATIO",
@@ -389,7 +389,7 @@ def layers_csv(report: dict) -> str:
 # Files
 
 
-# The files of a report folder (accel.outdir.OutputFolder refuses a folder holding anything else).
+# The files of a report folder (outfiles.folder.OutputFolder refuses a folder holding anything else).
 REPORT_FILES = (
     "report.json",
     "layers.csv",
@@ -402,7 +402,7 @@ REPORT_FILES = (
 
 def write_report(report: dict, folder: Path, plots: bool = True) -> list[Path]:
     """Write ``report.json``, ``layers.csv`` and the PNG plots into ``folder`` (the staging folder of an
-    :class:`accel.outdir.OutputFolder`, which puts them in place all together or not at all)."""
+    :class:`outfiles.folder.OutputFolder`, which puts them in place all together or not at all)."""
     folder = Path(folder)
     (folder / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     (folder / "layers.csv").write_text(layers_csv(report))

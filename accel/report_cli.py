@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from accel.arguments import number_arg, out_path_arg, path_arg
-from accel.config import ConfigError
-from accel.outdir import OutputFolder
 from accel.terminal import printable
+from outfiles.folder import OutputFolder
+from spec.config import ConfigError
 
 __all__ = ["DEFAULT_TRACE", "add_report_parsers"]
 
@@ -113,8 +113,8 @@ def _load(args):
     import dataclasses
 
     from accel.energy import load_energy_table
-    from accel.system import load_system_config
-    from sim.trace import load_trace
+    from spec.system import load_system_config
+    from trace_format.trace import load_trace
 
     path = args.trace or default_trace_path()
     config = load_system_config(args.config)

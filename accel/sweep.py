@@ -24,10 +24,10 @@ import signal
 import traceback
 from collections.abc import Callable
 
-from accel.config import ConfigError, EngineConfig
-from accel.errors import UserError
-from accel.interrupts import on_stop, signals_blocked
-from accel.system import DramConfig, ReportOptions, SystemConfig
+from outfiles.interrupts import on_stop, signals_blocked
+from spec.config import ConfigError, EngineConfig
+from spec.errors import UserError
+from spec.system import DramConfig, ReportOptions, SystemConfig
 
 __all__ = ["PER_LAYER_FIELDS", "SWEEP_COLUMNS", "parse_param", "run_sweep", "sweep_points"]
 
@@ -146,7 +146,7 @@ def _run_point(args) -> dict:
     from accel.energy import load_energy_table
     from accel.report import build_report
     from sim.network import run_network
-    from sim.trace import load_trace
+    from trace_format.trace import load_trace
 
     try:
         trace = load_trace(trace_path, verify_data=False)  # its data was verified once, before the sweep

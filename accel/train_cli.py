@@ -2,7 +2,7 @@
 
 Kept apart from :mod:`accel.cli`, which only registers these parsers: nothing here imports PyTorch until a
 command runs, so ``accel`` works without it and says how to get it when one of these commands needs it.
-Every error a user can cause ends as a :class:`~accel.config.ConfigError` (one ``accel: error:`` line).
+Every error a user can cause ends as a :class:`~spec.config_file.ConfigError` (one ``accel: error:`` line).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import argparse
 import shlex
 
 from accel.arguments import float_in, int_in, nonempty_arg, out_path_arg, path_arg
-from accel.config import ConfigError
-from accel.errors import UserError
+from spec.config import ConfigError
+from spec.errors import UserError
 
 __all__ = ["add_trace_export_parser", "add_train_parser", "train_command"]
 
@@ -24,7 +24,7 @@ TORCH_HINT = (
 
 
 # Ranges of the numeric options: every float finite, every count bounded (a seed must fit the 32 bits numpy
-# and torch seed with; a width above MAX_WIDTH, traces.resnet's bound, would allocate terabytes).
+# and torch seed with; a width above MAX_WIDTH, training.resnet's bound, would allocate terabytes).
 MAX_SEED = 2**32 - 1
 MAX_WIDTH = 8.0
 MAX_GROUPS = 4096  # the widest layer of any model at MAX_WIDTH (resnet18: 512 x 8)
@@ -393,7 +393,7 @@ def _torch_or_fail(what: str) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     _torch_or_fail("accel train")
-    from traces.train import TrainOptions, train_run
+    from training.train import TrainOptions, train_run
 
     if args.prune_target is not None:
         args.dense = True
@@ -415,7 +415,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_trace_export(args: argparse.Namespace) -> int:
     _torch_or_fail("accel trace export")
-    from traces.export import export_run
+    from training.export import export_run
 
     command = shlex.join(
         [

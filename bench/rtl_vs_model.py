@@ -57,9 +57,9 @@ for _p in (str(REPO), str(HERE)):  # the simulator process gets sys.path as its 
 
 import numpy as np  # noqa: E402
 
-from accel.config import EngineConfig  # noqa: E402
-from accel.layout import decode_counter, decode_output  # noqa: E402
-from accel.tile import COUNTER_NAMES, Tile, TileGeometry, random_tile  # noqa: E402
+from spec.config import EngineConfig  # noqa: E402
+from spec.tile import COUNTER_NAMES, Tile, TileGeometry, random_tile  # noqa: E402
+from verification.layout import decode_counter, decode_output  # noqa: E402
 
 TOP = "gated_conv_engine"
 TB_MODULE = "rtl_vs_model_tb"
@@ -150,10 +150,10 @@ def network_tile(
     the default system configuration."""
     import dataclasses
 
-    from accel.system import SystemConfig
     from sim.network import engine_config_for
     from sim.tiling import plan_layer
-    from sim.trace import load_trace
+    from spec.system import SystemConfig
+    from trace_format.trace import load_trace
 
     layer = load_trace(trace_path)[layer_name]
     config, base = engine_config_for(SystemConfig().engine, layer)

@@ -24,9 +24,9 @@ from cocotb.handle import SimHandleBase
 from cocotb.triggers import ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
-from accel.config import EngineConfig
-from accel.layout import SEL_COUNTERS, SEL_OUTPUT, load_writes, pack_payloads, pack_request
-from accel.tile import COUNTER_NAMES, Tile, TileGeometry
+from spec.config import EngineConfig
+from spec.tile import COUNTER_NAMES, Tile, TileGeometry
+from verification.layout import SEL_COUNTERS, SEL_OUTPUT, load_writes, pack_payloads, pack_request
 
 DATA_ENV = "RTL_VS_MODEL_DATA"
 RESULT_ENV = "RTL_VS_MODEL_RESULT"

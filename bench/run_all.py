@@ -193,8 +193,8 @@ def reference_forward(layers, samples: int, keep: bool = False) -> list[np.ndarr
 
 def bench_network(quick: bool, log) -> dict:
     import sim.network as network
-    from accel.system import SystemConfig
-    from sim.trace import load_trace
+    from spec.system import SystemConfig
+    from trace_format.trace import load_trace
 
     trace = load_trace(SHIPPED_TRACE)
     config = SystemConfig()
@@ -311,8 +311,8 @@ def _trace_for(images: int, log) -> Path:
     """A synthetic ResNet-18 trace (ImageNet shapes) with ``images`` samples, built once into TRACE_DIR."""
     path = TRACE_DIR / f"resnet18-imagenet-synthetic-n{images}.npz"
     if not path.is_file():
-        from sim.trace import save_trace
-        from traces.resnet18_synthetic import build_resnet18
+        from sim.resnet18_synthetic import build_resnet18
+        from trace_format.trace import save_trace
 
         log(f"scaling: building a {images}-image trace ({path.relative_to(REPO)}) ...")
         meta, arrays = build_resnet18(samples=images, gate_rate=0.3, seed=0, date="2000-01-01")
@@ -324,10 +324,10 @@ def _trace_for(images: int, log) -> Path:
 def _worker(spec: dict) -> dict:
     """One scaling point, in this (fresh) process: warm the kernels, then time and measure one run (a
     layer: the best of three, the memory of the first)."""
-    from accel.config import EngineConfig
-    from accel.system import SystemConfig
-    from accel.tile import TileGeometry, random_tile
     from sim.engine import run_tile
+    from spec.config import EngineConfig
+    from spec.system import SystemConfig
+    from spec.tile import TileGeometry, random_tile
 
     # Warm-up: the Numba kernels load from the cache (or compile) on a tiny tile, outside the measurement.
     warm_cfg = EngineConfig(input_depth=1 << 12)
@@ -339,7 +339,7 @@ def _worker(spec: dict) -> dict:
     result: dict = {"spec": spec}
     if spec["kind"] == "network":
         from sim.network import run_network
-        from sim.trace import load_trace
+        from trace_format.trace import load_trace
 
         t0 = time.perf_counter()
         trace = load_trace(spec["trace"])
@@ -374,7 +374,7 @@ def _worker(spec: dict) -> dict:
     else:  # one synthetic layer, gated and dense, as `accel run` runs it
         import dataclasses
 
-        from traces.synthetic import cut_tiles, synthetic_layer
+        from sim.synthetic import cut_tiles, synthetic_layer
 
         c, hw = spec["c"], spec["hw"]
         config = EngineConfig(kernel=3, stride=1, padding=1, groups=2)
@@ -475,9 +475,9 @@ _COLD_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, {repo!r})
-from accel.system import SystemConfig
+from spec.system import SystemConfig
 from sim.network import run_network
-from sim.trace import load_trace
+from trace_format.trace import load_trace
 t_import = time.perf_counter()
 trace = load_trace({trace!r})
 t_load = time.perf_counter()

@@ -6,7 +6,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from accel.config import EngineConfig
+from spec.config import EngineConfig
 
 __all__ = ["ThresholdComparator"]
 

@@ -6,8 +6,8 @@ from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from accel.config import EngineConfig
-from accel.tile import COUNTER_NAMES
+from spec.config import EngineConfig
+from spec.tile import COUNTER_NAMES
 
 __all__ = ["PerfCounters"]
 
@@ -37,7 +37,7 @@ class PerfCounters(wiring.Component):
     gates_on : In(counter_width)
         Gated-on activations so far (kept by the engine).
     value : Out(ArrayLayout(counter_width, 7))
-        The counters, in the order of ``accel.tile.COUNTER_NAMES``.
+        The counters, in the order of ``spec.tile.COUNTER_NAMES``.
     """
 
     def __init__(self, config: EngineConfig) -> None:

@@ -6,13 +6,13 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from accel.config import EngineConfig
-from accel.tile import COUNTER_NAMES
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, coord_layout
 from rtl.counters import PerfCounters
-from rtl.interface import (
+from rtl.mac_array import MacArray
+from spec.config import EngineConfig
+from spec.protocol import (
     CONFIG_REGISTERS,
     REGISTER_WIDTH,
     SEL_CONFIG,
@@ -23,7 +23,7 @@ from rtl.interface import (
     load_layout,
     read_layout,
 )
-from rtl.mac_array import MacArray
+from spec.tile import COUNTER_NAMES
 
 __all__ = ["GatedConvEngine", "queue_layout"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from accel.config import ConfigError, EngineConfig
-from accel.outdir import write_file_atomic
+from outfiles.folder import write_file_atomic
 from rtl.engine import GatedConvEngine
+from spec.config import ConfigError, EngineConfig
 
 __all__ = [
     "MAX_RTL_DEPTH",

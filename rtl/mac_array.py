@@ -6,8 +6,8 @@ from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from accel.config import EngineConfig
 from rtl.pe import ProcessingElement
+from spec.config import EngineConfig
 
 __all__ = ["MacArray"]
 

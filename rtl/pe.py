@@ -6,7 +6,7 @@ from amaranth.hdl import Module, Mux, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from accel.config import EngineConfig
+from spec.config import EngineConfig
 
 __all__ = ["ProcessingElement"]
 

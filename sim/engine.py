@@ -36,8 +36,8 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
-from accel.config import EngineConfig
-from accel.tile import COUNTER_NAMES, Segments, Tile, TileGeometry
+from spec.config import EngineConfig
+from spec.tile import COUNTER_NAMES, Segments, Tile, TileGeometry
 
 __all__ = ["EngineResult", "run_tile"]
 
@@ -53,7 +53,7 @@ class EngineResult:
     gates : ndarray of bool, shape (c_out, h_out, w_out)
         The gate bits written into the output buffer (all true in dense mode).
     counters : dict of str to int
-        The performance counters, keys exactly :data:`accel.tile.COUNTER_NAMES` in that order.
+        The performance counters, keys exactly :data:`spec.tile.COUNTER_NAMES` in that order.
     write_cycle : ndarray of int64, shape (c_out, h_out, w_out)
         The cycle of the run (1 = SETUP) in which each output entry is written for the last time: its
         phase-1 write-back, or its phase-2 write-back when its gate is on.
@@ -70,7 +70,7 @@ class TileParams(NamedTuple):
 
     ``zero`` is 0 in the float type of the dot products and ``chunk`` the most products one float sum
     takes exactly (:func:`_float_plan`); ``[tau_lo, tau_hi]`` the thresholds' signed ``acc_width`` range;
-    then the tile's geometry, its segments (:class:`~accel.tile.Segments`), the output-channel groups
+    then the tile's geometry, its segments (:class:`~spec.tile.Segments`), the output-channel groups
     ``n_groups`` (1 in dense mode or for G = 1), the engine's P, L and counter width, and whether the output
     values are wanted.
     """
@@ -588,7 +588,7 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
     ``x`` ``[c_in, h_in, w_in]``, ``w`` ``[c_out, c_in, K, K]`` (int8, else int32) and ``tau`` ``[c_out]``
     (int64) are the operands, ``xp`` the zeroed work buffer of the float type the dot products run in;
     ``y`` and ``gate`` (``[c_out, h_out * w_out]``), ``write_cycle`` (``[c_out * h_out * w_out]``) and
-    ``counters`` (:data:`~accel.tile.COUNTER_NAMES` order) receive the results. (The arrays are passed
+    ``counters`` (:data:`~spec.tile.COUNTER_NAMES` order) receive the results. (The arrays are passed
     one by one: Numba types a record of arrays far slower than the arrays themselves.)
 
     Returns False (and computes nothing) when a threshold lies outside ``[tau_lo, tau_hi]``. With
@@ -728,7 +728,7 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
 
     Raises
     ------
-    accel.config.ConfigError
+    spec.config_file.ConfigError
         When the tile does not fit the configuration (``Tile.check``).
     """
     hit = _PLANS.get(id(config))

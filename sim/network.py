@@ -25,15 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from accel.config import ConfigError, EngineConfig
-from accel.system import SystemConfig
-from accel.tile import COUNTER_NAMES, Tile
 from sim.engine import run_tile
 from sim.reference import base_mask, gated_conv
 from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.tiling import LayerPlan, plan_layer
-from sim.trace import Trace, TraceError, TraceLayer, engine_geometry_problem, layer_macs, requantize
 from sim.traffic import chain_cycles, layer_traffic
+from spec.config import ConfigError, EngineConfig
+from spec.system import SystemConfig
+from spec.tile import COUNTER_NAMES, Tile
+from trace_format.trace import Trace, TraceError, TraceLayer, engine_geometry_problem, layer_macs, requantize
 
 __all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_network"]
 
@@ -46,7 +46,8 @@ def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineCo
     groups = 1 and ``base_channels = C_b``. An ungated layer runs in dense mode with groups = 1 and a base
     segment of ``L`` channels (a multiple of L: no extra beats; 1 channel when ``c_in ≤ L``).
 
-    A layer outside the engine's fixed limits (kernel 1..11, ...: :func:`sim.trace.engine_geometry_problem`;
+    A layer outside the engine's fixed limits (kernel 1..11, ...:
+    :func:`trace_format.trace.engine_geometry_problem`;
     a loaded trace never has one) raises :class:`TraceError` naming the layer and its metadata field.
     """
     problem = engine_geometry_problem(layer.meta)

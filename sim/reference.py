@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from accel.config import EngineConfig
-from accel.tile import Tile
+from spec.config import EngineConfig
+from spec.tile import Tile
 
 __all__ = ["base_mask", "conv2d", "gated_conv", "tile_reference"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from accel.system import SystemConfig
+from spec.system import SystemConfig
 
 __all__ = ["DESIGNS", "DesignRun", "DesignTraffic", "LayerRun", "NetworkRun"]
 

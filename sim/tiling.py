@@ -1,7 +1,7 @@
 """How a convolution layer is cut into engine tiles that fit the buffers (docs/network.md, "Tiling").
 
 The plan depends only on the layer's geometry and the engine configuration, never on data: the network
-runner, the synthetic tile cutter (``traces.synthetic.cut_tiles``) and the off-chip traffic count share it.
+runner, the synthetic tile cutter (``sim.synthetic.cut_tiles``) and the off-chip traffic count share it.
 
 Rules:
 
@@ -26,8 +26,8 @@ import functools
 import math
 from dataclasses import dataclass
 
-from accel.config import ConfigError, EngineConfig
-from accel.tile import TileGeometry
+from spec.config import ConfigError, EngineConfig
+from spec.tile import TileGeometry
 
 __all__ = ["LayerPlan", "TilePlan", "plan_layer"]
 

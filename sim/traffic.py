@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from accel.config import EngineConfig
-from accel.tile import COUNTER_NAMES
 from sim.results import DesignRun, DesignTraffic
 from sim.tiling import LayerPlan
+from spec.config import EngineConfig
+from spec.tile import COUNTER_NAMES
 
 __all__ = ["OPERANDS", "LayerTraffic", "Step", "Steps", "chain_cycles", "layer_traffic"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.trace import load_trace, save_trace
 from tests.test_network import numpy_conv
 from tests.test_trace import N, small_trace
+from trace_format.trace import load_trace, save_trace
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "run_all.py"
 

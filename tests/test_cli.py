@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from accel import __version__
 from accel.cli import main
-from accel.config import EngineConfig, load_config
+from spec import __version__
+from spec.config import EngineConfig
+from spec.config_file import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TOML = ROOT / "configs" / "default.toml"

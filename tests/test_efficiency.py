@@ -8,9 +8,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accel.config import EngineConfig
-from accel.tile import TileGeometry, random_tile
 from sim.engine import run_tile
+from spec.config import EngineConfig
+from spec.tile import TileGeometry, random_tile
 
 
 @settings(max_examples=40, deadline=None)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from accel.config import ConfigError, EngineConfig
 from accel.energy import (
     ACTIONS,
     COMPONENTS,
@@ -20,6 +19,7 @@ from accel.energy import (
     load_energy_table,
 )
 from sim.results import DesignRun, DesignTraffic, LayerRun
+from spec.config import ConfigError, EngineConfig
 
 # Horowitz, ISSCC 2014, 45 nm.
 HOROWITZ = {"mult_int8": 0.2, "add_acc": 0.1, "compare": 0.1, "dram_byte": 160.0}

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from accel.config import ConfigError, EngineConfig
 from rtl.generate import TOP_NAME, generate_verilog
+from spec.config import ConfigError, EngineConfig
 
 SMALL = EngineConfig(pes=2, lanes=2, input_depth=64, weight_depth=64, output_depth=64, threshold_depth=8)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from accel.config import EngineConfig
-from accel.layout import (
+from spec.config import EngineConfig
+from spec.tile import Tile, TileGeometry, random_tile
+from verification.layout import (
     LoadWrites,
     chunk_channels,
     decode_counter,
@@ -18,7 +19,6 @@ from accel.layout import (
     pack_request,
     unpack_payload,
 )
-from accel.tile import Tile, TileGeometry, random_tile
 
 SMALL = dict(input_depth=256, weight_depth=256, output_depth=64, threshold_depth=16)
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accel.config import ConfigError, EngineConfig
-from accel.tile import COUNTER_NAMES, Tile, TileGeometry, random_tile
 from sim.engine import EngineResult, run_tile
 from sim.reference import tile_reference as reference
+from spec.config import ConfigError, EngineConfig
+from spec.tile import COUNTER_NAMES, Tile, TileGeometry, random_tile
 from tests.test_reference import naive
 
 BIG = 1 << 16  # buffer depths that never limit the small test tiles
@@ -57,7 +57,7 @@ def ceil_div(a: int, b: int) -> int:
 
 
 def expected_counters(config: EngineConfig, geo: TileGeometry, gates_on: int) -> dict[str, int]:
-    """Closed forms of spec section 5 (computed from the raw parameters, not accel.tile.Segments)."""
+    """Closed forms of spec section 5 (computed from the raw parameters, not spec.tile.Segments)."""
     p, lanes, k2 = config.pes, config.lanes, config.kernel**2
     if config.groups > 1:
         n_seg, c_sb = config.groups, geo.c_in // config.groups

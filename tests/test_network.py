@@ -7,14 +7,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from accel.config import ConfigError, EngineConfig
-from accel.system import DramConfig, ReportOptions, SystemConfig
 from sim.network import run_network
 from sim.reference import conv2d
 from sim.tiling import plan_layer
-from sim.trace import load_trace, save_trace
 from sim.traffic import Step, chain_cycles
+from spec.config import ConfigError, EngineConfig
+from spec.system import DramConfig, ReportOptions, SystemConfig
 from tests.test_trace import N, small_trace
+from trace_format.trace import load_trace, save_trace
 
 BIG = EngineConfig(pes=4, lanes=2)  # every layer of the small trace in one tile
 SMALL = EngineConfig(pes=2, lanes=2, input_depth=40, weight_depth=64, output_depth=24, threshold_depth=8)
@@ -225,9 +225,9 @@ def test_counters_do_not_depend_on_computing_outputs(trace):
 
 def test_dense_baseline_equals_every_tile_run_in_dense_mode(trace):
     """The baseline runs one tile per distinct geometry: its sums equal running every tile in full."""
-    from accel.tile import COUNTER_NAMES, Tile
     from sim.engine import run_tile
     from sim.network import engine_config_for
+    from spec.tile import COUNTER_NAMES, Tile
 
     run = run_network(trace, SystemConfig(engine=SMALL))
     repeated = 0

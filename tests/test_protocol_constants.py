@@ -4,10 +4,10 @@ register limit and the spec's table (docs/microarchitecture.md, section 4)."""
 
 from __future__ import annotations
 
-import accel.layout as host
-import rtl.interface as gateware
-from accel.config import EngineConfig
-from accel.tile import REGISTER_LIMIT, TileGeometry
+import spec.protocol as gateware
+import verification.layout as host
+from spec.config import EngineConfig
+from spec.tile import REGISTER_LIMIT, TileGeometry
 
 
 def test_selector_codes_agree():

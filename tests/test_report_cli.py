@@ -14,7 +14,7 @@ import pytest
 
 from accel.cli import main
 from accel.report_cli import default_trace_path
-from sim.trace import load_trace
+from trace_format.trace import load_trace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_PLOTS = ("speedup.png", "conditional_work.png", "energy.png", "dram_traffic.png")

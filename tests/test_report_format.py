@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from accel.cli import main
-from accel.config import ConfigError
 from accel.energy import load_energy_table
 from accel.report import build_report, format_summary, format_table, layers_csv
-from accel.system import load_system_config
 from sim.network import run_network
-from sim.trace import load_trace
+from spec.config import ConfigError
+from spec.system import load_system_config
+from trace_format.trace import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 GATED_TRACE = ROOT / "traces" / "cgnet-resnet20-digits.npz"
@@ -292,7 +292,7 @@ def test_sweep_refuses_per_layer_geometry(name):
 
 def test_sweep_points_refuses_per_layer_geometry():
     from accel.sweep import sweep_points
-    from accel.system import SystemConfig
+    from spec.system import SystemConfig
 
     with pytest.raises(ConfigError, match="stride.*per layer"):
         sweep_points(SystemConfig(), [("engine.pes", [4, 8]), ("engine.stride", [1, 2])])

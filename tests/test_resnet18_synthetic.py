@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from sim.reference import conv2d
-from sim.trace import TraceError, load_trace, save_trace, validate_trace
-from traces.resnet18_synthetic import build_resnet18, command_line, main
+from sim.resnet18_synthetic import build_resnet18, command_line, main
+from trace_format.trace import TraceError, load_trace, save_trace, validate_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "traces" / "resnet18-imagenet-synthetic.npz"
@@ -212,7 +212,7 @@ def test_module_command_line(tmp_path, capsys):
     assert f"wrote {out}" in printed and "16 gated layers" in printed
     trace = load_trace(out)
     assert trace.meta["made_by"]["command"] == (
-        f"python -m traces.resnet18_synthetic --out {out} --samples 1 --gate-rate 0.3 --seed 0 "
+        f"python -m sim.resnet18_synthetic --out {out} --samples 1 --gate-rate 0.3 --seed 0 "
         "--width 8 --resolution 32 --num-classes 5"
     )
     assert main(["--out", str(tmp_path / "no" / "dir" / "x.npz"), "--width", "8", "--resolution", "32"]) == 2
@@ -230,6 +230,8 @@ def test_shipped_trace():
     assert len(gated) == 16 and all(abs(layer.gate_on_fraction - 0.3) < 0.01 for layer in gated)
     assert trace["layer4.1.conv2"].gates.shape == (2, 512, 7, 7)
     made = trace.meta["made_by"]
+    # The shipped file records the command of its day: the generator lived in traces/ then
+    # (it is sim/resnet18_synthetic.py now; the same command with ``sim.`` rebuilds it).
     assert made["command"] == (
         "python -m traces.resnet18_synthetic --out traces/resnet18-imagenet-synthetic.npz "
         "--samples 2 --gate-rate 0.3 --seed 0"

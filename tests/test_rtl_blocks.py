@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from accel.config import EngineConfig
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain
 from rtl.counters import PerfCounters
 from rtl.pe import ProcessingElement
+from spec.config import EngineConfig
 
 SEED = 1234
 

@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from accel.config import EngineConfig
-from accel.layout import SEL_COUNTERS, SEL_OUTPUT, decode_output, load_writes, pack_payload, pack_request
-from accel.tile import COUNTER_NAMES, TileGeometry, random_tile
 from rtl.engine import GatedConvEngine
 from sim.engine import run_tile
 from sim.reference import tile_reference
+from spec.config import EngineConfig
+from spec.tile import COUNTER_NAMES, TileGeometry, random_tile
 from tests.streams import stream_get, stream_put
+from verification.layout import (
+    SEL_COUNTERS,
+    SEL_OUTPUT,
+    decode_output,
+    load_writes,
+    pack_payload,
+    pack_request,
+)
 
 SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_depth=32)
 

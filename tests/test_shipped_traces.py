@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sim.trace import load_trace
+from trace_format.trace import load_trace
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "traces").glob("*.npz"))
 

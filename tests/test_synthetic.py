@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accel.config import ConfigError, EngineConfig
-from accel.tile import Tile, TileGeometry
 from sim.reference import base_mask, conv2d, gated_conv
+from sim.synthetic import cut_tiles, layer_reference, synthetic_layer
+from spec.config import ConfigError, EngineConfig
+from spec.tile import Tile, TileGeometry
 from tests.test_reference import naive
-from traces.synthetic import cut_tiles, layer_reference, synthetic_layer
 
 
 def gated(x, w, thresholds, stride, pad_top, pad_left, h_out, w_out, groups, base_channels):

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from accel.cli import main
-from sim.trace import (
+from trace_format.trace import (
     LARGE_ARRAYS,
     VERSION,
     Trace,

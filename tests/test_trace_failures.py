@@ -21,9 +21,9 @@ from cli_run import one_line_error as _one_line_error
 from cli_run import run as _run
 from test_trace import raw_keys, small_trace, write_raw
 
-import sim.trace as trace_module
-from accel.config import ConfigError, EngineConfig
-from sim.trace import TraceError, TraceLayer, load_trace, validate_trace
+import trace_format.trace as trace_module
+from spec.config import ConfigError, EngineConfig
+from trace_format.trace import TraceError, TraceLayer, load_trace, validate_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 HUGE = 10**400  # a 400-digit integer: float() and math.isfinite() raise OverflowError on it
@@ -493,7 +493,7 @@ def test_engine_config_for_names_the_layer_and_field():
 
 
 def test_engine_limits_are_the_engines():
-    from accel.tile import REGISTER_LIMIT
+    from spec.tile import REGISTER_LIMIT
 
     limits = dict(trace_module.ENGINE_LIMITS)
     limits["groups"] = limits.pop("gate_groups")
@@ -594,7 +594,7 @@ def test_layer_names_with_control_characters_or_slashes(tmp_path, bad):
 def test_plan_of_a_very_wide_layer_does_not_hang():
     """A layer 10**12 columns wide tried every block width from 10**12 down before refusing the buffers."""
     code = (
-        "from accel.config import EngineConfig, ConfigError\n"
+        "from spec.config import EngineConfig, ConfigError\n"
         "from sim.tiling import plan_layer\n"
         "cfg = EngineConfig(kernel=1, padding=0, weight_depth=1)\n"
         "try:\n"

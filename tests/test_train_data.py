@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from traces.data import DataError, bilinear_matrix, load_cifar10, load_digits32, upsample_bilinear
+from training.data import DataError, bilinear_matrix, load_cifar10, load_digits32, upsample_bilinear
 
 
 def test_bilinear_matrix_rows_and_constant_images():

@@ -270,9 +270,9 @@ def test_gating_groups_that_gate_nothing_are_refused(tmp_path, groups, pieces):
 
 
 def test_gating_check_agrees_with_the_built_model():
-    from traces.gating import gated_layers
-    from traces.resnet import ModelSpec, build_model
-    from traces.train import _check_gating
+    from training.gating import gated_layers
+    from training.resnet import ModelSpec, build_model
+    from training.train import _check_gating
 
     for width, groups in ((0.5, 2), (0.5, 8), (0.75, 8), (1.0, 4), (0.75, 1)):
         spec = ModelSpec(arch="resnet8", width=width, gate_groups=groups)
@@ -301,14 +301,14 @@ def test_export_into_proc_names_the_destination(tiny_run):
 
 
 def test_failed_trace_write_names_the_destination_and_leaves_nothing(tiny_run, tmp_path, monkeypatch):
-    import sim.trace
+    import trace_format.trace
 
     def full_disk(path, meta, arrays):
         tmp = Path(path).parent / f".{Path(path).name}.abc.tmp"
         tmp.write_bytes(b"partial")
         raise OSError(28, "No space left on device", str(tmp))
 
-    monkeypatch.setattr(sim.trace, "save_trace", full_disk)
+    monkeypatch.setattr(trace_format.trace, "save_trace", full_disk)
     out = tmp_path / "new" / "deeper" / "t.npz"
     code, _, err = _run("trace", "export", tiny_run, "--out", out, "--samples", "1", "--no-progress")
     line = _one_line_error(code, err, str(out), "No space left on device")
@@ -326,13 +326,13 @@ def test_export_will_not_overwrite_the_runs_own_files(tiny_run, tmp_path):
 
 
 def test_failed_run_write_names_the_destination(tmp_path, monkeypatch):
-    import traces.train
+    import training.train
 
     def full_disk(obj, path, *args, **kwargs):
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(traces.train.torch, "save", full_disk)
+    monkeypatch.setattr(training.train.torch, "save", full_disk)
     out = tmp_path / "run"
     code, _, err = _run("train", *TINY, "--out", out)
     line = _one_line_error(code, err, str(out), "No space left on device")
@@ -345,9 +345,9 @@ def test_failed_run_write_names_the_destination(tmp_path, monkeypatch):
 
 
 def test_diverging_training_is_an_error_and_writes_nothing(tmp_path, monkeypatch):
-    import traces.train
+    import training.train
 
-    monkeypatch.setattr(traces.train, "gate_penalty", lambda model, lam: torch.tensor(float("nan")))
+    monkeypatch.setattr(training.train, "gate_penalty", lambda model, lam: torch.tensor(float("nan")))
     out = tmp_path / "run"
     code, _, err = _run("train", *TINY, "--out", out)
     _one_line_error(code, err, "training diverged", "loss became nan", "--lr")

@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch", reason="PyTorch is an optional extra (pip i
 
 import torch.nn.functional as F  # noqa: E402
 
-from traces.flops import count_flops, flop_totals  # noqa: E402
-from traces.gating import (  # noqa: E402
+from training.flops import count_flops, flop_totals  # noqa: E402
+from training.gating import (  # noqa: E402
     GatedConv2d,
     channel_shuffle,
     collect_gate_stats,
@@ -20,7 +20,7 @@ from traces.gating import (  # noqa: E402
     gate_rates,
     shuffle_permutation,
 )
-from traces.resnet import ModelSpec, build_model  # noqa: E402
+from training.resnet import ModelSpec, build_model  # noqa: E402
 
 
 def _layer(**kw):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from traces.search import algorithm1, search_gate_target
+from training.search import algorithm1, search_gate_target
 
 # --------------------------------------------------------------------------------------------------------
 # Algorithm 1 and the gate-target search (pure Python: no torch needed)
@@ -92,7 +92,7 @@ def test_gate_target_search_halves_step_when_it_overshoots():
 
 torch = pytest.importorskip("torch", reason="PyTorch is an optional extra (pip install '.[train]')")
 
-from traces.polarization import (  # noqa: E402
+from training.polarization import (  # noqa: E402
     channels_to_keep,
     clamp_gammas,
     flop_reduction,
@@ -104,7 +104,7 @@ from traces.polarization import (  # noqa: E402
     prune_resnet,
     pruning_threshold,
 )
-from traces.resnet import ModelSpec, build_model  # noqa: E402
+from training.resnet import ModelSpec, build_model  # noqa: E402
 
 
 def test_regularizer_value_and_gradient():

@@ -16,9 +16,9 @@ pytest.importorskip("sklearn", reason="the digits set comes with scikit-learn (t
 import torch.nn.functional as F  # noqa: E402
 
 from accel.cli import main  # noqa: E402
-from sim.trace import load_trace, requantize  # noqa: E402
-from traces.gating import GatedConv2d  # noqa: E402
-from traces.quantize import _fold_affine, fold_gate_threshold, quantize_weights  # noqa: E402
+from trace_format.trace import load_trace, requantize  # noqa: E402
+from training.gating import GatedConv2d  # noqa: E402
+from training.quantize import _fold_affine, fold_gate_threshold, quantize_weights  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------
 # The threshold fold

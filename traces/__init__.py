@@ -1,0 +1,1 @@
+"""The shipped layer traces (``*.npz``, docs/trace-format.md); how each was made is in traces/README.md."""

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from accel.config import EngineConfig
-from accel.tile import COUNTER_NAMES, Tile, TileGeometry
+from spec.config import EngineConfig
+from spec.tile import COUNTER_NAMES, Tile, TileGeometry
 
 __all__ = ["DATA_ENV", "REPORT_ENV", "STATS_ENV", "CosimCase", "load_cases", "save_cases"]
 

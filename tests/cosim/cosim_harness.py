@@ -38,8 +38,8 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from accel.config import EngineConfig
-from accel.tile import COUNTER_NAMES, Tile
+from spec.config import EngineConfig
+from spec.tile import COUNTER_NAMES, Tile
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

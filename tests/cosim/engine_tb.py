@@ -4,7 +4,7 @@ Run by ``tests/cosim/test_engine_cosim.py`` through ``cocotb_tools.runner``; the
 result come from the pytest process in the .npz file named by ``$ACCEL_COSIM_DATA`` (see ``cosim_data.py``),
 so this module never imports the cycle model. One cocotb test per tile, all in one simulation, in order:
 
-* **driver**: loads the tile through the ``load`` stream (every write of ``accel.layout.load_writes``,
+* **driver**: loads the tile through the ``load`` stream (every write of ``verification.layout.load_writes``,
   honouring valid/ready; or only the configuration registers, or nothing, when a case restarts on the
   data already loaded), then raises ``start`` for one cycle;
 * **monitor** (:class:`RunMonitor`, runs every cycle for the whole test): counts the cycles with ``busy``
@@ -39,8 +39,9 @@ from cocotb.triggers import Event, ReadOnly, RisingEdge, with_timeout
 from cocotb_streams import StreamPort, stream_get, stream_put
 from cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, load_cases
 
-from accel.config import EngineConfig
-from accel.layout import (
+from spec.config import EngineConfig
+from spec.tile import COUNTER_NAMES
+from verification.layout import (
     SEL_CONFIG,
     SEL_COUNTERS,
     SEL_OUTPUT,
@@ -51,7 +52,6 @@ from accel.layout import (
     pack_payloads,
     pack_request,
 )
-from accel.tile import COUNTER_NAMES
 
 CLOCK_NS = 10
 HANDSHAKE_TIMEOUT = 64  # cycles a stream may stall while the engine is idle

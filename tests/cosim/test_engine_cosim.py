@@ -7,7 +7,7 @@ checking every output word, gate bit, the cycle of every output's last write (tr
 and the cycle count seen on ``busy``.
 
 A configuration's tiles are hand-picked ones, random ones, tiles cut from a synthetic layer trace
-(``traces.synthetic``: ``synthetic_layer`` + ``cut_tiles``, standing in for real traces) and restarts on the
+(``sim.synthetic``: ``synthetic_layer`` + ``cut_tiles``, standing in for real traces) and restarts on the
 first tile's data. ``test_engine_cosim_hypothesis`` adds lists of tiles drawn by hypothesis (shapes,
 paddings, output sizes, base fractions, dense or gated, all-on / all-off / random gates), each list in one
 simulation.
@@ -44,9 +44,9 @@ from cosim_harness import (
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from accel.config import ConfigError, EngineConfig
-from accel.tile import COUNTER_NAMES, Tile, TileGeometry, conv_output_size, random_tile
-from traces.synthetic import cut_tiles, synthetic_layer
+from sim.synthetic import cut_tiles, synthetic_layer
+from spec.config import ConfigError, EngineConfig
+from spec.tile import COUNTER_NAMES, Tile, TileGeometry, conv_output_size, random_tile
 
 SEED = int(os.environ.get("ACCEL_COSIM_SEED", "20261121"))
 RANDOM_TILES = int(os.environ.get("ACCEL_COSIM_RANDOM_TILES", "6"))  # per configuration

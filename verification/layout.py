@@ -3,7 +3,7 @@
 This module is for the host side only (testbenches, a host driver): the RTL and the cycle model do not
 import it, so that a packing bug here cannot hide the same bug on the other side of a comparison.
 
-* :func:`load_writes` turns a :class:`~accel.tile.Tile` into every ``(sel, addr, data)`` write of the
+* :func:`load_writes` turns a :class:`~spec.tile.Tile` into every ``(sel, addr, data)`` write of the
   load stream: configuration registers, input words, weight words and thresholds (section 3's address map).
 * :func:`pack_payload` / :func:`pack_request` flatten one load write / unload request into the integer
   that the Verilog ports ``load__payload`` / ``req__payload`` carry (``sel`` in the low bits, then
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from accel.config import EngineConfig
-from accel.tile import Segments, Tile
+from spec.config import EngineConfig
+from spec.tile import Segments, Tile
 
 __all__ = [
     "CONFIG_REGISTERS",

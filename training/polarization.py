@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from traces.flops import count_flops, flop_totals
-from traces.resnet import CifarResNet, ModelSpec
+from training.flops import count_flops, flop_totals
+from training.resnet import CifarResNet, ModelSpec
 
 __all__ = [
     "BIN_WIDTH",
@@ -53,7 +53,7 @@ def polarization(gammas: torch.Tensor, t: float) -> torch.Tensor:
 
 def prunable_bns(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d]]:
     """``(block name, bn1)`` of every BasicBlock (the BN after ``conv1``), in order."""
-    from traces.resnet import BasicBlock
+    from training.resnet import BasicBlock
 
     return [(n, m.bn1) for n, m in model.named_modules() if isinstance(m, BasicBlock)]
 

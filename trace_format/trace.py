@@ -32,8 +32,8 @@ from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
-from accel.errors import UserError
-from accel.outdir import file_mode
+from outfiles.folder import file_mode
+from spec.errors import UserError
 
 __all__ = [
     "ENGINE_KINDS",
@@ -1383,7 +1383,7 @@ def make_meta(
     traces only); ``date`` to ``SOURCE_DATE_EPOCH`` when set, else today (UTC), as ISO ``YYYY-MM-DD``.
     ``extra`` keys are added to ``made_by``.
     """
-    from accel import __version__
+    from spec import __version__
 
     if flops is None:
         engine = [lm for lm in layers.values() if lm.get("kind") in ENGINE_KINDS]

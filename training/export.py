@@ -1,10 +1,10 @@
 """Export a trained run as a layer trace (docs/trace-format.md), with the int8 evaluation in its metadata.
 
-:func:`export_run` loads a run directory (:func:`traces.train.load_run`), quantizes the network to int8
-(:func:`traces.quantize.quantize_network`, calibrated on training images), and then
+:func:`export_run` loads a run directory (:func:`training.train.load_run`), quantizes the network to int8
+(:func:`training.quantize.quantize_network`, calibrated on training images), and then
 
 * evaluates the float model on the test split (accuracy, per-layer gate-on fractions → FLOPs);
-* simulates the integer network on the test split (:class:`traces.quantize.IntNetwork`): int8 accuracy,
+* simulates the integer network on the test split (:class:`training.quantize.IntNetwork`): int8 accuracy,
   and how often its gates agree with the float model's (``gate_agreement``: over every gated activation of
   every test image, integer gate == float gate);
 * repeats the integer simulation with dynamic output-channel pruning at each threshold (0, 0.05, 0.1, 0.2
@@ -12,7 +12,7 @@
   paths skipped (whose conditional-path weights need not be fetched);
 * records, for the first ``samples`` test images, every engine layer's int8 inputs (from the integer
   simulation) and every gated layer's float gate decisions, and writes the trace with
-  :func:`sim.trace.save_trace`.
+  :func:`trace_format.trace.save_trace`.
 
 Layers come from forward hooks in forward order, including the layers the engine does not run (residual
 add, ReLU after it, pooling, flatten) as metadata-only layers.
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accel.errors import UserError
-from traces.quantize import IntNetwork, QLayer, quantize_network
-from traces.train import (
+from spec.errors import UserError
+from training.quantize import IntNetwork, QLayer, quantize_network
+from training.train import (
     RUN_FILES,
     RunError,
     check_fits_data,
@@ -52,7 +52,7 @@ CALIBRATION_IMAGES = 256
 
 def _float_gates(model, x: torch.Tensor) -> dict[int, torch.Tensor]:
     """Float-model gate decisions (engine channel order) of every gated layer, keyed by module id."""
-    from traces.gating import gated_layers
+    from training.gating import gated_layers
 
     layers = gated_layers(model)
     for _, m in layers:
@@ -171,10 +171,10 @@ def _check_not_a_run_file(out: Path, run_dir: Path) -> None:
 
 
 def _save(out: Path, meta: dict, arrays: dict, save_trace):
-    """Write the trace to ``out`` (:class:`accel.outdir.OutputFile`: staged beside it, the parent folders
+    """Write the trace to ``out`` (:class:`outfiles.folder.OutputFile`: staged beside it, the parent folders
     made first; an error or a stop signal leaves neither a partial file nor the folders made for it, and
     errors name ``out``, not a temporary file)."""
-    from accel.outdir import OutputFile
+    from outfiles.folder import OutputFile
 
     with OutputFile(out, "trace", create_parents=True) as tmp:
         try:
@@ -199,12 +199,12 @@ def export_run(
     log: Callable[[str], None] = print,
 ):
     """Write the trace of run ``run_dir`` to ``out`` (module docstring); returns the saved :class:`Trace`."""
-    from accel.outdir import check_out_file
-    from sim.trace import make_meta, save_trace
+    from outfiles.folder import check_out_file
+    from trace_format.trace import make_meta, save_trace
 
     check_out_file(Path(out), create_parents=True)  # refuse the destination before the work
     _check_not_a_run_file(Path(out), Path(run_dir))
-    from traces.data import load_dataset
+    from training.data import load_dataset
 
     torch.set_num_threads(max(1, threads))
     started = time.time()

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNets built on :class:`~traces.gating.GatedConv2d`.
+"""CIFAR-style ResNets built on :class:`~training.gating.GatedConv2d`.
 
 * ``resnet20`` / ``resnet56``: He et al.'s CIFAR ResNets, 3 stages of 3 / 9 BasicBlocks with 16, 32, 64
   channels, a 3×3 stem (16 channels), global average pooling and one linear layer;
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from traces.gating import Add, GatedConv2d
+from training.gating import Add, GatedConv2d
 
 __all__ = ["ARCHS", "MAX_WIDTH", "BasicBlock", "CifarResNet", "ModelSpec", "build_model"]
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from accel.config import ConfigError, EngineConfig
-from accel.tile import Tile, conv_output_size
 from sim.reference import base_mask, conv2d, gated_conv
 from sim.tiling import plan_layer
+from spec.config import ConfigError, EngineConfig
+from spec.tile import Tile, conv_output_size
 
 __all__ = [
     "LayerTile",
@@ -51,7 +51,7 @@ class SyntheticLayer:
     weights : ndarray of int8, shape (c_out, c_in, kernel, kernel)
     thresholds : ndarray of int64, shape (c_out,)
         Gate thresholds: an activation's gate is on when its base-path partial sum is greater. The values
-        lie in the int32 range; they are stored as int64 like :func:`accel.tile.random_tile` does.
+        lie in the int32 range; they are stored as int64 like :func:`spec.tile.random_tile` does.
     kernel, stride, padding, groups, base_channels : int
         Geometry; ``padding`` is applied on every side; ``base_channels`` is used only when ``groups`` is 1.
     gate_rate : float
@@ -101,7 +101,7 @@ class SyntheticLayer:
 
 @dataclass(frozen=True)
 class LayerTile(Tile):
-    """A :class:`~accel.tile.Tile` cut from a layer, with where its outputs go in the layer.
+    """A :class:`~spec.tile.Tile` cut from a layer, with where its outputs go in the layer.
 
     ``channels[j]`` is the layer output channel of the tile's output channel ``j``; the tile's outputs cover
     layer output rows ``[row0, row0 + h_out)`` and columns ``[col0, col0 + w_out)``.

@@ -10,7 +10,7 @@ Every command that writes a folder (``accel report``, ``accel sweep``, ``accel r
   **replaces the destination as a whole** (two renames under a lock on the parent folder), so a folder
   never mixes two runs' files, old plots do not survive a ``--no-plots`` run, and two runs into the same
   folder at once leave the last one's files, complete;
-* on any failure, Ctrl-C or SIGTERM (:mod:`accel.interrupts`) the staging folder and every parent folder
+* on any failure, Ctrl-C or SIGTERM (:mod:`outfiles.interrupts`) the staging folder and every parent folder
   the run created are removed again.
 
 :func:`write_file_atomic` does the same for a single file (``accel run --json``).
@@ -27,8 +27,8 @@ import shutil
 import stat
 from pathlib import Path
 
-from accel.errors import UserError
-from accel.interrupts import on_stop, signals_blocked
+from outfiles.interrupts import on_stop, signals_blocked
+from spec.errors import UserError
 
 __all__ = [
     "OutputError",

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from accel.errors import UserError
+from spec.errors import UserError
 
 __all__ = [
     "Dataset",

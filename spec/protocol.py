@@ -5,7 +5,7 @@ from __future__ import annotations
 from amaranth.hdl import unsigned
 from amaranth.lib import data
 
-from accel.config import EngineConfig
+from spec.config import EngineConfig
 
 __all__ = [
     "CONFIG_REGISTERS",

@@ -3,7 +3,7 @@
 A system configuration file is TOML (or JSON) with up to four tables; every one is optional and every
 field left out keeps its default:
 
-* ``[engine]``: :class:`accel.config.EngineConfig` (P, L, widths, buffer depths); the kernel, stride,
+* ``[engine]``: :class:`spec.config_file.EngineConfig` (P, L, widths, buffer depths); the kernel, stride,
   padding and groups given there are replaced per layer by the layer's own (section "Layers" of
   docs/network.md);
 * ``[dram]``: :class:`DramConfig`;
@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from accel.config import ConfigError, EngineConfig, config_tables, finite_number, read_config_file
+from spec.config import ConfigError, EngineConfig
+from spec.config_file import config_tables, finite_number, read_config_file
 
 __all__ = ["DramConfig", "ReportOptions", "SystemConfig", "load_system_config"]
 

@@ -1,7 +1,7 @@
 """int8 post-training quantization of a trained network, and an integer simulation of it.
 
 The network's layer graph is read with **forward hooks** (:func:`record_graph`): every convolution,
-linear layer, residual :class:`~traces.gating.Add`, pooling, flatten and stand-alone ReLU becomes a layer,
+linear layer, residual :class:`~training.gating.Add`, pooling, flatten and stand-alone ReLU becomes a layer,
 in forward order; a BatchNorm directly after a convolution and a ReLU after that are folded into the
 convolution (``relu: true``). What each layer's inputs are is read from the tensors themselves.
 
@@ -30,7 +30,8 @@ Integer semantics of the simulation (:class:`IntNetwork`), per layer kind:
 
 * conv / fc: exact integer ``acc`` (``p + [p > τ]·r`` for a gated conv, ``p`` the base-path and ``r`` the
   conditional-path sum), ``out = clamp(rint((acc + bias)·requant_scale), −128, 127)`` after ReLU if
-  ``relu`` (rint: half to even, the product in float64, as ``sim.trace.requantize``), then the channel
+  ``relu`` (rint: half to even, the product in float64, as
+  ``trace_format.trace.requantize``), then the channel
   shuffle if ``shuffle``. The prediction is the argmax of the fc layer's real logits
   ``(acc + bias)·s_x·s_w``;
 * add: ``clamp(Σ_i a_i, −128, 127)`` (inputs and output share one scale), then ReLU if ``relu``;
@@ -51,7 +52,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from traces.gating import Add, GatedConv2d, shuffle_permutation
+from training.gating import Add, GatedConv2d, shuffle_permutation
 
 __all__ = [
     "GraphNode",

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from traces.gating import GatedConv2d
+from training.gating import GatedConv2d
 
 __all__ = ["count_flops", "flop_totals"]
 

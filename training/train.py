@@ -4,9 +4,10 @@ One call of :func:`train_run` (the ``accel train`` command) does one of:
 
 * **plain training** of a dense (``dense=True``) or channel-gated network for ``epochs`` epochs;
 * **gating-target search** (``gate_flop_target`` F*, a fraction of FLOPs removed): short trainings of
-  ``search_epochs`` with different targets ``T`` (:func:`traces.search.search_gate_target`, ``F`` measured on
+  ``search_epochs`` with different targets ``T`` (:func:`training.search.search_gate_target`,
+  ``F`` measured on
   training images), then the full training with the ``T`` found;
-* **polarization pruning** (``prune_target`` F*): Algorithm 1 (:func:`traces.search.algorithm1`) over
+* **polarization pruning** (``prune_target`` F*): Algorithm 1 (:func:`training.search.algorithm1`) over
   ``(t, λ)``, each trial a ``search_epochs`` training of the dense network with the regularizer, pruned by
   the histogram rule; then the full training with the ``(t, λ)`` found, pruning, and ``finetune_epochs`` of
   fine-tuning of the pruned network (no regularizer);
@@ -42,12 +43,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from accel.errors import UserError
-from accel.outdir import OutputFolder
-from traces.data import Dataset, load_dataset
-from traces.flops import count_flops, flop_totals
-from traces.gating import LAMBDA_G, collect_gate_stats, gate_penalty, gate_rates, set_gate_target
-from traces.polarization import (
+from outfiles.folder import OutputFolder
+from spec.errors import UserError
+from training.data import Dataset, load_dataset
+from training.flops import count_flops, flop_totals
+from training.gating import LAMBDA_G, collect_gate_stats, gate_penalty, gate_rates, set_gate_target
+from training.polarization import (
     channels_to_keep,
     clamp_gammas,
     flop_reduction,
@@ -57,8 +58,8 @@ from traces.polarization import (
     prune_resnet,
     pruning_threshold,
 )
-from traces.resnet import CifarResNet, ModelSpec, build_model
-from traces.search import algorithm1, search_gate_target
+from training.resnet import CifarResNet, ModelSpec, build_model
+from training.search import algorithm1, search_gate_target
 
 __all__ = [
     "RUN_FILES",
@@ -76,7 +77,7 @@ __all__ = [
 
 FLOP_SUBSET = 256  # training images on which a search trial measures gate rates
 MAX_SEED = 2**32 - 1
-DATASETS = ("digits", "digits-32", "digits32", "cifar10")  # the names traces.data.load_dataset takes
+DATASETS = ("digits", "digits-32", "digits32", "cifar10")  # the names training.data.load_dataset takes
 
 
 class RunError(UserError):
@@ -285,7 +286,7 @@ def gated_flop_reduction(model: nn.Module, x: np.ndarray, input_shape) -> tuple[
 # Run directories
 
 
-# The files of a run directory (accel.outdir.OutputFolder refuses a folder holding anything else).
+# The files of a run directory (outfiles.folder.OutputFolder refuses a folder holding anything else).
 RUN_FILES = ("model.pt", "config.json", "metrics.json")
 
 

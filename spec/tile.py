@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from accel.config import ConfigError, EngineConfig
+from spec.config import ConfigError, EngineConfig
 
 __all__ = ["COUNTER_NAMES", "Segments", "Tile", "TileGeometry", "conv_output_size", "random_tile"]
 

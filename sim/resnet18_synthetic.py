@@ -24,7 +24,7 @@ im2col matrices, exact because every sum stays far below 2**53):
 * **Requantization**: per output channel, ``requant_scale = L / q`` with ``q`` the 0.999 quantile of
   ``|acc + bias|`` (after the ReLU where one follows) and ``L = 127``, or ``L = 63.5`` for the two convs
   that feed a residual add (so the int8 sum rarely saturates); ``fc`` uses one scale for the whole layer.
-  Outputs follow :func:`sim.trace.requantize`. Every activation has the same real scale ``1/32``, so
+  Outputs follow :func:`trace_format.trace.requantize`. Every activation has the same real scale ``1/32``, so
   ``weight_scale = requant_scale`` (batch norm folded into the weights).
 * **Other layers**: maxpool (pads read as −128), residual add (int8 sum saturated to [−128, 127], then
   ReLU), global average pool (``rint(sum / count)``, half to even), flatten.
@@ -32,11 +32,11 @@ im2col matrices, exact because every sum stays far below 2**53):
 Regenerate the shipped trace (deterministic: the same arguments give the same bytes, given the same
 date in ``made_by``, which ``SOURCE_DATE_EPOCH`` fixes)::
 
-    python -m traces.resnet18_synthetic --out traces/resnet18-imagenet-synthetic.npz \\
+    python -m sim.resnet18_synthetic --out traces/resnet18-imagenet-synthetic.npz \\
         --samples 2 --gate-rate 0.3 --seed 0
 
 ``--width`` and ``--resolution`` build smaller variants (the tests use 8 channels and 64×64).
-This module imports only numpy and the package's own ``sim.trace``.
+This module imports only numpy and the package's own ``trace_format.trace``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.trace import (
+from trace_format.trace import (
     ENGINE_KINDS,
     Trace,
     TraceError,
@@ -326,7 +326,7 @@ def _check_args(samples, gate_rate, seed, width, resolution, num_classes) -> Non
 def command_line(out: str, **params) -> str:
     """The canonical regeneration command for ``params`` (non-default extras only)."""
     values = {**DEFAULTS, **params}
-    parts = ["python -m traces.resnet18_synthetic", f"--out {shlex.quote(str(out))}"]
+    parts = ["python -m sim.resnet18_synthetic", f"--out {shlex.quote(str(out))}"]
     parts += [f"--samples {values['samples']}", f"--gate-rate {float(values['gate_rate'])!r}"]
     parts.append(f"--seed {values['seed']}")
     for key in ("width", "resolution", "num_classes"):
@@ -345,7 +345,8 @@ def build_resnet18(
     command: str | None = None,
     date: str | None = None,
 ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """Build the synthetic ResNet-18 trace; returns ``(meta, arrays)`` for :func:`sim.trace.save_trace`."""
+    """Build the synthetic ResNet-18 trace; returns ``(meta, arrays)`` for
+    :func:`trace_format.trace.save_trace`."""
     _check_args(samples, gate_rate, seed, width, resolution, num_classes)
     b = _Builder(samples, float(gate_rate), seed)
     b.out["input"] = synthetic_images(b.rng_img, samples, resolution)
@@ -401,7 +402,7 @@ def build_resnet18(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m traces.resnet18_synthetic",
+        prog="python -m sim.resnet18_synthetic",
         description="Write the synthetic channel-gated ResNet-18 trace (ImageNet shapes) in trace format 1.",
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output .npz ({DEFAULT_OUT})")

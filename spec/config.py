@@ -1,0 +1,123 @@
+"""Elaboration parameters of the gated convolution engine (docs/microarchitecture.md, section 2)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+
+from spec.errors import UserError
+
+__all__ = ["ConfigError", "EngineConfig"]
+
+
+class ConfigError(UserError):
+    """A configuration or tile that the engine cannot take; the message names the field and value."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Elaboration parameters shared by the RTL and the cycle model.
+
+    Parameters
+    ----------
+    pes : int
+        Processing elements P.
+    lanes : int
+        MAC lanes per PE L (input channels per beat).
+    act_width, weight_width : int
+        Signed operand widths.
+    acc_width : int
+        Accumulator, threshold and output width (signed).
+    kernel, stride, padding : int
+        Convolution geometry; ``padding`` bounds a tile's ``pad_top``/``pad_left``.
+    groups : int
+        Channel groups G (G = 1: a fixed base fraction set per tile).
+    input_depth, weight_depth, output_depth, threshold_depth : int
+        Buffer depths in words / entries.
+    counter_width : int
+        Performance counter width.
+    """
+
+    pes: int = 8
+    lanes: int = 8
+    act_width: int = 8
+    weight_width: int = 8
+    acc_width: int = 32
+    kernel: int = 3
+    stride: int = 1
+    padding: int = 1
+    groups: int = 2
+    input_depth: int = 4096
+    weight_depth: int = 4096
+    output_depth: int = 4096
+    threshold_depth: int = 256
+    counter_width: int = 48
+
+    def __post_init__(self) -> None:
+        limits = {
+            "pes": (1, 64),
+            "lanes": (1, 64),
+            "act_width": (2, 16),
+            "weight_width": (2, 16),
+            "acc_width": (8, 64),
+            "kernel": (1, 11),
+            "stride": (1, 8),
+            "padding": (0, 10),
+            "groups": (1, 64),
+            "input_depth": (1, 1 << 20),
+            "weight_depth": (1, 1 << 20),
+            "output_depth": (1, 1 << 20),
+            "threshold_depth": (1, 1 << 16),
+            "counter_width": (16, 64),
+        }
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"config field {f.name!r}: expected an integer, got {value!r}")
+            lo, hi = limits[f.name]
+            if not lo <= value <= hi:
+                raise ConfigError(f"config field {f.name!r} = {value}: must lie in [{lo}, {hi}]")
+        if self.padding >= self.kernel:
+            raise ConfigError(
+                f"config field 'padding' = {self.padding}: must be smaller than kernel = {self.kernel}"
+            )
+        if self.acc_width < self.act_width + self.weight_width:
+            raise ConfigError(
+                f"config field 'acc_width' = {self.acc_width}: must hold one product "
+                f"(act_width + weight_width = {self.act_width + self.weight_width})"
+            )
+
+    # Derived widths of the hardware interface (section 4 of the spec).
+    @property
+    def data_width(self) -> int:
+        return max(
+            self.lanes * self.act_width,
+            self.lanes * self.weight_width,
+            self.acc_width + 1,
+            self.counter_width,
+        )
+
+    @property
+    def addr_width(self) -> int:
+        depth = max(self.input_depth, self.weight_depth, self.output_depth, self.threshold_depth, 16)
+        return (depth - 1).bit_length()
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "configuration") -> EngineConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
+            )
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
