@@ -147,7 +147,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from sim.engine import run_tile
     from sim.synthetic import cut_tiles, layer_reference
-    from spec.tile import COUNTER_NAMES
+    from spec.protocol import COUNTER_NAMES
 
     config = load_system_config(args.config).engine  # every table of the file checked
     if args.json is not None:
@@ -283,25 +283,25 @@ def _trace_rows(trace) -> list[tuple[str, ...]]:
     rows = []
     for layer in trace:
         lm = layer.meta
-        shape_in = _shape(layer.c_in, layer.h, layer.w)
-        if len(layer.sources) > 1:
-            shape_in = f"{len(layer.sources)} x {shape_in}"
-        shape = f"{shape_in} -> {_shape(layer.c_out, layer.h_out, layer.w_out)}"
-        geometry = f"{lm['kernel']}/{lm['stride']}" if "kernel" in lm and layer.kind != "fc" else "-"
-        if not layer.is_engine_layer:
-            rows.append((printable(layer.name), layer.kind, shape, geometry, "-", "-", "-", "-", "-"))
+        shape_in = _shape(lm.c_in, lm.h, lm.w)
+        if len(lm.sources) > 1:
+            shape_in = f"{len(lm.sources)} x {shape_in}"
+        shape = f"{shape_in} -> {_shape(lm.c_out, lm.h_out, lm.w_out)}"
+        geometry = f"{lm.kernel}/{lm.stride}" if lm.kind in ("conv", "maxpool", "avgpool") else "-"
+        if not lm.is_engine_layer:
+            rows.append((printable(layer.name), lm.kind, shape, geometry, "-", "-", "-", "-", "-"))
             continue
-        if layer.gated:
-            gated = f"G={layer.gate_groups}" if layer.base_channels == 0 else f"C_b={layer.base_channels}"
-            fraction = f"{layer.gate_on_fraction:.1%}"
+        if lm.gated:
+            gated = f"G={lm.gate_groups}" if lm.base_channels == 0 else f"C_b={lm.base_channels}"
+            fraction = f"{lm.gate_on_fraction:.1%}"
         else:
             gated, fraction = "no", "-"
-        dense, gated_macs = layer.flops_dense, layer.flops_gated
+        dense, gated_macs = lm.flops.dense, lm.flops.gated
         reduction = f"{dense / gated_macs:.2f}x" if gated_macs else "-"
         rows.append(
             (
                 printable(layer.name),
-                layer.kind,
+                lm.kind,
                 shape,
                 geometry,
                 gated,
@@ -315,7 +315,7 @@ def _trace_rows(trace) -> list[tuple[str, ...]]:
 
 
 def _cmd_trace_info(args: argparse.Namespace) -> int:
-    from trace_format.trace import load_trace
+    from trace_format import load_trace
 
     trace = load_trace(args.path)  # headers, metadata and every member's data (CRC) checked
     meta = trace.meta
@@ -347,32 +347,31 @@ def _cmd_trace_info(args: argparse.Namespace) -> int:
         return "n/a" if x is None else fmt.format(x)
 
     engine, gated = trace.engine_layers(), trace.gated_layers()
-    accuracy = meta["accuracy"]
-    accuracies = ", ".join(f"{key.replace('_', ' ')} {value(val)}" for key, val in accuracy.items())
-    flops = trace.flops
-    reduction = flops["dense"] / flops["gated"] if flops["gated"] else float("inf")
-    made = meta["made_by"]
+    accuracies = ", ".join(f"{key.replace('_', ' ')} {value(val)}" for key, val in meta.accuracy.items())
+    flops = meta.flops
+    reduction = flops.dense / flops.gated if flops.gated else float("inf")
+    made = meta.made_by
     made_details = ", ".join(
         f"{key} {made[key]}" for key in ("seed", "date", "package_version") if made.get(key) is not None
     )
     summary = [
         ("network", trace.name),
-        ("dataset", f"{trace.dataset} (synthetic: {'yes' if trace.synthetic else 'no'})"),
+        ("dataset", f"{meta.dataset} (synthetic: {'yes' if meta.synthetic else 'no'})"),
         (
             "input",
-            f"{'x'.join(map(str, meta['input_shape']))}, {meta['num_classes']} classes, "
-            f"{trace.samples} sample{'s' if trace.samples != 1 else ''} stored per layer",
+            f"{'x'.join(map(str, meta.input_shape))}, {meta.num_classes} classes, "
+            f"{meta.samples} sample{'s' if meta.samples != 1 else ''} stored per layer",
         ),
         ("layers", f"{len(trace)} ({len(engine)} mapped to the engine, {len(gated)} gated)"),
-        ("accuracy", accuracies + (" (synthetic trace: not trained)" if trace.synthetic else "")),
-        ("gate agreement", value(meta.get("gate_agreement"))),
+        ("accuracy", accuracies + (" (synthetic trace: not trained)" if meta.synthetic else "")),
+        ("gate agreement", value(meta.gate_agreement)),
     ]
-    for entry in meta.get("channel_pruning") or []:
+    for entry in meta.channel_pruning:
         summary.append(
             (f"channel pruning {entry['threshold']:g}", f"int8 accuracy {value(entry.get('int8_accuracy'))}")
         )
     summary += [
-        ("MACs per image", f"dense {flops['dense']:,.0f}, gated {flops['gated']:,.0f}"),
+        ("MACs per image", f"dense {flops.dense:,.0f}, gated {flops.gated:,.0f}"),
         ("FLOP reduction", f"{reduction:.2f}x (dense / gated MACs)"),
         ("made by", made["command"]),
     ]

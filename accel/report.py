@@ -15,7 +15,7 @@ from pathlib import Path
 from accel.energy import EnergyTable, design_energy
 from accel.terminal import printable
 from sim.results import DESIGNS, LayerRun, NetworkRun
-from trace_format.trace import Trace
+from trace_format import Trace
 
 __all__ = [
     "PUBLISHED_RATIO",
@@ -201,18 +201,19 @@ def build_report(run: NetworkRun, trace: Trace, table: EnergyTable) -> dict:
     for e in unmapped:
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
     threshold = run.config.report.prune_threshold
-    pruning = trace.meta.get("channel_pruning") or []
+    meta = trace.meta
+    pruning = meta.channel_pruning
     acc_at = next((p.get("int8_accuracy") for p in pruning if abs(p["threshold"] - threshold) < 1e-9), None)
     return {
         "schema_version": SCHEMA_VERSION,
         "trace": {
             "name": trace.name,
             "path": trace.path,
-            "dataset": trace.dataset,
-            "synthetic": trace.synthetic,
+            "dataset": meta.dataset,
+            "synthetic": meta.synthetic,
             "samples_run": run.samples,
-            "accuracy": trace.meta["accuracy"],
-            "gate_agreement": trace.meta.get("gate_agreement"),
+            "accuracy": meta.accuracy,
+            "gate_agreement": meta.gate_agreement,
             "pruning_threshold": threshold,
             "int8_accuracy_pruned": acc_at,
             "channel_pruning": pruning,

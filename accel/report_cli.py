@@ -114,7 +114,7 @@ def _load(args):
 
     from accel.energy import load_energy_table
     from spec.system import load_system_config
-    from trace_format.trace import load_trace
+    from trace_format import load_trace
 
     path = args.trace or default_trace_path()
     config = load_system_config(args.config)
@@ -133,8 +133,8 @@ def _load(args):
             raise ConfigError(f"{args.config}: [energy] table: {exc}") from None
         raise
     trace = load_trace(path)  # every member's data read once: damaged data is refused before the work
-    if args.samples is not None and args.samples > trace.samples:
-        raise ConfigError(f"--samples {args.samples}: {path} stores {trace.samples} sample(s)")
+    if args.samples is not None and args.samples > trace.meta.samples:
+        raise ConfigError(f"--samples {args.samples}: {path} stores {trace.meta.samples} sample(s)")
     return path, trace, config, table
 
 

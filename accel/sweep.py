@@ -146,7 +146,7 @@ def _run_point(args) -> dict:
     from accel.energy import load_energy_table
     from accel.report import build_report
     from sim.network import run_network
-    from trace_format.trace import load_trace
+    from trace_format import load_trace
 
     try:
         trace = load_trace(trace_path, verify_data=False)  # its data was verified once, before the sweep

@@ -17,8 +17,9 @@ same machine and interleaved, hold. Sections:
   and counters depend on). The model's time includes reading each layer's arrays from the compressed
   trace file (timed apart too); an extra instrumented run splits it into the engine (``run_tile``) and the
   rest of the runner.
-* **rtl**: ``bench/rtl_vs_model.py``: the same tile through the cycle model and through the generated
-  Verilog on Icarus and on Verilator (identical results required): simulated cycles per second and ratios.
+* **rtl**: ``verification.rtl_bench`` (alone: ``bench/rtl_vs_model.py``): the same tile through the cycle
+  model and through the generated Verilog on Icarus and on Verilator (identical results required):
+  simulated cycles per second and ratios.
 * **scaling**: time and peak memory, each point in a fresh process (``--worker``): against images per
   trace (1, 4, 16; synthetic ResNet-18 traces built once into ``bench/build/traces/``), against the
   array size P x L (one image of the shipped trace) and against the layer size (one synthetic layer,
@@ -47,13 +48,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from verification import rtl_bench
+from verification.rtl_bench import format_seconds as _fmt_s
+from verification.rtl_bench import table
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-for _p in (str(REPO), str(HERE)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-import numpy as np  # noqa: E402
 
 SHIPPED_TRACE = REPO / "traces" / "resnet18-imagenet-synthetic.npz"
 TRACE_DIR = HERE / "build" / "traces"
@@ -110,26 +112,8 @@ def _one_blas_thread():
         yield
 
 
-def _fmt_s(s: float) -> str:
-    if s >= 1:
-        return f"{s:.3g} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3g} ms"
-    return f"{s * 1e6:.3g} us"
-
-
 def _table(rows: list[list[str]], left: int = 1) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for j, r in enumerate(rows):
-        out.append(
-            "  ".join(
-                c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
-            )
-        )
-        if j == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return table(rows, left)
 
 
 def _fit_exponent(xs: list[float], ys: list[float]) -> float:
@@ -150,17 +134,15 @@ def reference_layers(trace) -> list[tuple[np.ndarray, np.ndarray, int, int, int]
     activations; the timed forward pass is im2col + one BLAS matrix product per layer and image.
     """
     layers = []
-    for layer in trace:
-        if not layer.is_engine_layer:
-            continue
+    for layer in trace.engine_layers():
         x = layer.inputs.astype(np.float32)
         w = layer.weights.astype(np.float32)
-        if layer.kind == "fc":
+        if layer.meta.kind == "fc":
             x = x.reshape(x.shape[0], -1, 1, 1)
             w = w.reshape(w.shape[0], -1, 1, 1)
             s, p = 1, 0
         else:
-            s, p = layer.stride, layer.padding
+            s, p = layer.meta.stride, layer.meta.padding
         k = w.shape[-1]
         layers.append((x, np.ascontiguousarray(w.reshape(w.shape[0], -1)), k, s, p))
     return layers
@@ -194,14 +176,14 @@ def reference_forward(layers, samples: int, keep: bool = False) -> list[np.ndarr
 def bench_network(quick: bool, log) -> dict:
     import sim.network as network
     from spec.system import SystemConfig
-    from trace_format.trace import load_trace
+    from trace_format import load_trace
 
     trace = load_trace(SHIPPED_TRACE)
     config = SystemConfig()
     # The same report with zero compression counts the bytes of every output value: the engine computes
     # all outputs (the default report computes only what cycles and counters depend on, the gate bits).
     config_out = dataclasses.replace(config, report=dataclasses.replace(config.report, zero_compression=True))
-    n = trace.samples
+    n = trace.meta.samples
     log(f"network: warm-up (trace {SHIPPED_TRACE.name}, {n} images)")
     t0 = time.perf_counter()
     run = network.run_network(trace, config)
@@ -257,9 +239,8 @@ def bench_network(quick: bool, log) -> dict:
     read_s = []
     for _ in range(3):
         t0 = time.perf_counter()
-        for layer in trace:
-            if layer.is_engine_layer:
-                _ = (layer.inputs, layer.weights)
+        for layer in trace.engine_layers():
+            _ = (layer.inputs, layer.weights)
         read_s.append(time.perf_counter() - t0)
 
     mapped = run.mapped()
@@ -312,7 +293,7 @@ def _trace_for(images: int, log) -> Path:
     path = TRACE_DIR / f"resnet18-imagenet-synthetic-n{images}.npz"
     if not path.is_file():
         from sim.resnet18_synthetic import build_resnet18
-        from trace_format.trace import save_trace
+        from trace_format import save_trace
 
         log(f"scaling: building a {images}-image trace ({path.relative_to(REPO)}) ...")
         meta, arrays = build_resnet18(samples=images, gate_rate=0.3, seed=0, date="2000-01-01")
@@ -339,7 +320,7 @@ def _worker(spec: dict) -> dict:
     result: dict = {"spec": spec}
     if spec["kind"] == "network":
         from sim.network import run_network
-        from trace_format.trace import load_trace
+        from trace_format import load_trace
 
         t0 = time.perf_counter()
         trace = load_trace(spec["trace"])
@@ -368,9 +349,7 @@ def _worker(spec: dict) -> dict:
             d: sum(lr.designs[d].counters["cycles"] for lr in mapped) for d in ("dense", "gated", "pruned")
         }
         # The largest layer's arrays (all samples): what streaming layer by layer has to hold at least.
-        result["largest_layer_array_bytes"] = int(
-            max(layer.arrays.nbytes for layer in trace if layer.is_engine_layer)
-        )
+        result["largest_layer_array_bytes"] = int(max(layer.arrays.nbytes for layer in trace.engine_layers()))
     else:  # one synthetic layer, gated and dense, as `accel run` runs it
         import dataclasses
 
@@ -474,10 +453,9 @@ def bench_scaling(quick: bool, log) -> dict:
 _COLD_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
-sys.path.insert(0, {repo!r})
 from spec.system import SystemConfig
 from sim.network import run_network
-from trace_format.trace import load_trace
+from trace_format import load_trace
 t_import = time.perf_counter()
 trace = load_trace({trace!r})
 t_load = time.perf_counter()
@@ -491,7 +469,7 @@ print(json.dumps({{"import_s": t_import - t0, "load_s": t_load - t_import, "firs
 
 
 def bench_cold(log) -> dict:
-    script = _COLD_SCRIPT.format(repo=str(REPO), trace=str(SHIPPED_TRACE))
+    script = _COLD_SCRIPT.format(trace=str(SHIPPED_TRACE))
     out = {}
     with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
         env = {**os.environ, "NUMBA_CACHE_DIR": cache}
@@ -715,8 +693,6 @@ def main(argv: list[str] | None = None) -> int:
     for s in skip:
         if s not in SECTIONS:
             ap.error(f"--skip: unknown section {s!r} (known: {', '.join(SECTIONS)})")
-    import rtl_vs_model
-
     started = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -726,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "run_all",
         "command": shlex.join(["python", "bench/run_all.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": rtl_vs_model.machine(),
+        "machine": rtl_bench.machine(),
         "quick": args.quick,
         "targets": TARGETS,
     }
@@ -743,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         res["network"] = bench_network(args.quick, log)
     if "rtl" not in skip:
         sims = [s.strip() for s in args.sims.split(",") if s.strip()]
-        rtl = rtl_vs_model.measure(args.quick, sims, log=log)
+        rtl = rtl_bench.measure(args.quick, sims, log=log)
         res["rtl"] = rtl
         (HERE / "results").mkdir(exist_ok=True)
         (HERE / "results" / "rtl_vs_model.json").write_text(
@@ -765,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     if "rtl" in res:
-        rtl_vs_model.print_results(res["rtl"])
+        rtl_bench.print_results(res["rtl"])
         print()
     if "scaling" in res:
         print_scaling(res["scaling"])

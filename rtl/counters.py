@@ -7,7 +7,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from spec.config import EngineConfig
-from spec.tile import COUNTER_NAMES
+from spec.protocol import Counter
 
 __all__ = ["PerfCounters"]
 
@@ -37,7 +37,7 @@ class PerfCounters(wiring.Component):
     gates_on : In(counter_width)
         Gated-on activations so far (kept by the engine).
     value : Out(ArrayLayout(counter_width, 7))
-        The counters, in the order of ``spec.tile.COUNTER_NAMES``.
+        The counters, each at its :class:`spec.protocol.Counter` address.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -52,7 +52,7 @@ class PerfCounters(wiring.Component):
                 "valid_pes": In(range(config.pes + 1)),
                 "lanes": In(range(config.lanes + 1)),
                 "gates_on": In(w),
-                "value": Out(data.ArrayLayout(unsigned(w), len(COUNTER_NAMES))),
+                "value": Out(data.ArrayLayout(unsigned(w), len(Counter))),
             }
         )
 
@@ -76,7 +76,15 @@ class PerfCounters(wiring.Component):
             with m.Else():
                 m.d.sync += stalls.eq(stalls + 1)
         idle = cycles * self._config.pes - busy_pe
-        values = (cycles, base, cond, busy_pe, idle, stalls, self.gates_on)
-        for i, v in enumerate(values):
-            m.d.comb += self.value[i].eq(v)
+        values = {
+            Counter.CYCLES: cycles,
+            Counter.BASE_MACS: base,
+            Counter.COND_MACS: cond,
+            Counter.BUSY_PE_CYCLES: busy_pe,
+            Counter.IDLE_PE_CYCLES: idle,
+            Counter.STALL_CYCLES: stalls,
+            Counter.GATES_ON: self.gates_on,
+        }
+        for counter, value in values.items():
+            m.d.comb += self.value[counter.value].eq(value)
         return m

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -15,15 +15,13 @@ from spec.config import EngineConfig
 from spec.protocol import (
     CONFIG_REGISTERS,
     REGISTER_WIDTH,
-    SEL_CONFIG,
-    SEL_COUNTERS,
-    SEL_INPUT,
-    SEL_THRESHOLD,
-    SEL_WEIGHT,
+    Counter,
+    LoadTarget,
+    UnloadTarget,
     load_layout,
+    output_layout,
     read_layout,
 )
-from spec.tile import COUNTER_NAMES
 
 __all__ = ["GatedConvEngine", "queue_layout"]
 
@@ -104,9 +102,7 @@ class GatedConvEngine(wiring.Component):
         m.submodules.tbuf = tbuf = memory.Memory(
             shape=signed(cfg.acc_width), depth=cfg.threshold_depth, init=[]
         )
-        m.submodules.obuf = obuf = memory.Memory(
-            shape=unsigned(cfg.acc_width + 1), depth=cfg.output_depth, init=[]
-        )
+        m.submodules.obuf = obuf = memory.Memory(shape=output_layout(cfg), depth=cfg.output_depth, init=[])
         m.submodules.queue = queue = memory.Memory(shape=queue_layout(cfg), depth=cfg.output_depth, init=[])
         in_w, w_w, t_w = inbuf.write_port(), wbuf.write_port(), tbuf.write_port()
         in_r = [inbuf.read_port() for _ in range(P)]
@@ -129,13 +125,13 @@ class GatedConvEngine(wiring.Component):
         m.d.comb += self.load.ready.eq(idle)
         load = self.load.payload
         accept = self.load.valid & self.load.ready
-        for port, sel in ((in_w, SEL_INPUT), (w_w, SEL_WEIGHT), (t_w, SEL_THRESHOLD)):
+        for port, sel in ((in_w, LoadTarget.INPUT), (w_w, LoadTarget.WEIGHT), (t_w, LoadTarget.THRESHOLD)):
             m.d.comb += [
                 port.addr.eq(load.addr),
                 port.data.eq(load.data),
                 port.en.eq(accept & (load.sel == sel)),
             ]
-        with m.If(accept & (load.sel == SEL_CONFIG)):
+        with m.If(accept & (load.sel == LoadTarget.CONFIG)):
             with m.Switch(load.addr):
                 for i, name in enumerate(CONFIG_REGISTERS):
                     with m.Case(i):
@@ -281,7 +277,8 @@ class GatedConvEngine(wiring.Component):
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
             m.d.comb += [
                 o_w[i].addr.eq(wb_coord[i].lin),
-                o_w[i].data.eq(Cat(macs.acc[i], gate_bit)),
+                o_w[i].data.y.eq(macs.acc[i]),
+                o_w[i].data.gate.eq(gate_bit),
                 o_w[i].en.eq(wb_en[i]),
                 self.wb_valid[i].eq(wb_en[i]),
                 self.wb_addr[i].eq(wb_coord[i].lin),
@@ -353,24 +350,22 @@ class GatedConvEngine(wiring.Component):
 
         # ---- unload: requests and responses ---------------------------------------------------------
         resp_sel = Signal()
-        resp_index = Signal(range(len(COUNTER_NAMES) + 1))
+        resp_index = Signal(range(len(Counter) + 1))
         m.d.comb += self.req.ready.eq(idle & (~self.resp.valid | self.resp.ready))
         take = self.req.valid & self.req.ready
         m.d.comb += [o_r.addr.eq(self.req.payload.addr), o_r.en.eq(take)]
         with m.If(take):
             m.d.sync += [
                 self.resp.valid.eq(1),
-                resp_sel.eq(self.req.payload.sel == SEL_COUNTERS),
-                resp_index.eq(
-                    Mux(self.req.payload.addr < len(COUNTER_NAMES), self.req.payload.addr, len(COUNTER_NAMES))
-                ),
+                resp_sel.eq(self.req.payload.sel == UnloadTarget.COUNTERS),
+                resp_index.eq(Mux(self.req.payload.addr < len(Counter), self.req.payload.addr, len(Counter))),
             ]
         with m.Elif(self.resp.ready):
             m.d.sync += self.resp.valid.eq(0)
         counter_value = Signal(cfg.counter_width)
         with m.Switch(resp_index):
-            for i in range(len(COUNTER_NAMES)):
+            for i in range(len(Counter)):
                 with m.Case(i):
                     m.d.comb += counter_value.eq(counters.value[i])
-        m.d.comb += self.resp.payload.eq(Mux(resp_sel, counter_value, o_r.data))
+        m.d.comb += self.resp.payload.eq(Mux(resp_sel, counter_value, o_r.data.as_value()))
         return m

@@ -37,7 +37,8 @@ import numba
 import numpy as np
 
 from spec.config import EngineConfig
-from spec.tile import COUNTER_NAMES, Segments, Tile, TileGeometry
+from spec.protocol import COUNTER_NAMES
+from spec.tile import Segments, Tile, TileGeometry
 
 __all__ = ["EngineResult", "run_tile"]
 
@@ -53,7 +54,7 @@ class EngineResult:
     gates : ndarray of bool, shape (c_out, h_out, w_out)
         The gate bits written into the output buffer (all true in dense mode).
     counters : dict of str to int
-        The performance counters, keys exactly :data:`spec.tile.COUNTER_NAMES` in that order.
+        The performance counters, keys exactly :data:`spec.protocol.COUNTER_NAMES` in that order.
     write_cycle : ndarray of int64, shape (c_out, h_out, w_out)
         The cycle of the run (1 = SETUP) in which each output entry is written for the last time: its
         phase-1 write-back, or its phase-2 write-back when its gate is on.
@@ -588,7 +589,7 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
     ``x`` ``[c_in, h_in, w_in]``, ``w`` ``[c_out, c_in, K, K]`` (int8, else int32) and ``tau`` ``[c_out]``
     (int64) are the operands, ``xp`` the zeroed work buffer of the float type the dot products run in;
     ``y`` and ``gate`` (``[c_out, h_out * w_out]``), ``write_cycle`` (``[c_out * h_out * w_out]``) and
-    ``counters`` (:data:`~spec.tile.COUNTER_NAMES` order) receive the results. (The arrays are passed
+    ``counters`` (:data:`~spec.protocol.COUNTER_NAMES` order) receive the results. (The arrays are passed
     one by one: Numba types a record of arrays far slower than the arrays themselves.)
 
     Returns False (and computes nothing) when a threshold lies outside ``[tau_lo, tau_hi]``. With

@@ -31,9 +31,10 @@ from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.tiling import LayerPlan, plan_layer
 from sim.traffic import chain_cycles, layer_traffic
 from spec.config import ConfigError, EngineConfig
+from spec.protocol import COUNTER_NAMES
 from spec.system import SystemConfig
-from spec.tile import COUNTER_NAMES, Tile
-from trace_format.trace import Trace, TraceError, TraceLayer, engine_geometry_problem, layer_macs, requantize
+from spec.tile import Tile
+from trace_format import Trace, TraceError, TraceLayer, engine_geometry_problem, requantize
 
 __all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_network"]
 
@@ -47,22 +48,23 @@ def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineCo
     segment of ``L`` channels (a multiple of L: no extra beats; 1 channel when ``c_in ≤ L``).
 
     A layer outside the engine's fixed limits (kernel 1..11, ...:
-    :func:`trace_format.trace.engine_geometry_problem`;
+    :func:`trace_format.engine_geometry_problem`;
     a loaded trace never has one) raises :class:`TraceError` naming the layer and its metadata field.
     """
-    problem = engine_geometry_problem(layer.meta)
+    meta = layer.meta
+    problem = engine_geometry_problem(meta)
     if problem is not None:
         raise TraceError(f"layer {layer.name!r}: metadata field {problem}")
-    if layer.kind == "fc":
+    if meta.kind == "fc":
         k, s, p = 1, 1, 0
     else:
-        k, s, p = layer.kernel, layer.stride, layer.padding
-    if layer.gated:
-        groups = layer.gate_groups if layer.base_channels == 0 else 1
-        base = layer.base_channels
+        k, s, p = meta.kernel, meta.stride, meta.padding
+    if meta.gated:
+        groups = meta.gate_groups if meta.base_channels == 0 else 1
+        base = meta.base_channels
     else:
         groups = 1
-        base = config.lanes if layer.c_in > config.lanes else 1
+        base = config.lanes if meta.c_in > config.lanes else 1
     try:
         cfg = dataclasses.replace(config, kernel=k, stride=s, padding=p, groups=groups)
     except ConfigError as exc:
@@ -71,22 +73,23 @@ def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineCo
 
 
 def _unmapped_reason(layer: TraceLayer) -> str:
-    if not layer.is_engine_layer:
-        return f"{layer.kind}: not an engine layer (done by the host)"
-    if layer.kind == "conv" and layer.groups != 1:
-        return f"grouped convolution (groups = {layer.groups}): the engine runs groups = 1 convolutions"
-    if layer.c_in < 2:
+    meta = layer.meta
+    if not meta.is_engine_layer:
+        return f"{meta.kind}: not an engine layer (done by the host)"
+    if meta.kind == "conv" and meta.groups != 1:
+        return f"grouped convolution (groups = {meta.groups}): the engine runs groups = 1 convolutions"
+    if meta.c_in < 2:
         return "c_in = 1: the engine needs at least two input channels (a base and a conditional segment)"
     return ""
 
 
 def _operands(layer: TraceLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inputs ``[N, c_in, h, w]``, weights ``[c_out, c_in, k, k]`` and thresholds (int64) of a layer."""
-    x, w = layer.inputs, layer.weights
-    if layer.kind == "fc":
+    x, w, meta = layer.inputs, layer.weights, layer.meta
+    if meta.kind == "fc":
         x = x.reshape(x.shape[0], -1, 1, 1)
         w = w.reshape(w.shape[0], -1, 1, 1)
-    tau = layer.thresholds.astype(np.int64) if layer.gated else np.zeros(layer.c_out, dtype=np.int64)
+    tau = layer.thresholds.astype(np.int64) if meta.gated else np.zeros(meta.c_out, dtype=np.int64)
     return x, w, tau
 
 
@@ -153,30 +156,30 @@ def _run_sample(
 
 def _plan(layer: TraceLayer, cfg: EngineConfig, base: int) -> LayerPlan:
     try:
-        return plan_layer(
-            cfg, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, base, cfg.padding
-        )
+        m = layer.meta
+        return plan_layer(cfg, m.c_in, m.c_out, m.h, m.w, m.h_out, m.w_out, base, cfg.padding)
     except ConfigError as exc:
         raise ConfigError(f"layer {layer.name!r}: {exc}") from None
 
 
 def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: bool) -> LayerRun:
+    meta = layer.meta
     run = LayerRun(
         name=layer.name,
-        kind=layer.kind,
+        kind=meta.kind,
         mapped=False,
-        gated=layer.gated,
-        shape_in=layer.shape_in,
-        shape_out=layer.shape_out,
-        kernel=layer.kernel if layer.kind != "fc" else 1,
-        stride=layer.stride if layer.kind != "fc" else 1,
-        trace_gate_on_fraction=layer.gate_on_fraction,
+        gated=meta.gated,
+        shape_in=meta.shape_in,
+        shape_out=meta.shape_out,
+        kernel=meta.kernel if meta.kind != "fc" else 1,
+        stride=meta.stride if meta.kind != "fc" else 1,
+        trace_gate_on_fraction=meta.gate_on_fraction,
     )
     run.reason = _unmapped_reason(layer)
     if run.reason:
         return run
     run.mapped = True
-    run.macs_dense = layer_macs(layer.meta)
+    run.macs_dense = meta.dense_macs
     cfg, base = engine_config_for(config.engine, layer)
     plan = _plan(layer, cfg, base)
     run.tiles = len(plan)
@@ -184,8 +187,8 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
     x_all, w, tau = _operands(layer)
     x_all = x_all[:samples]
     blocks = _Blocks(plan, w, tau)
-    shape_out = (layer.c_out, layer.h_out, layer.w_out)
-    n_pix = layer.h_out * layer.w_out
+    shape_out = meta.shape_out
+    n_pix = meta.h_out * meta.w_out
     never = np.int64((1 << (cfg.acc_width - 1)) - 1)
     threshold = config.report.prune_threshold
     # Output values are needed only to check them and to count zero-compressed bytes; cycles and counters
@@ -201,28 +204,28 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
     on_fracs, pruned_fracs = [], []
     for n in range(samples):
         x = x_all[n]
-        if layer.gated or need_outputs:
+        if meta.gated or need_outputs:
             acc, gates, gated_counters = _run_sample(
-                cfg, plan, blocks, x, shape_out, need_outputs, not layer.gated
+                cfg, plan, blocks, x, shape_out, need_outputs, not meta.gated
             )
         else:  # an ungated layer runs in dense mode in the gated design: the baseline's tiles
             acc, gates, gated_counters = None, None, dense_counters
         counters["gated"].append(gated_counters)
         if check:  # against the functional reference (sim/reference.py), independent of the model
             mask = base_mask(w.shape[1], w.shape[0], cfg.groups, base)
-            tau_ref = tau if layer.gated else np.zeros(w.shape[0], dtype=np.int64)
+            tau_ref = tau if meta.gated else np.zeros(w.shape[0], dtype=np.int64)
             ref, ref_gates, _ = gated_conv(
-                x, w, tau_ref, mask, dense=not layer.gated, stride=run.stride, padding=cfg.padding
+                x, w, tau_ref, mask, dense=not meta.gated, stride=run.stride, padding=cfg.padding
             )
             ok = np.array_equal(gates, ref_gates) and np.array_equal(acc, ref)
-            if not layer.gated:  # the full dense-mode runs also confirm the baseline's data-independence
+            if not meta.gated:  # the full dense-mode runs also confirm the baseline's data-independence
                 ok = ok and np.array_equal(gated_counters, dense_counters)
             run.outputs_match = ok if run.outputs_match is None else (run.outputs_match and ok)
         if need_outputs:
-            outputs.append(requantize(acc[None], layer.bias, layer.requant_scale, layer.relu)[0])
-        if not layer.gated:
+            outputs.append(requantize(acc[None], layer.bias, layer.requant_scale, meta.relu)[0])
+        if not meta.gated:
             continue
-        share = gates.reshape(layer.c_out, -1).sum(axis=1) / n_pix
+        share = gates.reshape(meta.c_out, -1).sum(axis=1) / n_pix
         pruned = share <= threshold
         on_fracs.append(float(gates.mean()))
         pruned_fracs.append(float(pruned.mean()))
@@ -239,15 +242,15 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
                     pruned_counters[i] = list(res.counters.values())
         counters["pruned"].append(pruned_counters)
 
-    if layer.gated:
+    if meta.gated:
         run.gate_on_fraction = float(np.mean(on_fracs))
         run.pruned_channel_fraction = float(np.mean(pruned_fracs))
     traffic = layer_traffic(
-        layer,
+        meta,
         cfg,
         plan,
         counters,
-        pruned_masks if layer.gated else None,
+        pruned_masks if meta.gated else None,
         config,
         x_all,
         outputs if need_outputs else None,
@@ -288,9 +291,10 @@ def run_network(
     threads run layers concurrently when above 1. ``progress`` is called with each finished layer's name.
     """
     config = config or SystemConfig()
-    n = trace.samples if samples is None else samples
-    if not 1 <= n <= trace.samples:
-        raise ConfigError(f"samples = {n}: the trace stores {trace.samples} (choose 1..{trace.samples})")
+    stored = trace.meta.samples
+    n = stored if samples is None else samples
+    if not 1 <= n <= stored:
+        raise ConfigError(f"samples = {n}: the trace stores {stored} (choose 1..{stored})")
 
     def one(layer: TraceLayer) -> LayerRun:
         result = _run_layer(layer, config, n, check)

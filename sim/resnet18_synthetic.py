@@ -24,7 +24,7 @@ im2col matrices, exact because every sum stays far below 2**53):
 * **Requantization**: per output channel, ``requant_scale = L / q`` with ``q`` the 0.999 quantile of
   ``|acc + bias|`` (after the ReLU where one follows) and ``L = 127``, or ``L = 63.5`` for the two convs
   that feed a residual add (so the int8 sum rarely saturates); ``fc`` uses one scale for the whole layer.
-  Outputs follow :func:`trace_format.trace.requantize`. Every activation has the same real scale ``1/32``, so
+  Outputs follow :func:`trace_format.requantize`. Every activation has the same real scale ``1/32``, so
   ``weight_scale = requant_scale`` (batch norm folded into the weights).
 * **Other layers**: maxpool (pads read as −128), residual add (int8 sum saturated to [−128, 127], then
   ReLU), global average pool (``rint(sum / count)``, half to even), flatten.
@@ -36,7 +36,7 @@ date in ``made_by``, which ``SOURCE_DATE_EPOCH`` fixes)::
         --samples 2 --gate-rate 0.3 --seed 0
 
 ``--width`` and ``--resolution`` build smaller variants (the tests use 8 channels and 64×64).
-This module imports only numpy and the package's own ``trace_format.trace``.
+This module imports only numpy and the package's own ``trace_format``.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trace_format.trace import (
+from trace_format import (
     ENGINE_KINDS,
     Trace,
     TraceError,
@@ -346,7 +346,7 @@ def build_resnet18(
     date: str | None = None,
 ) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Build the synthetic ResNet-18 trace; returns ``(meta, arrays)`` for
-    :func:`trace_format.trace.save_trace`."""
+    :func:`trace_format.save_trace`."""
     _check_args(samples, gate_rate, seed, width, resolution, num_classes)
     b = _Builder(samples, float(gate_rate), seed)
     b.out["input"] = synthetic_images(b.rng_img, samples, resolution)
@@ -440,17 +440,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(trace: Trace, path: Path, build_s: float, save_s: float) -> None:
     gated = trace.gated_layers()
-    fractions = [layer.gate_on_fraction for layer in gated]
-    flops = trace.flops
+    fractions = [layer.meta.gate_on_fraction for layer in gated]
+    flops = trace.meta.flops
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB): {trace.name}, {len(trace)} layers")
     print(f"  build {build_s:.1f} s, save {save_s:.1f} s")
     print(
         f"  {len(gated)} gated layers, gate-on fraction {min(fractions):.3f}-{max(fractions):.3f}; "
-        f"MACs dense {flops['dense']:,}, gated {flops['gated']:,} "
-        f"(reduction {flops['dense'] / flops['gated']:.2f}x)"
+        f"MACs dense {flops.dense:,}, gated {flops.gated:,} "
+        f"(reduction {flops.dense / flops.gated:.2f}x)"
     )
-    engine = [layer for layer in trace if layer.kind in ENGINE_KINDS]
-    print(f"  {len(engine)} engine layers, {trace.samples} samples")
+    engine = [layer for layer in trace if layer.meta.kind in ENGINE_KINDS]
+    print(f"  {len(engine)} engine layers, {trace.meta.samples} samples")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import numpy as np
 from sim.results import DesignRun, DesignTraffic
 from sim.tiling import LayerPlan
 from spec.config import EngineConfig
-from spec.tile import COUNTER_NAMES
+from spec.protocol import COUNTER_NAMES
 
 __all__ = ["OPERANDS", "LayerTraffic", "Step", "Steps", "chain_cycles", "layer_traffic"]
 

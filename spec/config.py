@@ -15,6 +15,25 @@ class ConfigError(UserError):
     """A configuration or tile that the engine cannot take; the message names the field and value."""
 
 
+# Inclusive range of every field (a trace's layers are checked against kernel, stride, padding, groups).
+FIELD_LIMITS = {
+    "pes": (1, 64),
+    "lanes": (1, 64),
+    "act_width": (2, 16),
+    "weight_width": (2, 16),
+    "acc_width": (8, 64),
+    "kernel": (1, 11),
+    "stride": (1, 8),
+    "padding": (0, 10),
+    "groups": (1, 64),
+    "input_depth": (1, 1 << 20),
+    "weight_depth": (1, 1 << 20),
+    "output_depth": (1, 1 << 20),
+    "threshold_depth": (1, 1 << 16),
+    "counter_width": (16, 64),
+}
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Elaboration parameters shared by the RTL and the cycle model.
@@ -55,27 +74,11 @@ class EngineConfig:
     counter_width: int = 48
 
     def __post_init__(self) -> None:
-        limits = {
-            "pes": (1, 64),
-            "lanes": (1, 64),
-            "act_width": (2, 16),
-            "weight_width": (2, 16),
-            "acc_width": (8, 64),
-            "kernel": (1, 11),
-            "stride": (1, 8),
-            "padding": (0, 10),
-            "groups": (1, 64),
-            "input_depth": (1, 1 << 20),
-            "weight_depth": (1, 1 << 20),
-            "output_depth": (1, 1 << 20),
-            "threshold_depth": (1, 1 << 16),
-            "counter_width": (16, 64),
-        }
         for f in fields(self):
             value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"config field {f.name!r}: expected an integer, got {value!r}")
-            lo, hi = limits[f.name]
+            lo, hi = FIELD_LIMITS[f.name]
             if not lo <= value <= hi:
                 raise ConfigError(f"config field {f.name!r} = {value}: must lie in [{lo}, {hi}]")
         if self.padding >= self.kernel:

@@ -1,51 +1,104 @@
-"""Payload layouts of the engine's load and unload streams (docs/microarchitecture.md, section 4)."""
+"""The engine's stream protocol (docs/microarchitecture.md, section 4), declared once for every side.
+
+The gateware builds its ports from these layouts, the host-side packing (``verification.layout``) takes
+the field offsets and codes from them, and the model names its counters after :class:`Counter`: one
+definition, so a selector code or a register address cannot drift between the sides. (What stays
+independent is the *logic*: the RTL and the model each compute on their own.)
+
+* :class:`LoadTarget` -- ``sel`` of a load-stream write: configuration register, input, weight or
+  threshold buffer.
+* :class:`ConfigRegister` -- the configuration register at each address (``sel`` = ``CONFIG``), each
+  :data:`REGISTER_WIDTH` bits wide.
+* :class:`UnloadTarget` -- ``sel`` of an unload request: output buffer or performance counters.
+* :class:`Counter` -- the performance counter at each unload address (``sel`` = ``COUNTERS``).
+* :func:`load_layout`, :func:`read_layout`, :func:`output_layout` -- the payloads as
+  :class:`amaranth.lib.data.StructLayout` (fields from bit 0 up, in the order listed).
+"""
 
 from __future__ import annotations
 
-from amaranth.hdl import unsigned
-from amaranth.lib import data
+from amaranth.hdl import signed, unsigned
+from amaranth.lib import data, enum
 
 from spec.config import EngineConfig
 
 __all__ = [
     "CONFIG_REGISTERS",
-    "SEL_CONFIG",
-    "SEL_COUNTERS",
-    "SEL_INPUT",
-    "SEL_OUTPUT",
-    "SEL_THRESHOLD",
-    "SEL_WEIGHT",
+    "COUNTER_NAMES",
+    "REGISTER_WIDTH",
+    "ConfigRegister",
+    "Counter",
+    "LoadTarget",
+    "UnloadTarget",
     "load_layout",
+    "output_layout",
     "read_layout",
 ]
 
-# Load stream targets.
-SEL_CONFIG, SEL_INPUT, SEL_WEIGHT, SEL_THRESHOLD = 0, 1, 2, 3
-# Unload request targets.
-SEL_OUTPUT, SEL_COUNTERS = 0, 1
-
-CONFIG_REGISTERS = (
-    "c_in",
-    "c_out",
-    "h_in",
-    "w_in",
-    "h_out",
-    "w_out",
-    "pad_top",
-    "pad_left",
-    "base_channels",
-    "dense",
-)
+# Width of every configuration register (``dense`` uses its low bit); a tile's geometry must fit.
 REGISTER_WIDTH = 16
+
+
+class LoadTarget(enum.Enum, shape=3):
+    """Where one load-stream write goes (the ``sel`` field of :func:`load_layout`)."""
+
+    CONFIG = 0
+    INPUT = 1
+    WEIGHT = 2
+    THRESHOLD = 3
+
+
+class UnloadTarget(enum.Enum, shape=1):
+    """What one unload request reads (the ``sel`` field of :func:`read_layout`)."""
+
+    OUTPUT = 0
+    COUNTERS = 1
+
+
+class ConfigRegister(enum.Enum, shape=4):
+    """Configuration register addresses; the names are :class:`spec.tile.TileGeometry`'s fields."""
+
+    C_IN = 0
+    C_OUT = 1
+    H_IN = 2
+    W_IN = 3
+    H_OUT = 4
+    W_OUT = 5
+    PAD_TOP = 6
+    PAD_LEFT = 7
+    BASE_CHANNELS = 8
+    DENSE = 9
+
+
+class Counter(enum.Enum):
+    """Performance counters at their unload addresses."""
+
+    CYCLES = 0
+    BASE_MACS = 1
+    COND_MACS = 2
+    BUSY_PE_CYCLES = 3
+    IDLE_PE_CYCLES = 4
+    STALL_CYCLES = 5
+    GATES_ON = 6
+
+
+# The lower-case names, in address order: the keys of the model's and the driver's counter dicts.
+CONFIG_REGISTERS = tuple(register.name.lower() for register in ConfigRegister)
+COUNTER_NAMES = tuple(counter.name.lower() for counter in Counter)
 
 
 def load_layout(config: EngineConfig) -> data.StructLayout:
     """One buffer or register write: ``sel`` in the low bits, then ``addr``, then ``data``."""
     return data.StructLayout(
-        {"sel": unsigned(3), "addr": unsigned(config.addr_width), "data": unsigned(config.data_width)}
+        {"sel": LoadTarget, "addr": unsigned(config.addr_width), "data": unsigned(config.data_width)}
     )
 
 
 def read_layout(config: EngineConfig) -> data.StructLayout:
     """One unload request: ``sel`` (output buffer or counters), then ``addr``."""
-    return data.StructLayout({"sel": unsigned(1), "addr": unsigned(config.addr_width)})
+    return data.StructLayout({"sel": UnloadTarget, "addr": unsigned(config.addr_width)})
+
+
+def output_layout(config: EngineConfig) -> data.StructLayout:
+    """One output-buffer entry: the signed accumulator ``y``, then the ``gate`` bit."""
+    return data.StructLayout({"y": signed(config.acc_width), "gate": unsigned(1)})

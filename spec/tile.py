@@ -7,21 +7,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from spec.config import ConfigError, EngineConfig
+from spec.protocol import CONFIG_REGISTERS, REGISTER_WIDTH
 
-__all__ = ["COUNTER_NAMES", "Segments", "Tile", "TileGeometry", "conv_output_size", "random_tile"]
+__all__ = ["REGISTER_LIMIT", "Segments", "Tile", "TileGeometry", "conv_output_size", "random_tile"]
 
-REGISTER_LIMIT = (1 << 16) - 1  # configuration registers are 16 bits wide
-
-# Performance counters in unload-address order (spec section 4).
-COUNTER_NAMES = (
-    "cycles",
-    "base_macs",
-    "cond_macs",
-    "busy_pe_cycles",
-    "idle_pe_cycles",
-    "stall_cycles",
-    "gates_on",
-)
+REGISTER_LIMIT = (1 << REGISTER_WIDTH) - 1  # largest value a configuration register holds
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -97,19 +87,8 @@ class TileGeometry:
         )
 
     def registers(self) -> list[int]:
-        """Values of configuration registers 0..9, in spec order."""
-        return [
-            self.c_in,
-            self.c_out,
-            self.h_in,
-            self.w_in,
-            self.h_out,
-            self.w_out,
-            self.pad_top,
-            self.pad_left,
-            self.base_channels,
-            int(self.dense),
-        ]
+        """Values of the configuration registers, in address order (:class:`spec.protocol.ConfigRegister`)."""
+        return [int(getattr(self, name)) for name in CONFIG_REGISTERS]
 
     @property
     def n_outputs(self) -> int:

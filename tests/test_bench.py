@@ -11,7 +11,7 @@ import pytest
 
 from tests.test_network import numpy_conv
 from tests.test_trace import N, small_trace
-from trace_format.trace import load_trace, save_trace
+from trace_format import load_trace, save_trace
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "run_all.py"
 
@@ -31,12 +31,13 @@ def test_reference_forward_computes_every_engine_layer(run_all, tmp_path):
     trace = load_trace(tmp_path / "t.npz")
     layers = run_all.reference_layers(trace)
     out = run_all.reference_forward(layers, N, keep=True)
-    engine = [layer for layer in trace if layer.is_engine_layer]
+    engine = [layer for layer in trace if layer.meta.is_engine_layer]
     assert len(out) == len(engine) * N
     for i, layer in enumerate(engine):
         for n in range(N):
-            if layer.kind == "conv":
-                want = numpy_conv(layer.inputs[n], layer.weights, layer.padding).reshape(layer.c_out, -1)
+            if layer.meta.kind == "conv":
+                m = layer.meta
+                want = numpy_conv(layer.inputs[n], layer.weights, m.padding).reshape(m.c_out, -1)
             else:
                 want = layer.weights.astype(np.int64) @ layer.inputs[n].reshape(-1).astype(np.int64)
                 want = want[:, None]

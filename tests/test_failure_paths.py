@@ -24,7 +24,7 @@ from outfiles.folder import OutputError, OutputFolder
 from spec.config import ConfigError
 from spec.config_file import load_config
 from spec.system import load_system_config
-from trace_format.trace import TraceError, load_trace
+from trace_format import TraceError, load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT / "traces"
@@ -244,7 +244,7 @@ def test_rtl_files_take_the_umask(tmp_path, umask):
 def test_save_trace_file_takes_the_umask(tmp_path):
     from test_trace import small_trace
 
-    from trace_format.trace import save_trace
+    from trace_format import save_trace
 
     previous = os.umask(0o022)
     try:
@@ -489,7 +489,7 @@ def test_shipped_traces_are_not_modified_by_the_checks():
 def test_trace_names_with_control_characters(tmp_path):
     from test_trace import small_trace
 
-    from trace_format.trace import save_trace
+    from trace_format import save_trace
 
     meta, arrays = small_trace()
     weird = "f\nc\x1b[31m"

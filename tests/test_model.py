@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from sim.engine import EngineResult, run_tile
 from sim.reference import tile_reference as reference
 from spec.config import ConfigError, EngineConfig
-from spec.tile import COUNTER_NAMES, Tile, TileGeometry, random_tile
+from spec.protocol import COUNTER_NAMES
+from spec.tile import Tile, TileGeometry, random_tile
 from tests.test_reference import naive
 
 BIG = 1 << 16  # buffer depths that never limit the small test tiles

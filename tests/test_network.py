@@ -14,7 +14,7 @@ from sim.traffic import Step, chain_cycles
 from spec.config import ConfigError, EngineConfig
 from spec.system import DramConfig, ReportOptions, SystemConfig
 from tests.test_trace import N, small_trace
-from trace_format.trace import load_trace, save_trace
+from trace_format import load_trace, save_trace
 
 BIG = EngineConfig(pes=4, lanes=2)  # every layer of the small trace in one tile
 SMALL = EngineConfig(pes=2, lanes=2, input_depth=40, weight_depth=64, output_depth=24, threshold_depth=8)
@@ -227,19 +227,19 @@ def test_dense_baseline_equals_every_tile_run_in_dense_mode(trace):
     """The baseline runs one tile per distinct geometry: its sums equal running every tile in full."""
     from sim.engine import run_tile
     from sim.network import engine_config_for
-    from spec.tile import COUNTER_NAMES, Tile
+    from spec.protocol import COUNTER_NAMES
+    from spec.tile import Tile
 
     run = run_network(trace, SystemConfig(engine=SMALL))
     repeated = 0
     for lr in run.mapped():
         layer = trace[lr.name]
         cfg, base = engine_config_for(SMALL, layer)
-        plan = plan_layer(
-            cfg, layer.c_in, layer.c_out, layer.h, layer.w, layer.h_out, layer.w_out, base, cfg.padding
-        )
+        m = layer.meta
+        plan = plan_layer(cfg, m.c_in, m.c_out, m.h, m.w, m.h_out, m.w_out, base, cfg.padding)
         repeated += len({t.geometry for t in plan}) < len(plan)
-        x = layer.inputs[0].reshape(layer.c_in, layer.h, layer.w)
-        w = layer.weights.reshape(layer.c_out, layer.c_in, cfg.kernel, cfg.kernel)
+        x = layer.inputs[0].reshape(layer.meta.shape_in)
+        w = layer.weights.reshape(layer.meta.c_out, layer.meta.c_in, cfg.kernel, cfg.kernel)
         total = dict.fromkeys(COUNTER_NAMES, 0)
         for t in plan:
             tile = Tile(

@@ -14,7 +14,7 @@ import pytest
 
 from accel.cli import main
 from accel.report_cli import default_trace_path
-from trace_format.trace import load_trace
+from trace_format import load_trace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_PLOTS = ("speedup.png", "conditional_work.png", "energy.png", "dram_traffic.png")
@@ -148,7 +148,7 @@ def test_report_totals_and_ratios_are_consistent(report_run):
 def test_report_macs_match_the_exporters_count(report_run, trace):
     """macs_dense (the engine's counters) equals the trace metadata's independent FLOP count per layer."""
     *_, report = report_run
-    meta = trace.meta["layers"]
+    meta = trace.meta.json["layers"]
     mapped = [e for e in report["layers"] if e["mapped"]]
     assert mapped
     for e in mapped:
@@ -159,7 +159,7 @@ def test_report_macs_match_the_exporters_count(report_run, trace):
 def test_unmapped_layers_are_listed_and_charged_nothing(report_run, trace):
     *_, report = report_run
     unmapped = [e for e in report["layers"] if not e["mapped"]]
-    host = [layer for layer in trace if layer.kind in HOST_KINDS]
+    host = [layer for layer in trace if layer.meta.kind in HOST_KINDS]
     assert {e["kind"] for e in unmapped} == HOST_KINDS
     assert [e["name"] for e in unmapped] == [layer.name for layer in host]
     for e in unmapped:

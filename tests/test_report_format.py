@@ -20,7 +20,7 @@ from accel.report import build_report, format_summary, format_table, layers_csv
 from sim.network import run_network
 from spec.config import ConfigError
 from spec.system import load_system_config
-from trace_format.trace import load_trace
+from trace_format import load_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 GATED_TRACE = ROOT / "traces" / "cgnet-resnet20-digits.npz"
@@ -69,11 +69,11 @@ def _segments(layer, lanes: int) -> list[int]:
     """Input-channel segments the engine walks for a layer (docs/microarchitecture.md, docs/network.md):
     a gated layer with G groups has G segments of c_in/G channels; an ungated layer runs in dense mode with a
     base segment of L channels (1 when c_in <= L) and the rest as the second segment."""
-    if layer.gated:
-        g = layer.gate_groups
-        return [layer.c_in // g] * g
-    base = lanes if layer.c_in > lanes else 1
-    return [base, layer.c_in - base]
+    if layer.meta.gated:
+        g = layer.meta.gate_groups
+        return [layer.meta.c_in // g] * g
+    base = lanes if layer.meta.c_in > lanes else 1
+    return [base, layer.meta.c_in - base]
 
 
 def _expected_lane_utilization(layer, lanes: int) -> float:
@@ -84,8 +84,8 @@ def _expected_lane_utilization(layer, lanes: int) -> float:
 
 
 def _true_macs(layer) -> int:
-    k = 1 if layer.kind == "fc" else layer.kernel
-    return k * k * layer.c_in * layer.c_out * layer.h_out * layer.w_out
+    k = 1 if layer.meta.kind == "fc" else layer.meta.kernel
+    return k * k * layer.meta.c_in * layer.meta.c_out * layer.meta.h_out * layer.meta.w_out
 
 
 def test_lane_utilization_of_a_g4_layer_by_hand(gated_report):
@@ -93,7 +93,7 @@ def test_lane_utilization_of_a_g4_layer_by_hand(gated_report):
     tap: 4 of 8 lanes work, although every PE is busy."""
     report, trace = gated_report
     layer = trace["layer1.0.conv1"]
-    assert (layer.c_in, layer.gate_groups, layer.gated) == (16, 4, True)
+    assert (layer.meta.c_in, layer.meta.gate_groups, layer.meta.gated) == (16, 4, True)
     e = next(e for e in report["layers"] if e["name"] == "layer1.0.conv1")
     assert e["lane_utilization_dense"] == pytest.approx(4 / 8)
     assert e["lane_utilization_gated"] == pytest.approx(4 / 8)

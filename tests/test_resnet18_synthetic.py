@@ -15,7 +15,7 @@ import pytest
 
 from sim.reference import conv2d
 from sim.resnet18_synthetic import build_resnet18, command_line, main
-from trace_format.trace import TraceError, load_trace, save_trace, validate_trace
+from trace_format import Flops, TraceError, load_trace, save_trace, validate_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "traces" / "resnet18-imagenet-synthetic.npz"
@@ -39,40 +39,40 @@ def conv_int64(x: np.ndarray, w: np.ndarray, stride: int, padding: int) -> np.nd
 def base_and_full(layer) -> tuple[np.ndarray, np.ndarray]:
     """(p, p + r) of a gated conv with G groups: output group g reads input group g on its base path."""
     x, w = layer.inputs, layer.weights
-    g = layer.meta["gate_groups"]
+    g = layer.meta.gate_groups
     c_out, c_in = w.shape[:2]
     mask = np.zeros((c_out, c_in, 1, 1), dtype=bool)
     for i in range(g):
         mask[i * c_out // g : (i + 1) * c_out // g, i * c_in // g : (i + 1) * c_in // g] = True
-    s, p = layer.meta["stride"], layer.meta["padding"]
+    s, p = layer.meta.stride, layer.meta.padding
     return conv_int64(x, np.where(mask, w, 0), s, p), conv_int64(x, w, s, p)
 
 
 def output_of(layer) -> np.ndarray:
     """The int8 output of an engine layer, recomputed: CGNet's rule, + bias, requantize, ReLU, clamp."""
-    if layer.kind == "fc":
+    if layer.meta.kind == "fc":
         acc = layer.inputs.astype(np.int64) @ layer.weights.astype(np.int64).T
         shape = (1, -1)
-    elif layer.gated:
+    elif layer.meta.gated:
         part, full = base_and_full(layer)
         gates = part > layer.thresholds.astype(np.int64)[None, :, None, None]
         acc = np.where(gates, full, part)
         shape = (1, -1, 1, 1)
     else:
-        acc = conv_int64(layer.inputs, layer.weights, layer.meta["stride"], layer.meta["padding"])
+        acc = conv_int64(layer.inputs, layer.weights, layer.meta.stride, layer.meta.padding)
         shape = (1, -1, 1, 1)
     value = (acc + layer.bias.astype(np.int64).reshape(shape)).astype(np.float64)
     value = np.rint(value * layer.requant_scale.astype(np.float64).reshape(shape))
-    if layer.relu:
+    if layer.meta.relu:
         value = np.maximum(value, 0)
     return np.clip(value, -128, 127).astype(np.int8)
 
 
 def test_small_variant_validates_and_has_resnet18_structure(small):
-    assert small.synthetic and small.meta["accuracy"] == {"float": None, "int8": None, "dense_float": None}
-    assert small.meta["gate_agreement"] is None
-    assert small.samples == 3 and small.meta["input_shape"] == [3, 64, 64]
-    kinds = [layer.kind for layer in small]
+    assert small.meta.synthetic and small.meta.accuracy == {"float": None, "int8": None, "dense_float": None}
+    assert small.meta.gate_agreement is None
+    assert small.meta.samples == 3 and small.meta.input_shape == (3, 64, 64)
+    kinds = [layer.meta.kind for layer in small]
     assert kinds.count("conv") == 20 and kinds.count("fc") == 1 and kinds.count("add") == 8
     assert kinds[:2] == ["conv", "maxpool"] and kinds[-3:] == ["avgpool", "flatten", "fc"]
     gated = small.gated_layers()
@@ -81,28 +81,26 @@ def test_small_variant_validates_and_has_resnet18_structure(small):
         layer.name.endswith((".conv1", ".conv2")) and layer.name.startswith("layer") for layer in gated
     )
     for name in ("conv1", "layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample", "fc"):
-        assert not small[name].gated
-    assert [small[f"layer{i}.0.conv1"].c_out for i in range(1, 5)] == [8, 16, 32, 64]
-    assert small["conv1"].meta["kernel"] == 7 and small["conv1"].meta["stride"] == 2
-    assert (
-        small["layer2.0.downsample"].meta["kernel"] == 1 and small["layer2.0.downsample"].meta["stride"] == 2
-    )
-    assert small["fc"].c_out == 10 and small["fc"].c_in == 64
+        assert not small[name].meta.gated
+    assert [small[f"layer{i}.0.conv1"].meta.c_out for i in range(1, 5)] == [8, 16, 32, 64]
+    assert small["conv1"].meta.kernel == 7 and small["conv1"].meta.stride == 2
+    assert small["layer2.0.downsample"].meta.kernel == 1 and small["layer2.0.downsample"].meta.stride == 2
+    assert small["fc"].meta.c_out == 10 and small["fc"].meta.c_in == 64
     for layer in gated:
-        assert layer.meta["gate_groups"] == 2 and layer.meta["base"] == "groups"
-    made = small.meta["made_by"]
+        assert layer.meta.gate_groups == 2 and layer.meta.json["base"] == "groups"
+    made = small.meta.made_by
     assert made["seed"] == 1 and made["date"] == DATE
     assert made["command"] == command_line("traces/resnet18-imagenet-synthetic.npz", **SMALL)
     assert "--width 8 --resolution 64 --num-classes 10" in made["command"]
-    dense = sum(layer.flops_dense for layer in small.engine_layers())
-    gated_flops = sum(layer.flops_gated for layer in small.engine_layers())
-    assert small.flops == {"dense": dense, "gated": gated_flops} and gated_flops < dense
+    dense = sum(layer.meta.flops.dense for layer in small.engine_layers())
+    gated_flops = sum(layer.meta.flops.gated for layer in small.engine_layers())
+    assert small.meta.flops == Flops(dense=dense, gated=gated_flops) and gated_flops < dense
 
 
 def test_gate_on_fraction_near_the_requested_rate(small):
     for layer in small.gated_layers():
         fraction = float(layer.gates.mean())
-        assert layer.gate_on_fraction == pytest.approx(fraction)
+        assert layer.meta.gate_on_fraction == pytest.approx(fraction)
         assert abs(fraction - SMALL["gate_rate"]) < 0.05, layer.name
         # per output channel too (each channel has its own threshold)
         per_channel = layer.gates.mean(axis=(0, 2, 3))
@@ -126,7 +124,7 @@ def test_layer_inputs_follow_from_the_previous_layers(small):
     # stem: conv1 (ReLU) -> maxpool 3x3/2 (pads read as -128, i.e. ignored) -> layer1.0.conv1
     y = output_of(t["conv1"])
     yp = np.pad(y, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-128)
-    h_out = t["maxpool"].h_out
+    h_out = t["maxpool"].meta.h_out
     pooled = np.full((y.shape[0], y.shape[1], h_out, h_out), -128, dtype=np.int8)
     for ky in range(3):
         for kx in range(3):
@@ -154,7 +152,7 @@ def test_layer_inputs_follow_from_the_previous_layers(small):
 
 def test_outputs_use_the_int8_range(small):
     for layer in small.engine_layers():
-        if layer.kind == "fc":
+        if layer.meta.kind == "fc":
             continue
         y = output_of(layer)
         assert y.max() >= 60, layer.name  # calibrated, not squashed towards 0
@@ -183,7 +181,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 def test_gate_rate_parameter(tmp_path):
     meta, arrays = build_resnet18(**{**SMALL, "gate_rate": 0.6, "samples": 2}, date=DATE)
     trace = validate_trace(_keys(meta, arrays), source="mem")
-    fractions = [layer.gate_on_fraction for layer in trace.gated_layers()]
+    fractions = [layer.meta.gate_on_fraction for layer in trace.gated_layers()]
     assert all(abs(f - 0.6) < 0.06 for f in fractions)
 
 
@@ -211,7 +209,7 @@ def test_module_command_line(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "16 gated layers" in printed
     trace = load_trace(out)
-    assert trace.meta["made_by"]["command"] == (
+    assert trace.meta.made_by["command"] == (
         f"python -m sim.resnet18_synthetic --out {out} --samples 1 --gate-rate 0.3 --seed 0 "
         "--width 8 --resolution 32 --num-classes 5"
     )
@@ -222,14 +220,14 @@ def test_module_command_line(tmp_path, capsys):
 @pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped ResNet-18 trace is not there")
 def test_shipped_trace():
     trace = load_trace(SHIPPED)
-    assert trace.name == "resnet18-imagenet-synthetic" and trace.dataset == "imagenet-shapes"
-    assert trace.synthetic and trace.samples == 2 and trace.meta["input_shape"] == [3, 224, 224]
-    assert trace.flops["dense"] == 1_814_073_344  # ResNet-18's 1.8 GMAC (conv + fc) per image
+    assert trace.name == "resnet18-imagenet-synthetic" and trace.meta.dataset == "imagenet-shapes"
+    assert trace.meta.synthetic and trace.meta.samples == 2 and trace.meta.input_shape == (3, 224, 224)
+    assert trace.meta.flops.dense == 1_814_073_344  # ResNet-18's 1.8 GMAC (conv + fc) per image
     assert sum(layer.weights.size for layer in trace.engine_layers()) == 11_678_912  # conv + fc weights
     gated = trace.gated_layers()
-    assert len(gated) == 16 and all(abs(layer.gate_on_fraction - 0.3) < 0.01 for layer in gated)
+    assert len(gated) == 16 and all(abs(layer.meta.gate_on_fraction - 0.3) < 0.01 for layer in gated)
     assert trace["layer4.1.conv2"].gates.shape == (2, 512, 7, 7)
-    made = trace.meta["made_by"]
+    made = trace.meta.made_by
     # The shipped file records the command of its day: the generator lived in traces/ then
     # (it is sim/resnet18_synthetic.py now; the same command with ``sim.`` rebuilds it).
     assert made["command"] == (

@@ -10,16 +10,9 @@ from rtl.engine import GatedConvEngine
 from sim.engine import run_tile
 from sim.reference import tile_reference
 from spec.config import EngineConfig
-from spec.tile import COUNTER_NAMES, TileGeometry, random_tile
-from tests.streams import stream_get, stream_put
-from verification.layout import (
-    SEL_COUNTERS,
-    SEL_OUTPUT,
-    decode_output,
-    load_writes,
-    pack_payload,
-    pack_request,
-)
+from spec.tile import TileGeometry, random_tile
+from verification.amaranth_transport import AmaranthTransport
+from verification.driver import EngineDriver
 
 SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_depth=32)
 
@@ -34,37 +27,15 @@ def run_engine_amaranth(config: EngineConfig, tiles):
     results = []
 
     async def bench(ctx):
+        driver = EngineDriver(config, AmaranthTransport(ctx, dut, config.pes))
         for tile in tiles:
-            for write in load_writes(config, tile):
-                await stream_put(ctx, dut.load, pack_payload(config, *write))
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            g = tile.geometry
-            busy = 0
-            write_cycle = np.zeros(g.n_outputs, dtype=np.int64)
-            while True:
-                busy_now, done = ctx.get(dut.busy), ctx.get(dut.done)
-                if done:
-                    break
-                busy += busy_now
-                valid = ctx.get(dut.wb_valid)
-                for i in range(config.pes):
-                    if (valid >> i) & 1:
-                        write_cycle[ctx.get(dut.wb_addr[i])] = busy
-                await ctx.tick()
-            words = []
-            for lin in range(g.n_outputs):
-                await stream_put(ctx, dut.req, pack_request(config, SEL_OUTPUT, lin))
-                words.append(await stream_get(ctx, dut.resp))
-            counters = {}
-            for i, name in enumerate(COUNTER_NAMES):
-                await stream_put(ctx, dut.req, pack_request(config, SEL_COUNTERS, i))
-                counters[name] = await stream_get(ctx, dut.resp)
-            decoded = [decode_output(config, w) for w in words]
-            y = np.array([d[0] for d in decoded]).reshape(g.c_out, g.h_out, g.w_out)
-            gate = np.array([d[1] for d in decoded], dtype=bool).reshape(y.shape)
-            results.append((y, gate, counters, busy, write_cycle.reshape(y.shape)))
+            await driver.load_tile(tile)
+            run = await driver.run()
+            out = await driver.read_outputs(tile.geometry)
+            counters = await driver.read_counters()
+            write_cycle = np.zeros(tile.geometry.n_outputs, dtype=np.int64)
+            write_cycle[list(run.writes)] = list(run.writes.values())
+            results.append((out.y, out.gate, counters, run.busy, write_cycle.reshape(out.y.shape)))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)

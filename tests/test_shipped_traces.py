@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trace_format.trace import load_trace
+from trace_format import load_trace
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "traces").glob("*.npz"))
 
@@ -18,11 +18,11 @@ def test_traces_are_shipped():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_trace_validates(path):
     trace = load_trace(path)
-    meta = trace.meta
+    meta = trace.meta.json
     assert meta["made_by"]["command"], "a shipped trace records the command that made it"
     flops = meta["flops"]
     assert 0 < flops["gated"] <= flops["dense"]
-    engine_layers = [layer for layer in trace.layers.values() if layer.is_engine_layer]
+    engine_layers = [layer for layer in trace.layers.values() if layer.meta.is_engine_layer]
     assert engine_layers, "a network with no layer for the engine"
 
 

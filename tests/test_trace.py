@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from accel.cli import main
-from trace_format.trace import (
-    LARGE_ARRAYS,
+from trace_format import (
     VERSION,
+    Flops,
     Trace,
     TraceArrays,
     TraceError,
@@ -33,6 +33,7 @@ from trace_format.trace import (
     save_trace,
     validate_trace,
 )
+from trace_format.reader import LARGE_ARRAYS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "traces" / "resnet18-imagenet-synthetic.npz"
@@ -157,11 +158,12 @@ def test_round_trip(tmp_path):
     saved = save_trace(path, meta, arrays)
     trace = load_trace(path)
     assert isinstance(trace, Trace) and trace.name == "tiny" and trace.path == str(path)
-    assert trace.meta == json.loads(json.dumps(meta)) == saved.meta
+    assert trace.meta.json == json.loads(json.dumps(meta)) == saved.meta.json
+    assert trace.meta == saved.meta and trace.meta.input_shape == (4, 6, 6)
     assert trace.layer_order == ("conv", "pool", "flatten", "fc")
     assert [layer.name for layer in trace] == list(trace.layer_order) and len(trace) == 4
-    assert trace.samples == N and trace.synthetic and trace.dataset == "unit-test"
-    assert trace.flops == {"dense": meta["layers"]["conv"]["flops"]["dense"] + 108, "gated": 3240 + 108}
+    assert trace.meta.samples == N and trace.meta.synthetic and trace.meta.dataset == "unit-test"
+    assert trace.meta.flops == Flops(dense=meta["layers"]["conv"]["flops"]["dense"] + 108, gated=3240 + 108)
     for layer_name, named in arrays.items():
         layer = trace[layer_name]
         assert set(layer.arrays) == set(named)
@@ -169,21 +171,19 @@ def test_round_trip(tmp_path):
             assert layer.arrays[name].dtype == value.dtype
             np.testing.assert_array_equal(layer.arrays[name], value)
     conv, pool, fc = trace["conv"], trace["pool"], trace["fc"]
-    assert (
-        conv.is_engine_layer
-        and conv.gated
-        and conv.relu
-        and conv.gate_groups == 2
-        and conv.base_channels == 0
-    )
-    assert conv.shape_in == (4, 6, 6) and conv.shape_out == (4, 6, 6) and conv.sources == ["input"]
-    assert (conv.kernel, conv.stride, conv.padding, conv.groups) == (3, 1, 1, 1)
-    assert conv.gate_on_fraction == 0.25 and conv.flops_dense == 4 * 4 * 9 * 36
-    assert not pool.is_engine_layer and pool.arrays == {} and pool.weights is None
-    assert fc.is_engine_layer and not fc.gated and fc.thresholds is None and fc.inputs.shape == (N, 36)
+    cm = conv.meta
+    assert cm.is_engine_layer and cm.gated and cm.relu and cm.gate_groups == 2 and cm.base_channels == 0
+    assert cm.shape_in == (4, 6, 6) and cm.shape_out == (4, 6, 6) and cm.sources == ("input",)
+    assert (cm.kernel, cm.stride, cm.padding, cm.groups) == (3, 1, 1, 1)
+    assert cm.gate_on_fraction == 0.25 and cm.flops.dense == cm.dense_macs == 4 * 4 * 9 * 36
+    assert cm.json is trace.meta.json["layers"]["conv"]
+    assert not pool.meta.is_engine_layer and pool.meta.flops is None
+    assert pool.arrays == {} and pool.weights is None
+    assert fc.meta.is_engine_layer and not fc.meta.gated and fc.meta.kernel == 1
+    assert fc.thresholds is None and fc.inputs.shape == (N, 36)
     assert [layer.name for layer in trace.engine_layers()] == ["conv", "fc"]
     assert [layer.name for layer in trace.gated_layers()] == ["conv"]
-    assert trace.meta["made_by"]["package_version"] and trace.meta["accuracy"]["float"] is None
+    assert trace.meta.made_by["package_version"] and trace.meta.accuracy["float"] is None
 
 
 def test_save_is_atomic_and_reproducible(tmp_path):

@@ -1,4 +1,4 @@
-"""Failure paths of the trace loader (sim/trace.py, docs/trace-format.md "Checks"): what a user can hand
+"""Failure paths of the trace loader (trace_format/, docs/trace-format.md "Checks"): what a user can hand
 ``accel trace info`` / ``accel report`` as a trace ends in one ``TraceError`` naming the file, the field and
 the value, never a hang, a traceback or a wrong figure."""
 
@@ -21,9 +21,10 @@ from cli_run import one_line_error as _one_line_error
 from cli_run import run as _run
 from test_trace import raw_keys, small_trace, write_raw
 
-import trace_format.trace as trace_module
+import trace_format
+import trace_format.reader as reader_module
 from spec.config import ConfigError, EngineConfig
-from trace_format.trace import TraceError, TraceLayer, load_trace, validate_trace
+from trace_format import LayerMeta, TraceError, TraceLayer, load_trace, validate_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 HUGE = 10**400  # a 400-digit integer: float() and math.isfinite() raise OverflowError on it
@@ -161,7 +162,7 @@ def test_member_with_bytes_after_its_data_is_refused(tmp_path, extra):
     path = _write_zip(tmp_path / "bomb.npz", members)
     assert path.stat().st_size < 20_000  # the zeros deflate away
     need = len(_member_bytes(np.array(1)))
-    if need + extra <= trace_module.TOP_MEMBER_LIMIT["version"]:
+    if need + extra <= reader_module.TOP_MEMBER_LIMIT["version"]:
         pieces = [f"holds {need + extra} bytes", f"header says {need} ({need - 8} of header, 8 of data)"]
     else:
         pieces = [f"{need + extra} bytes, more than the 65536 a trace's 'version' may take"]
@@ -200,12 +201,12 @@ def test_metadata_member_is_bounded_before_it_is_read(tmp_path, monkeypatch):
     path = write_raw(tmp_path / "big-meta.npz", raw_keys(meta, arrays))
     load_trace(path).close()  # within the real limit
     assert (
-        trace_module.TOP_MEMBER_LIMIT["meta"] >= 1 << 24
-        and trace_module.TOP_MEMBER_LIMIT["version"] < 1 << 20
+        reader_module.TOP_MEMBER_LIMIT["meta"] >= 1 << 24
+        and reader_module.TOP_MEMBER_LIMIT["version"] < 1 << 20
     )
-    monkeypatch.setitem(trace_module.TOP_MEMBER_LIMIT, "meta", 100_000)
+    monkeypatch.setitem(reader_module.TOP_MEMBER_LIMIT, "meta", 100_000)
     read = []
-    monkeypatch.setattr(trace_module, "_read_npy_data", lambda *a: read.append(a) or pytest.fail("read"))
+    monkeypatch.setattr(reader_module, "_read_array", lambda *a: read.append(a) or pytest.fail("read"))
     _refused(path, "key 'meta'", "bytes, more than the 100000 a trace's 'meta' may take")
     assert not read
 
@@ -226,7 +227,7 @@ def test_out_of_memory_while_reading_an_array_is_a_trace_error(tmp_path, monkeyp
         def no_memory(fp, npy):
             raise MemoryError
 
-        monkeypatch.setattr(trace_module, "_read_npy_data", no_memory)
+        monkeypatch.setattr(reader_module, "_read_array", no_memory)
         with pytest.raises(TraceError, match=r"layer 'conv': key 'layer/conv/inputs': not enough memory"):
             _ = trace["conv"].inputs
 
@@ -466,8 +467,8 @@ def test_report_on_a_layer_outside_the_engine_limits(tmp_path, case):
         inputs=rng.integers(0, 9, (n, fc["c_in"])).astype(np.int8),
     )
     for layer in (lm, fc):
-        dense = trace_module.layer_macs(layer)
-        gated = trace_module.gated_macs(layer, layer["gate_on_fraction"]) if layer["gated"] else dense
+        dense = trace_format.layer_macs(layer)
+        gated = trace_format.gated_macs(layer, layer["gate_on_fraction"]) if layer["gated"] else dense
         layer["flops"] = {"dense": dense, "gated": gated}
     meta["flops"] = {key: lm["flops"][key] + fc["flops"][key] for key in ("dense", "gated")}
     path = write_raw(tmp_path / "t.npz", raw_keys(meta, arrays))
@@ -487,15 +488,16 @@ def test_engine_config_for_names_the_layer_and_field():
     with pytest.raises(
         TraceError, match=r"^layer 'c': metadata field 'kernel' = 12: the engine takes kernels"
     ):
-        engine_config_for(EngineConfig(), TraceLayer("c", "conv", lm))
-    cfg, base = engine_config_for(EngineConfig(), TraceLayer("c", "conv", meta["layers"]["conv"]))
+        engine_config_for(EngineConfig(), TraceLayer("c", LayerMeta.from_json(lm)))
+    conv = TraceLayer("c", LayerMeta.from_json(meta["layers"]["conv"]))
+    cfg, base = engine_config_for(EngineConfig(), conv)
     assert (cfg.kernel, cfg.groups, base) == (3, 2, 0)
 
 
 def test_engine_limits_are_the_engines():
     from spec.tile import REGISTER_LIMIT
 
-    limits = dict(trace_module.ENGINE_LIMITS)
+    limits = dict(trace_format.ENGINE_LIMITS)
     limits["groups"] = limits.pop("gate_groups")
     for key, (lo, hi) in limits.items():
         extra = {"kernel": 11, "padding": 0} if key != "kernel" else {"padding": 0}
@@ -504,7 +506,7 @@ def test_engine_limits_are_the_engines():
         for value in (lo - 1, hi + 1):
             with pytest.raises(ConfigError, match=f"'{key}'"):
                 EngineConfig(**{**extra, key: value})
-    assert trace_module.ENGINE_MAX_C_IN == REGISTER_LIMIT
+    assert trace_format.ENGINE_MAX_C_IN == REGISTER_LIMIT
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -301,14 +301,14 @@ def test_export_into_proc_names_the_destination(tiny_run):
 
 
 def test_failed_trace_write_names_the_destination_and_leaves_nothing(tiny_run, tmp_path, monkeypatch):
-    import trace_format.trace
+    import trace_format
 
     def full_disk(path, meta, arrays):
         tmp = Path(path).parent / f".{Path(path).name}.abc.tmp"
         tmp.write_bytes(b"partial")
         raise OSError(28, "No space left on device", str(tmp))
 
-    monkeypatch.setattr(trace_format.trace, "save_trace", full_disk)
+    monkeypatch.setattr(trace_format, "save_trace", full_disk)
     out = tmp_path / "new" / "deeper" / "t.npz"
     code, _, err = _run("trace", "export", tiny_run, "--out", out, "--samples", "1", "--no-progress")
     line = _one_line_error(code, err, str(out), "No space left on device")

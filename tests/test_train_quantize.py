@@ -16,7 +16,7 @@ pytest.importorskip("sklearn", reason="the digits set comes with scikit-learn (t
 import torch.nn.functional as F  # noqa: E402
 
 from accel.cli import main  # noqa: E402
-from trace_format.trace import load_trace, requantize  # noqa: E402
+from trace_format import load_trace, requantize  # noqa: E402
 from training.gating import GatedConv2d  # noqa: E402
 from training.quantize import _fold_affine, fold_gate_threshold, quantize_weights  # noqa: E402
 
@@ -165,27 +165,29 @@ def _engine_output(layer, x: np.ndarray) -> np.ndarray:
     """int8 output of an engine layer from the trace's own integers (docs/trace-format.md)."""
     w = layer.weights.astype(np.float64)
     xt = torch.from_numpy(x.astype(np.float64))
-    if layer.kind == "fc":
+    if layer.meta.kind == "fc":
         acc = (xt @ torch.from_numpy(w).T).numpy()
-    elif layer.gated:
+    elif layer.meta.gated:
         mask = np.zeros(w.shape[:2])
-        if layer.meta["base"] == "groups":
-            g = layer.gate_groups
+        if layer.meta.base_channels == 0:  # base "groups"
+            g = layer.meta.gate_groups
             og, cg = w.shape[0] // g, w.shape[1] // g
             for i in range(g):
                 mask[i * og : (i + 1) * og, i * cg : (i + 1) * cg] = 1
         else:
-            mask[:, : layer.base_channels] = 1
+            mask[:, : layer.meta.base_channels] = 1
         mask = mask[:, :, None, None]
-        p = F.conv2d(xt, torch.from_numpy(w * mask), None, layer.stride, layer.padding).numpy()
-        r = F.conv2d(xt, torch.from_numpy(w * (1 - mask)), None, layer.stride, layer.padding).numpy()
+        p = F.conv2d(xt, torch.from_numpy(w * mask), None, layer.meta.stride, layer.meta.padding).numpy()
+        r = F.conv2d(
+            xt, torch.from_numpy(w * (1 - mask)), None, layer.meta.stride, layer.meta.padding
+        ).numpy()
         acc = p + (p > layer.thresholds.astype(np.int64)[None, :, None, None]) * r
     else:
-        acc = F.conv2d(xt, torch.from_numpy(w), None, layer.stride, layer.padding).numpy()
-    y = requantize(np.rint(acc).astype(np.int64), layer.bias, layer.requant_scale, layer.relu)
-    if layer.meta.get("shuffle"):
+        acc = F.conv2d(xt, torch.from_numpy(w), None, layer.meta.stride, layer.meta.padding).numpy()
+    y = requantize(np.rint(acc).astype(np.int64), layer.bias, layer.requant_scale, layer.meta.relu)
+    if layer.meta.shuffle:
         n, c, h, wd = y.shape
-        g = layer.gate_groups
+        g = layer.meta.gate_groups
         y = y.reshape(n, g, c // g, h, wd).transpose(0, 2, 1, 3, 4).reshape(n, c, h, wd)
     return y
 
@@ -198,41 +200,43 @@ def _replay(trace) -> int:
     scales = {"input": float(first.input_scale)}
     checked = 0
     for layer in trace:
-        a = acts[layer.sources[0]]
-        if layer.is_engine_layer:
+        a = acts[layer.meta.sources[0]]
+        if layer.meta.is_engine_layer:
             assert np.array_equal(layer.inputs, a.astype(np.int8).reshape(layer.inputs.shape)), layer.name
-            assert float(layer.input_scale) == scales[layer.sources[0]], layer.name
+            assert float(layer.input_scale) == scales[layer.meta.sources[0]], layer.name
             y, s = _engine_output(layer, layer.inputs).astype(np.int64), float(layer.output_scale)
             checked += 1
-        elif layer.kind == "add":  # docs/trace-format.md: the inputs share one scale, a plain int8 sum
-            s = scales[layer.sources[0]]
-            assert all(scales[src] == s for src in layer.sources) and layer.meta["output_scale"] == s
-            y = np.clip(sum(acts[src] for src in layer.sources), -128, 127)
-            if layer.meta.get("relu"):
+        elif layer.meta.kind == "add":  # docs/trace-format.md: the inputs share one scale, a plain int8 sum
+            s = scales[layer.meta.sources[0]]
+            assert (
+                all(scales[src] == s for src in layer.meta.sources) and layer.meta.json["output_scale"] == s
+            )
+            y = np.clip(sum(acts[src] for src in layer.meta.sources), -128, 127)
+            if layer.meta.relu:
                 y = np.maximum(y, 0)
-        elif layer.kind == "relu":
-            y, s = np.maximum(a, 0), scales[layer.sources[0]]
-        elif layer.kind == "avgpool":  # rint(sum / count), the scale kept
-            s = scales[layer.sources[0]]
-            k = layer.kernel
+        elif layer.meta.kind == "relu":
+            y, s = np.maximum(a, 0), scales[layer.meta.sources[0]]
+        elif layer.meta.kind == "avgpool":  # rint(sum / count), the scale kept
+            s = scales[layer.meta.sources[0]]
+            k = layer.meta.kernel
             n, c, h, w = a.shape
             sums = a.reshape(n, c, h // k, k, w // k, k).sum(axis=(3, 5))
             y = np.rint(sums / (k * k)).astype(np.int64)
-        elif layer.kind == "flatten":
-            y, s = a.reshape(a.shape[0], -1), scales[layer.sources[0]]
+        elif layer.meta.kind == "flatten":
+            y, s = a.reshape(a.shape[0], -1), scales[layer.meta.sources[0]]
         else:
-            raise AssertionError(f"unexpected layer kind {layer.kind}")
+            raise AssertionError(f"unexpected layer kind {layer.meta.kind}")
         acts[layer.name], scales[layer.name] = y, s
     return checked
 
 
 def _check_report(trace, gated: bool) -> None:
-    meta = trace.meta
+    meta = trace.meta.json
     assert 0.0 <= meta["accuracy"]["float"] <= 1.0 and 0.0 <= meta["accuracy"]["int8"] <= 1.0
     assert 0.9 <= meta["gate_agreement"] <= 1.0
     assert "accel train" in meta["made_by"]["command"] and "accel trace export" in meta["made_by"]["command"]
     assert "--seed 3" in meta["made_by"]["command"] and meta["made_by"]["seed"] == 3
-    kinds = [layer.kind for layer in trace]
+    kinds = [layer.meta.kind for layer in trace]
     assert {"conv", "fc", "add", "relu", "avgpool", "flatten"} <= set(kinds)
     if gated:
         assert [e["threshold"] for e in meta["channel_pruning"]] == [0.0, 0.05, 0.1, 0.2]
@@ -247,12 +251,14 @@ def _check_report(trace, gated: bool) -> None:
 def _engine_gates(layer) -> np.ndarray:
     w = layer.weights.astype(np.float64)
     mask = np.zeros(w.shape[:2])
-    g = layer.gate_groups
+    g = layer.meta.gate_groups
     og, cg = w.shape[0] // g, w.shape[1] // g
     for i in range(g):
         mask[i * og : (i + 1) * og, i * cg : (i + 1) * cg] = 1
     xt = torch.from_numpy(layer.inputs.astype(np.float64))
-    p = F.conv2d(xt, torch.from_numpy(w * mask[:, :, None, None]), None, layer.stride, layer.padding).numpy()
+    p = F.conv2d(
+        xt, torch.from_numpy(w * mask[:, :, None, None]), None, layer.meta.stride, layer.meta.padding
+    ).numpy()
     return p > layer.thresholds[None, :, None, None]
 
 
@@ -284,7 +290,7 @@ def test_train_export_validate_gated(tmp_path, capsys):
         "--no-progress",
     )
     trace = load_trace(path)
-    assert trace.samples == 2 and trace.name == "cgnet-resnet8-digits-32"
+    assert trace.meta.samples == 2 and trace.name == "cgnet-resnet8-digits-32"
     assert trace.engine_layers()[0].inputs.shape == (2, 3, 32, 32)
     _check_report(trace, gated=True)
     assert _replay(trace) == len(trace.engine_layers())
@@ -348,9 +354,9 @@ def test_prune_then_gate_export(tmp_path, capsys):
         assert _replay(trace) == len(trace.engine_layers())
         conv1 = trace["layer1.0.conv1"]
         removed = metrics["mid_channels"][0]
-        assert conv1.c_out == removed and len(conv1.meta.get("pruned_channels", [])) == 8 - removed
+        assert conv1.meta.c_out == removed and len(conv1.meta.json.get("pruned_channels", [])) == 8 - removed
         if not is_gated:
-            assert "channel_pruning" not in trace.meta and trace.meta["gate_agreement"] == 1.0
+            assert "channel_pruning" not in trace.meta.json and trace.meta.gate_agreement == 1.0
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

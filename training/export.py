@@ -12,7 +12,7 @@
   paths skipped (whose conditional-path weights need not be fetched);
 * records, for the first ``samples`` test images, every engine layer's int8 inputs (from the integer
   simulation) and every gated layer's float gate decisions, and writes the trace with
-  :func:`trace_format.trace.save_trace`.
+  :func:`trace_format.save_trace`.
 
 Layers come from forward hooks in forward order, including the layers the engine does not run (residual
 add, ReLU after it, pooling, flatten) as metadata-only layers.
@@ -200,7 +200,7 @@ def export_run(
 ):
     """Write the trace of run ``run_dir`` to ``out`` (module docstring); returns the saved :class:`Trace`."""
     from outfiles.folder import check_out_file
-    from trace_format.trace import make_meta, save_trace
+    from trace_format import make_meta, save_trace
 
     check_out_file(Path(out), create_parents=True)  # refuse the destination before the work
     _check_not_a_run_file(Path(out), Path(run_dir))

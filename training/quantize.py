@@ -31,7 +31,7 @@ Integer semantics of the simulation (:class:`IntNetwork`), per layer kind:
 * conv / fc: exact integer ``acc`` (``p + [p > τ]·r`` for a gated conv, ``p`` the base-path and ``r`` the
   conditional-path sum), ``out = clamp(rint((acc + bias)·requant_scale), −128, 127)`` after ReLU if
   ``relu`` (rint: half to even, the product in float64, as
-  ``trace_format.trace.requantize``), then the channel
+  ``trace_format.requantize``), then the channel
   shuffle if ``shuffle``. The prediction is the argmax of the fc layer's real logits
   ``(acc + bias)·s_x·s_w``;
 * add: ``clamp(Σ_i a_i, −128, 127)`` (inputs and output share one scale), then ReLU if ``relu``;

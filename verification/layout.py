@@ -1,7 +1,9 @@
 """Host-side packing of the engine's streams (docs/microarchitecture.md, sections 3 and 4).
 
 This module is for the host side only (testbenches, a host driver): the RTL and the cycle model do not
-import it, so that a packing bug here cannot hide the same bug on the other side of a comparison.
+import it, so that a packing bug here cannot hide the same bug on the other side of a comparison. The
+selector codes, register addresses and field offsets come from :mod:`spec.protocol`, the one definition
+the gateware builds its ports from; the packing itself is written here.
 
 * :func:`load_writes` turns a :class:`~spec.tile.Tile` into every ``(sel, addr, data)`` write of the
   load stream: configuration registers, input words, weight words and thresholds (section 3's address map).
@@ -16,23 +18,18 @@ object arrays of Python integers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from spec.config import EngineConfig
+from spec.protocol import LoadTarget, UnloadTarget, load_layout, output_layout, read_layout
 from spec.tile import Segments, Tile
 
 __all__ = [
-    "CONFIG_REGISTERS",
     "LoadWrites",
-    "SEL_CONFIG",
-    "SEL_COUNTERS",
-    "SEL_INPUT",
-    "SEL_OUTPUT",
-    "SEL_THRESHOLD",
-    "SEL_WEIGHT",
     "chunk_channels",
     "decode_counter",
     "decode_output",
@@ -44,26 +41,22 @@ __all__ = [
     "unpack_payload",
 ]
 
-# Load stream targets (spec section 4).
-SEL_CONFIG, SEL_INPUT, SEL_WEIGHT, SEL_THRESHOLD = 0, 1, 2, 3
-SEL_BITS = 3
-# Unload request targets.
-SEL_OUTPUT, SEL_COUNTERS = 0, 1
-REQ_SEL_BITS = 1
 
-CONFIG_REGISTERS = (
-    "c_in",
-    "c_out",
-    "h_in",
-    "w_in",
-    "h_out",
-    "w_out",
-    "pad_top",
-    "pad_left",
-    "base_channels",
-    "dense",
-)
-REGISTER_BITS = 16
+def _code(target: LoadTarget | UnloadTarget | int) -> int:
+    """A selector as the integer on the wire (typed targets or their plain codes)."""
+    return target.value if isinstance(target, LoadTarget | UnloadTarget) else int(target)
+
+
+@functools.cache
+def _offsets(config: EngineConfig) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """Bit offsets of the load payload's fields (sel, addr, data, end), of the request's (sel, addr, end),
+    and of the output entry's gate bit -- all taken from :mod:`spec.protocol`'s layouts."""
+    load, req = load_layout(config), read_layout(config)
+    return (
+        (*(field.offset for _, field in load), load.size),
+        (*(field.offset for _, field in req), req.size),
+        output_layout(config)["gate"].offset,
+    )
 
 
 @dataclass(frozen=True)
@@ -169,10 +162,10 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     wide = config.data_width > 64
     dtype = object if wide else np.uint64
     parts = [
-        (SEL_CONFIG, regs.astype(np.uint64)),
-        (SEL_INPUT, in_words),
-        (SEL_WEIGHT, w_words),
-        (SEL_THRESHOLD, thr),
+        (LoadTarget.CONFIG.value, regs.astype(np.uint64)),
+        (LoadTarget.INPUT.value, in_words),
+        (LoadTarget.WEIGHT.value, w_words),
+        (LoadTarget.THRESHOLD.value, thr),
     ]
     sel = np.concatenate([np.full(len(d), s, dtype=np.int64) for s, d in parts])
     addr = np.concatenate([np.arange(len(d), dtype=np.int64) for _, d in parts])
@@ -188,49 +181,52 @@ def _check_field(name: str, value: int, bits: int) -> int:
     return value
 
 
-def pack_payload(config: EngineConfig, sel: int, addr: int, data: int) -> int:
-    """``load__payload`` of one write: ``sel`` in bits [0, 3), ``addr`` next, then ``data``."""
-    aw = config.addr_width
-    sel = _check_field("sel", sel, SEL_BITS)
-    addr = _check_field("addr", addr, aw)
-    data = _check_field("data", data, config.data_width)
-    return sel | (addr << SEL_BITS) | (data << (SEL_BITS + aw))
+def pack_payload(config: EngineConfig, sel: LoadTarget | int, addr: int, data: int) -> int:
+    """``load__payload`` of one write, at :func:`spec.protocol.load_layout`'s offsets (``sel``, ``addr``,
+    ``data`` from bit 0 up)."""
+    (_, addr_at, data_at, end), _, _ = _offsets(config)
+    sel = _check_field("sel", _code(sel), addr_at)
+    addr = _check_field("addr", addr, data_at - addr_at)
+    data = _check_field("data", data, end - data_at)
+    return sel | (addr << addr_at) | (data << data_at)
 
 
 def pack_payloads(config: EngineConfig, writes: LoadWrites) -> list[int]:
     """:func:`pack_payload` of every write, as Python ints (vectorized)."""
-    aw = config.addr_width
+    (_, addr_at, data_at, _), _, _ = _offsets(config)
     if len(writes) == 0:
         return []
-    if int(writes.sel.max()) >= 1 << SEL_BITS or int(writes.addr.max()) >= 1 << aw:
-        bad = int(np.argmax((writes.sel >= 1 << SEL_BITS) | (writes.addr >= 1 << aw)))
+    if int(writes.sel.max()) >= 1 << addr_at or int(writes.addr.max()) >= 1 << (data_at - addr_at):
+        bad = int(np.argmax((writes.sel >= 1 << addr_at) | (writes.addr >= 1 << (data_at - addr_at))))
         pack_payload(config, *writes[bad])  # raises with the offending field
-    head = writes.sel.astype(object) | (writes.addr.astype(object) << SEL_BITS)
+    head = writes.sel.astype(object) | (writes.addr.astype(object) << addr_at)
     data = writes.data.astype(object)
-    return (head | (data << (SEL_BITS + aw))).tolist()
+    return (head | (data << data_at)).tolist()
 
 
 def unpack_payload(config: EngineConfig, payload: int) -> tuple[int, int, int]:
     """Inverse of :func:`pack_payload`."""
-    aw = config.addr_width
+    (_, addr_at, data_at, end), _, _ = _offsets(config)
     payload = int(payload)
     return (
-        payload & ((1 << SEL_BITS) - 1),
-        (payload >> SEL_BITS) & ((1 << aw) - 1),
-        (payload >> (SEL_BITS + aw)) & ((1 << config.data_width) - 1),
+        payload & ((1 << addr_at) - 1),
+        (payload >> addr_at) & ((1 << (data_at - addr_at)) - 1),
+        (payload >> data_at) & ((1 << (end - data_at)) - 1),
     )
 
 
-def pack_request(config: EngineConfig, sel: int, addr: int) -> int:
-    """``req__payload`` of one unload request: ``sel`` in bit 0 (0 output buffer, 1 counters), then addr."""
-    sel = _check_field("sel", sel, REQ_SEL_BITS)
-    addr = _check_field("addr", addr, config.addr_width)
-    return sel | (addr << REQ_SEL_BITS)
+def pack_request(config: EngineConfig, sel: UnloadTarget | int, addr: int) -> int:
+    """``req__payload`` of one unload request (:func:`spec.protocol.read_layout`: ``sel``, then ``addr``)."""
+    _, (_, addr_at, end), _ = _offsets(config)
+    sel = _check_field("sel", _code(sel), addr_at)
+    addr = _check_field("addr", addr, end - addr_at)
+    return sel | (addr << addr_at)
 
 
 def decode_output(config: EngineConfig, word: int) -> tuple[int, int]:
-    """Split an output-buffer entry into ``(y, gate)``: signed ``y`` in bits [0, acc_width), then the gate."""
-    a = config.acc_width
+    """Split an output-buffer entry (:func:`spec.protocol.output_layout`) into ``(y, gate)``: the signed
+    ``y`` below the gate bit, then the gate."""
+    _, _, a = _offsets(config)
     word = int(word)
     y = word & ((1 << a) - 1)
     if y >> (a - 1):

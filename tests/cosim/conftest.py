@@ -1,11 +1,8 @@
-"""Make the co-simulation helpers importable (``cosim_harness``, ``cosim_data``, ``engine_tb``) and the
-repository root too: the cocotb simulator process receives this ``sys.path`` as its PYTHONPATH.
-
-At the end of a session that co-simulated anything, print one line per simulator (tiles, MACs and cycles
+"""At the end of a session that co-simulated anything, print one line per simulator (tiles, MACs and cycles
 co-simulated, wall seconds of the simulations, cycles per second; cycles are the runs' ``cycles`` counters,
 and the clock cycles with loading and unloading follow in parentheses) and write the same figures as JSON
 to ``.pytest_cache/d/accel-cosim/summary.json``. The figures are those of the successful ``run_cosim`` calls
-(``cosim_harness.completed_runs``); they travel to the reporting process in the test reports'
+(``verification.cosim.completed_runs``); they travel to the reporting process in the test reports'
 ``user_properties``, so pytest-xdist workers' runs count too (when this conftest is loaded in the
 controller, e.g. ``pytest -n 2 tests/cosim``).
 """
@@ -17,11 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-for path in (str(HERE.parents[1]), str(HERE)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 PROPERTY = "accel-cosim-run"  # the user_properties entry carrying one run's figures
 _runs: list[dict] = []  # the figures of this session's runs, as the reports bring them
@@ -36,7 +28,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     # Attach the runs that this test's phase completed before its report is made (and sent, under xdist).
-    harness = sys.modules.get("cosim_harness")
+    harness = sys.modules.get("verification.cosim")
     if harness is not None:
         while harness.completed_runs:
             item.user_properties.append((PROPERTY, harness.completed_runs.pop(0)))

@@ -1,8 +1,9 @@
 """Co-simulation of the generated Verilog against the cycle model, tile by tile (docs/microarchitecture.md).
 
-For each configuration below the Verilog is generated and compiled once (cached under
-``.pytest_cache/d/accel-cosim``), the cycle model computes every tile's outputs, gate bits, write cycles
-and counters in this process, and ``engine_tb`` runs all the tiles of the configuration in one simulation,
+For each configuration below the Verilog is generated and compiled once (cached by
+``verification.build``, in ``build/verilog/``), the cycle model computes every tile's outputs, gate bits,
+write cycles and counters in this process, and the testbench ``verification.cosim_tb`` runs all the tiles
+of the configuration in one simulation,
 checking every output word, gate bit, the cycle of every output's last write (trace ports), every counter
 and the cycle count seen on ``busy``.
 
@@ -31,8 +32,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cosim_data import CosimCase
-from cosim_harness import (
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
+
+from sim.synthetic import cut_tiles, synthetic_layer
+from spec.config import ConfigError, EngineConfig
+from spec.protocol import COUNTER_NAMES
+from spec.tile import Tile, TileGeometry, conv_output_size, random_tile
+from verification.build import default_cache_root
+from verification.cosim import (
     CosimFailure,
     expectations,
     rtl_available,
@@ -41,12 +49,7 @@ from cosim_harness import (
     spec_counters,
     spec_write_cycles,
 )
-from hypothesis import HealthCheck, Phase, assume, given, settings
-from hypothesis import strategies as st
-
-from sim.synthetic import cut_tiles, synthetic_layer
-from spec.config import ConfigError, EngineConfig
-from spec.tile import COUNTER_NAMES, Tile, TileGeometry, conv_output_size, random_tile
+from verification.cosim_data import CosimCase
 
 SEED = int(os.environ.get("ACCEL_COSIM_SEED", "20261121"))
 RANDOM_TILES = int(os.environ.get("ACCEL_COSIM_RANDOM_TILES", "6"))  # per configuration
@@ -199,12 +202,12 @@ def _tile_specs(
         max_c, max_hw = 6, 4
     elif name == "default":
         # Icarus runs this one at about 1 k cycles/s (64 MACs, 4096-word buffers): small tiles only.
+        max_c, max_hw = 24, 6
         specs = [
             ("full 16->4 6x6", _geometry(c, 16, 4, 6, 6), 0.3),
             ("interior pad0 C_g=12 (masked lanes)", _geometry(c, 24, 2, 7, 8, pad=(0, 0)), 0.6),
             ("dense", _geometry(c, 16, 2, 5, 5, dense=True), 0.5),
         ]
-        max_c, max_hw = 24, 6
     else:
         raise KeyError(name)
     for i in range(RANDOM_TILES):
@@ -302,12 +305,9 @@ needs_rtl = pytest.mark.skipif(not rtl_available(), reason="rtl/generate.py is n
 
 
 @pytest.fixture(scope="session")
-def cosim_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where compiled builds live across sessions (the pytest cache), keyed by configuration."""
-    cache = getattr(request.config, "cache", None)
-    if cache is not None:
-        return Path(cache.mkdir("accel-cosim"))
-    return tmp_path_factory.mktemp("accel-cosim")
+def cosim_cache() -> Path:
+    """Where compiled builds live across sessions (the one build cache, shared with the benchmark)."""
+    return default_cache_root()
 
 
 def _check_model(config: EngineConfig, case: CosimCase) -> None:
@@ -464,16 +464,9 @@ def test_checker_catches_wrong_model(sim: str, cosim_cache: Path, tmp_path: Path
     failures = {f["tile"]: f["message"] for f in info.value.failures}
     assert set(failures) == {0, 1, 2}, info.value
 
-    right = int(good[0].outputs[co, oy, ox])
-    gate = int(good[0].gates[co, oy, ox])
     when = int(good[0].write_cycle[co, oy, ox])
-    assert (
-        f"first diverging output (co={co}, oy={oy}, ox={ox}): expected y={right + 1} gate={gate} written "
-        f"in cycle {when} (model), got y={right} gate={gate} written in cycle {when} (RTL" in failures[0]
-    ), failures[0]
+    _check_divergence(failures[0], good[0], (co, oy, ox), y_off=1, cycle_off=0)
     assert f"the model writes it in cycle {when} of the run, at " in failures[0], failures[0]
-    n = good[0].outputs.size
-    assert f"1 of {n} outputs differ in value or gate bit, 0 in write cycle" in failures[0], failures[0]
 
     cycles = good[1].counters["cycles"]
     assert f"counter cycles: expected {cycles + 1} (model), got {cycles} (RTL)" in failures[1], failures[1]
@@ -482,16 +475,23 @@ def test_checker_catches_wrong_model(sim: str, cosim_cache: Path, tmp_path: Path
         assert f"counter {other}:" not in failures[1]
     assert "diverging output" not in failures[1], failures[1]
 
+    _check_divergence(failures[2], good[2], (wco, woy, wox), y_off=0, cycle_off=1)
     y, gate = int(good[2].outputs[wco, woy, wox]), int(good[2].gates[wco, woy, wox])
     when = int(good[2].write_cycle[wco, woy, wox])
-    assert (
-        f"first diverging output (co={wco}, oy={woy}, ox={wox}): expected y={y} gate={gate} written in "
-        f"cycle {when + 1} (model), got y={y} gate={gate} written in cycle {when} (RTL" in failures[2]
-    ), failures[2]
     assert f"spec reference y={y} gate={gate} written in cycle {when};" in failures[2], failures[2]
-    n = good[2].outputs.size
-    assert f"0 of {n} outputs differ in value or gate bit, 1 in write cycle" in failures[2], failures[2]
     assert "counter" not in failures[2], failures[2]
+
+
+def _check_divergence(message: str, good: CosimCase, at: tuple[int, int, int], y_off: int, cycle_off: int):
+    """``message`` names output ``at`` as the first diverging one, where the expectations were ``good``'s
+    with ``y`` and the write cycle raised by ``y_off`` / ``cycle_off``, and counts one divergence."""
+    co, oy, ox = at
+    y, gate, when = int(good.outputs[at]), int(good.gates[at]), int(good.write_cycle[at])
+    expected = f"expected y={y + y_off} gate={gate} written in cycle {when + cycle_off} (model)"
+    got = f"got y={y} gate={gate} written in cycle {when} (RTL"
+    assert f"first diverging output (co={co}, oy={oy}, ox={ox}): {expected}, {got}" in message, message
+    counts = f"{y_off} of {good.outputs.size} outputs differ in value or gate bit, {cycle_off} in write cycle"
+    assert counts in message, message
 
 
 def _copy_case(case: CosimCase) -> CosimCase:

@@ -1,66 +1,59 @@
 """cocotb testbench of ``gated_conv_engine`` (the Verilog that ``rtl/generate.py`` writes).
 
-Run by ``tests/cosim/test_engine_cosim.py`` through ``cocotb_tools.runner``; the tiles and every expected
-result come from the pytest process in the .npz file named by ``$ACCEL_COSIM_DATA`` (see ``cosim_data.py``),
-so this module never imports the cycle model. One cocotb test per tile, all in one simulation, in order:
+Run by :func:`verification.cosim.run_cosim` through ``cocotb_tools.runner`` (test module
+``verification.cosim_tb``); the tiles and every expected result come from the pytest process in the .npz file
+named by ``$ACCEL_COSIM_DATA`` (see :mod:`verification.cosim_data`), so this module never imports the cycle
+model. Importing it without that variable defines no tests. One cocotb test per tile, all in one simulation,
+in order, each a short body around one :class:`EngineTestbench` (created by the first test, kept by the
+following ones, started and stopped by each):
 
-* **driver**: loads the tile through the ``load`` stream (every write of ``verification.layout.load_writes``,
-  honouring valid/ready; or only the configuration registers, or nothing, when a case restarts on the
-  data already loaded), then raises ``start`` for one cycle;
-* **monitor** (:class:`RunMonitor`, runs every cycle for the whole test): counts the cycles with ``busy``
-  high, checks that ``busy`` rises only after ``start``, stays high in one piece, that ``done`` is high
-  exactly in the cycle after the last busy cycle and never otherwise, and records those cycles; in every
-  busy cycle it samples the trace ports ``wb_valid``/``wb_addr`` and records, per output entry, the cycle of
-  the run (1 = the first busy cycle, ``SETUP``) of its last write (no write may show while ``busy`` is low);
-* **unload**: reads back every output entry of the tile (and the entries of earlier, larger tiles that this
-  run must not touch) and every counter through ``req``/``resp``;
-* **checker**: compares every ``y``, gate bit, write cycle and counter with the model, the number of writes
-  the trace showed with the schedule's, and the monitor's cycle count with the ``cycles`` counter; a
-  failure names the first diverging output ``(co, oy, ox)`` with expected and got values and write cycles
-  (and the spec reference's, to say which side is off) and the simulation time of the model's write cycle
-  (where to look in the waveform), every diverging counter, and the cycles of the run. Failures are also
-  appended as JSON lines to ``$ACCEL_COSIM_REPORT`` for pytest, and what each run took (cycles, MACs) to
-  ``$ACCEL_COSIM_STATS``.
+* **driver** (:class:`~verification.driver.EngineDriver`): loads the tile through the ``load`` stream (every
+  write of ``verification.layout.load_writes``, honouring valid/ready; or only the configuration registers,
+  or nothing, when a case restarts on the data already loaded), raises ``start`` for one cycle, and unloads
+  every output entry of the tile (and the entries of earlier, larger tiles that this run must not touch) and
+  every counter through ``req``/``resp``; handshakes that wait against the spec come back through its
+  ``on_protocol`` callback;
+* **monitor** (:class:`RunMonitor`, runs every cycle while the testbench is started): counts the cycles with
+  ``busy`` high, checks that ``busy`` rises only after ``start``, stays high in one piece, that ``done`` is
+  high exactly in the cycle after the last busy cycle and never otherwise, and records those cycles; in
+  every busy cycle it samples the trace ports ``wb_valid``/``wb_addr`` and records, per output entry, the
+  cycle of the run (1 = the first busy cycle, ``SETUP``) of its last write (no write may show while ``busy``
+  is low); the end of a run is signalled to the driver by its ``finished`` event;
+* **model**: the case's expectations (the cycle model's outputs, gate bits, write cycles and counters);
+* **checker** (:func:`compare`): compares every ``y``, gate bit, write cycle and counter with the model, the
+  number of writes the trace showed with the schedule's, and the monitor's cycle count with the ``cycles``
+  counter; a failure names the first diverging output ``(co, oy, ox)`` with expected and got values and
+  write cycles (and the spec reference's, to say which side is off) and the simulation time of the model's
+  write cycle (where to look in the waveform), every diverging counter, and the cycles of the run.
+
+The testbench writes its results itself: failures as JSON lines to ``$ACCEL_COSIM_REPORT`` for pytest, and
+what each run took (cycles, MACs) to ``$ACCEL_COSIM_STATS``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.handle import SimHandleBase
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, ReadOnly, RisingEdge, with_timeout
-from cocotb_streams import StreamPort, stream_get, stream_put
-from cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, load_cases
 
 from spec.config import EngineConfig
-from spec.tile import COUNTER_NAMES
-from verification.layout import (
-    SEL_CONFIG,
-    SEL_COUNTERS,
-    SEL_OUTPUT,
-    LoadWrites,
-    decode_counter,
-    decode_output,
-    load_writes,
-    pack_payloads,
-    pack_request,
-)
+from spec.protocol import COUNTER_NAMES
+from verification.cocotb_transport import CLOCK_NS, CocotbTransport
+from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
+from verification.driver import EngineDriver, decode_outputs
 
-CLOCK_NS = 10
-HANDSHAKE_TIMEOUT = 64  # cycles a stream may stall while the engine is idle
+__all__ = ["EngineTestbench", "RunMonitor", "compare", "engine_tile"]
 
-if DATA_ENV not in os.environ:
-    raise RuntimeError(
-        f"engine_tb: set ${DATA_ENV} to the .npz written by tests/cosim (cosim_data.save_cases)"
-    )
-CONFIG, CASES = load_cases(os.environ[DATA_ENV])
+RECHECK_LIMIT = 256  # entries beyond the tile's own read back per run, besides the last round's
 
 
 @dataclass
@@ -195,143 +188,176 @@ class RunMonitor:
             self._busy = busy
 
 
-class EngineTB:
-    """Driver, unload and checker around one ``gated_conv_engine`` instance."""
+class MonitoredTransport(CocotbTransport):
+    """The engine's transport whose runs are followed cycle by cycle by a :class:`RunMonitor`."""
 
-    def __init__(self, dut: SimHandleBase, config: EngineConfig) -> None:
-        self.dut = dut
-        self.config = config
-        self.load = StreamPort(dut, "load")
-        self.req = StreamPort(dut, "req")
-        self.resp = StreamPort(dut, "resp")
-        self.monitor = RunMonitor(dut, config.pes)
-        self.protocol_errors: list[str] = []
+    def __init__(self, dut: SimHandleBase, monitor: RunMonitor) -> None:
+        super().__init__(dut)
+        self.monitor = monitor
+        self.run: Run | None = None
 
-    async def reset(self) -> None:
-        dut = self.dut
-        dut.rst.value = 1
-        for _ in range(3):
-            await RisingEdge(dut.clk)
-        dut.rst.value = 0
-        await RisingEdge(dut.clk)
+    async def start(self) -> None:
+        self.dut.start.value = 1
+        self.run = self.monitor.expect_run()
+        await RisingEdge(self.dut.clk)
+        self.dut.start.value = 0
 
-    def _protocol(self, text: str) -> None:
-        if len(self.protocol_errors) < 3:  # the first few tell the story
-            self.protocol_errors.append(f"cycle {self.monitor.cycle}: {text}")
-
-    async def load_tile(self, case: CosimCase) -> int:
-        """Every write of the tile (``case.load == "all"``), its configuration registers only, or nothing."""
-        writes = load_writes(self.config, case.tile)
-        if case.load == "none":
-            return 0
-        if case.load == "registers":
-            keep = writes.sel == SEL_CONFIG
-            writes = LoadWrites(writes.sel[keep], writes.addr[keep], writes.data[keep])
-        for i, payload in enumerate(pack_payloads(self.config, writes)):
-            await stream_put(self.dut.clk, self.load, payload, timeout=HANDSHAKE_TIMEOUT)
-            if self.load.last_wait:
-                sel, addr, _ = writes[i]
-                self._protocol(
-                    f"load write {i} (sel {sel}, addr {addr}) waited {self.load.last_wait} cycles for ready "
-                    "(spec: ready is high while the engine is idle)"
-                )
-        return len(writes)
-
-    async def run(self, timeout_cycles: int) -> Run:
-        dut = self.dut
-        dut.start.value = 1
-        run = self.monitor.expect_run()
-        await RisingEdge(dut.clk)
-        dut.start.value = 0
+    async def wait_done(self, timeout_cycles: int | None) -> Run:
+        run = self.run
         try:
             await with_timeout(run.finished.wait(), timeout_cycles * CLOCK_NS, "ns")
         except TimeoutError:
             raise AssertionError(
                 f"no done within {timeout_cycles} cycles of start ({run.describe()})"
             ) from None
-        await RisingEdge(dut.clk)
+        await RisingEdge(self.dut.clk)
         return run
 
-    async def read(self, sel: int, addr: int) -> int:
-        """One unload request and its response; the spec's timing is checked on the way."""
-        clk = self.dut.clk
-        await stream_put(clk, self.req, pack_request(self.config, sel, addr), timeout=HANDSHAKE_TIMEOUT)
-        if self.req.last_wait:
-            self._protocol(
-                f"request (sel {sel}, addr {addr}) waited {self.req.last_wait} cycles for ready "
-                "(spec: ready while idle and no response is waiting)"
-            )
+
+class EngineTestbench:
+    """Driver, monitor, model and checker around one ``gated_conv_engine`` instance, for a list of cases.
+
+    :meth:`start` attaches it to the design for one cocotb test (the first one also resets the engine),
+    :meth:`check_tile` runs one case, :meth:`stop` ends the test's part (clock and monitor).
+    """
+
+    def __init__(
+        self, config: EngineConfig, cases: list[CosimCase], report: Path | None, stats: Path | None
+    ) -> None:
+        self.config = config
+        self.cases = cases
+        self.report_path = report
+        self.stats_path = stats
+        self.monitor: RunMonitor | None = None
+        self.transport: MonitoredTransport | None = None
+        self.driver: EngineDriver | None = None
+        self.protocol_errors: list[str] = []
+        # What each output-buffer entry held when last read back: entries that a later, smaller tile does
+        # not write must keep it (spec section 3).
+        self.shadow: dict[int, int] = {}
+        self._clock = None
+        self._watch = None
+
+    @classmethod
+    def from_environment(cls) -> EngineTestbench:
+        config, cases = load_cases(os.environ[DATA_ENV])
+        paths = [Path(os.environ[env]) if os.environ.get(env) else None for env in (REPORT_ENV, STATS_ENV)]
+        return cls(config, cases, *paths)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+
+    async def start(self, dut: SimHandleBase) -> None:
+        first = self.monitor is None
+        if first:
+            self.monitor = RunMonitor(dut, self.config.pes)
+            self.transport = MonitoredTransport(dut, self.monitor)
+            self.driver = EngineDriver(self.config, self.transport, on_protocol=self._protocol)
+        else:
+            self.monitor.run = None
+        self.transport.idle_inputs()
+        self._clock = self.transport.start_clock()
+        self._watch = cocotb.start_soon(self.monitor.watch())
+        if first:
+            await self.reset()
+        else:
+            await RisingEdge(dut.clk)
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._clock is not None:
+            self._clock.stop()
+        self._watch = self._clock = None
+
+    async def reset(self) -> None:
+        await self.transport.reset()
+
+    # -- callbacks -----------------------------------------------------------------------------------------
+
+    def _protocol(self, text: str) -> None:
+        if len(self.protocol_errors) < 3:  # the first few tell the story
+            self.protocol_errors.append(f"cycle {self.monitor.cycle}: {text}")
+
+    def _write(self, path: Path | None, record: dict) -> None:
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _fail(self, index: int, message: str) -> AssertionError:
+        self._write(self.report_path, {"tile": index, "name": self.cases[index].name, "message": message})
+        return AssertionError(message)
+
+    # -- one case ------------------------------------------------------------------------------------------
+
+    def _entries_to_recheck(self, n: int) -> list[int]:
+        """Known entries beyond ``n`` to read back: all of the last phase-1 round's (where invalid PEs would
+        write), then an even spread over the rest, at most :data:`RECHECK_LIMIT` of those."""
+        known = sorted(lin for lin in self.shadow if lin >= n)
+        tail = -(-n // self.config.pes) * self.config.pes
+        risky = [lin for lin in known if lin < tail]
+        rest = [lin for lin in known if lin >= tail]
+        if len(rest) > RECHECK_LIMIT:
+            rest = [rest[i * len(rest) // RECHECK_LIMIT] for i in range(RECHECK_LIMIT)]
+        return risky + rest
+
+    async def check_tile(self, index: int) -> None:
+        """Load case ``index``, run it, read everything back and compare with the model."""
+        case = self.cases[index]
+        driver, monitor = self.driver, self.monitor
+        g = case.tile.geometry
+        wall = time.perf_counter()
+        first_cycle = monitor.cycle
+        n_writes = await driver.load_tile(case.tile, case.load)
         try:
-            word = await stream_get(clk, self.resp, timeout=HANDSHAKE_TIMEOUT)
-        except AssertionError as exc:  # a stall or X/Z bits: say what was asked for
-            what = f"output entry {addr}" if sel == SEL_OUTPUT else f"counter {addr} ({COUNTER_NAMES[addr]})"
-            raise AssertionError(f"reading {what}: {exc}") from None
-        if self.resp.last_wait:
-            self._protocol(
-                f"response to (sel {sel}, addr {addr}) became valid {self.resp.last_wait + 1} cycles after "
-                "the request was accepted (spec: from the cycle after)"
-            )
-        return word
+            run = await driver.run(2 * int(case.counters["cycles"]) + 1000)
+        except AssertionError as exc:
+            errors = monitor.errors + self.protocol_errors
+            message = f"tile {index} '{case.name}' ({g}): {exc}" + "".join(f"; {e}" for e in errors)
+            # Reset so that the following tiles start from a known state (the buffers' contents are not).
+            monitor.errors, self.protocol_errors, monitor.run = [], [], None
+            self.shadow.clear()
+            await self.reset()
+            raise self._fail(index, message) from None
 
-    async def read_outputs(self, addrs: range | list[int]) -> dict[int, int]:
-        return {lin: await self.read(SEL_OUTPUT, lin) for lin in addrs}
+        n = g.n_outputs
+        words = await driver.read_words(range(n))
+        beyond = await driver.read_words(self._entries_to_recheck(n))
+        counters = await driver.read_counters()
+        stale = {lin: (self.shadow[lin], word) for lin, word in beyond.items() if word != self.shadow[lin]}
+        self.shadow.update(words)
+        self.shadow.update(beyond)
 
-    async def read_counters(self) -> dict[str, int]:
-        return {
-            name: decode_counter(self.config, await self.read(SEL_COUNTERS, i))
-            for i, name in enumerate(COUNTER_NAMES)
-        }
-
-
-# What each output-buffer entry held when last read back: entries that a later, smaller tile does not
-# write must keep it (spec section 3).
-_SHADOW: dict[int, int] = {}
-_TB: EngineTB | None = None
-RECHECK_LIMIT = 256  # entries beyond the tile's own read back per run, besides the last round's
-
-
-def _entries_to_recheck(n: int, pes: int) -> list[int]:
-    """Known entries beyond ``n`` to read back: all of the last phase-1 round's (where invalid PEs would
-    write), then an even spread over the rest, at most :data:`RECHECK_LIMIT` of those."""
-    known = sorted(lin for lin in _SHADOW if lin >= n)
-    tail = -(-n // pes) * pes
-    risky = [lin for lin in known if lin < tail]
-    rest = [lin for lin in known if lin >= tail]
-    if len(rest) > RECHECK_LIMIT:
-        rest = [rest[i * len(rest) // RECHECK_LIMIT] for i in range(RECHECK_LIMIT)]
-    return risky + rest
-
-
-async def _bench(dut: SimHandleBase) -> EngineTB:
-    """The test bench, created (and the engine reset) by the first test of the simulation."""
-    global _TB
-    dut.start.value = 0
-    dut.load__valid.value = 0
-    dut.req__valid.value = 0
-    dut.resp__ready.value = 0
-    cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
-    first = _TB is None
-    if first:
-        _TB = EngineTB(dut, CONFIG)
-    else:
-        _TB.monitor.run = None
-    cocotb.start_soon(_TB.monitor.watch())
-    if first:
-        await _TB.reset()
-    else:
-        await RisingEdge(dut.clk)
-    return _TB
-
-
-def _append(env: str, record: dict) -> None:
-    path = os.environ.get(env)
-    if path:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _report(case: CosimCase, index: int, message: str) -> None:
-    _append(REPORT_ENV, {"tile": index, "name": case.name, "message": message})
+        problems = monitor.errors + self.protocol_errors
+        monitor.errors, self.protocol_errors = [], []
+        problems += compare(self.config, case, words, counters, run, stale)
+        self._write(
+            self.stats_path,
+            {
+                "tile": index,
+                "passed": not problems,
+                "busy_cycles": run.busy_cycles,
+                "clock_cycles": monitor.cycle - first_cycle,  # load, run and unload
+                "cycles": counters["cycles"],
+                "macs": counters["base_macs"] + counters["cond_macs"],
+            },
+        )
+        monitor.dut._log.info(
+            "tile %d '%s' (%s): %d load writes, %d output writes traced, %d cycles (model %d), "
+            "gates_on %d/%d, %s, %.2f s",
+            index,
+            case.name,
+            g,
+            n_writes,
+            run.n_writes,
+            counters["cycles"],
+            case.counters["cycles"],
+            counters["gates_on"],
+            n,
+            run.describe(),
+            time.perf_counter() - wall,
+        )
+        if problems:
+            raise self._fail(index, f"tile {index} '{case.name}' ({g}): " + "; ".join(problems))
 
 
 def _fmt_out(y: int, gate: int, cycle: int | None = None) -> str:
@@ -353,9 +379,8 @@ def compare(
     g = case.tile.geometry
     n = g.n_outputs
     shape = (g.c_out, g.h_out, g.w_out)
-    decoded = [decode_output(config, words[lin]) for lin in range(n)]
-    got_y = np.array([d[0] for d in decoded], dtype=np.int64).reshape(shape)
-    got_g = np.array([d[1] for d in decoded], dtype=bool).reshape(shape)
+    got = decode_outputs(config, g, [words[lin] for lin in range(n)])
+    got_y, got_g = got.y, got.gate
     exp_y = np.asarray(case.outputs, dtype=np.int64)
     exp_g = np.asarray(case.gates, dtype=bool)
     # Write cycles from the trace ports; 0 where the run showed no write of the entry.
@@ -432,67 +457,23 @@ def compare(
     return problems
 
 
+@functools.cache
+def testbench() -> EngineTestbench:
+    """The simulation's testbench (made by its first test from the environment)."""
+    return EngineTestbench.from_environment()
+
+
+def _tile_count() -> int:
+    return case_count(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else 0
+
+
 @cocotb.test()
-@cocotb.parametrize(tile=list(range(len(CASES))))
+@cocotb.parametrize(tile=list(range(_tile_count())))
 async def engine_tile(dut: SimHandleBase, tile: int) -> None:
     """Load tile ``tile``, run it, read everything back and compare with the model."""
-    case = CASES[tile]
-    tb = await _bench(dut)
-    g = case.tile.geometry
-    wall = time.perf_counter()
-    first_cycle = tb.monitor.cycle
-    n_writes = await tb.load_tile(case)
-    timeout = 2 * int(case.counters["cycles"]) + 1000
+    tb = testbench()
+    await tb.start(dut)
     try:
-        run = await tb.run(timeout)
-    except AssertionError as exc:
-        errors = tb.monitor.errors + tb.protocol_errors
-        message = f"tile {tile} '{case.name}' ({g}): {exc}" + "".join(f"; {e}" for e in errors)
-        _report(case, tile, message)
-        # Reset so that the following tiles start from a known state (the buffers' contents are not).
-        tb.monitor.errors, tb.protocol_errors, tb.monitor.run = [], [], None
-        _SHADOW.clear()
-        await tb.reset()
-        raise AssertionError(message) from None
-
-    n = g.n_outputs
-    words = await tb.read_outputs(range(n))
-    beyond = await tb.read_outputs(_entries_to_recheck(n, tb.config.pes))
-    counters = await tb.read_counters()
-    stale = {lin: (_SHADOW[lin], word) for lin, word in beyond.items() if word != _SHADOW[lin]}
-    _SHADOW.update(words)
-    _SHADOW.update(beyond)
-
-    problems = tb.monitor.errors + tb.protocol_errors
-    tb.monitor.errors, tb.protocol_errors = [], []
-    problems += compare(tb.config, case, words, counters, run, stale)
-    _append(
-        STATS_ENV,
-        {
-            "tile": tile,
-            "passed": not problems,
-            "busy_cycles": run.busy_cycles,
-            "clock_cycles": tb.monitor.cycle - first_cycle,  # load, run and unload
-            "cycles": counters["cycles"],
-            "macs": counters["base_macs"] + counters["cond_macs"],
-        },
-    )
-    dut._log.info(
-        "tile %d '%s' (%s): %d load writes, %d output writes traced, %d cycles (model %d), "
-        "gates_on %d/%d, %s, %.2f s",
-        tile,
-        case.name,
-        g,
-        n_writes,
-        run.n_writes,
-        counters["cycles"],
-        case.counters["cycles"],
-        counters["gates_on"],
-        n,
-        run.describe(),
-        time.perf_counter() - wall,
-    )
-    if problems:
-        message = f"tile {tile} '{case.name}' ({g}): " + "; ".join(problems)
-        _report(case, tile, message)
-        raise AssertionError(message)
+        await tb.check_tile(tile)
+    finally:
+        tb.stop()

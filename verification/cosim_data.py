@@ -1,8 +1,9 @@
 """What the pytest process hands the cocotb testbench: tiles and their expected results, in one .npz file.
 
-Both sides import this module; it needs numpy and ``accel`` only (no numba, no amaranth), so the simulator
-process starts fast. The pytest process computes every expectation (cycle model, spec reference) and the
-testbench only drives, reads back and compares.
+Both sides import this module (the pytest side through :mod:`verification.cosim`, the simulator through
+:mod:`verification.cosim_tb`); it does not import the cycle model, so the simulator process starts fast. The
+pytest process computes every expectation (cycle model, spec reference) and the testbench only drives,
+reads back and compares.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from spec.config import EngineConfig
-from spec.tile import COUNTER_NAMES, Tile, TileGeometry
+from spec.protocol import COUNTER_NAMES
+from spec.tile import Tile, TileGeometry
+from verification.driver import LOAD_MODES
 
-__all__ = ["DATA_ENV", "REPORT_ENV", "STATS_ENV", "CosimCase", "load_cases", "save_cases"]
+__all__ = ["DATA_ENV", "REPORT_ENV", "STATS_ENV", "CosimCase", "case_count", "load_cases", "save_cases"]
 
 DATA_ENV = "ACCEL_COSIM_DATA"  # path of the .npz file
 REPORT_ENV = "ACCEL_COSIM_REPORT"  # path of the JSON-lines file where the testbench writes its failures
@@ -45,12 +48,9 @@ class CosimCase:
     ref_gates: np.ndarray | None = None
     ref_counters: dict[str, int] | None = None
     ref_write_cycle: np.ndarray | None = None
-    # What the testbench loads before this run: "all" writes, only the configuration "registers", or
-    # "none" (the buffers still hold the previous tile's data and the run simply starts again).
+    # What the testbench loads before this run (verification.driver.LOAD_MODES): "all" writes, only the
+    # configuration "registers", or "none" (the buffers still hold the previous tile's data).
     load: str = "all"
-
-
-LOAD_MODES = ("all", "registers", "none")
 
 
 def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -> Path:
@@ -84,6 +84,12 @@ def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -
     path = Path(path)
     np.savez(path, **arrays)
     return path
+
+
+def case_count(path: str | Path) -> int:
+    """How many cases the file holds (without loading them)."""
+    with np.load(path) as z:
+        return len(z["names"])
 
 
 def load_cases(path: str | Path) -> tuple[EngineConfig, list[CosimCase]]:

@@ -1,0 +1,157 @@
+"""The host-side engine driver: typed verbs over the engine's streams, written once for every simulator.
+
+:class:`EngineDriver` (in the spirit of Glasgow's ``SPIControllerInterface``) turns ``load_tile(tile)``,
+``run()``, ``read_outputs(geometry)`` and ``read_counters()`` into stream transfers, packed with
+:mod:`verification.layout`. It talks to the design through an :class:`EngineTransport`: three streams
+(``load``, ``req``, ``resp``; each with ``put``/``get`` and ``last_wait``, see :mod:`verification.streams`),
+``start()`` (``start`` high for one cycle) and ``wait_done(timeout_cycles)`` (until the run is over;
+whatever it returns is what ``run()`` returns). Transports: :class:`~verification.amaranth_transport.
+AmaranthTransport` (Amaranth's simulator) and :class:`~verification.cocotb_transport.CocotbTransport` (the
+generated Verilog under cocotb).
+
+Handshakes that wait although the spec says the engine takes them at once (ready while idle, a response the
+cycle after its request) are reported as text through the ``on_protocol`` callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from spec.config import EngineConfig
+from spec.protocol import COUNTER_NAMES, LoadTarget, UnloadTarget
+from spec.tile import Tile, TileGeometry
+from verification.layout import (
+    LoadWrites,
+    decode_counter,
+    decode_output,
+    load_writes,
+    pack_payloads,
+    pack_request,
+)
+
+__all__ = ["LOAD_MODES", "EngineDriver", "EngineTransport", "Outputs", "decode_outputs"]
+
+# What load_tile writes: every write of the tile, only its configuration registers, or nothing (the
+# buffers still hold the previous tile's data and the run simply starts again).
+LOAD_MODES = ("all", "registers", "none")
+
+
+class Stream(Protocol):
+    last_wait: int
+
+    async def put(self, payload: int) -> int: ...
+
+    async def get(self) -> int: ...
+
+
+class EngineTransport(Protocol):
+    load: Stream
+    req: Stream
+    resp: Stream
+
+    async def start(self) -> None: ...
+
+    async def wait_done(self, timeout_cycles: int | None) -> Any: ...
+
+
+@dataclass
+class Outputs:
+    """The output-buffer entries of a tile: raw words (by ``lin``) and decoded ``[c_out, h_out, w_out]``."""
+
+    words: list[int]
+    y: np.ndarray  # int64
+    gate: np.ndarray  # bool
+
+
+def decode_outputs(config: EngineConfig, geometry: TileGeometry, words: Sequence[int]) -> Outputs:
+    shape = (geometry.c_out, geometry.h_out, geometry.w_out)
+    decoded = [decode_output(config, w) for w in words]
+    y = np.array([d[0] for d in decoded], dtype=np.int64).reshape(shape)
+    gate = np.array([d[1] for d in decoded], dtype=bool).reshape(shape)
+    return Outputs(list(words), y, gate)
+
+
+class EngineDriver:
+    """Load, run and unload the engine through ``transport``."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        transport: EngineTransport,
+        *,
+        on_protocol: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.on_protocol = on_protocol
+
+    def _protocol(self, text: str) -> None:
+        if self.on_protocol is not None:
+            self.on_protocol(text)
+
+    async def load_tile(self, tile: Tile, load: str = "all") -> int:
+        """Write the tile (``load``: one of :data:`LOAD_MODES`); return the number of writes."""
+        if load not in LOAD_MODES:
+            raise ValueError(f"load = {load!r}, expected one of {LOAD_MODES}")
+        if load == "none":
+            return 0
+        writes = load_writes(self.config, tile)
+        if load == "registers":
+            keep = writes.sel == LoadTarget.CONFIG.value
+            writes = LoadWrites(writes.sel[keep], writes.addr[keep], writes.data[keep])
+        for i, payload in enumerate(pack_payloads(self.config, writes)):
+            waited = await self.transport.load.put(payload)
+            if waited:
+                sel, addr, _ = writes[i]
+                self._protocol(
+                    f"load write {i} (sel {sel}, addr {addr}) waited {waited} cycles for ready "
+                    "(spec: ready is high while the engine is idle)"
+                )
+        return len(writes)
+
+    async def run(self, timeout_cycles: int | None = None) -> Any:
+        """Raise ``start`` for one cycle and wait until the run is over (the transport's run record)."""
+        await self.transport.start()
+        return await self.transport.wait_done(timeout_cycles)
+
+    async def read(self, sel: UnloadTarget, addr: int) -> int:
+        """One unload request and its response word."""
+        t = self.transport
+        sel = UnloadTarget(sel)
+        waited = await t.req.put(pack_request(self.config, sel, addr))
+        if waited:
+            self._protocol(
+                f"request (sel {sel.value}, addr {addr}) waited {waited} cycles for ready "
+                "(spec: ready while idle and no response is waiting)"
+            )
+        try:
+            word = await t.resp.get()
+        except AssertionError as exc:  # a stall or X/Z bits: say what was asked for
+            output = sel == UnloadTarget.OUTPUT
+            what = f"output entry {addr}" if output else f"counter {addr} ({COUNTER_NAMES[addr]})"
+            raise AssertionError(f"reading {what}: {exc}") from None
+        if t.resp.last_wait:
+            self._protocol(
+                f"response to (sel {sel.value}, addr {addr}) became valid {t.resp.last_wait + 1} cycles "
+                "after the request was accepted (spec: from the cycle after)"
+            )
+        return int(word)
+
+    async def read_words(self, addrs: Iterable[int]) -> dict[int, int]:
+        """Raw output-buffer entries by ``lin``."""
+        return {lin: await self.read(UnloadTarget.OUTPUT, lin) for lin in addrs}
+
+    async def read_outputs(self, geometry: TileGeometry) -> Outputs:
+        """Every output entry of a tile of ``geometry``, decoded."""
+        words = await self.read_words(range(geometry.n_outputs))
+        return decode_outputs(self.config, geometry, list(words.values()))
+
+    async def read_counters(self) -> dict[str, int]:
+        return {
+            name: decode_counter(self.config, await self.read(UnloadTarget.COUNTERS, i))
+            for i, name in enumerate(COUNTER_NAMES)
+        }
