@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Callable
 
 from outfiles.interrupts import on_stop, signals_blocked
+from sim.results import DESIGNS
 from spec.config import ConfigError, EngineConfig
 from spec.errors import UserError
 from spec.system import DramConfig, ReportOptions, SystemConfig
@@ -38,12 +39,7 @@ SWEEP_COLUMNS = (
     "speedup",
     "theoretical_speedup",
     "speedup_ratio",
-    "energy_pj_dense",
-    "energy_pj_gated",
-    "energy_pj_pruned",
-    "dram_bytes_dense",
-    "dram_bytes_gated",
-    "dram_bytes_pruned",
+    *(f"{figure}_{design}" for figure in ("energy_pj", "dram_bytes") for design in DESIGNS),
 )
 
 _SECTIONS = {"engine": EngineConfig, "dram": DramConfig, "report": ReportOptions}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 
 from spec.errors import UserError
 
-__all__ = ["ConfigError", "EngineConfig"]
+__all__ = ["FIELD_LIMITS", "ConfigError", "EngineConfig", "table_to_dataclass"]
 
 
 class ConfigError(UserError):
@@ -114,13 +114,20 @@ class EngineConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "configuration") -> EngineConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
-            )
-        try:
-            return cls(**data)
-        except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+        return table_to_dataclass(cls, data, source)
+
+
+def table_to_dataclass(cls, data: dict, source: str, table: str | None = None):
+    """``cls(**data)`` for a table read from ``source``, whose dataclass checks its fields by raising
+    :class:`ConfigError`; an unknown key or a bad value is named with the file (and ``[table]``)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f" in [{table}]" if table else ""
+        raise ConfigError(
+            f"{source}: unknown key {unknown[0]!r}{where} (known keys: {', '.join(sorted(known))})"
+        )
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from spec.config import ConfigError, EngineConfig
+from spec.config import ConfigError, EngineConfig, table_to_dataclass
 from spec.config_file import config_tables, finite_number, read_config_file
 
 __all__ = ["DramConfig", "ReportOptions", "SystemConfig", "load_system_config"]
@@ -112,16 +112,7 @@ class SystemConfig:
 def _section(cls, data, name: str, source: str):
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: [{name}] must be a table, got {data!r}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r} in [{name}] (known keys: {', '.join(sorted(known))})"
-        )
-    try:
-        return cls(**data)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+    return table_to_dataclass(cls, data, source, table=name)
 
 
 def load_system_config(path: str | Path | None) -> SystemConfig:
