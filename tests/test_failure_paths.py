@@ -412,6 +412,11 @@ def test_concurrent_reports_into_one_folder(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def _default_stop_signals() -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     "command, sig, word, delay",
     [
@@ -437,6 +442,9 @@ def test_signal_during_a_run_leaves_nothing(tmp_path, command, sig, word, delay)
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # As from a terminal: a test run started in the background (``cmd &`` in a script) has SIGINT
+        # ignored, which the command keeps on purpose (nohup-style), so Ctrl-C would not reach it.
+        preexec_fn=_default_stop_signals,
     )
     deadline = time.monotonic() + 120
     while not list((tmp_path / "a").glob(".out.accel-*")):
