@@ -207,7 +207,14 @@ class GatedConvEngine(wiring.Component):
         queue_base = Signal(count_shape)  # first queue entry of the current phase-2 round
         prep = Signal()
         for i, port in enumerate(q_r):
-            m.d.comb += port.addr.eq(Mux(prep, 0, Mux(last_beat, queue_base + P, queue_base)) + i)
+            q_addr = Signal(count_shape, name=f"q_addr{i}")
+            m.d.comb += [
+                q_addr.eq(Mux(prep, 0, Mux(last_beat, queue_base + P, queue_base)) + i),
+                port.addr.eq(q_addr),
+                # Only entries the compactor wrote: a PE with no work in phase 2's last round keeps its
+                # previous (defined) entry instead of reading an unwritten word (undefined in SRAM).
+                port.en.eq((prep | phase2) & (q_addr < gates_on)),
+            ]
 
         # ---- issue stage: per-PE activation and operand addresses ---------------------------------
         valid = Signal(P)

@@ -23,6 +23,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -105,22 +106,53 @@ def _locked(path: Path) -> Iterator[None]:
 _generated: dict[tuple[str, Path], tuple[Path, str]] = {}
 
 
-def generate(config: EngineConfig, cache_root: Path | None = None) -> tuple[Path, str]:
-    """The Verilog of ``config`` from the current RTL (once per process) and the SHA-256 of its text."""
+# A memory's power-up contents as yosys writes them: ``initial begin`` right after the array's declaration,
+# one ``name[i] = value;`` per word.
+_MEMORY_INIT = re.compile(
+    r"(^[ \t]*reg\b[^;\n]*?\\?(?P<name>[\w$.\[\]]+) *\[\d+:\d+\];\n)"
+    r"[ \t]*initial begin\n(?:[ \t]*(?P=name)\[\d+\] = [^;\n]+;\n)*[ \t]*end\n",
+    re.M,
+)
+
+
+def strip_memory_init(verilog: str) -> tuple[str, int]:
+    """``verilog`` without its memories' power-up contents (real SRAM is not zero at power-up), and how many
+    memories lost theirs. Amaranth always gives a memory initial contents (zeros for ``init=[]``)."""
+    return _MEMORY_INIT.subn(r"\1", verilog)
+
+
+def generate(
+    config: EngineConfig, cache_root: Path | None = None, *, zero_fill: bool = True
+) -> tuple[Path, str]:
+    """The Verilog of ``config`` from the current RTL (once per process) and the SHA-256 of its text.
+
+    Without ``zero_fill`` the memories start undefined (X in Icarus), as SRAM does.
+    """
     from rtl.generate import generate_verilog
 
     root = cache_root if cache_root is not None else default_cache_root()
-    key = (config.to_json(), root)
+    key = (config.to_json(), root, zero_fill)
     if key not in _generated:
-        name = f"verilog-{config_key(config)}"
+        name = f"verilog-{config_key(config)}{'' if zero_fill else '-nofill'}"
         with _locked(root / f"{name}.lock"):
             path = generate_verilog(config, root / name)
+            if not zero_fill:
+                text, stripped = strip_memory_init(path.read_text())
+                if stripped == 0:
+                    raise RuntimeError(f"{path}: found no memory initial contents to remove")
+                path.write_text(text)
             _generated[key] = (path, hashlib.sha256(path.read_bytes()).hexdigest())
     return _generated[key]
 
 
 def build(
-    sim: str, config: EngineConfig, cache_root: Path | None = None, *, waves=False, optimize=False
+    sim: str,
+    config: EngineConfig,
+    cache_root: Path | None = None,
+    *,
+    waves=False,
+    optimize=False,
+    zero_fill=True,
 ) -> Build:
     """Generate and compile the engine for ``config`` (reusing an up-to-date earlier build).
 
@@ -134,10 +166,13 @@ def build(
     root_dir = cache_root if cache_root is not None else default_cache_root()
     trace = sim == "verilator" and waves
     optimized = sim == "verilator" and optimize
-    name = f"{sim}{'-trace' if trace else ''}{'-optimized' if optimized else ''}-{config_key(config)}"
+    variant = (
+        f"{'-trace' if trace else ''}{'-optimized' if optimized else ''}{'' if zero_fill else '-nofill'}"
+    )
+    name = f"{sim}{variant}-{config_key(config)}"
     root = root_dir / name
     stamp = root / "stamp.json"
-    verilog, digest = generate(config, root_dir)
+    verilog, digest = generate(config, root_dir, zero_fill=zero_fill)
     with simulator_environ(sim, optimize=optimized):
         make = os.environ.get("MAKEFLAGS", "")
     want = {

@@ -259,13 +259,15 @@ def run_cosim(
     work_dir: Path,
     *,
     waves: str | None = None,
+    zero_fill: bool = True,
 ) -> CosimResult:
     """Run every case in one simulation; raise :class:`CosimFailure` on any disagreement.
 
-    ``waves`` is a :func:`waves_policy` value (default: from ``$ACCEL_WAVES``).
+    ``waves`` is a :func:`waves_policy` value (default: from ``$ACCEL_WAVES``). Without ``zero_fill`` the
+    memories start undefined, as SRAM does (X in Icarus; Verilator is two-state and starts them at zero).
     """
     policy = waves if waves is not None else waves_policy()
-    build_dir = build(sim, config, cache_root, waves=policy == "always").directory
+    build_dir = build(sim, config, cache_root, waves=policy == "always", zero_fill=zero_fill).directory
     work_dir.mkdir(parents=True, exist_ok=True)
     data = save_cases(work_dir / "cases.npz", config, cases)
     result = _run_once(sim, build_dir, work_dir, data, len(cases), waves=policy == "always")
@@ -274,7 +276,7 @@ def run_cosim(
         completed_runs.append(result.figures(sim))
         return result
     if policy == "on-failure":
-        trace_build = build(sim, config, cache_root, waves=True).directory
+        trace_build = build(sim, config, cache_root, waves=True, zero_fill=zero_fill).directory
         again = _run_once(sim, trace_build, work_dir / "waves", data, len(cases), waves=True)
         result.waves = again.waves if again.waves is not None and again.waves.is_file() else None
     lines = [f"{sim}: {len(result.failures)} of {len(cases)} tiles failed:"]
