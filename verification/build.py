@@ -175,10 +175,15 @@ def build(
     verilog, digest = generate(config, root_dir, zero_fill=zero_fill)
     with simulator_environ(sim, optimize=optimized):
         make = os.environ.get("MAKEFLAGS", "")
+    args = build_args(sim)
+    if sim == "verilator" and not zero_fill:
+        # Two-state Verilator: undefined state (memories without contents, X assignments) takes seeded
+        # random values at run time (+verilator+rand+reset+2), so a dependence on zeros shows as a mismatch.
+        args = [*args, "--x-assign", "unique", "--x-initial", "unique"]
     want = {
         "verilog": digest,
         "recipe": _recipe_digest(),
-        "args": build_args(sim),
+        "args": args,
         "make": make,
         "config": config.to_dict(),
     }
@@ -192,7 +197,6 @@ def build(
         sources = [root / "rtl" / verilog.name]
         shutil.copyfile(verilog, sources[0])
         shutil.copyfile(verilog.with_suffix(".json"), root / "rtl" / verilog.with_suffix(".json").name)
-        args = build_args(sim)
         if sim == "icarus":
             # Yosys' Verilog starts its `always @*` blocks through a `reg ... = 0` declaration initializer,
             # which is an event only under Verilog-2005 rules; the runner's -g2012 would leave every

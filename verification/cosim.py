@@ -195,8 +195,18 @@ def _testcases(results_xml: Path) -> list[dict]:
     return cases
 
 
+# Seed of Verilator's random initial state in runs without zero-filled memories (deterministic runs).
+RANDOM_INIT_SEED = 12345
+
+
 def _run_once(
-    sim: str, build_dir: Path, work_dir: Path, data: Path, n_tiles: int, waves: bool
+    sim: str,
+    build_dir: Path,
+    work_dir: Path,
+    data: Path,
+    n_tiles: int,
+    waves: bool,
+    random_init: bool = False,
 ) -> CosimResult:
     work_dir.mkdir(parents=True, exist_ok=True)
     report = work_dir / "failures.jsonl"
@@ -205,6 +215,8 @@ def _run_once(
     stats.unlink(missing_ok=True)
     waves_file = None
     plusargs = []
+    if random_init and sim == "verilator":
+        plusargs += ["+verilator+rand+reset+2", f"+verilator+seed+{RANDOM_INIT_SEED}"]
     if waves:
         if sim == "icarus":
             waves_file = work_dir / f"{TOP}.fst"
@@ -264,20 +276,25 @@ def run_cosim(
     """Run every case in one simulation; raise :class:`CosimFailure` on any disagreement.
 
     ``waves`` is a :func:`waves_policy` value (default: from ``$ACCEL_WAVES``). Without ``zero_fill`` the
-    memories start undefined, as SRAM does (X in Icarus; Verilator is two-state and starts them at zero).
+    memories start undefined, as SRAM does (X in four-state Icarus; seeded random values in two-state
+    Verilator).
     """
     policy = waves if waves is not None else waves_policy()
     build_dir = build(sim, config, cache_root, waves=policy == "always", zero_fill=zero_fill).directory
     work_dir.mkdir(parents=True, exist_ok=True)
     data = save_cases(work_dir / "cases.npz", config, cases)
-    result = _run_once(sim, build_dir, work_dir, data, len(cases), waves=policy == "always")
+    result = _run_once(
+        sim, build_dir, work_dir, data, len(cases), waves=policy == "always", random_init=not zero_fill
+    )
     print(result.log)  # shown by pytest when the test fails
     if not result.failures:
         completed_runs.append(result.figures(sim))
         return result
     if policy == "on-failure":
         trace_build = build(sim, config, cache_root, waves=True, zero_fill=zero_fill).directory
-        again = _run_once(sim, trace_build, work_dir / "waves", data, len(cases), waves=True)
+        again = _run_once(
+            sim, trace_build, work_dir / "waves", data, len(cases), waves=True, random_init=not zero_fill
+        )
         result.waves = again.waves if again.waves is not None and again.waves.is_file() else None
     lines = [f"{sim}: {len(result.failures)} of {len(cases)} tiles failed:"]
     lines += [f"  - {f['message']}" for f in result.failures]
