@@ -56,7 +56,13 @@ class CocotbTransport:
         clock.start()
         return clock
 
+    async def tick(self, cycles: int = 1) -> None:
+        """Let ``cycles`` rising edges pass (inputs unchanged)."""
+        for _ in range(cycles):
+            await RisingEdge(self.dut.clk)
+
     async def reset(self, cycles: int = 3) -> None:
+        """``rst`` high from now (a writable phase) for ``cycles`` rising edges, then low for one more."""
         dut = self.dut
         dut.rst.value = 1
         for _ in range(cycles):

@@ -51,12 +51,37 @@ class CosimCase:
     # What the testbench loads before this run (verification.driver.LOAD_MODES): "all" writes, only the
     # configuration "registers", or "none" (the buffers still hold the previous tile's data).
     load: str = "all"
+    # How the host paces the streams in this case (verification.streams.stall_pattern): an integer n draws
+    # each stall from [0, n] (seeded by stall_seed), a tuple is repeated. resp_stall: cycles each response is
+    # held with resp.ready low after it became valid; load_gap: cycles with load.valid low before each write.
+    # Neither may change any result, nor the run's cycle counts.
+    resp_stall: int | tuple[int, ...] = 0
+    load_gap: int | tuple[int, ...] = 0
+    stall_seed: int = 0
+    # Reset in the middle of the run: 0, none; k > 0, rst is high from cycle k of the busy period (1 = SETUP)
+    # for reset_cycles rising edges. The run is aborted: nothing of it is compared with the model; the engine
+    # must be idle after the reset (spec section 4, "Reset"), and the next case runs normally.
+    reset_at: int = 0
+    reset_cycles: int = 3
+
+
+def _pattern(value) -> np.ndarray:
+    return np.asarray(value, dtype=np.int64)
+
+
+def _unpattern(array: np.ndarray) -> int | tuple[int, ...]:
+    return int(array) if array.ndim == 0 else tuple(int(v) for v in array)
 
 
 def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -> Path:
     for c in cases:
         if c.load not in LOAD_MODES:
             raise ValueError(f"case {c.name!r}: load = {c.load!r}, expected one of {LOAD_MODES}")
+        if not 0 <= c.reset_at <= int(c.counters["cycles"]) or c.reset_cycles < 1:
+            raise ValueError(
+                f"case {c.name!r}: reset_at = {c.reset_at}, reset_cycles = {c.reset_cycles}; the run has "
+                f"{c.counters['cycles']} busy cycles"
+            )
     arrays: dict[str, np.ndarray] = {
         "config": np.array(config.to_json()),
         "names": np.array([c.name for c in cases]),
@@ -72,6 +97,9 @@ def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -
         arrays[f"t{i}_gates"] = np.asarray(c.gates, dtype=bool)
         arrays[f"t{i}_counters"] = np.array([int(c.counters[n]) for n in COUNTER_NAMES], dtype=np.int64)
         arrays[f"t{i}_write_cycle"] = np.asarray(c.write_cycle, dtype=np.int64)
+        arrays[f"t{i}_resp_stall"] = _pattern(c.resp_stall)
+        arrays[f"t{i}_load_gap"] = _pattern(c.load_gap)
+        arrays[f"t{i}_pacing"] = np.array([c.stall_seed, c.reset_at, c.reset_cycles], dtype=np.int64)
         if c.ref_outputs is not None:
             arrays[f"t{i}_ref_outputs"] = np.asarray(c.ref_outputs, dtype=np.int64)
             arrays[f"t{i}_ref_gates"] = np.asarray(c.ref_gates, dtype=bool)
@@ -124,4 +152,9 @@ def load_cases(path: str | Path) -> tuple[EngineConfig, list[CosimCase]]:
                     load=str(loads[i]),
                 )
             )
+            if f"t{i}_pacing" in z.files:
+                case = cases[-1]
+                case.stall_seed, case.reset_at, case.reset_cycles = z[f"t{i}_pacing"].tolist()
+                case.resp_stall = _unpattern(z[f"t{i}_resp_stall"])
+                case.load_gap = _unpattern(z[f"t{i}_load_gap"])
     return config, cases

@@ -12,19 +12,29 @@ following ones, started and stopped by each):
   or nothing, when a case restarts on the data already loaded), raises ``start`` for one cycle, and unloads
   every output entry of the tile (and the entries of earlier, larger tiles that this run must not touch) and
   every counter through ``req``/``resp``; handshakes that wait against the spec come back through its
-  ``on_protocol`` callback;
+  ``on_protocol`` callback; the case's pacing knobs (``CosimCase.resp_stall``, ``load_gap``) set the streams'
+  stalls (:func:`verification.streams.stall_pattern`): each response held with ``resp.ready`` low for a
+  while (the stream checks it stays valid and unchanged; meanwhile a decoy request is offered on ``req``,
+  which the engine must not take), ``load.valid`` low between writes;
 * **monitor** (:class:`RunMonitor`, runs every cycle while the testbench is started): counts the cycles with
   ``busy`` high, checks that ``busy`` rises only after ``start``, stays high in one piece, that ``done`` is
   high exactly in the cycle after the last busy cycle and never otherwise, and records those cycles; in
   every busy cycle it samples the trace ports ``wb_valid``/``wb_addr`` and records, per output entry, the
   cycle of the run (1 = the first busy cycle, ``SETUP``) of its last write (no write may show while ``busy``
-  is low); the end of a run is signalled to the driver by its ``finished`` event;
+  is low); the end of a run is signalled to the driver by its ``finished`` event; in every cycle in which
+  a response waits (``resp.valid`` high, ``resp.ready`` low) ``req.ready`` must be low; a run during which
+  ``rst`` rose is aborted: busy falls, and ``done`` must not pulse;
 * **model**: the case's expectations (the cycle model's outputs, gate bits, write cycles and counters);
 * **checker** (:func:`compare`): compares every ``y``, gate bit, write cycle and counter with the model, the
   number of writes the trace showed with the schedule's, and the monitor's cycle count with the ``cycles``
   counter; a failure names the first diverging output ``(co, oy, ox)`` with expected and got values and
   write cycles (and the spec reference's, to say which side is off) and the simulation time of the model's
   write cycle (where to look in the waveform), every diverging counter, and the cycles of the run.
+
+A case with ``reset_at`` (:meth:`EngineTestbench.abort_tile`) instead starts its run, raises ``rst`` in that
+cycle of the busy period and checks the state the spec promises after reset (section 4, "Reset"): idle
+(``busy`` and ``done`` low, ``load.ready`` and ``req.ready`` high, no response waiting), no ``done`` pulse,
+every counter zero; the next case reloads (at least the registers) and must match the model.
 
 The testbench writes its results itself: failures as JSON lines to ``$ACCEL_COSIM_REPORT`` for pytest, and
 what each run took (cycles, MACs) to ``$ACCEL_COSIM_STATS``.
@@ -46,10 +56,12 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, ReadOnly, RisingEdge, with_timeout
 
 from spec.config import EngineConfig
-from spec.protocol import COUNTER_NAMES
+from spec.protocol import COUNTER_NAMES, UnloadTarget
 from verification.cocotb_transport import CLOCK_NS, CocotbTransport
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
 from verification.driver import EngineDriver, decode_outputs
+from verification.layout import pack_request
+from verification.streams import stall_pattern
 
 __all__ = ["EngineTestbench", "RunMonitor", "compare", "engine_tile"]
 
@@ -66,6 +78,7 @@ class Run:
     fall_cycle: int | None = None  # first cycle with busy low again
     busy_cycles: int = 0
     done_cycle: int | None = None
+    reset_cycle: int | None = None  # first cycle of the run with rst high (the run is aborted)
     # From the trace ports: per output entry (lin) the cycle of the run (1 = first busy cycle) of its last
     # write, and the number of writes seen.
     writes: dict[int, int] = field(default_factory=dict)
@@ -80,10 +93,13 @@ class Run:
 
     def describe(self) -> str:
         at = f" (t = {self.rise_ns:g} ns)" if self.rise_ns is not None else ""
-        return (
+        text = (
             f"start high in cycle {self.start_cycle}, busy from cycle {self.rise_cycle}{at} to "
             f"{self.fall_cycle} ({self.busy_cycles} busy cycles), done at cycle {self.done_cycle}"
         )
+        if self.reset_cycle is not None:
+            text += f", rst high from cycle {self.reset_cycle}"
+        return text
 
 
 def _uint(value) -> int:
@@ -100,6 +116,7 @@ class RunMonitor:
         self.run: Run | None = None
         self.errors: list[str] = []
         self._busy = False
+        self.waiting_cycles = 0  # cycles in which a response waited (resp.valid high, resp.ready low)
         self.pes = pes
         # wb_addr packs P lin fields, PE i at bits [i*w, (i+1)*w).
         width = len(dut.wb_addr)
@@ -151,6 +168,15 @@ class RunMonitor:
             run = self.run
             if run is not None and run.start_cycle is None and dut.start.value == 1:
                 run.start_cycle = self.cycle
+            if (
+                dut.rst.value == 1
+                and run is not None
+                and run.rise_cycle is not None
+                and run.fall_cycle is None
+                and run.reset_cycle is None
+            ):
+                run.reset_cycle = self.cycle
+            self._handshakes()
             if busy and not self._busy:  # busy rises
                 if run is None or run.start_cycle is None or run.rise_cycle is not None:
                     self._error("busy rose without a start")
@@ -171,9 +197,12 @@ class RunMonitor:
                     self._error(f"wb_valid = {valid_v} while busy is low (output writes belong to a run)")
             if not busy and self._busy and run is not None and run.fall_cycle is None:  # busy falls
                 run.fall_cycle = self.cycle
+            aborted = run is not None and run.reset_cycle is not None
             if done:
                 if busy:
                     self._error("done and busy are high in the same cycle")
+                elif aborted:
+                    self._error(f"done pulses after a run aborted by reset ({run.describe()})")
                 elif run is None or run.fall_cycle != self.cycle:
                     self._error(
                         "done is high but this is not the cycle right after the last busy cycle"
@@ -181,11 +210,21 @@ class RunMonitor:
                     )
                 else:
                     run.done_cycle = self.cycle
-            elif run is not None and run.fall_cycle == self.cycle:
+            elif run is not None and run.fall_cycle == self.cycle and not aborted:
                 self._error(f"done is low in the cycle right after the last busy cycle ({run.describe()})")
             if run is not None and run.fall_cycle == self.cycle:
                 run.finished.set()  # the run is over: the driver may unload
             self._busy = busy
+
+    def _handshakes(self) -> None:
+        """While a response waits (valid, not taken) ``req.ready`` is low, so no request is taken."""
+        dut = self.dut
+        if dut.resp__valid.value != 1 or dut.resp__ready.value == 1:
+            return
+        self.waiting_cycles += 1
+        if dut.req__ready.value != 0:
+            taken = " and took the request offered" if dut.req__valid.value == 1 else ""
+            self._error(f"req.ready = {dut.req__ready.value} while a response waits{taken}")
 
 
 class MonitoredTransport(CocotbTransport):
@@ -300,13 +339,47 @@ class EngineTestbench:
             rest = [rest[i * len(rest) // RECHECK_LIMIT] for i in range(RECHECK_LIMIT)]
         return risky + rest
 
+    def _pace(self, case: CosimCase) -> None:
+        """Set the streams' stalls for ``case`` (none when it asks for none)."""
+        t = self.transport
+        t.resp.stalls = stall_pattern(case.resp_stall, [case.stall_seed, 0])
+        t.load.stalls = stall_pattern(case.load_gap, [case.stall_seed, 1])
+        t.resp.while_held = self._decoy if t.resp.stalls is not None else None
+
+    def _decoy(self, on: bool) -> None:
+        """Offer a request (counter 0) on ``req`` while a response is held: the engine must not take it."""
+        dut = self.transport.dut
+        if on:
+            dut.req__payload.value = pack_request(self.config, UnloadTarget.COUNTERS, 0)
+        dut.req__valid.value = int(on)
+
+    def _stalls(self) -> tuple[int, int, int]:
+        """(cycles held on resp, cycles of load gaps, cycles a response waited as the monitor saw them)."""
+        t = self.transport
+        return t.resp.stalled_cycles, t.load.stalled_cycles, self.monitor.waiting_cycles
+
+    def _pacing_problems(self, case: CosimCase, before: tuple[int, int, int]) -> list[str]:
+        """The case asked for stalls but none happened (the knob did nothing)."""
+        held, gaps, waited = (b - a for a, b in zip(before, self._stalls(), strict=True))
+        problems = []
+        if self.transport.resp.stalls is not None and not (held and waited):
+            problems.append(f"resp_stall = {case.resp_stall}: held {held} cycles, monitor saw {waited}")
+        if self.transport.load.stalls is not None and not gaps:
+            problems.append(f"load_gap = {case.load_gap}: no load gap happened")
+        return problems
+
     async def check_tile(self, index: int) -> None:
         """Load case ``index``, run it, read everything back and compare with the model."""
         case = self.cases[index]
+        if case.reset_at:
+            await self.abort_tile(index)
+            return
         driver, monitor = self.driver, self.monitor
         g = case.tile.geometry
         wall = time.perf_counter()
         first_cycle = monitor.cycle
+        self._pace(case)
+        stalls0 = self._stalls()
         n_writes = await driver.load_tile(case.tile, case.load)
         try:
             run = await driver.run(2 * int(case.counters["cycles"]) + 1000)
@@ -330,6 +403,8 @@ class EngineTestbench:
         problems = monitor.errors + self.protocol_errors
         monitor.errors, self.protocol_errors = [], []
         problems += compare(self.config, case, words, counters, run, stale)
+        problems += self._pacing_problems(case, stalls0)
+        held, gaps, _ = (b - a for a, b in zip(stalls0, self._stalls(), strict=True))
         self._write(
             self.stats_path,
             {
@@ -339,11 +414,13 @@ class EngineTestbench:
                 "clock_cycles": monitor.cycle - first_cycle,  # load, run and unload
                 "cycles": counters["cycles"],
                 "macs": counters["base_macs"] + counters["cond_macs"],
+                "resp_held_cycles": held,
+                "load_gap_cycles": gaps,
             },
         )
         monitor.dut._log.info(
             "tile %d '%s' (%s): %d load writes, %d output writes traced, %d cycles (model %d), "
-            "gates_on %d/%d, %s, %.2f s",
+            "gates_on %d/%d, %s, responses held %d cycles, load gaps %d cycles, %.2f s",
             index,
             case.name,
             g,
@@ -354,10 +431,87 @@ class EngineTestbench:
             counters["gates_on"],
             n,
             run.describe(),
+            held,
+            gaps,
             time.perf_counter() - wall,
         )
         if problems:
             raise self._fail(index, f"tile {index} '{case.name}' ({g}): " + "; ".join(problems))
+
+    async def abort_tile(self, index: int) -> None:
+        """Load case ``index``, start it, raise ``rst`` in cycle ``reset_at`` of the busy period for
+        ``reset_cycles`` edges, and check that the engine is idle with its counters cleared (spec section 4,
+        "Reset"); the run's outputs are not compared (the next case must match the model)."""
+        case = self.cases[index]
+        driver, monitor, t = self.driver, self.monitor, self.transport
+        dut = t.dut
+        g = case.tile.geometry
+        first_cycle = monitor.cycle
+        self._pace(case)
+        stalls0 = self._stalls()
+        await driver.load_tile(case.tile, case.load)
+        await t.start()  # returns in SETUP, cycle 1 of the busy period
+        run = t.run
+        await t.tick(case.reset_at - 1)
+        await t.reset(case.reset_cycles)  # rst high from cycle reset_at
+        await ReadOnly()
+        after = {
+            name: getattr(dut, name).value
+            for name in ("busy", "done", "load__ready", "req__ready", "resp__valid")
+        }
+        await RisingEdge(dut.clk)
+        await t.tick(4)  # a few idle cycles: the monitor sees no done pulse
+        counters = await driver.read_counters()
+
+        problems = monitor.errors + self.protocol_errors
+        monitor.errors, self.protocol_errors = [], []
+        want = {"busy": 0, "done": 0, "load__ready": 1, "req__ready": 1, "resp__valid": 0}
+        wrong = [f"{name} = {after[name]}" for name in want if str(after[name]) != str(want[name])]
+        if wrong:
+            problems.append(
+                "after reset (the cycle after rst fell) the engine is not idle: " + ", ".join(wrong) + " "
+                "(spec: busy and done low, load.ready and req.ready high, no response waiting)"
+            )
+        if run.reset_cycle is None or run.busy_cycles != case.reset_at:
+            problems.append(
+                f"rst was raised in cycle {case.reset_at} of the busy period: the run should have exactly "
+                f"{case.reset_at} busy cycles and the monitor should see rst in its last one"
+            )
+        if run.done_cycle is not None:
+            problems.append(f"done pulsed for the run aborted by reset (cycle {run.done_cycle})")
+        nonzero = {name: value for name, value in counters.items() if value}
+        if nonzero:
+            problems.append(f"counters not cleared by reset: {nonzero}")
+        problems += self._pacing_problems(case, stalls0)
+        # The aborted run may have written any of its own entries.
+        for lin in [lin for lin in self.shadow if lin < g.n_outputs]:
+            del self.shadow[lin]
+        self._write(
+            self.stats_path,
+            {
+                "tile": index,
+                "passed": not problems,
+                "busy_cycles": run.busy_cycles,
+                "clock_cycles": monitor.cycle - first_cycle,
+                "cycles": run.busy_cycles,
+                "macs": 0,
+                "aborted": True,
+            },
+        )
+        dut._log.info(
+            "tile %d '%s' (%s): reset in cycle %d of %d for %d cycles: %s; after reset %s, counters %s",
+            index,
+            case.name,
+            g,
+            case.reset_at,
+            case.counters["cycles"],
+            case.reset_cycles,
+            run.describe(),
+            {k: str(v) for k, v in after.items()},
+            counters,
+        )
+        if problems:
+            raise self._fail(index, f"tile {index} '{case.name}' ({g}), aborted: " + "; ".join(problems))
 
 
 def _fmt_out(y: int, gate: int, cycle: int | None = None) -> str:

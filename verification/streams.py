@@ -12,11 +12,41 @@ kind of phase, right after the edge at which the transfer happened. The handshak
 (the settled values of the cycle), so it does not matter whether a simulator updates registered outputs
 before or after cocotb resumes on the edge (Icarus and Verilator differ there). Back-to-back calls transfer
 one payload per cycle.
+
+Stalls (a knob of :class:`CocotbStream`, off by default): ``stalls`` is an iterator of cycle counts, one
+taken per transfer (:func:`stall_pattern` makes a seeded random or a fixed cyclic one). As a source the
+stream keeps ``valid`` low that many cycles before it offers the payload (a host that does not write every
+cycle); as a sink it keeps ``ready`` low that many cycles *after* ``valid`` rose before it takes the payload
+(a host that takes a response late), and checks that ``valid`` stays high and the payload does not change
+while it is held (the valid/ready rule: a payload offered stays offered, unchanged, until taken).
 """
 
 from __future__ import annotations
 
-__all__ = ["AmaranthStream", "CocotbStream", "StreamStall"]
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+__all__ = ["AmaranthStream", "CocotbStream", "StreamStall", "stall_pattern"]
+
+
+def stall_pattern(spec: int | Sequence[int], seed: int | Sequence[int] = 0) -> Iterator[int] | None:
+    """Stall lengths for :attr:`CocotbStream.stalls`: ``spec`` an integer ``n`` draws each one uniformly from
+    ``[0, n]`` (seeded by ``seed``), a sequence is repeated as it is; ``0`` or an empty sequence: None (no
+    stalls)."""
+    if isinstance(spec, int | np.integer):
+        n = int(spec)
+        if n < 0:
+            raise ValueError(f"stall length {n} is negative")
+        if n == 0:
+            return None
+        rng = np.random.default_rng(seed)
+        return (int(v) for v in iter(lambda: rng.integers(0, n + 1), None))
+    fixed = [int(v) for v in spec]
+    if any(v < 0 for v in fixed):
+        raise ValueError(f"stall pattern {fixed} has a negative length")
+    return itertools.cycle(fixed) if any(fixed) else None
 
 
 class StreamStall(AssertionError):
@@ -65,6 +95,12 @@ class CocotbStream:
         self.clk = clk if clk is not None else dut.clk
         self.timeout = timeout
         self.last_wait = 0
+        # Stall knob (see the module's docstring): None, or one stall length per transfer.
+        self.stalls: Iterator[int] | None = None
+        # Called with True when the sink starts holding ``ready`` low with a payload due, and with False
+        # (in a writable phase) just before it takes the payload: a testbench drives other inputs meanwhile.
+        self.while_held: Callable[[bool], None] | None = None
+        self.stalled_cycles = 0  # cycles spent in stalls so far (valid low as a source, held as a sink)
         self.valid = getattr(dut, f"{name}__valid")
         self.ready = getattr(dut, f"{name}__ready")
         self.payload = getattr(dut, f"{name}__payload")
@@ -94,13 +130,64 @@ class CocotbStream:
 
     async def put(self, payload: int) -> int:
         """Offer ``payload`` until the sink takes it; return the cycles spent waiting for ``ready``."""
+        gap = next(self.stalls) if self.stalls is not None else 0
+        if gap:
+            from cocotb.triggers import RisingEdge
+
+            for _ in range(gap):  # valid stays low
+                await RisingEdge(self.clk)
+            self.stalled_cycles += gap
         self.payload.value = payload
         await self._transfer("valid", "ready")
         return self.last_wait
 
     async def get(self) -> int:
-        """Take one payload, as an unsigned integer; X/Z bits raise :class:`AssertionError`."""
+        """Take one payload, as an unsigned integer; X/Z bits raise :class:`AssertionError`, and so does a
+        held payload (see ``stalls``) that changes or drops ``valid`` before it is taken."""
+        hold = next(self.stalls) if self.stalls is not None else 0
+        if hold:
+            waited, held = await self._hold(hold)
         value = await self._transfer("ready", "valid")
+        if hold:
+            if str(value) != str(held):
+                raise AssertionError(
+                    f"{self.name}: payload changed from {held} to {value} while held for {hold} cycles"
+                )
+            self.last_wait = waited  # the cycles before valid rose; the hold is ours
         if not value.is_resolvable:
             raise AssertionError(f"{self.name}: payload {value} has unresolved (X/Z) bits")
         return value.to_unsigned()
+
+    async def _hold(self, cycles: int):
+        """Keep ``ready`` low until ``valid`` has been high for ``cycles`` cycles, checking that it stays high
+        with the same payload; return the cycles waited for ``valid`` and the held payload. Returns in a
+        writable phase, right after the edge that ends the last held cycle."""
+        from cocotb.triggers import ReadOnly, RisingEdge
+
+        self.ready.value = 0
+        if self.while_held is not None:
+            self.while_held(True)
+        waited = 0
+        while True:
+            await ReadOnly()
+            if self.valid.value == 1:
+                break
+            if self.timeout is not None and waited >= self.timeout:
+                raise StreamStall(f"{self.name}: valid stayed low for {waited} cycles")
+            await RisingEdge(self.clk)
+            waited += 1
+        held = self.payload.value
+        for i in range(1, cycles):
+            await RisingEdge(self.clk)
+            await ReadOnly()
+            valid, now = self.valid.value, self.payload.value
+            if valid != 1 or str(now) != str(held):
+                raise AssertionError(
+                    f"{self.name}: held payload {held} became valid={valid} payload={now} in cycle {i + 1} "
+                    f"of {cycles} with ready low (it must stay valid and unchanged until taken)"
+                )
+        await RisingEdge(self.clk)
+        if self.while_held is not None:
+            self.while_held(False)
+        self.stalled_cycles += cycles
+        return waited, held

@@ -11,7 +11,9 @@ A configuration's tiles are hand-picked ones, random ones, tiles cut from a synt
 (``sim.synthetic``: ``synthetic_layer`` + ``cut_tiles``, standing in for real traces) and restarts on the
 first tile's data. ``test_engine_cosim_hypothesis`` adds lists of tiles drawn by hypothesis (shapes,
 paddings, output sizes, base fractions, dense or gated, all-on / all-off / random gates), each list in one
-simulation.
+simulation. ``test_engine_cosim_slow_host`` runs tiles with the host pacing the streams (responses held
+not-ready 0-7 cycles, gaps between load writes), ``test_engine_cosim_reset_mid_run`` aborts runs by a reset
+at chosen cycles and checks the state after it and the runs that follow.
 
 Run: ``python -m pytest -q tests/cosim`` (``-k icarus`` / ``-k verilator`` to pick a simulator).
 Environment: ``ACCEL_WAVES=1`` records waveforms of every run (``0``: never; default: a failing run is
@@ -345,6 +347,91 @@ def test_engine_cosim(name: str, sim: str, cosim_cache: Path, tmp_path: Path) ->
     config = CONFIGS[name]
     cases = _cases(name)
     result = run_cosim(sim, config, cases, cosim_cache, tmp_path)
+    assert result.tests == len(cases)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A slow host (responses taken late, gaps between load writes) and reset in the middle of a run
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _paced_cases(name: str) -> list[CosimCase]:
+    """Tiles of the configuration with the host stalling the streams (CosimCase.resp_stall / load_gap):
+    seeded random stalls of 0-7 cycles, fixed patterns, gaps between every load write. The expectations
+    are the unstalled model's: pacing must change no value and no cycle count of a run."""
+    cases = _cases(name)
+    gated = next(c for c in cases if not c.tile.geometry.dense)
+    dense = next(c for c in cases if c.tile.geometry.dense)
+    large = max(cases, key=lambda c: c.tile.geometry.n_outputs)
+    return [
+        replace(gated, name=f"{gated.name}, resp held 0-7, load gaps 0-3", resp_stall=7, load_gap=3),
+        replace(dense, name=f"{dense.name}, resp held (0,1,7,2)", resp_stall=(0, 1, 7, 2)),
+        replace(
+            large, name=f"{large.name}, resp held 0-7, load gaps 0-7", resp_stall=7, load_gap=7, stall_seed=2
+        ),
+        replace(gated, name=f"{gated.name}, load gap 1 before every write", load_gap=(1,)),
+        replace(gated, name=f"{gated.name}, restart, resp held 5 each", load="none", resp_stall=(5,)),
+    ]
+
+
+def _reset_cases(name: str) -> list[CosimCase]:
+    """Runs aborted by a reset at chosen cycles of the busy period (SETUP, phase 1, phase 2, the last busy
+    cycle), each followed by a normal run that must match the model. What the spec requires after reset
+    (docs/microarchitecture.md section 4, "Reset"), and what the testbench checks: the engine is idle in
+    the cycle after rst falls (busy and done low, load.ready and req.ready high, resp.valid low), done
+    never pulses for the aborted run, every counter reads 0; the configuration registers are cleared (so
+    the next case writes them again), the buffers keep their data (so "registers" reloads suffice)."""
+    cases = _cases(name)
+    # a gated tile with a phase 2 of several cycles, and a dense one
+    gated = next(c for c in cases if not c.tile.geometry.dense and c.counters["stall_cycles"] == 6)
+    dense = next(c for c in cases if c.tile.geometry.dense)
+    # Phase 2 issues in cycles 5 + R1·B1 ... cycles - 2 (spec section 5): cycles - 3 is its last but one.
+    g_cycles, d_cycles = gated.counters["cycles"], dense.counters["cycles"]
+
+    def abort(case: CosimCase, at: int, what: str, **knobs) -> CosimCase:
+        return replace(case, name=f"{case.name}: reset in {what} (cycle {at})", reset_at=at, **knobs)
+
+    def again(case: CosimCase, load: str) -> CosimCase:
+        return replace(case, name=f"{case.name}: after reset, load {load}", load=load)
+
+    return [
+        gated,
+        abort(gated, 5, "phase 1"),
+        again(gated, "registers"),
+        abort(gated, g_cycles - 3, "phase 2", reset_cycles=1, resp_stall=3),
+        again(dense, "all"),
+        abort(dense, 1, "SETUP", load="none"),
+        again(dense, "registers"),
+        abort(gated, g_cycles, "the last busy cycle", reset_cycles=2),
+        again(gated, "registers"),
+        abort(dense, d_cycles // 2, "phase 1 (dense)"),
+        again(gated, "all"),
+    ]
+
+
+PACED_CONFIGS = ["g2_p4_l8_k3", "g1_p3_l4_k3_s2"]
+
+
+@needs_rtl
+@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("name", PACED_CONFIGS[:1])
+def test_engine_cosim_slow_host(name: str, sim: str, cosim_cache: Path, tmp_path: Path) -> None:
+    """Responses held not-ready 0-7 cycles (the response stays valid and unchanged, req.ready stays low and
+    a decoy request offered meanwhile is not taken) and load.valid gaps: every value read back, every write
+    cycle and every counter as without stalls (the model's)."""
+    cases = _paced_cases(name)
+    result = run_cosim(sim, CONFIGS[name], cases, cosim_cache, tmp_path)
+    assert result.tests == len(cases)
+
+
+@needs_rtl
+@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("name", PACED_CONFIGS)
+def test_engine_cosim_reset_mid_run(name: str, sim: str, cosim_cache: Path, tmp_path: Path) -> None:
+    """Reset in the middle of runs (see :func:`_reset_cases`): the engine comes back idle with its counters
+    cleared and no done pulse, and the following runs match the model exactly."""
+    cases = _reset_cases(name)
+    result = run_cosim(sim, CONFIGS[name], cases, cosim_cache, tmp_path)
     assert result.tests == len(cases)
 
 
