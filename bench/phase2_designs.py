@@ -140,6 +140,10 @@ class TileWork:
     def pes(self) -> int:
         return int(self.params[T_P])
 
+    def kernel_args(self) -> tuple[np.ndarray, ...]:
+        """The arrays the scheduling and replay kernels take first: ``co, grp, oy, ox, params``."""
+        return self.co, self.grp, self.oy, self.ox, self.params
+
     def queue(self, position_major: bool = False) -> np.ndarray:
         """The work queue: gated-on activations in ``lin`` order (or position-major, then ``co``)."""
         return self.order(position_major)[self.gates[self.order(position_major)]]
@@ -373,11 +377,7 @@ def schedule(work: TileWork, design: Design, phase: int) -> np.ndarray:
         window = work.pes
     return _schedule_window(
         order,
-        work.co,
-        work.grp,
-        work.oy,
-        work.ox,
-        work.params,
+        *work.kernel_args(),
         phase,
         design.in_mode,
         design.w_mode,
@@ -406,11 +406,7 @@ def replay(work: TileWork, design: Design, rounds: np.ndarray, phase: int) -> tu
         return PhaseResult(), per_round
     c, ir, wr, cb, b = _replay(
         rounds,
-        work.co,
-        work.grp,
-        work.oy,
-        work.ox,
-        work.params,
+        *work.kernel_args(),
         phase,
         design.in_mode,
         design.w_mode,

@@ -312,17 +312,22 @@ def _read_json(path: Path, source: str, what: str) -> dict:
         raise SynthError(f"{source}: yosys's {what} gave no readable {path.name}: {exc}") from None
 
 
+def _top_cells(path: Path, top: str, source: str, what: str) -> tuple[dict, dict, dict[str, int]]:
+    """``stat -json``'s output: the whole, the top module's entry and its cells by type."""
+    stat = _read_json(path, source, what)
+    try:
+        entry = _top_stat(stat, top)
+    except ValueError as exc:
+        raise SynthError(f"{source}: {exc}") from None
+    return stat, entry, {str(k): int(v) for k, v in entry.get("num_cells_by_type", {}).items()}
+
+
 def _generic(
     children: _Children, workdir: Path, top: str, source: str, timeout: float | None
 ) -> tuple[GenericFigures, str]:
     seconds, _ = _run_yosys(children, workdir, _generic_script(top), "generic synthesis", source, timeout)
     memories = _memories(_read_json(workdir / "memories.json", source, "generic synthesis"))
-    stat = _read_json(workdir / "generic_stat.json", source, "generic synthesis")
-    try:
-        entry = _top_stat(stat, top)
-    except ValueError as exc:
-        raise SynthError(f"{source}: {exc}") from None
-    by_type = {str(k): int(v) for k, v in entry.get("num_cells_by_type", {}).items()}
+    stat, entry, by_type = _top_cells(workdir / "generic_stat.json", top, source, "generic synthesis")
     scopes = by_type.pop(_SCOPEINFO, 0)
     ltp = (workdir / "ltp.txt").read_text(encoding="utf-8", errors="replace")
     lengths = [int(n) for n in _LTP.findall(ltp)]
@@ -341,12 +346,7 @@ def _generic(
 
 def _ecp5(children: _Children, workdir: Path, top: str, source: str, timeout: float | None) -> Ecp5Figures:
     seconds, _ = _run_yosys(children, workdir, _ecp5_script(top), "ECP5 synthesis", source, timeout)
-    stat = _read_json(workdir / "ecp5_stat.json", source, "ECP5 synthesis")
-    try:
-        entry = _top_stat(stat, top)
-    except ValueError as exc:
-        raise SynthError(f"{source}: {exc}") from None
-    by_type = {str(k): int(v) for k, v in entry.get("num_cells_by_type", {}).items()}
+    _, entry, by_type = _top_cells(workdir / "ecp5_stat.json", top, source, "ECP5 synthesis")
     by_type.pop(_SCOPEINFO, None)
     mapping: dict[str, str] = {}
     log = (workdir / "yosys.log").read_text(encoding="utf-8", errors="replace")
