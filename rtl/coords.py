@@ -2,22 +2,45 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from spec.config import EngineConfig
 
-__all__ = ["CoordinateChain", "coord_layout"]
+__all__ = ["CoordinateChain", "addr_width", "coord_layout", "pointer_layout"]
 
 DIM = 16  # every tile dimension fits a 16-bit configuration register
+
+
+def addr_width(depth: int) -> int:
+    """Bits of a word address of a buffer ``depth`` words deep (at least 1)."""
+    return max(1, (depth - 1).bit_length())
 
 
 def coord_layout(config: EngineConfig) -> data.StructLayout:
     """Where one output activation lies: channel, group, row, column and its linear index."""
     lin = unsigned((config.output_depth + config.pes).bit_length())
+    # `co` has one bit more than a register: the chain runs up to P − 1 activations past the last one.
     return data.StructLayout(
-        {"co": unsigned(DIM), "g": unsigned(DIM), "oy": unsigned(DIM), "ox": unsigned(DIM), "lin": lin}
+        {"co": unsigned(DIM + 1), "g": unsigned(DIM), "oy": unsigned(DIM), "ox": unsigned(DIM), "lin": lin}
+    )
+
+
+def pointer_layout(config: EngineConfig) -> data.StructLayout:
+    """Running pointers of one activation (docs/microarchitecture.md, "Address generation").
+
+    ``ia``: input word of tap (0, 0) in chunk 0, ``(oy·S − pad_top)·w_in + ox·S − pad_left`` modulo the
+    input address width; ``wa``: first weight word of its output channel, ``co·n_chunks·K²``; ``yt``, ``xt``:
+    the input row and column of tap (0, 0), ``oy·S − pad_top`` and ``ox·S − pad_left`` (signed).
+    """
+    return data.StructLayout(
+        {
+            "ia": unsigned(addr_width(config.input_depth)),
+            "wa": unsigned(addr_width(config.weight_depth)),
+            "yt": signed(DIM + 2),
+            "xt": signed(DIM + 2),
+        }
     )
 
 
@@ -26,12 +49,14 @@ class CoordinateChain(wiring.Component):
 
     Activations are numbered in ``lin`` order (``ox`` fastest, then ``oy``, then ``co``). The chain keeps
     the first PE's coordinates in registers; PE ``i`` is PE ``i − 1`` plus one (a mixed-radix increment),
-    and ``advance`` moves the first PE to the last PE plus one.
+    and ``advance`` moves the first PE to the last PE plus one. Each coordinate carries its running
+    pointers (:func:`pointer_layout`), advanced by the same increment with additions of per-tile steps
+    only: no multiplication or division.
 
     Parameters
     ----------
     config : EngineConfig
-        Supplies ``pes`` and ``output_depth``.
+        Supplies ``pes``, ``stride``, ``output_depth`` and the input and weight buffer depths.
 
     Members
     -------
@@ -39,56 +64,103 @@ class CoordinateChain(wiring.Component):
         Output rows and columns of the tile.
     out_per_group : In(16)
         Output channels per group (``C_out / G``; ``C_out`` when G = 1).
+    pad_top, pad_left : In(16)
+        The tile's padding (``yt``, ``xt`` of activation 0 are their negations).
+    in_origin : In(input address width)
+        ``ia`` of activation 0, ``−pad_top·w_in − pad_left``.
+    row_step : In(input address width)
+        ``ia`` step from the last column of an output row to the next row, ``S·(w_in − w_out + 1)``.
+    w_co : In(weight address width)
+        ``wa`` step per output channel, ``n_chunks·K²``.
     clear : In(1)
         Set the first PE to activation 0.
     advance : In(1)
         Move to the next round.
     coord : Out(ArrayLayout(coord_layout, pes))
         Coordinates of each PE's activation.
+    pointer : Out(ArrayLayout(pointer_layout, pes))
+        Running pointers of each PE's activation.
+    next_co : Out(17)
+        Output channel of the activation after the last PE's (``co ≥ C_out``: the round is the last).
     """
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
+        in_aw, w_aw = addr_width(config.input_depth), addr_width(config.weight_depth)
         super().__init__(
             {
                 "h_out": In(DIM),
                 "w_out": In(DIM),
                 "out_per_group": In(DIM),
+                "pad_top": In(DIM),
+                "pad_left": In(DIM),
+                "in_origin": In(in_aw),
+                "row_step": In(in_aw),
+                "w_co": In(w_aw),
                 "clear": In(1),
                 "advance": In(1),
                 "coord": Out(data.ArrayLayout(coord_layout(config), config.pes)),
+                "pointer": Out(data.ArrayLayout(pointer_layout(config), config.pes)),
+                "next_co": Out(DIM + 1),
             }
         )
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        layout = coord_layout(self._config)
-        # `col` (the channel within its group) travels with each coordinate to find group wraps.
-        first = Signal(layout)
-        first_col = Signal(DIM)
+        cfg = self._config
+        S = cfg.stride
+        layout = data.StructLayout(
+            {
+                "coord": coord_layout(cfg),
+                "col": unsigned(DIM),  # the channel within its group, to find group wraps
+                "pointer": pointer_layout(cfg),
+            }
+        )
+        # Plain signals viewed through the layout: no per-field aliases in the Verilog.
+        first = data.View(layout, Signal(layout.size, name="first"))
 
-        def increment(coord, col):
-            nxt = Signal(layout)
-            nxt_col = Signal(DIM)
-            wrap_x = coord.ox + 1 == self.w_out
-            wrap_y = wrap_x & (coord.oy + 1 == self.h_out)
-            wrap_c = wrap_y & (col + 1 == self.out_per_group)
+        def increment(cur, i):
+            c, p = cur.coord, cur.pointer
+            nxt = data.View(layout, Signal(layout.size, name=f"next{i}"))
+            wrap_x, wrap_y, wrap_c = (
+                Signal(name=f"wrap_x{i}"),
+                Signal(name=f"wrap_y{i}"),
+                Signal(name=f"wrap_c{i}"),
+            )
             m.d.comb += [
-                nxt.lin.eq(coord.lin + 1),
-                nxt.ox.eq(Mux(wrap_x, 0, coord.ox + 1)),
-                nxt.oy.eq(Mux(wrap_y, 0, Mux(wrap_x, coord.oy + 1, coord.oy))),
-                nxt.co.eq(Mux(wrap_y, coord.co + 1, coord.co)),
-                nxt_col.eq(Mux(wrap_c, 0, Mux(wrap_y, col + 1, col))),
-                nxt.g.eq(Mux(wrap_c, coord.g + 1, coord.g)),
+                wrap_x.eq(c.ox + 1 == self.w_out),
+                wrap_y.eq(wrap_x & (c.oy + 1 == self.h_out)),
+                wrap_c.eq(wrap_y & (cur.col + 1 == self.out_per_group)),
             ]
-            return nxt, nxt_col
+            m.d.comb += [
+                nxt.coord.lin.eq(c.lin + 1),
+                nxt.coord.ox.eq(Mux(wrap_x, 0, c.ox + 1)),
+                nxt.coord.oy.eq(Mux(wrap_y, 0, Mux(wrap_x, c.oy + 1, c.oy))),
+                nxt.coord.co.eq(Mux(wrap_y, c.co + 1, c.co)),
+                nxt.col.eq(Mux(wrap_c, 0, Mux(wrap_y, cur.col + 1, cur.col))),
+                nxt.coord.g.eq(Mux(wrap_c, c.g + 1, c.g)),
+                nxt.pointer.xt.eq(Mux(wrap_x, -self.pad_left, p.xt + S)),
+                nxt.pointer.yt.eq(Mux(wrap_y, -self.pad_top, Mux(wrap_x, p.yt + S, p.yt))),
+                nxt.pointer.ia.eq(Mux(wrap_y, self.in_origin, Mux(wrap_x, p.ia + self.row_step, p.ia + S))),
+                nxt.pointer.wa.eq(Mux(wrap_y, p.wa + self.w_co, p.wa)),
+            ]
+            return nxt
 
-        coord, col = first, first_col
-        for i in range(self._config.pes):
-            m.d.comb += self.coord[i].eq(coord)
-            coord, col = increment(coord, col)
+        cur = first
+        for i in range(cfg.pes):
+            m.d.comb += [
+                self.coord[i].eq(cur.coord),
+                self.pointer[i].eq(cur.pointer),
+            ]
+            cur = increment(cur, i)
+        m.d.comb += self.next_co.eq(cur.coord.co)
         with m.If(self.clear):
-            m.d.sync += [first.eq(0), first_col.eq(0)]
+            m.d.sync += [
+                first.eq(0),
+                first.pointer.ia.eq(self.in_origin),
+                first.pointer.yt.eq(-self.pad_top),
+                first.pointer.xt.eq(-self.pad_left),
+            ]
         with m.Elif(self.advance):
-            m.d.sync += [first.eq(coord), first_col.eq(col)]
+            m.d.sync += first.eq(cur)
         return m

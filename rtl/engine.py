@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.arith import const_mul
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
-from rtl.coords import CoordinateChain, coord_layout
+from rtl.coords import CoordinateChain, addr_width, coord_layout, pointer_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
+from rtl.tile_constants import TileConstants
 from spec.config import EngineConfig
 from spec.protocol import (
     CONFIG_REGISTERS,
@@ -23,12 +25,36 @@ from spec.protocol import (
     read_layout,
 )
 
-__all__ = ["GatedConvEngine", "queue_layout"]
+__all__ = ["GatedConvEngine", "queue_layout", "work_layout"]
+
+
+def work_layout(config: EngineConfig) -> data.StructLayout:
+    """What the issue stage needs of one activation: channel, group, linear index, running pointers."""
+    coord = coord_layout(config)
+    return data.StructLayout(
+        {
+            "co": coord["co"].shape,
+            "g": unsigned(max(1, (config.groups - 1).bit_length())),
+            "lin": coord["lin"].shape,
+            "pointer": pointer_layout(config),
+        }
+    )
 
 
 def queue_layout(config: EngineConfig) -> data.StructLayout:
-    """One work-queue entry: a gated-on activation and its partial sum."""
-    return data.StructLayout({"coord": coord_layout(config), "p": signed(config.acc_width)})
+    """One work-queue entry: a gated-on activation (with the pointers phase 1 ran) and its partial sum."""
+    return data.StructLayout({"work": work_layout(config), "p": signed(config.acc_width)})
+
+
+def _pick(table: list, index):
+    """``table[index]`` as a tree of multiplexers over the index bits (an index past the end: any entry)."""
+    level, bit = list(table), 0
+    while len(level) > 1:
+        level = [
+            Mux(index[bit], level[min(j + 1, len(level) - 1)], level[j]) for j in range(0, len(level), 2)
+        ]
+        bit += 1
+    return level[0]
 
 
 class GatedConvEngine(wiring.Component):
@@ -81,8 +107,7 @@ class GatedConvEngine(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self._config
-        P, L, K, S, G = cfg.pes, cfg.lanes, cfg.kernel, cfg.stride, cfg.groups
-        KK = K * K
+        P, L, K, G = cfg.pes, cfg.lanes, cfg.kernel, cfg.groups
         count_shape = unsigned((cfg.output_depth + P).bit_length())
 
         # ---- configuration registers --------------------------------------------------------------
@@ -103,7 +128,10 @@ class GatedConvEngine(wiring.Component):
             shape=signed(cfg.acc_width), depth=cfg.threshold_depth, init=[]
         )
         m.submodules.obuf = obuf = memory.Memory(shape=output_layout(cfg), depth=cfg.output_depth, init=[])
-        m.submodules.queue = queue = memory.Memory(shape=queue_layout(cfg), depth=cfg.output_depth, init=[])
+        # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog).
+        m.submodules.queue = queue = memory.Memory(
+            shape=unsigned(queue_layout(cfg).size), depth=cfg.output_depth, init=[]
+        )
         in_w, w_w, t_w = inbuf.write_port(), wbuf.write_port(), tbuf.write_port()
         in_r = [inbuf.read_port() for _ in range(P)]
         w_r = [wbuf.read_port() for _ in range(P)]
@@ -138,69 +166,74 @@ class GatedConvEngine(wiring.Component):
                         m.d.sync += reg[name].eq(load.data)
 
         # ---- derived quantities, latched in SETUP -------------------------------------------------
-        wide = unsigned(2 * REGISTER_WIDTH + count_shape.width)
-        seg_b, seg_c = Signal(REGISTER_WIDTH), Signal(REGISTER_WIDTH)
-        out_per_group = Signal(REGISTER_WIDTH)
-        nch_b, nch_c = Signal(REGISTER_WIDTH), Signal(REGISTER_WIDTH)
-        n_chunks = Signal(REGISTER_WIDTH + 8)
-        n_out = Signal(wide)
-        hw_in = Signal(2 * REGISTER_WIDTH)
-        cond_slots = G - 1 if G > 1 else 1  # conditional segments of an activation
-        if G > 1:
-            seg_b_val = reg["c_in"] // G
-            seg_c_val = seg_b_val
-            opg_val = reg["c_out"] // G
-        else:
-            seg_b_val = reg["base_channels"]
-            seg_c_val = reg["c_in"] - reg["base_channels"]
-            opg_val = reg["c_out"]
-        nch_b_val = (seg_b_val + (L - 1)) // L
-        nch_c_val = (seg_c_val + (L - 1)) // L
         setup = Signal()
-        with m.If(setup):
-            m.d.sync += [
-                seg_b.eq(seg_b_val),
-                seg_c.eq(seg_c_val),
-                out_per_group.eq(opg_val),
-                nch_b.eq(nch_b_val),
-                nch_c.eq(nch_c_val),
-                n_chunks.eq(nch_b_val + cond_slots * nch_c_val),
-                n_out.eq(reg["c_out"] * reg["h_out"] * reg["w_out"]),
-                hw_in.eq(reg["h_in"] * reg["w_in"]),
-            ]
+        m.submodules.tile = tile = TileConstants(cfg)
+        for name in ("c_in", "c_out", "h_in", "w_in", "w_out", "pad_top", "pad_left", "base_channels"):
+            m.d.comb += getattr(tile, name).eq(reg[name])
+        m.d.comb += tile.setup.eq(setup)
+        cond_slots = G - 1 if G > 1 else 1  # conditional segments of an activation
         m.d.comb += [
             chain.h_out.eq(reg["h_out"]),
             chain.w_out.eq(reg["w_out"]),
-            chain.out_per_group.eq(out_per_group),
+            chain.out_per_group.eq(tile.out_per_group),
+            chain.pad_top.eq(reg["pad_top"]),
+            chain.pad_left.eq(reg["pad_left"]),
+            chain.in_origin.eq(tile.in_origin),
+            chain.row_step.eq(tile.row_step),
+            chain.w_co.eq(tile.w_co),
         ]
+        # Offsets of segment k (k base segments): k·nch_b·h_in·w_in and k·nch_b·K², k < G, as shift-and-add
+        # multiples of the per-tile steps; PE i's own group picks its entry in gated phase 1.
+        seg_in = [const_mul(tile.in_seg, k)[: len(tile.in_seg)] for k in range(G)]
+        seg_w = [const_mul(tile.w_seg, k)[: len(tile.w_seg)] for k in range(G)]
 
         # ---- beat sequencer -----------------------------------------------------------------------
         phase2 = Signal()
         issue = Signal()
         slot = Signal(range(max(G, 2) + 1))
-        chunk = Signal(REGISTER_WIDTH)
+        chunk_ch = Signal(REGISTER_WIDTH + 1)  # first channel of the chunk in its segment: chunk·L
         ky, kx = Signal(range(K)), Signal(range(K))
         other = phase2 | (dense & (slot != 0))  # beat works on a conditional-width segment
         last_slot = Mux(phase2, cond_slots - 1, Mux(dense, cond_slots, 0))
-        chunk_limit = Mux(other, nch_c, nch_b)
-        seg_width = Mux(other, seg_c, seg_b)
-        remaining = seg_width - chunk * L
+        seg_width = Mux(other, tile.seg_c, tile.seg_b)
+        remaining = seg_width - chunk_ch
         lanes = Mux(remaining > L, L, remaining)
         kx_last, ky_last = kx == K - 1, ky == K - 1
-        chunk_last = chunk + 1 == chunk_limit
+        chunk_last = remaining <= L  # chunk + 1 == ceil(seg_width / L)
         slot_last = slot == last_slot
         last_beat = kx_last & ky_last & chunk_last & slot_last
-        first_beat = (kx == 0) & (ky == 0) & (chunk == 0) & (slot == 0)
+        first_beat = (kx == 0) & (ky == 0) & (chunk_ch == 0) & (slot == 0)
         with m.If(setup):
-            m.d.sync += [slot.eq(0), chunk.eq(0), ky.eq(0), kx.eq(0)]
+            m.d.sync += [slot.eq(0), chunk_ch.eq(0), ky.eq(0), kx.eq(0)]
         with m.Elif(issue):
             m.d.sync += kx.eq(Mux(kx_last, 0, kx + 1))
             with m.If(kx_last):
                 m.d.sync += ky.eq(Mux(ky_last, 0, ky + 1))
                 with m.If(ky_last):
-                    m.d.sync += chunk.eq(Mux(chunk_last, 0, chunk + 1))
+                    m.d.sync += chunk_ch.eq(Mux(chunk_last, 0, chunk_ch + L))
                     with m.If(chunk_last):
                         m.d.sync += slot.eq(Mux(slot_last, 0, slot + 1))
+
+        # Shared beat pointers, relative to the activation's own pointers: the weight word advances by one
+        # per beat of a round (slots, chunks and taps are consecutive words); the input word by one per
+        # kx, by w_in per ky (row start `in_row`) and by h_in·w_in per chunk (`in_chunk`, slots included).
+        in_aw, w_aw = addr_width(cfg.input_depth), addr_width(cfg.weight_depth)
+        beat_layout = data.StructLayout(
+            {"w": unsigned(w_aw), "in_chunk": unsigned(in_aw), "in_row": unsigned(in_aw)}
+        )
+        beat = data.View(beat_layout, Signal(beat_layout.size, name="beat"))
+        beat_in, beat_w = beat.in_row + kx, beat.w
+        with m.If(setup | (issue & last_beat)):
+            m.d.sync += beat.eq(0)
+        with m.Elif(issue):
+            m.d.sync += beat.w.eq(beat.w + 1)
+            with m.If(kx_last & ky_last):
+                m.d.sync += [
+                    beat.in_chunk.eq(beat.in_chunk + tile.hw_in),
+                    beat.in_row.eq(beat.in_chunk + tile.hw_in),
+                ]
+            with m.Elif(kx_last):
+                m.d.sync += beat.in_row.eq(beat.in_row + reg["w_in"])
 
         # ---- work queue state -----------------------------------------------------------------
         gates_on = Signal(count_shape)
@@ -221,30 +254,40 @@ class GatedConvEngine(wiring.Component):
         exe_en, exe_inside = Signal(P), Signal(P)
         exe_first, exe_last, exe_phase2 = Signal(), Signal(), Signal()
         exe_lanes = Signal(range(L + 1))
-        exe_coord = [Signal(coord_layout(cfg), name=f"exe_coord{i}") for i in range(P)]
+        wl = work_layout(cfg)
+        exe_work = [data.View(wl, Signal(wl.size, name=f"exe_work{i}")) for i in range(P)]
         exe_init = [Signal(signed(cfg.acc_width), name=f"exe_init{i}") for i in range(P)]
         for i in range(P):
-            entry = q_r[i].data
-            coord = Signal(coord_layout(cfg), name=f"coord{i}")
-            m.d.comb += [
-                coord.eq(Mux(phase2, entry.coord, chain.coord[i])),
-                valid[i].eq(Mux(phase2, queue_base + i < gates_on, chain.coord[i].lin < n_out)),
-            ]
-            grp = coord.g
-            seg = Mux(phase2, slot + (slot >= grp), Mux(dense, slot, grp))
-            q = seg * nch_b + chunk
-            y = (coord.oy * S + ky - reg["pad_top"]).as_signed()
-            x = (coord.ox * S + kx - reg["pad_left"]).as_signed()
+            entry = data.View(queue_layout(cfg), q_r[i].data)
+            work = data.View(wl, Signal(wl.size, name=f"work{i}"))
+            with m.If(phase2):
+                m.d.comb += work.eq(entry.work)
+            with m.Else():
+                m.d.comb += [
+                    work.co.eq(chain.coord[i].co),
+                    work.g.eq(chain.coord[i].g),
+                    work.lin.eq(chain.coord[i].lin),
+                    work.pointer.eq(chain.pointer[i]),
+                ]
+            m.d.comb += valid[i].eq(Mux(phase2, queue_base + i < gates_on, chain.coord[i].co < reg["c_out"]))
+            # Segment offset: gated phase 1 that of the own group's segment, dense none (the beat pointers
+            # run through every slot), phase 2 one base segment from the slot of the own group on.
+            skip = slot >= entry.work.g  # (phase 2 only: no path from the chain's group to the address)
+            own = chain.coord[i].g
+            in_seg = Mux(phase2, Mux(skip, tile.in_seg, 0), Mux(dense, 0, _pick(seg_in, own)))
+            w_seg = Mux(phase2, Mux(skip, tile.w_seg, 0), Mux(dense, 0, _pick(seg_w, own)))
+            y = work.pointer.yt + ky
+            x = work.pointer.xt + kx
             inside = (y >= 0) & (y < reg["h_in"]) & (x >= 0) & (x < reg["w_in"])
             m.d.comb += [
-                in_r[i].addr.eq(q * hw_in + y * reg["w_in"] + x),
-                w_r[i].addr.eq((coord.co * n_chunks + q) * KK + ky * K + kx),
-                t_r[i].addr.eq(coord.co),
+                in_r[i].addr.eq(work.pointer.ia + in_seg + beat_in),
+                w_r[i].addr.eq(work.pointer.wa + w_seg + beat_w),
+                t_r[i].addr.eq(work.co),
             ]
             m.d.sync += [
                 exe_en[i].eq(issue & valid[i]),
                 exe_inside[i].eq(inside),
-                exe_coord[i].eq(coord),
+                exe_work[i].eq(work),
                 exe_init[i].eq(Mux(phase2, entry.p, 0)),
             ]
         m.d.sync += [
@@ -269,11 +312,11 @@ class GatedConvEngine(wiring.Component):
         ]
         wb_en = Signal(P)
         wb_phase2 = Signal()
-        wb_coord = [Signal(coord_layout(cfg), name=f"wb_coord{i}") for i in range(P)]
+        wb_work = [data.View(wl, Signal(wl.size, name=f"wb_work{i}")) for i in range(P)]
         wb_thr = [Signal(signed(cfg.acc_width), name=f"wb_thr{i}") for i in range(P)]
         m.d.sync += [wb_en.eq(exe_en & Mux(exe_last, (1 << P) - 1, 0)), wb_phase2.eq(exe_phase2)]
         for i in range(P):
-            m.d.sync += [wb_coord[i].eq(exe_coord[i]), wb_thr[i].eq(t_r[i].data)]
+            m.d.sync += [wb_work[i].eq(exe_work[i]), wb_thr[i].eq(t_r[i].data)]
 
         # ---- write-back stage: comparators, output buffer, compactor, work queue -----------------------
         gated_wb = wb_en & Mux(wb_phase2 | dense, 0, (1 << P) - 1)
@@ -283,15 +326,14 @@ class GatedConvEngine(wiring.Component):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
             m.d.comb += [
-                o_w[i].addr.eq(wb_coord[i].lin),
+                o_w[i].addr.eq(wb_work[i].lin),
                 o_w[i].data.y.eq(macs.acc[i]),
                 o_w[i].data.gate.eq(gate_bit),
                 o_w[i].en.eq(wb_en[i]),
                 self.wb_valid[i].eq(wb_en[i]),
-                self.wb_addr[i].eq(wb_coord[i].lin),
+                self.wb_addr[i].eq(wb_work[i].lin),
                 q_w[i].addr.eq(compactor.index[i]),
-                q_w[i].data.coord.eq(wb_coord[i]),
-                q_w[i].data.p.eq(macs.acc[i]),
+                q_w[i].data.eq(Cat(wb_work[i], macs.acc[i])),
                 q_w[i].en.eq(compactor.write[i]),
             ]
         wb_count = Mux(dense & ~wb_phase2, sum(wb_en[i] for i in range(P)), compactor.count)
@@ -311,7 +353,7 @@ class GatedConvEngine(wiring.Component):
                 m.d.comb += issue.eq(1)
                 with m.If(last_beat):
                     m.d.comb += chain.advance.eq(1)
-                    with m.If(chain.coord[P - 1].lin + 1 >= n_out):
+                    with m.If(chain.next_co >= reg["c_out"]):
                         m.next = "DRAIN1"
             with m.State("DRAIN1"):
                 m.d.sync += drain.eq(~drain)
@@ -348,10 +390,13 @@ class GatedConvEngine(wiring.Component):
         m.d.comb += [
             counters.clear.eq(idle & self.start),
             counters.busy.eq(self.busy),
-            counters.issue.eq(issue),
-            counters.phase2.eq(phase2),
-            counters.valid_pes.eq(sum(valid[i] for i in range(P))),
-            counters.lanes.eq(lanes),
+            # A beat is counted in its execute cycle, still a busy cycle of the run: the totals are those of
+            # the issue cycles (and the coordinate chain's path to `valid` ends at a register). Every issued
+            # beat has a valid PE (PE 0 of a round always is), so "some PE executes" is "a beat executes".
+            counters.issue.eq(exe_en.any()),
+            counters.phase2.eq(exe_phase2),
+            counters.valid_pes.eq(sum(exe_en[i] for i in range(P))),
+            counters.lanes.eq(exe_lanes),
             counters.gates_on.eq(gates_on),
         ]
 
