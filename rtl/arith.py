@@ -65,7 +65,11 @@ class ConstantDivider(wiring.Component):
     """
 
     def __init__(self, width: int, divisor: int) -> None:
-        self._multiplier, self._shift = reciprocal(width, divisor)
+        try:
+            self._multiplier, self._shift = reciprocal(width, divisor)
+        except ValueError:
+            self._MustUse__silence = True  # refused, not forgotten: no "created but never used" warning
+            raise
         super().__init__({"x": In(unsigned(width)), "quotient": Out(unsigned(width))})
 
     def elaborate(self, platform) -> Module:
