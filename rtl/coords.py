@@ -7,10 +7,11 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from spec.config import EngineConfig
+from spec.protocol import REGISTER_WIDTH
 
 __all__ = ["CoordinateChain", "addr_width", "coord_layout", "pointer_layout"]
 
-DIM = 16  # every tile dimension fits a 16-bit configuration register
+DIM = REGISTER_WIDTH  # every tile dimension fits a configuration register
 
 
 def addr_width(depth: int) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from spec.config import EngineConfig
-from spec.tile import Tile
+from spec.tile import Tile, conv_output_size
 
 __all__ = ["base_mask", "conv2d", "gated_conv", "tile_reference"]
 
@@ -49,8 +49,8 @@ def conv2d(
         raise ValueError(f"weights {w.shape} do not fit inputs {x.shape}")
     top = padding if pad_top is None else pad_top
     left = padding if pad_left is None else pad_left
-    h_out = (h + 2 * padding - k) // stride + 1 if h_out is None else h_out
-    w_out = (wd + 2 * padding - k) // stride + 1 if w_out is None else w_out
+    h_out = conv_output_size(h, k, stride, padding, padding) if h_out is None else h_out
+    w_out = conv_output_size(wd, k, stride, padding, padding) if w_out is None else w_out
     bottom = max(0, (h_out - 1) * stride + k - top - h)
     right = max(0, (w_out - 1) * stride + k - left - wd)
     xp = np.pad(x, ((0, 0), (top, bottom), (left, right)))

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from spec.config import FIELD_LIMITS
-from spec.tile import REGISTER_LIMIT
+from spec.tile import REGISTER_LIMIT, conv_output_size
 from trace_format.arithmetic import layer_macs
 from trace_format.errors import Where, short
 from trace_format.model import ENGINE_KINDS, KINDS, LayerMeta, NetworkMeta
@@ -123,10 +123,6 @@ def _number(
 
 def _object(obj: Mapping, key: str, where: Where, default: Any = _MISSING) -> dict:
     return _typed(obj, key, where, dict, "a JSON object", default)
-
-
-def _pool_or_conv_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -302,7 +298,7 @@ def _check_layer_meta(lm: Any, where: Where) -> LayerMeta:
             for key, value in (("kernel", k), ("stride", s), ("padding", p)):
                 engine_limit(_engine_limit(key, value))
             engine_limit(_engine_padding(p, k))
-        want_h, want_w = _pool_or_conv_size(h, k, s, p), _pool_or_conv_size(w, k, s, p)
+        want_h, want_w = conv_output_size(h, k, s, p, p), conv_output_size(w, k, s, p, p)
         why = f"h = {h}, w = {w}, kernel {k}, stride {s}, padding {p}"
         expect("h_out", h_out, want_h, why)
         expect("w_out", w_out, want_w, why)

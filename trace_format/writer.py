@@ -71,9 +71,6 @@ def save_trace(
                 info.external_attr = 0o644 << 16
                 with zf.open(info, "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, value, allow_pickle=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -136,12 +136,13 @@ def generate(
         name = f"verilog-{config_key(config)}{'' if zero_fill else '-nofill'}"
         with _locked(root / f"{name}.lock"):
             path = generate_verilog(config, root / name)
+            text = path.read_text()
             if not zero_fill:
-                text, stripped = strip_memory_init(path.read_text())
+                text, stripped = strip_memory_init(text)
                 if stripped == 0:
                     raise RuntimeError(f"{path}: found no memory initial contents to remove")
                 path.write_text(text)
-            _generated[key] = (path, hashlib.sha256(path.read_bytes()).hexdigest())
+            _generated[key] = (path, hashlib.sha256(text.encode()).hexdigest())
     return _generated[key]
 
 

@@ -95,14 +95,21 @@ completed_runs: list[dict] = []
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _beats(config: EngineConfig, tile: Tile) -> tuple[int, int]:
+    """Beats per round of phase 1 (B1) and phase 2 (B2), spec section 5."""
+    g = tile.geometry
+    seg = g.segments(config)
+    k2 = config.kernel**2
+    return k2 * (seg.n_chunks if g.dense else seg.nch_b), k2 * (seg.n_seg - 1) * seg.nch_c
+
+
 def spec_counters(config: EngineConfig, tile: Tile, gates_on: int) -> dict[str, int]:
     """The performance counters in closed form (spec sections 4 and 5)."""
     g = tile.geometry
     seg = g.segments(config)
     k2, p, n = config.kernel**2, config.pes, g.n_outputs
-    b1 = k2 * (seg.n_chunks if g.dense else seg.nch_b)
+    b1, b2 = _beats(config, tile)
     r1 = -(-n // p)
-    b2 = k2 * (seg.n_seg - 1) * seg.nch_c
     phase2 = not g.dense and gates_on > 0
     r2 = -(-gates_on // p)
     cycles = 1 + r1 * b1 + 2 + (1 + r2 * b2 + 2 if phase2 else 0)
@@ -122,10 +129,8 @@ def spec_write_cycles(config: EngineConfig, tile: Tile, gates: np.ndarray) -> np
     """The cycle of the run (1 = SETUP) of each output entry's last write, in closed form (spec section 5,
     "When each output is written"), given the gate bits ``[c_out, h_out, w_out]``."""
     g = tile.geometry
-    seg = g.segments(config)
-    k2, p, n = config.kernel**2, config.pes, g.n_outputs
-    b1 = k2 * (seg.n_chunks if g.dense else seg.nch_b)
-    b2 = k2 * (seg.n_seg - 1) * seg.nch_c
+    p, n = config.pes, g.n_outputs
+    b1, b2 = _beats(config, tile)
     r1 = -(-n // p)
     rounds = np.arange(n, dtype=np.int64) // p
     cycles = 3 + (rounds + 1) * b1  # phase 1: round r writes in cycle 3 + (r+1)·B1
