@@ -13,14 +13,14 @@ import json
 import os
 import sys
 
-from accel.arguments import number_arg, out_path_arg, path_arg
+from accel.arguments import int_in, number_arg, out_path_arg, path_arg
 from accel.report_cli import add_report_parsers
 from accel.terminal import one_line, printable
 from accel.train_cli import add_trace_export_parser, add_train_parser
 from outfiles.folder import OutputFolder, check_out_file, write_file_atomic
 from outfiles.interrupts import stop_cleanly
 from spec import __version__
-from spec.config import ConfigError, EngineConfig
+from spec.config import FIELD_LIMITS, ConfigError, EngineConfig
 from spec.errors import UserError
 from spec.system import load_system_config
 
@@ -32,6 +32,13 @@ PUBLISHED_RATIO = (0.82, 0.86)  # achieved / theoretical speed-up of the publish
 # The embedded default workload of ``accel run``: a CIFAR-sized ResNet layer (64 channels, 16x16).
 DEFAULT_CHANNELS = 64
 DEFAULT_SIZE = 16
+# accel run's layer: (option, default, meaning); the configuration's fields of these names are the maxima.
+LAYER_OPTIONS = (
+    ("kernel", 3, "kernel size K"),
+    ("stride", 1, "stride"),
+    ("padding", 1, "zero padding"),
+    ("groups", 2, "channel groups G (1: half the channels are the base path)"),
+)
 DEFAULT_GATE_RATE = 0.3
 
 
@@ -77,13 +84,22 @@ def _parser() -> argparse.ArgumentParser:
         "run",
         help="run a synthetic layer's tile through the cycle model, gated and dense",
         description=(
-            "Cut a seeded synthetic layer (64 channels in and out, 16x16, the configuration's kernel, "
-            "stride, padding and groups) into engine tiles, run them through the cycle model in gated and "
-            "dense mode, check the outputs against a numpy reference and report MACs, cycles and speed-ups."
+            "Cut a seeded synthetic layer (64 channels in and out, 16x16, 3x3 kernel, stride 1, padding "
+            "1, 2 groups unless told otherwise) into engine tiles, run them through the cycle model in gated "
+            "and dense mode, check the outputs against a numpy reference and report MACs, cycles and "
+            "speed-ups."
         ),
     )
     run.add_argument("--config", type=path_arg, metavar="FILE", help="engine configuration (TOML or JSON)")
     run.add_argument("--seed", type=_seed, default=0, metavar="N", help="seed of the synthetic layer (0)")
+    for name, default, what in LAYER_OPTIONS:
+        run.add_argument(
+            f"--{name}",
+            type=int_in(name, *FIELD_LIMITS[name]),
+            default=default,
+            metavar="N",
+            help=f"the layer's {what} ({default}; at most the configuration's {name})",
+        )
     run.add_argument(
         "--gate-rate",
         type=_rate,
@@ -180,7 +196,8 @@ def _synthesize(vpath, shown: str, timeout: float, ecp5: bool) -> dict:
 
 
 def default_layer(config: EngineConfig, gate_rate: float, seed: int):
-    """The synthetic layer ``accel run`` uses for ``config``: 64 channels rounded to whole lane groups."""
+    """The synthetic layer ``accel run`` uses for the layer configuration ``config``: 64 channels rounded
+    to whole lane groups."""
     from sim.synthetic import synthetic_layer
 
     g, lanes = config.groups, config.lanes
@@ -214,6 +231,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_system_config(args.config).engine  # every table of the file checked
     if args.json is not None:
         check_out_file(args.json)  # before the work, not after
+    build = config
+    config = build.for_layer(args.kernel, args.stride, args.padding, args.groups)  # within the maxima
     layer = default_layer(config, args.gate_rate, args.seed)
     all_tiles = cut_tiles(layer, config)
     tiles = all_tiles[: args.tiles] if args.tiles else all_tiles
@@ -280,7 +299,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.json is not None:
         report = {
             "version": __version__,
-            "config": config.to_dict(),
+            "config": build.to_dict(),
             "layer": {
                 "c_in": layer.c_in,
                 "c_out": layer.c_out,

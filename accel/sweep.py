@@ -2,9 +2,9 @@
 
 A parameter is named as in a system configuration file: an engine field (``pes``, ``lanes``,
 ``input_depth``, ...; ``engine.pes`` also works), or ``dram.bytes_per_cycle``, ``dram.latency_cycles``,
-``report.prune_threshold``. The engine's kernel, stride, padding and groups are refused: a trace replaces
-them per layer by the layer's own. Each grid point runs the whole network
-(:func:`sim.network.run_network`) and keeps the network figures of its report; the table goes to
+``report.prune_threshold``. The engine's kernel, stride, padding and groups are refused: they are the
+build's maxima and every layer runs with its own, so they change no figure. Each grid point runs the
+whole network (:func:`sim.network.run_network`) and keeps the network figures of its report; the table goes to
 ``sweep.csv`` and ``sweep.json`` and the plots (speed-up and energy against each parameter) next to them.
 """
 
@@ -43,9 +43,9 @@ SWEEP_COLUMNS = (
 )
 
 _SECTIONS = {"engine": EngineConfig, "dram": DramConfig, "report": ReportOptions}
-# Engine fields a trace replaces per layer by the layer's own (sim.network.engine_config_for): sweeping them
-# would run the same network at every grid point, so they are refused.
-PER_LAYER_FIELDS = ("kernel", "stride", "padding", "groups")
+# Engine fields that are the build's maxima, each layer running with its own (sim.network.engine_config_for):
+# sweeping them would run the same network at every grid point (or refuse it), so they are refused.
+PER_LAYER_FIELDS = EngineConfig.LAYER_FIELDS
 MAX_GRID_POINTS = 10_000  # a grid larger than this is a typo, not a sweep (one network run per point)
 _NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
 _BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
@@ -64,7 +64,7 @@ def _sweepable_engine_fields() -> list[str]:
 
 def parse_param(text: str) -> tuple[str, list]:
     """``NAME=V1,V2,...`` → (``section.field``, values); refuses unknown names, bad values and the engine
-    fields a trace replaces per layer (:data:`PER_LAYER_FIELDS`)."""
+    fields that are the build's maxima (:data:`PER_LAYER_FIELDS`)."""
     if "=" not in text:
         raise ConfigError(f"sweep parameter {text!r}: expected NAME=V1,V2,... (e.g. pes=4,8,16)")
     name, _, values = text.partition("=")
@@ -78,8 +78,8 @@ def parse_param(text: str) -> tuple[str, list]:
         raise ConfigError(f"sweep parameter {name!r}: unknown (known: {', '.join(known)})")
     if section == "engine" and field in PER_LAYER_FIELDS:
         raise ConfigError(
-            f"sweep parameter {name!r}: cannot be swept: a trace replaces the engine's {field} per layer by "
-            "the layer's own, so every grid point would run the same network "
+            f"sweep parameter {name!r}: cannot be swept: the engine's {field} is the largest the build "
+            "runs and every layer runs with its own, so every grid point would run the same network "
             f"(sweepable engine fields: {', '.join(_sweepable_engine_fields())})"
         )
     kind = _field_type(section, field)

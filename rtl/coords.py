@@ -51,16 +51,18 @@ class CoordinateChain(wiring.Component):
     Activations are numbered in ``lin`` order (``ox`` fastest, then ``oy``, then ``co``). The chain keeps
     the first PE's coordinates in registers; PE ``i`` is PE ``i − 1`` plus one (a mixed-radix increment),
     and ``advance`` moves the first PE to the last PE plus one. Each coordinate carries its running
-    pointers (:func:`pointer_layout`), advanced by the same increment with additions of per-tile steps
-    only: no multiplication or division.
+    pointers (:func:`pointer_layout`), advanced by the same increment with additions of host-written
+    steps only: no multiplication or division.
 
     Parameters
     ----------
     config : EngineConfig
-        Supplies ``pes``, ``stride``, ``output_depth`` and the input and weight buffer depths.
+        Supplies ``pes``, ``stride`` (the largest), ``output_depth`` and the input and weight buffer depths.
 
     Members
     -------
+    stride : In(range(stride + 1))
+        The layer's stride S.
     h_out, w_out : In(16)
         Output rows and columns of the tile.
     out_per_group : In(16)
@@ -90,6 +92,7 @@ class CoordinateChain(wiring.Component):
         in_aw, w_aw = addr_width(config.input_depth), addr_width(config.weight_depth)
         super().__init__(
             {
+                "stride": In(range(config.stride + 1)),
                 "h_out": In(DIM),
                 "w_out": In(DIM),
                 "out_per_group": In(DIM),
@@ -109,7 +112,9 @@ class CoordinateChain(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self._config
-        S = cfg.stride
+        # The stride at the widths it is added to (equal operand widths: no implicit extension).
+        S, S_ia = Signal(signed(DIM + 2)), Signal(addr_width(cfg.input_depth))
+        m.d.comb += [S.eq(self.stride), S_ia.eq(self.stride)]
         layout = data.StructLayout(
             {
                 "coord": coord_layout(cfg),
@@ -142,7 +147,9 @@ class CoordinateChain(wiring.Component):
                 nxt.coord.g.eq(Mux(wrap_c, c.g + 1, c.g)),
                 nxt.pointer.xt.eq(Mux(wrap_x, -self.pad_left, p.xt + S)),
                 nxt.pointer.yt.eq(Mux(wrap_y, -self.pad_top, Mux(wrap_x, p.yt + S, p.yt))),
-                nxt.pointer.ia.eq(Mux(wrap_y, self.in_origin, Mux(wrap_x, p.ia + self.row_step, p.ia + S))),
+                nxt.pointer.ia.eq(
+                    Mux(wrap_y, self.in_origin, Mux(wrap_x, p.ia + self.row_step, p.ia + S_ia))
+                ),
                 nxt.pointer.wa.eq(Mux(wrap_y, p.wa + self.w_co, p.wa)),
             ]
             return nxt

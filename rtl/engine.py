@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -12,7 +12,6 @@ from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, coord_layout, pointer_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
-from rtl.tile_constants import TileConstants
 from spec.config import EngineConfig
 from spec.protocol import (
     CONFIG_REGISTERS,
@@ -34,7 +33,7 @@ def work_layout(config: EngineConfig) -> data.StructLayout:
     return data.StructLayout(
         {
             "co": coord["co"].shape,
-            "g": unsigned(max(1, (config.groups - 1).bit_length())),
+            "g": unsigned(max(1, (config.groups - 1).bit_length())),  # up to the build's largest G
             "lin": coord["lin"].shape,
             "pointer": pointer_layout(config),
         }
@@ -63,7 +62,8 @@ class GatedConvEngine(wiring.Component):
     Parameters
     ----------
     config : EngineConfig
-        Elaboration parameters.
+        Elaboration parameters; ``kernel``, ``stride``, ``padding`` and ``groups`` are the largest the
+        run-time registers take (:meth:`~spec.config.EngineConfig.check_layer`).
 
     Members
     -------
@@ -107,13 +107,22 @@ class GatedConvEngine(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self._config
-        P, L, K, G = cfg.pes, cfg.lanes, cfg.kernel, cfg.groups
+        P, L = cfg.pes, cfg.lanes
+        K_max, G_max = cfg.kernel, cfg.groups
+        in_aw, w_aw = addr_width(cfg.input_depth), addr_width(cfg.weight_depth)
         count_shape = unsigned((cfg.output_depth + P).bit_length())
 
         # ---- configuration registers --------------------------------------------------------------
+        # Registers bounded by the build's maxima are as wide as the largest value (the host checks it).
+        # (n_cond: G − 1, or 1 for G = 1's one conditional segment.)
+        narrow = {
+            "dense": 1,
+            "kernel": range(K_max + 1),
+            "stride": range(cfg.stride + 1),
+            "n_cond": range(max(G_max, 2)),
+        }
         reg = {
-            name: Signal(1 if name == "dense" else REGISTER_WIDTH, name=f"cfg_{name}")
-            for name in CONFIG_REGISTERS
+            name: Signal(narrow.get(name, REGISTER_WIDTH), name=f"cfg_{name}") for name in CONFIG_REGISTERS
         }
         dense = reg["dense"]
 
@@ -159,46 +168,51 @@ class GatedConvEngine(wiring.Component):
                 port.data.eq(load.data),
                 port.en.eq(accept & (load.sel == sel)),
             ]
-        with m.If(accept & (load.sel == LoadTarget.CONFIG)):
-            with m.Switch(load.addr):
-                for i, name in enumerate(CONFIG_REGISTERS):
-                    with m.Case(i):
-                        m.d.sync += reg[name].eq(load.data)
+        # One-hot decode of the register address (an address past the last register writes nothing).
+        reg_bits = (len(CONFIG_REGISTERS) - 1).bit_length()
+        reg_write = Signal(1 << reg_bits)
+        in_range = load.addr[reg_bits:] == 0 if len(load.addr) > reg_bits else 1
+        with m.If(accept & (load.sel == LoadTarget.CONFIG) & in_range):
+            m.d.comb += reg_write.eq(Const(1, len(reg_write)) << load.addr[:reg_bits])
+        for i, name in enumerate(CONFIG_REGISTERS):
+            with m.If(reg_write[i]):
+                m.d.sync += reg[name].eq(load.data)
 
-        # ---- derived quantities, latched in SETUP -------------------------------------------------
+        # ---- host-derived quantities (spec.tile.TileGeometry.registers): no divider, no multiplier -------
         setup = Signal()
-        m.submodules.tile = tile = TileConstants(cfg)
-        for name in ("c_in", "c_out", "h_in", "w_in", "w_out", "pad_top", "pad_left", "base_channels"):
-            m.d.comb += getattr(tile, name).eq(reg[name])
-        m.d.comb += tile.setup.eq(setup)
-        cond_slots = G - 1 if G > 1 else 1  # conditional segments of an activation
+        hw_in, in_seg, w_seg = reg["hw_in"][:in_aw], reg["in_seg"][:in_aw], reg["w_seg"][:w_aw]
         m.d.comb += [
+            chain.stride.eq(reg["stride"]),
             chain.h_out.eq(reg["h_out"]),
             chain.w_out.eq(reg["w_out"]),
-            chain.out_per_group.eq(tile.out_per_group),
+            chain.out_per_group.eq(reg["c_og"]),
             chain.pad_top.eq(reg["pad_top"]),
             chain.pad_left.eq(reg["pad_left"]),
-            chain.in_origin.eq(tile.in_origin),
-            chain.row_step.eq(tile.row_step),
-            chain.w_co.eq(tile.w_co),
+            chain.in_origin.eq(reg["in_origin"].as_signed()),  # sign-extended to the address width
+            chain.row_step.eq(reg["row_step"].as_signed()),
+            chain.w_co.eq(reg["w_co"]),
         ]
-        # Offsets of segment k (k base segments): k·nch_b·h_in·w_in and k·nch_b·K², k < G, as shift-and-add
-        # multiples of the per-tile steps; PE i's own group picks its entry in gated phase 1.
-        seg_in = [const_mul(tile.in_seg, k)[: len(tile.in_seg)] for k in range(G)]
-        seg_w = [const_mul(tile.w_seg, k)[: len(tile.w_seg)] for k in range(G)]
+        # Offsets of segment k (k base segments): k·nch_b·h_in·w_in and k·nch_b·K², k below the largest G,
+        # as shift-and-add multiples of the host's steps; PE i's own group picks its entry in gated phase 1.
+        seg_in = [const_mul(in_seg, k)[:in_aw] for k in range(G_max)]
+        seg_w = [const_mul(w_seg, k)[:w_aw] for k in range(G_max)]
 
         # ---- beat sequencer -----------------------------------------------------------------------
         phase2 = Signal()
         issue = Signal()
-        slot = Signal(range(max(G, 2) + 1))
+        slot = Signal(range(max(G_max, 2) + 1))
         chunk_ch = Signal(REGISTER_WIDTH + 1)  # first channel of the chunk in its segment: chunk·L
-        ky, kx = Signal(range(K)), Signal(range(K))
+        ky, kx = Signal(range(K_max)), Signal(range(K_max))
         other = phase2 | (dense & (slot != 0))  # beat works on a conditional-width segment
-        last_slot = Mux(phase2, cond_slots - 1, Mux(dense, cond_slots, 0))
-        seg_width = Mux(other, tile.seg_c, tile.seg_b)
+        n_cond = reg["n_cond"]  # conditional segments of an activation
+        last_slot = Signal.like(slot)
+        m.d.comb += last_slot.eq(Mux(phase2, n_cond - 1, Mux(dense, n_cond, 0)))
+        seg_width = Mux(other, reg["seg_c"], reg["seg_b"])
         remaining = seg_width - chunk_ch
         lanes = Mux(remaining > L, L, remaining)
-        kx_last, ky_last = kx == K - 1, ky == K - 1
+        k_last = Signal.like(kx)
+        m.d.comb += k_last.eq(reg["kernel"] - 1)
+        kx_last, ky_last = kx == k_last, ky == k_last
         chunk_last = remaining <= L  # chunk + 1 == ceil(seg_width / L)
         slot_last = slot == last_slot
         last_beat = kx_last & ky_last & chunk_last & slot_last
@@ -217,7 +231,6 @@ class GatedConvEngine(wiring.Component):
         # Shared beat pointers, relative to the activation's own pointers: the weight word advances by one
         # per beat of a round (slots, chunks and taps are consecutive words); the input word by one per
         # kx, by w_in per ky (row start `in_row`) and by h_in·w_in per chunk (`in_chunk`, slots included).
-        in_aw, w_aw = addr_width(cfg.input_depth), addr_width(cfg.weight_depth)
         beat_layout = data.StructLayout(
             {"w": unsigned(w_aw), "in_chunk": unsigned(in_aw), "in_row": unsigned(in_aw)}
         )
@@ -229,8 +242,8 @@ class GatedConvEngine(wiring.Component):
             m.d.sync += beat.w.eq(beat.w + 1)
             with m.If(kx_last & ky_last):
                 m.d.sync += [
-                    beat.in_chunk.eq(beat.in_chunk + tile.hw_in),
-                    beat.in_row.eq(beat.in_chunk + tile.hw_in),
+                    beat.in_chunk.eq(beat.in_chunk + hw_in),
+                    beat.in_row.eq(beat.in_chunk + hw_in),
                 ]
             with m.Elif(kx_last):
                 m.d.sync += beat.in_row.eq(beat.in_row + reg["w_in"])
@@ -274,14 +287,14 @@ class GatedConvEngine(wiring.Component):
             # run through every slot), phase 2 one base segment from the slot of the own group on.
             skip = slot >= entry.work.g  # (phase 2 only: no path from the chain's group to the address)
             own = chain.coord[i].g
-            in_seg = Mux(phase2, Mux(skip, tile.in_seg, 0), Mux(dense, 0, _pick(seg_in, own)))
-            w_seg = Mux(phase2, Mux(skip, tile.w_seg, 0), Mux(dense, 0, _pick(seg_w, own)))
+            off_in = Mux(phase2, Mux(skip, in_seg, 0), Mux(dense, 0, _pick(seg_in, own)))
+            off_w = Mux(phase2, Mux(skip, w_seg, 0), Mux(dense, 0, _pick(seg_w, own)))
             y = work.pointer.yt + ky
             x = work.pointer.xt + kx
             inside = (y >= 0) & (y < reg["h_in"]) & (x >= 0) & (x < reg["w_in"])
             m.d.comb += [
-                in_r[i].addr.eq(work.pointer.ia + in_seg + beat_in),
-                w_r[i].addr.eq(work.pointer.wa + w_seg + beat_w),
+                in_r[i].addr.eq(work.pointer.ia + off_in + beat_in),
+                w_r[i].addr.eq(work.pointer.wa + off_w + beat_w),
                 t_r[i].addr.eq(work.co),
             ]
             m.d.sync += [

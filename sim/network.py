@@ -42,10 +42,12 @@ __all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_networ
 def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineConfig, int]:
     """The engine configuration a layer runs on, and its ``base_channels`` register.
 
-    P, L, widths and buffer depths are the configuration's; kernel, stride, padding and groups are the
-    layer's. A gated layer with base ``"groups"`` runs with groups = G; with ``{"first": C_b}`` with
-    groups = 1 and ``base_channels = C_b``. An ungated layer runs in dense mode with groups = 1 and a base
-    segment of ``L`` channels (a multiple of L: no extra beats; 1 channel when ``c_in ≤ L``).
+    ``config`` is the build: one engine runs every layer, the layer's kernel, stride, padding and groups
+    going into its run-time registers (at most the build's, :meth:`EngineConfig.for_layer`); P, L, widths
+    and buffer depths are the build's. A gated layer with base ``"groups"`` runs with groups = G; with
+    ``{"first": C_b}`` with groups = 1 and ``base_channels = C_b``. An ungated layer runs in dense mode
+    with groups = 1 and a base segment of ``L`` channels (a multiple of L: no extra beats; 1 channel when
+    ``c_in ≤ L``).
 
     A layer outside the engine's fixed limits (kernel 1..11, ...:
     :func:`trace_format.engine_geometry_problem`;
@@ -66,7 +68,7 @@ def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineCo
         groups = 1
         base = config.lanes if meta.c_in > config.lanes else 1
     try:
-        cfg = dataclasses.replace(config, kernel=k, stride=s, padding=p, groups=groups)
+        cfg = config.for_layer(kernel=k, stride=s, padding=p, groups=groups)  # within the build's maxima
     except ConfigError as exc:
         raise ConfigError(f"layer {layer.name!r}: {exc}") from None
     return cfg, base

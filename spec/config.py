@@ -49,9 +49,11 @@ class EngineConfig:
     acc_width : int
         Accumulator, threshold and output width (signed).
     kernel, stride, padding : int
-        Convolution geometry; ``padding`` bounds a tile's ``pad_top``/``pad_left``.
+        Convolution geometry. For a build (the Verilog, :meth:`check_layer`) the largest kernel, stride and
+        padding its run-time registers take; for a layer's run (:meth:`for_layer`, the cycle model) the
+        layer's own. ``padding`` bounds a tile's ``pad_top``/``pad_left``.
     groups : int
-        Channel groups G (G = 1: a fixed base fraction set per tile).
+        Channel groups G (G = 1: a fixed base fraction set per tile); for a build the largest G.
     input_depth, weight_depth, output_depth, threshold_depth : int
         Buffer depths in words / entries.
     counter_width : int
@@ -63,10 +65,10 @@ class EngineConfig:
     act_width: int = 8
     weight_width: int = 8
     acc_width: int = 32
-    kernel: int = 3
-    stride: int = 1
-    padding: int = 1
-    groups: int = 2
+    kernel: int = 7
+    stride: int = 2
+    padding: int = 3
+    groups: int = 4
     input_depth: int = 4096
     weight_depth: int = 4096
     output_depth: int = 4096
@@ -103,8 +105,36 @@ class EngineConfig:
 
     @property
     def addr_width(self) -> int:
-        depth = max(self.input_depth, self.weight_depth, self.output_depth, self.threshold_depth, 16)
+        # At least 5 bits: the 20 configuration registers (spec.protocol.ConfigRegister) share the field.
+        depth = max(self.input_depth, self.weight_depth, self.output_depth, self.threshold_depth, 32)
         return (depth - 1).bit_length()
+
+    # The fields a layer sets at run time (configuration registers); a build holds their maxima.
+    LAYER_FIELDS = ("kernel", "stride", "padding", "groups")
+
+    def for_layer(self, kernel: int, stride: int, padding: int, groups: int) -> EngineConfig:
+        """The configuration of one layer run on this build: its kernel, stride, padding and groups, every
+        other field the build's; refused (:class:`ConfigError`, naming the field) beyond the maxima."""
+        layer = dataclasses.replace(self, kernel=kernel, stride=stride, padding=padding, groups=groups)
+        self.check_layer(layer)
+        return layer
+
+    def check_layer(self, layer: EngineConfig) -> None:
+        """Refuse a layer configuration this build cannot run (:class:`ConfigError` naming the field).
+
+        The build's ``kernel``, ``stride``, ``padding`` and ``groups`` are maxima (G = 1, the fixed base
+        fraction, runs on every build); every other field must be equal: it shapes the hardware.
+        """
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(layer, f.name)
+            if f.name in self.LAYER_FIELDS:
+                if theirs > mine and not (f.name == "groups" and theirs == 1):
+                    raise ConfigError(
+                        f"layer {f.name} = {theirs}: above the build's {f.name} = {mine} (config field "
+                        f"{f.name!r} is the largest the engine runs)"
+                    )
+            elif mine != theirs:
+                raise ConfigError(f"layer config field {f.name!r} = {theirs}: the build has {mine}")
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

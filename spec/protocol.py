@@ -55,19 +55,34 @@ class UnloadTarget(enum.Enum, shape=1):
     COUNTERS = 1
 
 
-class ConfigRegister(enum.Enum, shape=4):
-    """Configuration register addresses; the names are :class:`spec.tile.TileGeometry`'s fields."""
+class ConfigRegister(enum.Enum, shape=5):
+    """Configuration register addresses (docs/microarchitecture.md, section 3).
 
-    C_IN = 0
-    C_OUT = 1
-    H_IN = 2
-    W_IN = 3
-    H_OUT = 4
-    W_OUT = 5
-    PAD_TOP = 6
-    PAD_LEFT = 7
-    BASE_CHANNELS = 8
-    DENSE = 9
+    The host derives every value from the layer and the tile (:meth:`spec.tile.TileGeometry.registers`):
+    the engine neither divides nor multiplies run-time values, so the segment widths, the channels per
+    group and the products of extents arrive ready-made.
+    """
+
+    DENSE = 0
+    KERNEL = 1
+    STRIDE = 2
+    N_COND = 3
+    C_OUT = 4
+    H_IN = 5
+    W_IN = 6
+    H_OUT = 7
+    W_OUT = 8
+    PAD_TOP = 9
+    PAD_LEFT = 10
+    SEG_B = 11
+    SEG_C = 12
+    C_OG = 13
+    HW_IN = 14
+    IN_SEG = 15
+    W_CO = 16
+    W_SEG = 17
+    ROW_STEP = 18
+    IN_ORIGIN = 19
 
 
 class Counter(enum.Enum):

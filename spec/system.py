@@ -4,8 +4,8 @@ A system configuration file is TOML (or JSON) with up to four tables; every one 
 field left out keeps its default:
 
 * ``[engine]``: :class:`spec.config_file.EngineConfig` (P, L, widths, buffer depths); the kernel, stride,
-  padding and groups given there are replaced per layer by the layer's own (section "Layers" of
-  docs/network.md);
+  padding and groups given there are the largest the build runs, each layer runs with its own (section
+  "Layers" of docs/network.md);
 * ``[dram]``: :class:`DramConfig`;
 * ``[report]``: :class:`ReportOptions`;
 * ``[energy]``: ``table = "FILE"``, an energy table replacing the built-in 45 nm one (docs/energy.md).

@@ -9,9 +9,19 @@ import numpy as np
 from spec.config import ConfigError, EngineConfig
 from spec.protocol import CONFIG_REGISTERS, REGISTER_WIDTH
 
-__all__ = ["REGISTER_LIMIT", "Segments", "Tile", "TileGeometry", "conv_output_size", "random_tile"]
+__all__ = [
+    "REGISTER_LIMIT",
+    "SIGNED_REGISTERS",
+    "Segments",
+    "Tile",
+    "TileGeometry",
+    "conv_output_size",
+    "random_tile",
+]
 
 REGISTER_LIMIT = (1 << REGISTER_WIDTH) - 1  # largest value a configuration register holds
+# Registers the engine reads as two's complement (pointer steps that can be negative).
+SIGNED_REGISTERS = ("row_step", "in_origin")
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -86,9 +96,46 @@ class TileGeometry:
             dense=dense,
         )
 
-    def registers(self) -> list[int]:
-        """Values of the configuration registers, in address order (:class:`spec.protocol.ConfigRegister`)."""
-        return [int(getattr(self, name)) for name in CONFIG_REGISTERS]
+    def register_values(self, config: EngineConfig) -> dict[str, int]:
+        """The configuration registers for this tile run with the layer configuration ``config``, by name.
+
+        Everything the engine would otherwise divide or multiply is derived here (docs/microarchitecture.md,
+        section 3): the segment widths, the channels per group, the input words of a chunk and of a base
+        segment, the weight words of an output channel and of its base segment, the input pointer's step
+        to the next output row (negative when the output row is wider than the input row plus one) and its
+        value at output (0, 0); :data:`SIGNED_REGISTERS` are written in two's complement.
+        """
+        seg = self.segments(config)
+        k, s = config.kernel, config.stride
+        hw_in = self.h_in * self.w_in
+        return {
+            "dense": int(bool(self.dense)),
+            "kernel": k,
+            "stride": s,
+            "n_cond": seg.n_seg - 1,
+            "c_out": self.c_out,
+            "h_in": self.h_in,
+            "w_in": self.w_in,
+            "h_out": self.h_out,
+            "w_out": self.w_out,
+            "pad_top": self.pad_top,
+            "pad_left": self.pad_left,
+            "seg_b": seg.base_ch,
+            "seg_c": seg.cond_ch,
+            "c_og": seg.out_per_group,
+            "hw_in": hw_in,
+            "in_seg": seg.nch_b * hw_in,
+            "w_co": seg.n_chunks * k * k,
+            "w_seg": seg.nch_b * k * k,
+            "row_step": s * (self.w_in - self.w_out + 1),
+            "in_origin": -(self.pad_top * self.w_in + self.pad_left),
+        }
+
+    def registers(self, config: EngineConfig) -> list[int]:
+        """Register words in address order (:class:`spec.protocol.ConfigRegister`), negative values in
+        two's complement; :meth:`check` has refused a tile whose values do not fit."""
+        values = self.register_values(config)
+        return [values[name] & REGISTER_LIMIT for name in CONFIG_REGISTERS]
 
     @property
     def n_outputs(self) -> int:
@@ -165,6 +212,14 @@ class TileGeometry:
                 raise ConfigError(
                     f"tile needs {words} entries of the {name.removesuffix('_depth')} buffer, "
                     f"config field {name!r} = {getattr(config, name)}"
+                )
+        for name, value in self.register_values(config).items():
+            lo = -(1 << (REGISTER_WIDTH - 1)) if name in SIGNED_REGISTERS else 0
+            hi = (1 << (REGISTER_WIDTH - 1)) - 1 if name in SIGNED_REGISTERS else REGISTER_LIMIT
+            if not lo <= value <= hi:
+                raise ConfigError(
+                    f"tile needs configuration register {name!r} = {value}, outside the {REGISTER_WIDTH}-bit "
+                    f"register's [{lo}, {hi}]"
                 )
         worst = self.c_in * k * k * (1 << (config.act_width - 1)) * (1 << (config.weight_width - 1))
         if worst > (1 << (config.acc_width - 1)) - 1:

@@ -77,7 +77,10 @@ def test_run_default(capsys, tmp_path):
 def test_run_with_config_seed_and_all_tiles(capsys, tmp_path):
     config = tmp_path / "g1.toml"
     config.write_text("[engine]\ngroups = 1\npes = 4\noutput_depth = 1024\n")
-    code, out, err = run_cli(capsys, "run", "--config", config, "--seed", 5, "--gate-rate", 0.5, "--tiles", 0)
+    args = ("--seed", 5, "--gate-rate", 0.5, "--tiles", 0)
+    code, _, err = run_cli(capsys, "run", "--config", config, *args)  # the layer's G = 2 > the build's 1
+    assert_clean_error(code, err, "layer groups = 2: above the build's groups = 1")
+    code, out, err = run_cli(capsys, "run", "--config", config, "--groups", 1, *args)
     assert code == 0, err
     assert "groups 1 (base channels 32)" in out
     assert "ran 16 of 16 tiles" in out

@@ -37,7 +37,7 @@ def test_different_parameters_give_different_verilog(tmp_path):
     "field,value,fragment",
     [
         ("pes", 0, "'pes' = 0"),
-        ("padding", 3, "'padding' = 3"),
+        ("padding", 7, "'padding' = 7"),  # not below the kernel (7)
         ("acc_width", 12, "'acc_width' = 12"),
         ("lanes", "8", "'lanes'"),
     ],
@@ -50,3 +50,22 @@ def test_bad_configuration_is_refused_before_generation(field, value, fragment):
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match="unknown key 'lane'"):
         EngineConfig.from_dict({"lane": 4})
+
+
+def test_no_divider_and_no_multiplier_outside_the_datapath(tmp_path):
+    """Kernel, stride and groups are run-time registers whose products the host writes: the Verilog of a
+    build with non-power-of-two maxima has no divider or modulo anywhere, and multiplies only in the PEs'
+    operand lanes and the MAC counter (valid PEs x lanes), never in the address path."""
+    config = EngineConfig(**{**SMALL.to_dict(), "kernel": 5, "stride": 3, "padding": 2, "groups": 3})
+    text = generate_verilog(config, tmp_path).read_text()
+    module, where = None, {}
+    for line in text.splitlines():
+        if line.startswith("module "):
+            module = line.split()[1].lstrip("\\")
+        for op in (" * ", " / ", " % "):
+            if op in line:
+                where.setdefault(op.strip(), set()).add(module)
+    assert "/" not in where and "%" not in where, where
+    pes = {f"gated_conv_engine.macs.pe{i}" for i in range(config.pes)}
+    assert where["*"] <= pes | {"gated_conv_engine.counters"}, where["*"]
+    assert pes <= where["*"]  # the check sees the operand products it allows

@@ -85,18 +85,32 @@ def _by_sel(writes: LoadWrites) -> dict[int, dict[int, int]]:
 
 CASES = [
     # (config, c_in, c_out, h, w, geometry extras)
-    (EngineConfig(pes=2, lanes=4, kernel=2, padding=1, groups=2, **SMALL), 6, 2, 2, 3, {}),  # C_g=3 < L
     (
-        EngineConfig(pes=1, lanes=4, kernel=3, padding=1, groups=1, **SMALL),
+        EngineConfig(pes=2, lanes=4, kernel=2, stride=1, padding=1, groups=2, **SMALL),
+        6,
+        2,
+        2,
+        3,
+        {},
+    ),  # C_g=3 < L
+    (
+        EngineConfig(pes=1, lanes=4, kernel=3, stride=1, padding=1, groups=1, **SMALL),
         5,
         2,
         2,
         2,
         {"base_channels": 2, "pad_top": 1, "pad_left": 1},
     ),
-    (EngineConfig(pes=3, lanes=2, kernel=1, padding=0, groups=4, **SMALL), 12, 4, 1, 2, {"dense": True}),
     (
-        EngineConfig(pes=1, lanes=16, kernel=1, padding=0, groups=1, **SMALL),
+        EngineConfig(pes=3, lanes=2, kernel=1, stride=1, padding=0, groups=4, **SMALL),
+        12,
+        4,
+        1,
+        2,
+        {"dense": True},
+    ),
+    (
+        EngineConfig(pes=1, lanes=16, kernel=1, stride=1, padding=0, groups=1, **SMALL),
         20,
         3,
         1,
@@ -105,7 +119,16 @@ CASES = [
     ),
     (
         EngineConfig(
-            pes=1, lanes=3, act_width=6, weight_width=5, acc_width=20, kernel=1, padding=0, groups=2, **SMALL
+            pes=1,
+            lanes=3,
+            act_width=6,
+            weight_width=5,
+            acc_width=20,
+            kernel=1,
+            stride=1,
+            padding=0,
+            groups=2,
+            **SMALL,
         ),
         6,
         2,
@@ -132,22 +155,10 @@ def test_load_writes_word_by_word(case: int) -> None:
     exp_in, exp_w = _expected_words(config, tile)
 
     g = tile.geometry
-    assert got[0] == dict(
-        enumerate(
-            [
-                g.c_in,
-                g.c_out,
-                g.h_in,
-                g.w_in,
-                g.h_out,
-                g.w_out,
-                g.pad_top,
-                g.pad_left,
-                g.base_channels,
-                int(g.dense),
-            ]
-        )
-    )
+    # The register values are worked by hand in tests/test_protocol_constants.py; here: all of them, at
+    # their addresses, and a few spelled out.
+    assert got[0] == dict(enumerate(g.registers(config)))
+    assert (got[0][0], got[0][1], got[0][4], got[0][5]) == (int(g.dense), config.kernel, g.c_out, g.h_in)
     assert sorted(got[1]) == list(range(len(exp_in)))
     for addr, word in exp_in.items():
         assert got[1][addr] == word, f"input word {addr}: {got[1][addr]:#x} != {word:#x}"
@@ -164,7 +175,7 @@ def test_load_writes_word_by_word(case: int) -> None:
 
 def test_literal_words_group2() -> None:
     """A few words of the first case spelled out by hand."""
-    config = EngineConfig(pes=2, lanes=4, kernel=2, padding=1, groups=2, **SMALL)
+    config = EngineConfig(pes=2, lanes=4, kernel=2, stride=1, padding=1, groups=2, **SMALL)
     tile = _hand_tile(6, 2, 2, 3, 2)
     got = _by_sel(load_writes(config, tile))
     # x[c, y, x] = (37c + 11y + 5x) % 256 - 128; segment 0 = channels 0..2, segment 1 = 3..5, lane 3 zero.
@@ -182,7 +193,7 @@ def test_literal_words_group2() -> None:
 
 def test_literal_words_base_fraction() -> None:
     """G = 1, C_b = 2 of 5 channels, L = 4: chunk 0 = channels 0,1 (+2 zero lanes), chunk 1 = 2,3,4."""
-    config = EngineConfig(pes=1, lanes=4, kernel=3, padding=1, groups=1, **SMALL)
+    config = EngineConfig(pes=1, lanes=4, kernel=3, stride=1, padding=1, groups=1, **SMALL)
     tile = _hand_tile(5, 2, 2, 2, 3, base_channels=2, pad_top=1, pad_left=1)
     got = _by_sel(load_writes(config, tile))
     assert len(got[1]) == 2 * 2 * 2
@@ -194,7 +205,7 @@ def test_literal_words_base_fraction() -> None:
 
 
 def test_wide_words_exceed_64_bits() -> None:
-    config = EngineConfig(pes=1, lanes=16, kernel=1, padding=0, groups=2, **SMALL)
+    config = EngineConfig(pes=1, lanes=16, kernel=1, stride=1, padding=0, groups=2, **SMALL)
     assert config.data_width == 128
     inputs = np.arange(-16, 16, dtype=np.int8).reshape(32, 1, 1)
     weights = np.full((2, 32, 1, 1), -1, dtype=np.int8)
@@ -241,8 +252,8 @@ def test_pack_payload_fields() -> None:
     with pytest.raises(ValueError):
         pack_request(config, 2, 0)
     tiny = EngineConfig(input_depth=4, weight_depth=4, output_depth=4, threshold_depth=4)
-    assert tiny.addr_width == 4  # at least 4 address bits
-    assert pack_payload(tiny, 1, 15, 1) == 1 | (15 << 3) | (1 << 7)
+    assert tiny.addr_width == 5  # at least 5 address bits: the 20 configuration registers
+    assert pack_payload(tiny, 1, 15, 1) == 1 | (15 << 3) | (1 << 8)
 
 
 def test_decode_output_and_counter() -> None:
@@ -256,7 +267,7 @@ def test_decode_output_and_counter() -> None:
 
 def test_random_tiles_vectorized_equals_scalar() -> None:
     rng = np.random.default_rng(7)
-    config = EngineConfig(pes=4, lanes=3, kernel=3, padding=1, groups=2, **SMALL)
+    config = EngineConfig(pes=4, lanes=3, kernel=3, stride=1, padding=1, groups=2, **SMALL)
     for _ in range(5):
         geo = TileGeometry.full_layer(config, c_in=int(rng.choice([2, 4, 8])), c_out=2, h_in=3, w_in=4)
         tile = random_tile(config, geo, rng)

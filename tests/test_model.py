@@ -26,8 +26,10 @@ BIG = 1 << 16  # buffer depths that never limit the small test tiles
 
 
 def make_config(**kw: int) -> EngineConfig:
+    """A layer configuration: a 3x3, stride-1, padding-1, G = 2 layer unless ``kw`` says otherwise."""
     depths = {"input_depth": BIG, "weight_depth": BIG, "output_depth": BIG, "threshold_depth": 1024}
-    return EngineConfig(**{**depths, **kw})
+    layer = {"kernel": 3, "stride": 1, "padding": 1, "groups": 2}
+    return EngineConfig(**{**depths, **layer, **kw})
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_macs_outputs_and_unmapped_layers(trace, engine):
 
 
 def test_tiles_cover_every_output_once():
-    cfg = dataclasses.replace(SMALL, groups=2)
+    cfg = dataclasses.replace(SMALL, kernel=3, stride=1, padding=1, groups=2)
     plan = plan_layer(cfg, 4, 4, 6, 6, 6, 6, padding=1)
     assert len(plan) > 2
     hits = np.zeros((4, 6, 6), dtype=int)
@@ -96,7 +96,7 @@ def test_traffic_halo_rereads(trace):
     """Many row blocks: each tile reads the input rows its outputs need, halo included."""
     run = run_network(trace, SystemConfig(engine=SMALL), samples=1)
     conv = next(lr for lr in run.layers if lr.name == "conv")
-    cfg = dataclasses.replace(SMALL, groups=2)
+    cfg = dataclasses.replace(SMALL, kernel=3, stride=1, padding=1, groups=2)
     plan = plan_layer(cfg, 4, 4, 6, 6, 6, 6, padding=1)
     expected_inputs = 0
     blocks = {(t.r0, t.r1, t.x0_out, t.x1_out) for t in plan}

@@ -31,11 +31,19 @@ def _tiles() -> list[tuple[EngineConfig, TileGeometry, np.ndarray, np.ndarray, n
     rates from sparse to dense."""
     rng = np.random.default_rng(12)
     cases = [
-        (EngineConfig(groups=4), TileGeometry(16, 8, 8, 8, 8, 8, 1, 1), 0.1),
-        (EngineConfig(groups=2), TileGeometry(32, 16, 6, 7, 6, 7, 1, 1), 0.4),
-        (EngineConfig(groups=2, stride=2), TileGeometry(16, 8, 9, 9, 5, 5, 1, 1), 0.3),
-        (EngineConfig(groups=1), TileGeometry(24, 12, 5, 9, 5, 9, 1, 1, base_channels=8), 0.6),
-        (EngineConfig(groups=4, pes=4), TileGeometry(32, 8, 4, 10, 4, 10, 1, 1), 0.9),
+        (EngineConfig(kernel=3, stride=1, padding=1, groups=4), TileGeometry(16, 8, 8, 8, 8, 8, 1, 1), 0.1),
+        (EngineConfig(kernel=3, stride=1, padding=1, groups=2), TileGeometry(32, 16, 6, 7, 6, 7, 1, 1), 0.4),
+        (EngineConfig(kernel=3, stride=2, padding=1, groups=2), TileGeometry(16, 8, 9, 9, 5, 5, 1, 1), 0.3),
+        (
+            EngineConfig(kernel=3, stride=1, padding=1, groups=1),
+            TileGeometry(24, 12, 5, 9, 5, 9, 1, 1, base_channels=8),
+            0.6,
+        ),
+        (
+            EngineConfig(kernel=3, stride=1, padding=1, groups=4, pes=4),
+            TileGeometry(32, 8, 4, 10, 4, 10, 1, 1),
+            0.9,
+        ),
     ]
     out = []
     for cfg, g, rate in cases:

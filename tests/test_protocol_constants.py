@@ -9,7 +9,7 @@ import random
 import pytest
 
 from spec import protocol
-from spec.config import EngineConfig
+from spec.config import ConfigError, EngineConfig
 from spec.tile import REGISTER_LIMIT, TileGeometry
 from verification.layout import decode_output, pack_payload, pack_request, unpack_payload
 
@@ -35,11 +35,10 @@ def test_selector_codes_are_the_spec_table():
 
 def test_registers_and_counters_are_the_spec_table():
     assert protocol.CONFIG_REGISTERS == (
-        "c_in", "c_out", "h_in", "w_in", "h_out", "w_out", "pad_top", "pad_left", "base_channels", "dense",
+        "dense", "kernel", "stride", "n_cond", "c_out", "h_in", "w_in", "h_out", "w_out", "pad_top",
+        "pad_left", "seg_b", "seg_c", "c_og", "hw_in", "in_seg", "w_co", "w_seg", "row_step", "in_origin",
     )  # fmt: skip
-    assert [r.value for r in protocol.ConfigRegister] == list(range(10))
-    # Every configuration register is a tile geometry field, in the geometry's order.
-    assert list(protocol.CONFIG_REGISTERS) == list(TileGeometry.__dataclass_fields__)
+    assert [r.value for r in protocol.ConfigRegister] == list(range(20))
     assert REGISTER_LIMIT == 65_535
     assert protocol.COUNTER_NAMES == (
         "cycles", "base_macs", "cond_macs", "busy_pe_cycles", "idle_pe_cycles", "stall_cycles", "gates_on",
@@ -48,8 +47,46 @@ def test_registers_and_counters_are_the_spec_table():
 
 
 def test_register_values_follow_the_address_map():
-    g = TileGeometry(c_in=5, c_out=6, h_in=7, w_in=8, h_out=9, w_out=10, pad_top=1, pad_left=2, dense=True)
-    assert g.registers() == [5, 6, 7, 8, 9, 10, 1, 2, 0, 1]
+    # Worked by hand from docs/microarchitecture.md section 3: G = 3, L = 8, K = 5, S = 2, C_in = 30 (three
+    # segments of 10 channels: nch_b = nch_c = 2, 6 chunks), C_out = 6 (2 per group), 9x11 in, 3x4 out.
+    layer = EngineConfig().for_layer(kernel=5, stride=2, padding=2, groups=3)
+    g = TileGeometry(c_in=30, c_out=6, h_in=9, w_in=11, h_out=3, w_out=4, pad_top=2, pad_left=1)
+    assert g.registers(layer) == [
+        0, 5, 2, 2, 6, 9, 11, 3, 4, 2, 1,  # dense .. pad_left
+        10, 10, 2,  # seg_b, seg_c, c_og
+        99, 198, 150, 50,  # hw_in = 9·11, in_seg = 2·99, w_co = 6·25, w_seg = 2·25
+        16,  # row_step = 2·(11 − 4 + 1)
+        65_536 - 23,  # in_origin = −(2·11 + 1), two's complement
+    ]  # fmt: skip
+    # G = 1 (fixed base fraction), dense: two segments, every output channel in group 0.
+    layer = EngineConfig().for_layer(kernel=3, stride=1, padding=1, groups=1)
+    g = TileGeometry(20, 5, 4, 4, 4, 4, 1, 1, base_channels=12, dense=True)
+    assert g.registers(layer)[:14] == [1, 3, 1, 1, 5, 4, 4, 4, 4, 1, 1, 12, 8, 5]
+    # hw_in 16, in_seg 2·16 (12 base channels: 2 chunks), w_co 3 chunks · 9, w_seg 2·9, row_step 1·(4−4+1)
+    assert g.registers(layer)[14:] == [16, 32, 27, 18, 1, 65_536 - 5]
+
+
+def test_a_build_runs_layers_up_to_its_maxima():
+    build = EngineConfig()
+    assert (build.kernel, build.stride, build.padding, build.groups) == (7, 2, 3, 4)  # spec section 2
+    assert build.for_layer(1, 1, 0, 1).kernel == 1
+    assert build.for_layer(7, 2, 3, 4).groups == 4
+    with pytest.raises(ConfigError, match="layer kernel = 9: above the build's kernel = 7"):
+        build.check_layer(EngineConfig(kernel=9))
+    with pytest.raises(ConfigError, match="layer groups = 5"):
+        build.for_layer(3, 1, 1, 5)
+    with pytest.raises(ConfigError, match="'lanes' = 4: the build has 8"):
+        build.check_layer(EngineConfig(lanes=4))
+    assert EngineConfig(groups=1).for_layer(3, 1, 1, 1).groups == 1
+
+
+def test_a_register_value_that_does_not_fit_is_refused():
+    layer = EngineConfig(input_depth=1 << 18, output_depth=1 << 17).for_layer(
+        kernel=1, stride=1, padding=0, groups=1
+    )
+    g = TileGeometry(c_in=16, c_out=1, h_in=300, w_in=300, h_out=300, w_out=300, base_channels=8)
+    with pytest.raises(ConfigError, match="register 'hw_in' = 90000"):
+        g.check(layer)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: f"P{c.pes}L{c.lanes}A{c.acc_width}")

@@ -283,7 +283,7 @@ def test_sweep_refuses_per_layer_geometry(name):
     from accel.sweep import parse_param
 
     field = name.removeprefix("engine.")
-    with pytest.raises(ConfigError, match=rf"'{re.escape(name)}'.*per layer") as exc:
+    with pytest.raises(ConfigError, match=rf"'{re.escape(name)}'.*largest the build runs") as exc:
         parse_param(f"{name}=1,3")
     assert field in str(exc.value)
     # Fields the trace does not override still sweep.
@@ -294,7 +294,7 @@ def test_sweep_points_refuses_per_layer_geometry():
     from accel.sweep import sweep_points
     from spec.system import SystemConfig
 
-    with pytest.raises(ConfigError, match="stride.*per layer"):
+    with pytest.raises(ConfigError, match="stride.*largest the build runs"):
         sweep_points(SystemConfig(), [("engine.pes", [4, 8]), ("engine.stride", [1, 2])])
     assert len(sweep_points(SystemConfig(), [("engine.pes", [4, 8])])) == 2
 

@@ -17,8 +17,9 @@ from verification.driver import EngineDriver
 SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_depth=32)
 
 
-def run_engine_amaranth(config: EngineConfig, tiles):
-    """Load, run and unload each tile.
+def run_engine_amaranth(config: EngineConfig, tiles, layers=None):
+    """Load, run and unload each tile on one build of ``config`` (``layers``: each tile's layer
+    configuration, default the build's).
 
     Returns per tile ``(y, gate, counters, busy, write_cycle)``: the busy cycles seen and, per output
     entry, the cycle of the run (1 = first busy cycle) in which the trace port last showed it written.
@@ -28,8 +29,8 @@ def run_engine_amaranth(config: EngineConfig, tiles):
 
     async def bench(ctx):
         driver = EngineDriver(config, AmaranthTransport(ctx, dut, config.pes))
-        for tile in tiles:
-            await driver.load_tile(tile)
+        for tile, layer in zip(tiles, layers or [config] * len(tiles), strict=True):
+            await driver.load_tile(tile, layer=layer)
             run = await driver.run()
             out = await driver.read_outputs(tile.geometry)
             counters = await driver.read_counters()
@@ -57,7 +58,7 @@ CASES = [
 
 @pytest.mark.parametrize("overrides,geom,rate", CASES)
 def test_engine_matches_reference(overrides, geom, rate):
-    config = EngineConfig(**SMALL, **overrides)
+    config = EngineConfig(**{**SMALL, "kernel": 3, "stride": 1, "padding": 1, **overrides})
     geometry = TileGeometry.full_layer(config, **geom)
     tile = random_tile(config, geometry, np.random.default_rng(7), gate_rate=rate)
     y, gate, counters, busy, write_cycle = run_engine_amaranth(config, [tile])[0]
@@ -72,3 +73,37 @@ def test_engine_matches_reference(overrides, geom, rate):
     model = run_tile(config, tile)
     assert counters == model.counters
     np.testing.assert_array_equal(write_cycle, model.write_cycle)
+
+
+# (kernel, stride, padding, groups, geometry kwargs, gate rate): layers of different shapes on one build.
+LAYERS = [
+    (3, 1, 1, 2, dict(c_in=8, c_out=4, h_in=4, w_in=4), 0.5),
+    (5, 2, 2, 4, dict(c_in=8, c_out=8, h_in=7, w_in=6), 0.4),
+    (1, 2, 0, 1, dict(c_in=6, c_out=3, h_in=5, w_in=5, base_channels=4, dense=True), 0.5),
+    (3, 2, 1, 3, dict(c_in=9, c_out=6, h_in=5, w_in=4), 0.6),
+    (1, 1, 0, 4, dict(c_in=8, c_out=4, h_in=3, w_in=3), 1.0),
+    (5, 1, 2, 1, dict(c_in=5, c_out=2, h_in=4, w_in=5, base_channels=3), 0.5),
+]
+
+
+def test_one_build_runs_every_layer_shape():
+    """Kernel, stride, padding and groups are run-time registers: one elaboration runs them all, back to
+    back, each equal to the model run with the layer's own configuration."""
+    build = EngineConfig(
+        **{**SMALL, "weight_depth": 1024}, pes=4, lanes=4, kernel=5, stride=2, padding=2, groups=4
+    )
+    rng = np.random.default_rng(11)
+    layers, tiles = [], []
+    for k, s, p, g, geom, rate in LAYERS:
+        layer = build.for_layer(kernel=k, stride=s, padding=p, groups=g)
+        layers.append(layer)
+        tiles.append(random_tile(layer, TileGeometry.full_layer(layer, **geom), rng, gate_rate=rate))
+    results = run_engine_amaranth(build, tiles, layers)
+    for layer, tile, (y, gate, counters, busy, write_cycle) in zip(layers, tiles, results, strict=True):
+        model = run_tile(layer, tile)
+        np.testing.assert_array_equal(y, model.outputs)
+        np.testing.assert_array_equal(gate, model.gates)
+        assert counters == model.counters and counters["cycles"] == busy
+        np.testing.assert_array_equal(write_cycle, model.write_cycle)
+        ref_y, ref_gate, _ = tile_reference(layer, tile)
+        np.testing.assert_array_equal(y, ref_y)

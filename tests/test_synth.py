@@ -27,7 +27,14 @@ needs_yosys = pytest.mark.skipif(not HAVE_YOSYS, reason=NO_YOSYS)
 
 # Small enough to synthesize in seconds; the input buffer is deep enough that ECP5 puts it in block RAM.
 CONFIG = EngineConfig(
-    pes=2, lanes=2, input_depth=1024, weight_depth=64, output_depth=16, threshold_depth=16, kernel=3
+    pes=2,
+    lanes=2,
+    input_depth=1024,
+    weight_depth=64,
+    output_depth=16,
+    threshold_depth=16,
+    kernel=3,
+    padding=1,
 )
 BUFFERS = {"inbuf", "wbuf", "tbuf", "obuf", "queue"}
 
@@ -152,6 +159,7 @@ def test_no_ecp5_runs_the_generic_synthesis_only(tmp_path):
         acc_width=8,
         counter_width=16,
         kernel=1,
+        stride=1,
         padding=0,
         groups=1,
         input_depth=16,

@@ -6,6 +6,8 @@ back against the functional reference (sim/reference.py, itself checked by those
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,9 @@ from sim.synthetic import cut_tiles, layer_reference, synthetic_layer
 from spec.config import ConfigError, EngineConfig
 from spec.tile import Tile, TileGeometry
 from tests.test_reference import naive
+
+# A 3x3, stride-1, padding-1, G = 2 layer on the default build (the layer `accel run` cuts by default).
+LAYER3 = EngineConfig().for_layer(kernel=3, stride=1, padding=1, groups=2)
 
 
 def gated(x, w, thresholds, stride, pad_top, pad_left, h_out, w_out, groups, base_channels):
@@ -126,17 +131,17 @@ def check_stitching(layer, config):
 
 def test_default_layer_cuts_into_doc_example_tiles():
     layer = synthetic_layer(64, 64, 16, 16, 3, 1, 1, 2, 0.3, seed=0)
-    tiles = check_stitching(layer, EngineConfig())
+    tiles = check_stitching(layer, LAYER3)
     assert len(tiles) == 4
     assert tiles[0].geometry == TileGeometry(64, 32, 9, 16, 8, 16, pad_top=1, pad_left=1)
     # a tile takes the same block of channels from each group, group by group
     assert tiles[0].channels == tuple(range(0, 16)) + tuple(range(32, 48))
-    assert cut_tiles(layer, EngineConfig(), max_tiles=1)[0].geometry == tiles[0].geometry
+    assert cut_tiles(layer, LAYER3, max_tiles=1)[0].geometry == tiles[0].geometry
 
 
 def test_column_blocks_when_a_row_does_not_fit():
     layer = synthetic_layer(16, 4, 6, 40, 3, 1, 1, 2, 0.5, seed=2)
-    config = EngineConfig(input_depth=2 * 3 * 10, output_depth=16, weight_depth=4 * 2 * 9)
+    config = dataclasses.replace(LAYER3, input_depth=2 * 3 * 10, output_depth=16, weight_depth=4 * 2 * 9)
     tiles = check_stitching(layer, config)
     assert len({t.col0 for t in tiles}) > 1
 
@@ -185,13 +190,13 @@ def test_tiles_fit_and_stitch_into_the_layer(case):
 def test_refuses_what_the_engine_cannot_run():
     layer = synthetic_layer(16, 8, 8, 8, 3, 1, 1, 2, 0.5, seed=0)
     with pytest.raises(ConfigError, match="'kernel' = 3"):
-        cut_tiles(layer, EngineConfig(kernel=5, padding=1))
+        cut_tiles(layer, dataclasses.replace(LAYER3, kernel=5))
     with pytest.raises(ConfigError, match="'groups' = 2"):
-        cut_tiles(layer, EngineConfig(groups=4))
+        cut_tiles(layer, dataclasses.replace(LAYER3, groups=4))
     with pytest.raises(ConfigError, match="'padding' = 1"):
-        cut_tiles(layer, EngineConfig(padding=0))
+        cut_tiles(layer, dataclasses.replace(LAYER3, padding=0))
     with pytest.raises(ConfigError, match="not even one output"):
-        cut_tiles(layer, EngineConfig(weight_depth=10))
+        cut_tiles(layer, dataclasses.replace(LAYER3, weight_depth=10))
     with pytest.raises(ConfigError, match="'gate_rate'"):
         synthetic_layer(16, 8, 8, 8, 3, 1, 1, 2, 1.5, seed=0)
     with pytest.raises(ConfigError, match="'c_out' = 7"):

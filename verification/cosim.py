@@ -142,7 +142,8 @@ def spec_write_cycles(config: EngineConfig, tile: Tile, gates: np.ndarray) -> np
 
 
 def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
-    """The cycle model's results for ``tile`` (computed here, never in the simulator process)."""
+    """The cycle model's results for ``tile`` of a layer configured ``config`` (computed here, never in the
+    simulator process); the case runs on any build whose maxima cover the layer (``run_cosim``)."""
     from sim.engine import run_tile
 
     tile.check(config)
@@ -154,6 +155,7 @@ def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
         gates=np.asarray(result.gates, dtype=bool),
         counters={k: int(result.counters[k]) for k in COUNTER_NAMES},
         write_cycle=np.asarray(result.write_cycle, dtype=np.int64),
+        layer=config,
     )
     try:
         from sim.reference import tile_reference

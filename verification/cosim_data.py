@@ -63,6 +63,9 @@ class CosimCase:
     # must be idle after the reset (spec section 4, "Reset"), and the next case runs normally.
     reset_at: int = 0
     reset_cycles: int = 3
+    # The configuration of the layer the tile belongs to (the build's with the layer's kernel, stride,
+    # padding and groups: spec.config.EngineConfig.for_layer); None: the build's own.
+    layer: EngineConfig | None = None
 
 
 def _pattern(value) -> np.ndarray:
@@ -75,6 +78,8 @@ def _unpattern(array: np.ndarray) -> int | tuple[int, ...]:
 
 def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -> Path:
     for c in cases:
+        if c.layer is not None:
+            config.check_layer(c.layer)
         if c.load not in LOAD_MODES:
             raise ValueError(f"case {c.name!r}: load = {c.load!r}, expected one of {LOAD_MODES}")
         if not 0 <= c.reset_at <= int(c.counters["cycles"]) or c.reset_cycles < 1:
@@ -100,6 +105,9 @@ def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -
         arrays[f"t{i}_resp_stall"] = _pattern(c.resp_stall)
         arrays[f"t{i}_load_gap"] = _pattern(c.load_gap)
         arrays[f"t{i}_pacing"] = np.array([c.stall_seed, c.reset_at, c.reset_cycles], dtype=np.int64)
+        layer = c.layer or config
+        fields_ = EngineConfig.LAYER_FIELDS
+        arrays[f"t{i}_layer"] = np.array([getattr(layer, f) for f in fields_], dtype=np.int64)
         if c.ref_outputs is not None:
             arrays[f"t{i}_ref_outputs"] = np.asarray(c.ref_outputs, dtype=np.int64)
             arrays[f"t{i}_ref_gates"] = np.asarray(c.ref_gates, dtype=bool)
@@ -152,8 +160,11 @@ def load_cases(path: str | Path) -> tuple[EngineConfig, list[CosimCase]]:
                     load=str(loads[i]),
                 )
             )
+            case = cases[-1]
+            if f"t{i}_layer" in z.files:
+                layer = dict(zip(EngineConfig.LAYER_FIELDS, z[f"t{i}_layer"].tolist(), strict=True))
+                case.layer = config.for_layer(**layer)
             if f"t{i}_pacing" in z.files:
-                case = cases[-1]
                 case.stall_seed, case.reset_at, case.reset_cycles = z[f"t{i}_pacing"].tolist()
                 case.resp_stall = _unpattern(z[f"t{i}_resp_stall"])
                 case.load_gap = _unpattern(z[f"t{i}_load_gap"])

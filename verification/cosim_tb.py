@@ -380,7 +380,7 @@ class EngineTestbench:
         first_cycle = monitor.cycle
         self._pace(case)
         stalls0 = self._stalls()
-        n_writes = await driver.load_tile(case.tile, case.load)
+        n_writes = await driver.load_tile(case.tile, case.load, layer=case.layer)
         try:
             run = await driver.run(2 * int(case.counters["cycles"]) + 1000)
         except AssertionError as exc:
@@ -449,7 +449,7 @@ class EngineTestbench:
         first_cycle = monitor.cycle
         self._pace(case)
         stalls0 = self._stalls()
-        await driver.load_tile(case.tile, case.load)
+        await driver.load_tile(case.tile, case.load, layer=case.layer)
         await t.start()  # returns in SETUP, cycle 1 of the busy period
         run = t.run
         await t.tick(case.reset_at - 1)

@@ -93,13 +93,20 @@ class EngineDriver:
         if self.on_protocol is not None:
             self.on_protocol(text)
 
-    async def load_tile(self, tile: Tile, load: str = "all") -> int:
-        """Write the tile (``load``: one of :data:`LOAD_MODES`); return the number of writes."""
+    async def load_tile(self, tile: Tile, load: str = "all", layer: EngineConfig | None = None) -> int:
+        """Write the tile (``load``: one of :data:`LOAD_MODES`); return the number of writes.
+
+        ``layer`` is the configuration of the layer the tile belongs to (its kernel, stride, padding and
+        groups go into the registers); default: the build's own (``self.config``).
+        """
         if load not in LOAD_MODES:
             raise ValueError(f"load = {load!r}, expected one of {LOAD_MODES}")
         if load == "none":
             return 0
-        writes = load_writes(self.config, tile)
+        if layer is None:
+            layer = self.config
+        self.config.check_layer(layer)
+        writes = load_writes(layer, tile)
         if load == "registers":
             keep = writes.sel == LoadTarget.CONFIG.value
             writes = LoadWrites(writes.sel[keep], writes.addr[keep], writes.data[keep])

@@ -134,7 +134,7 @@ def pack_lanes(lanes: np.ndarray, width: int) -> np.ndarray:
 def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     """Every ``(sel, addr, data)`` write that loads ``tile`` (spec section 3's address map).
 
-    Order: configuration registers 0..9 (sel 0), input words (sel 1, ascending address), weight words
+    Order: configuration registers 0..19 (sel 0), input words (sel 1, ascending address), weight words
     (sel 2, ascending address), thresholds (sel 3, entry ``co``, two's complement in ``acc_width`` bits).
     """
     seg = tile.check(config)
@@ -156,7 +156,7 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     win = np.where(valid[None, :, :, None, None], win, 0)
     w_words = pack_lanes(win.transpose(0, 1, 3, 4, 2).reshape(-1, lanes), config.weight_width)
 
-    regs = np.asarray(g.registers(), dtype=np.int64)
+    regs = np.asarray(g.registers(config), dtype=np.int64)
     thr = _twos(np.asarray(tile.thresholds, dtype=np.int64), config.acc_width)
 
     wide = config.data_width > 64

@@ -57,7 +57,8 @@ SEED = int(os.environ.get("ACCEL_COSIM_SEED", "20261121"))
 RANDOM_TILES = int(os.environ.get("ACCEL_COSIM_RANDOM_TILES", "6"))  # per configuration
 EXAMPLES = int(os.environ.get("ACCEL_COSIM_EXAMPLES", "3"))  # hypothesis examples per configuration
 
-# Elaboration parameters are fixed per build, so the cases are grouped by configuration.
+# Elaboration parameters are fixed per build, so the cases are grouped by configuration; the default build
+# also runs layers of every shape (kernel, stride, padding and groups are run-time registers).
 CONFIGS: dict[str, EngineConfig] = {
     # the default shape, smaller: G = 2, 3x3, stride 1
     "g2_p4_l8_k3": EngineConfig(
@@ -205,10 +206,10 @@ def _tile_specs(
     elif name == "default":
         # Icarus runs this one at about 1 k cycles/s (64 MACs, 4096-word buffers): small tiles only.
         max_c, max_hw = 24, 6
-        specs = [
-            ("full 16->4 6x6", _geometry(c, 16, 4, 6, 6), 0.3),
-            ("interior pad0 C_g=12 (masked lanes)", _geometry(c, 24, 2, 7, 8, pad=(0, 0)), 0.6),
-            ("dense", _geometry(c, 16, 2, 5, 5, dense=True), 0.5),
+        specs = [  # the build's largest layer: 7x7, stride 2, padding 3, G = 4
+            ("7x7/2 G=4 16->4 8x8", _geometry(c, 16, 4, 8, 8), 0.3),
+            ("7x7/2 G=4 interior pad0 C_g=6 (masked lanes)", _geometry(c, 24, 4, 9, 10, pad=(0, 0)), 0.6),
+            ("7x7/2 dense", _geometry(c, 16, 4, 7, 7, dense=True), 0.5),
         ]
     else:
         raise KeyError(name)
@@ -265,32 +266,76 @@ def _layer_tiles(name: str, config: EngineConfig) -> list[tuple[str, Tile]]:
     return tiles
 
 
+# The default build runs every layer shape of the shipped traces (docs/chip-design.md, section 3.1), and
+# K = 7 and G = 3 besides, on one Verilog: ((kernel, stride, padding, groups) of the layer, label, tile
+# geometry of a whole small layer, gate rate). Dense rows are the ungated layers (G = 1, base L or 1).
+DEFAULT_BUILD_LAYERS = [
+    ((3, 1, 1, 4), "CGNet gated 3x3, G=4", dict(c_in=16, c_out=8, h_in=6, w_in=6), 0.3),
+    ((3, 2, 1, 4), "CGNet gated 3x3/2, G=4", dict(c_in=32, c_out=4, h_in=7, w_in=7), 0.5),
+    (
+        (3, 1, 1, 1),
+        "conv1 dense 3x3, 3 channels",
+        dict(c_in=3, c_out=8, h_in=5, w_in=5, base_channels=1, dense=True),
+        0.5,
+    ),
+    (
+        (1, 2, 0, 1),
+        "shortcut dense 1x1/2",
+        dict(c_in=16, c_out=8, h_in=7, w_in=7, base_channels=8, dense=True),
+        0.5,
+    ),
+    ((1, 1, 0, 1), "fc dense 1x1", dict(c_in=24, c_out=10, h_in=1, w_in=1, base_channels=8, dense=True), 0.5),
+    (
+        (7, 2, 3, 1),
+        "ResNet-18 stem dense 7x7/2",
+        dict(c_in=3, c_out=4, h_in=11, w_in=11, base_channels=1, dense=True),
+        0.5,
+    ),
+    ((3, 1, 1, 2), "ResNet-18 gated 3x3, G=2", dict(c_in=16, c_out=6, h_in=6, w_in=6), 0.4),
+    ((3, 2, 1, 2), "ResNet-18 gated 3x3/2, G=2", dict(c_in=16, c_out=4, h_in=7, w_in=7), 0.6),
+    ((7, 1, 3, 3), "gated 7x7, G=3", dict(c_in=12, c_out=6, h_in=6, w_in=6), 0.5),
+    ((5, 2, 2, 3), "gated 5x5/2, G=3, 2 chunks", dict(c_in=30, c_out=3, h_in=7, w_in=7), 0.7),
+    ((3, 1, 1, 1), "gated 3x3, base 3 of 10", dict(c_in=10, c_out=4, h_in=5, w_in=5, base_channels=3), 0.5),
+]
+
+
+def _layer_mix(config: EngineConfig, rng: np.random.Generator) -> list[tuple[str, Tile, EngineConfig]]:
+    """(label, tile, layer configuration) of :data:`DEFAULT_BUILD_LAYERS` on the build ``config``."""
+    out = []
+    for (k, s, p, g), label, geom, rate in DEFAULT_BUILD_LAYERS:
+        layer = config.for_layer(kernel=k, stride=s, padding=p, groups=g)
+        geo = TileGeometry.full_layer(layer, **geom)
+        out.append((f"{label} ({k},{s},{p},{g})", random_tile(layer, geo, rng, gate_rate=rate), layer))
+    return out
+
+
 @functools.cache
-def _tiles(name: str) -> list[tuple[str, Tile, str]]:
-    """(label, tile, what to load) of the configuration, in simulation order."""
+def _tiles(name: str) -> list[tuple[str, Tile, str, EngineConfig]]:
+    """(label, tile, what to load, layer configuration) of the configuration, in simulation order."""
     config = CONFIGS[name]
     rng = np.random.default_rng([SEED, list(CONFIGS).index(name)])
     tiles = []
+    if name == "default":
+        tiles += [(label, tile, "all", layer) for label, tile, layer in _layer_mix(config, rng)]
     for label, geo, rate in _tile_specs(name, config, rng):
         geo.check(config)
-        tiles.append((label, random_tile(config, geo, rng, gate_rate=rate), "all"))
-    tiles += [(label, tile, "all") for label, tile in _layer_tiles(name, config)]
+        tiles.append((label, random_tile(config, geo, rng, gate_rate=rate), "all", config))
+    tiles += [(label, tile, "all", config) for label, tile in _layer_tiles(name, config)]
     # Restarts on the data of the first tile: load it again, run it again with nothing reloaded (buffers,
     # registers and thresholds keep their contents), then in the other mode by rewriting the registers.
-    _, first, _ = tiles[0]
-    tiles.append(("first tile again", first, "all"))
-    tiles.append(("restart, nothing reloaded", first, "none"))
+    _, first, _, layer = tiles[0]
+    tiles.append(("first tile again", first, "all", layer))
+    tiles.append(("restart, nothing reloaded", first, "none", layer))
     flipped = replace(first, geometry=replace(first.geometry, dense=not first.geometry.dense))
-    tiles.append(("dense flipped, registers only", flipped, "registers"))
+    tiles.append(("dense flipped, registers only", flipped, "registers", layer))
     return tiles
 
 
 @functools.cache
 def _cases(name: str) -> list[CosimCase]:
-    config = CONFIGS[name]
     cases = []
-    for label, tile, load in _tiles(name):
-        case = expectations(config, label, tile)
+    for label, tile, load, layer in _tiles(name):
+        case = expectations(layer, label, tile)
         case.load = load
         cases.append(case)
     return cases
@@ -333,9 +378,8 @@ def test_model_matches_spec_reference(name: str) -> None:
     """Cycle model against the numpy reference, the closed-form counters and write cycles of every tile."""
     pytest.importorskip("sim.engine")
     pytest.importorskip("sim.reference")
-    config = CONFIGS[name]
     for case in _cases(name):
-        _check_model(config, case)
+        _check_model(case.layer, case)
 
 
 @needs_rtl
