@@ -45,24 +45,23 @@ def _config_toml(path: Path, config: EngineConfig = CONFIG) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def synth_run(tmp_path_factory) -> dict:
-    """``accel rtl --out DIR --config small.toml --synth``, once for all workers of the session."""
+def _shared_run(tmp_path_factory, name: str, *args) -> dict:
+    """``accel rtl --out DIR *args --synth``, once for all workers of the session (file-locked)."""
     pytest.importorskip("rtl.generate")
     if not HAVE_YOSYS:
         pytest.skip(NO_YOSYS)
     base = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # the session's folder, shared by the workers
-    shared = base / "synth-small"
+    shared = base / name
     shared.mkdir(exist_ok=True)
     with open(shared / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         result = shared / "result.json"
         if not result.exists():
             out_dir = shared / "build"
-            config = _config_toml(shared / "small.toml")
-            code, out, err = run("rtl", "--out", out_dir, "--config", config, "--synth")
+            argv = [a if a != "CONFIG" else _config_toml(shared / "small.toml") for a in args]
+            code, out, err = run("rtl", "--out", out_dir, *argv, "--synth")
             result.write_text(json.dumps({"code": code, "out": out, "err": err, "dir": str(out_dir)}))
     data = json.loads(result.read_text())
     assert data["code"] == 0, data["err"]
@@ -70,19 +69,37 @@ def synth_run(tmp_path_factory) -> dict:
     return data
 
 
-@needs_yosys
-def test_every_buffer_is_one_memory_with_its_width_depth_and_ports(synth_run):
+@pytest.fixture(scope="session")
+def synth_run(tmp_path_factory) -> dict:
+    """``accel rtl --out DIR --config small.toml --synth`` (generic and ECP5)."""
+    return _shared_run(tmp_path_factory, "synth-small", "--config", "CONFIG")
+
+
+@pytest.fixture(scope="session")
+def synth_default(tmp_path_factory) -> dict:
+    """``accel rtl --out DIR --synth --no-ecp5`` of the default configuration (about 75 s here): the build
+    that runs every layer of the shipped traces."""
+    return _shared_run(tmp_path_factory, "synth-default", "--no-ecp5")
+
+
+def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, int]]:
+    """name: (width, depth, read ports, write ports) of every buffer (rtl/engine.py)."""
     from rtl.engine import queue_layout
     from spec.protocol import output_layout
 
-    P, L = CONFIG.pes, CONFIG.lanes
-    expected = {  # name: (width, depth, read ports, write ports)
-        "inbuf": (L * CONFIG.act_width, CONFIG.input_depth, P, 1),
-        "wbuf": (L * CONFIG.weight_width, CONFIG.weight_depth, P, 1),
-        "tbuf": (CONFIG.acc_width, CONFIG.threshold_depth, P, 1),
-        "obuf": (output_layout(CONFIG).size, CONFIG.output_depth, 1, P),
-        "queue": (queue_layout(CONFIG).size, CONFIG.output_depth, P, P),
+    P, L = config.pes, config.lanes
+    return {
+        "inbuf": (L * config.act_width, config.input_depth, P, 1),
+        "wbuf": (L * config.weight_width, config.weight_depth, P, 1),
+        "tbuf": (config.acc_width, config.threshold_depth, P, 1),
+        "obuf": (output_layout(config).size, config.output_depth, 1, P),
+        "queue": (queue_layout(config).size, config.output_depth, P, P),
     }
+
+
+@needs_yosys
+def test_every_buffer_is_one_memory_with_its_width_depth_and_ports(synth_run):
+    expected = _expected_memories(CONFIG)
     generic = synth_run["synth"]["generic"]
     found = {
         m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in generic["memories"]
@@ -92,6 +109,21 @@ def test_every_buffer_is_one_memory_with_its_width_depth_and_ports(synth_run):
     for m in generic["memories"]:
         assert m["bits"] == m["width"] * m["depth"]
     assert generic["cells_by_type"]["$mem_v2"] == len(BUFFERS)  # kept whole through techmap and abc
+
+
+@needs_yosys
+def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
+    """The default configuration (the one build for every layer) synthesizes with each buffer one memory
+    of its width, depth and ports, and nothing exploded into flip-flops (one 4096-entry buffer would add
+    more than 100 k)."""
+    generic = synth_default["synth"]["generic"]
+    found = {
+        m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in generic["memories"]
+    }
+    assert found == _expected_memories(EngineConfig())
+    assert generic["cells_by_type"]["$mem_v2"] == len(BUFFERS)
+    assert 0 < generic["flip_flops"] < 10_000
+    assert "ecp5" not in synth_default["synth"]  # --no-ecp5
 
 
 @needs_yosys

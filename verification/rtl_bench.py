@@ -59,13 +59,13 @@ SEED = 2024
 
 # The small configuration and tile: simulated by the RTL and by the model.
 SMALL_CONFIG = EngineConfig(
-    pes=4, lanes=8, kernel=3, padding=1, groups=2,
+    pes=4, lanes=8, kernel=3, stride=1, padding=1, groups=2,
     input_depth=256, weight_depth=256, output_depth=512, threshold_depth=16,
 )  # fmt: skip
 SMALL_TILE = {"c_in": 16, "c_out": 8, "h_in": 8, "w_in": 8}
 # The large tile: model only, default P = 8, L = 8, buffers as deep as the tile needs.
 LARGE_CONFIG = EngineConfig(
-    kernel=3, padding=1, groups=2,
+    kernel=3, stride=1, padding=1, groups=2,
     input_depth=1 << 15, weight_depth=1 << 13, output_depth=1 << 18, threshold_depth=256,
 )  # fmt: skip
 LARGE_TILE = {"c_in": 64, "c_out": 64, "h_in": 56, "w_in": 56}
