@@ -12,6 +12,7 @@ from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, coord_layout, pointer_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
+from rtl.work_queue import WorkQueue
 from spec.config import EngineConfig
 from spec.protocol import (
     CONFIG_REGISTERS,
@@ -137,18 +138,15 @@ class GatedConvEngine(wiring.Component):
             shape=signed(cfg.acc_width), depth=cfg.threshold_depth, init=[]
         )
         m.submodules.obuf = obuf = memory.Memory(shape=output_layout(cfg), depth=cfg.output_depth, init=[])
-        # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog).
-        m.submodules.queue = queue = memory.Memory(
-            shape=unsigned(queue_layout(cfg).size), depth=cfg.output_depth, init=[]
-        )
+        # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
+        # P single-ported banks, entry n in bank n mod P (rtl/work_queue.py).
+        m.submodules.queue = queue = WorkQueue(cfg, queue_layout(cfg).size)
         in_w, w_w, t_w = inbuf.write_port(), wbuf.write_port(), tbuf.write_port()
         in_r = [inbuf.read_port() for _ in range(P)]
         w_r = [wbuf.read_port() for _ in range(P)]
         t_r = [tbuf.read_port() for _ in range(P)]
         o_w = [obuf.write_port() for _ in range(P)]
         o_r = obuf.read_port()
-        q_w = [queue.write_port() for _ in range(P)]
-        q_r = [queue.read_port() for _ in range(P)]
 
         # ---- blocks -----------------------------------------------------------------------------
         m.submodules.chain = chain = CoordinateChain(cfg)
@@ -251,15 +249,16 @@ class GatedConvEngine(wiring.Component):
         # ---- work queue state -----------------------------------------------------------------
         gates_on = Signal(count_shape)
         queue_base = Signal(count_shape)  # first queue entry of the current phase-2 round
+        queue_row = Signal(range(queue.rows + 1))  # its row in the banks: queue_base / P
         prep = Signal()
-        for i, port in enumerate(q_r):
+        m.d.comb += queue.read_row.eq(Mux(prep, 0, Mux(last_beat, queue_row + 1, queue_row)))
+        for i in range(P):
             q_addr = Signal(count_shape, name=f"q_addr{i}")
             m.d.comb += [
                 q_addr.eq(Mux(prep, 0, Mux(last_beat, queue_base + P, queue_base)) + i),
-                port.addr.eq(q_addr),
                 # Only entries the compactor wrote: a PE with no work in phase 2's last round keeps its
                 # previous (defined) entry instead of reading an unwritten word (undefined in SRAM).
-                port.en.eq((prep | phase2) & (q_addr < gates_on)),
+                queue.read_en[i].eq((prep | phase2) & (q_addr < gates_on)),
             ]
 
         # ---- issue stage: per-PE activation and operand addresses ---------------------------------
@@ -271,7 +270,7 @@ class GatedConvEngine(wiring.Component):
         exe_work = [data.View(wl, Signal(wl.size, name=f"exe_work{i}")) for i in range(P)]
         exe_init = [Signal(signed(cfg.acc_width), name=f"exe_init{i}") for i in range(P)]
         for i in range(P):
-            entry = data.View(queue_layout(cfg), q_r[i].data)
+            entry = data.View(queue_layout(cfg), queue.rdata[i])
             work = data.View(wl, Signal(wl.size, name=f"work{i}"))
             with m.If(phase2):
                 m.d.comb += work.eq(entry.work)
@@ -334,7 +333,7 @@ class GatedConvEngine(wiring.Component):
         # ---- write-back stage: comparators, output buffer, compactor, work queue -----------------------
         gated_wb = wb_en & Mux(wb_phase2 | dense, 0, (1 << P) - 1)
         m.d.comb += [compactor.valid.eq(gated_wb), compactor.gate.eq(comparator.gate)]
-        m.d.comb += compactor.base.eq(gates_on)
+        m.d.comb += [queue.clear.eq(setup), queue.write.eq(compactor.write), queue.count.eq(compactor.count)]
         for i in range(P):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
@@ -345,9 +344,8 @@ class GatedConvEngine(wiring.Component):
                 o_w[i].en.eq(wb_en[i]),
                 self.wb_valid[i].eq(wb_en[i]),
                 self.wb_addr[i].eq(wb_work[i].lin),
-                q_w[i].addr.eq(compactor.index[i]),
-                q_w[i].data.eq(Cat(wb_work[i], macs.acc[i])),
-                q_w[i].en.eq(compactor.write[i]),
+                queue.offset[i].eq(compactor.offset[i]),
+                queue.wdata[i].eq(Cat(wb_work[i], macs.acc[i])),
             ]
         wb_count = Mux(dense & ~wb_phase2, sum(wb_en[i] for i in range(P)), compactor.count)
         gates_on_next = gates_on + wb_count
@@ -377,12 +375,12 @@ class GatedConvEngine(wiring.Component):
                         m.next = "DONE"
             with m.State("PREP"):
                 m.d.comb += prep.eq(1)
-                m.d.sync += queue_base.eq(0)
+                m.d.sync += [queue_base.eq(0), queue_row.eq(0)]
                 m.next = "PHASE2"
             with m.State("PHASE2"):
                 m.d.comb += [issue.eq(1), phase2.eq(1)]
                 with m.If(last_beat):
-                    m.d.sync += queue_base.eq(queue_base + P)
+                    m.d.sync += [queue_base.eq(queue_base + P), queue_row.eq(queue_row + 1)]
                     with m.If(queue_base + P >= gates_on):
                         m.next = "DRAIN2"
             with m.State("DRAIN2"):

@@ -5,7 +5,8 @@ by side) serves every test: it is run once through the command line, its ``synth
 are shared by the tests, and by every pytest-xdist worker (a lock file in the session's temporary folder).
 The expected memories, widths, depths and port counts are derived from the configuration and the engine's
 structure (rtl/engine.py: input, weight and threshold buffers have P read ports and one write port, the
-output buffer one read port and P write ports, the work queue P of each), not copied from yosys.
+output buffer one read port and P write ports, the work queue P banks of one read and one write port
+each), not copied from yosys.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ CONFIG = EngineConfig(
     kernel=3,
     padding=1,
 )
-BUFFERS = {"inbuf", "wbuf", "tbuf", "obuf", "queue"}
 
 
 def _config_toml(path: Path, config: EngineConfig = CONFIG) -> Path:
@@ -88,12 +88,14 @@ def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, i
     from spec.protocol import output_layout
 
     P, L = config.pes, config.lanes
+    rows = -(-config.output_depth // P)
     return {
         "inbuf": (L * config.act_width, config.input_depth, P, 1),
         "wbuf": (L * config.weight_width, config.weight_depth, P, 1),
         "tbuf": (config.acc_width, config.threshold_depth, P, 1),
         "obuf": (output_layout(config).size, config.output_depth, 1, P),
-        "queue": (queue_layout(config).size, config.output_depth, P, P),
+        # the work queue: P single-ported banks (rtl/work_queue.py)
+        **{f"queue.bank{b}": (queue_layout(config).size, rows, 1, 1) for b in range(P)},
     }
 
 
@@ -108,7 +110,7 @@ def test_every_buffer_is_one_memory_with_its_width_depth_and_ports(synth_run):
     assert generic["memory_bits"] == sum(w * d for w, d, _, _ in expected.values())
     for m in generic["memories"]:
         assert m["bits"] == m["width"] * m["depth"]
-    assert generic["cells_by_type"]["$mem_v2"] == len(BUFFERS)  # kept whole through techmap and abc
+    assert generic["cells_by_type"]["$mem_v2"] == len(expected)  # kept whole through techmap and abc
 
 
 @needs_yosys
@@ -120,8 +122,9 @@ def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     found = {
         m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in generic["memories"]
     }
-    assert found == _expected_memories(EngineConfig())
-    assert generic["cells_by_type"]["$mem_v2"] == len(BUFFERS)
+    expected = _expected_memories(EngineConfig())
+    assert found == expected
+    assert generic["cells_by_type"]["$mem_v2"] == len(expected)
     assert 0 < generic["flip_flops"] < 10_000
     assert "ecp5" not in synth_default["synth"]  # --no-ecp5
 
@@ -152,9 +155,12 @@ def test_ecp5_figures(synth_run):
     assert ecp5["memory_mapping"]["inbuf"] == "DP16KD" and ecp5["block_ram"] >= 1
     assert ecp5["memory_mapping"]["wbuf"] == ecp5["memory_mapping"]["tbuf"] == "TRELLIS_DPR16X4"
     assert ecp5["lutram"] > 0
-    # P write ports: no ECP5 RAM has them, so the output buffer and the work queue become flip-flops
-    assert {"obuf", "queue"} <= set(ecp5["memories_as_flip_flops"])
-    assert not {"inbuf", "wbuf", "tbuf"} & set(ecp5["memories_as_flip_flops"])
+    # P write ports: no ECP5 RAM has them, so the output buffer becomes flip-flops; the work queue's 1R1W
+    # banks and the buffers with one write port map to RAM
+    assert "obuf" in ecp5["memories_as_flip_flops"]
+    banks = {f"queue.bank{b}" for b in range(P)}
+    assert banks <= set(ecp5["memory_mapping"])
+    assert not ({"inbuf", "wbuf", "tbuf"} | banks) & set(ecp5["memories_as_flip_flops"])
     assert ecp5["flip_flops"] > CONFIG.output_depth * (CONFIG.acc_width + 1)  # the output buffer alone
 
 

@@ -1,0 +1,120 @@
+"""The work queue: gated-on activations in P single-ported banks, appended in order, read P at a time."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from spec.config import EngineConfig
+
+__all__ = ["WorkQueue"]
+
+
+class WorkQueue(wiring.Component):
+    """Entry ``n`` of the queue lives in bank ``n mod P``, row ``n div P``; each bank is a 1R1W memory.
+
+    Writes: the gated-on PEs of a round append their entries at the tail in PE order (``offset[i]``: the
+    position of PE ``i`` among this cycle's writers, from the gate compactor). They are consecutive
+    entries, so they fall into distinct banks: a rotator by the tail's bank steers each to its bank, one
+    write per bank. The tail's bank and row are running registers (``+count`` with one compare-subtract),
+    so no division by P is needed, whatever P is.
+
+    Reads: a phase-2 round reads entries ``row·P … row·P + P − 1``, one per bank: PE ``i`` reads bank
+    ``i``, no crossbar. ``read_en[i]`` enables bank ``i`` (only entries that were written: SRAM holds
+    undefined data elsewhere); ``rdata[i]`` follows one cycle later and keeps its value while disabled.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Supplies ``pes`` (banks) and ``output_depth`` (entries).
+    width : int
+        Bits of one entry (the engine views them through ``rtl.engine.queue_layout``).
+
+    Members
+    -------
+    clear : In(1)
+        Empty the queue (the tail returns to entry 0).
+    write : In(pes)
+        PEs appending an entry this cycle.
+    offset : In(ArrayLayout(range(pes), pes))
+        Position of each writing PE among this cycle's writers (0 = first, at the tail).
+    wdata : In(ArrayLayout(width, pes))
+        Each PE's entry.
+    count : In(range(pes + 1))
+        Entries appended this cycle (the writers' count).
+    read_row : In(range(rows + 1))
+        Row read by every bank (the round's first entry divided by P).
+    read_en : In(pes)
+        Per bank: read this cycle.
+    rdata : Out(ArrayLayout(width, pes))
+        Bank ``i``'s word of the row read the cycle before.
+    """
+
+    def __init__(self, config: EngineConfig, width: int) -> None:
+        self._config = config
+        self._width = width
+        P = config.pes
+        self._rows = -(-config.output_depth // P)
+        super().__init__(
+            {
+                "clear": In(1),
+                "write": In(P),
+                "offset": In(data.ArrayLayout(range(P), P)),
+                "wdata": In(data.ArrayLayout(unsigned(width), P)),
+                "count": In(range(P + 1)),
+                "read_row": In(range(self._rows + 1)),
+                "read_en": In(P),
+                "rdata": Out(data.ArrayLayout(unsigned(width), P)),
+            }
+        )
+
+    @property
+    def rows(self) -> int:
+        """Rows of each bank (``ceil(output_depth / P)``)."""
+        return self._rows
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        P, rows, width = self._config.pes, self._rows, self._width
+        tail_bank = Signal(range(P))
+        tail_row = Signal(range(rows + 1))
+
+        # Bank (one-hot) and row of each writer: tail + offset, with one compare-subtract (tail_bank + offset
+        # < 2P); a writer's one-hot bank is its column of the rotator.
+        bank = [Signal(P, name=f"wbank{i}") for i in range(P)]
+        row = [Signal(range(rows + 1), name=f"wrow{i}") for i in range(P)]
+        for i in range(P):
+            pos = Signal(range(2 * P), name=f"wpos{i}")
+            index = Signal(range(P), name=f"windex{i}")
+            m.d.comb += [
+                pos.eq(tail_bank + self.offset[i]),
+                index.eq(Mux(pos >= P, pos - P, pos)),
+                bank[i].eq(Mux(self.write[i], Const(1, P) << index, 0)),
+                row[i].eq(tail_row + (pos >= P)),
+            ]
+        tail_next = Signal(range(2 * P))
+        m.d.comb += tail_next.eq(tail_bank + self.count)
+        with m.If(self.clear):
+            m.d.sync += [tail_bank.eq(0), tail_row.eq(0)]
+        with m.Else():
+            m.d.sync += [
+                tail_bank.eq(Mux(tail_next >= P, tail_next - P, tail_next)),
+                tail_row.eq(tail_row + (tail_next >= P)),
+            ]
+
+        for b in range(P):
+            bank_mem = m.submodules[f"bank{b}"] = memory.Memory(shape=unsigned(width), depth=rows, init=[])
+            w, r = bank_mem.write_port(), bank_mem.read_port()
+            # The rotator: the one writer (if any) whose position falls into bank b.
+            hit = [bank[i][b] for i in range(P)]
+            for i in range(P):
+                with m.If(hit[i]):
+                    m.d.comb += [w.addr.eq(row[i]), w.data.eq(self.wdata[i])]
+            m.d.comb += [
+                w.en.eq(Cat(*hit).any()),
+                r.addr.eq(self.read_row),
+                r.en.eq(self.read_en[b]),
+                self.rdata[b].eq(r.data),
+            ]
+        return m
