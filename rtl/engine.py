@@ -137,7 +137,14 @@ class GatedConvEngine(wiring.Component):
         m.submodules.tbuf = tbuf = memory.Memory(
             shape=signed(cfg.acc_width), depth=cfg.threshold_depth, init=[]
         )
-        m.submodules.obuf = obuf = memory.Memory(shape=output_layout(cfg), depth=cfg.output_depth, init=[])
+        # The output buffer: P single-ported banks, entry lin in bank lin mod P, row lin div P. Phase 1 (and
+        # dense mode) writes round r's P consecutive entries, PE i into bank i row r; phase 2 writes its
+        # results back into the work queue's entries (bank i again), never here.
+        rows = cfg.bank_rows
+        obanks = []
+        for b in range(P):
+            m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=output_layout(cfg), depth=rows, init=[])
+            obanks.append((bank.write_port(), bank.read_port()))
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
         # P single-ported banks, entry n in bank n mod P (rtl/work_queue.py).
         m.submodules.queue = queue = WorkQueue(cfg, queue_layout(cfg).size)
@@ -145,8 +152,6 @@ class GatedConvEngine(wiring.Component):
         in_r = [inbuf.read_port() for _ in range(P)]
         w_r = [wbuf.read_port() for _ in range(P)]
         t_r = [tbuf.read_port() for _ in range(P)]
-        o_w = [obuf.write_port() for _ in range(P)]
-        o_r = obuf.read_port()
 
         # ---- blocks -----------------------------------------------------------------------------
         m.submodules.chain = chain = CoordinateChain(cfg)
@@ -326,7 +331,20 @@ class GatedConvEngine(wiring.Component):
         wb_phase2 = Signal()
         wb_work = [data.View(wl, Signal(wl.size, name=f"wb_work{i}")) for i in range(P)]
         wb_thr = [Signal(signed(cfg.acc_width), name=f"wb_thr{i}") for i in range(P)]
-        m.d.sync += [wb_en.eq(exe_en & Mux(exe_last, (1 << P) - 1, 0)), wb_phase2.eq(exe_phase2)]
+        # Rows of the write-back: phase 1 counts its rounds (round r writes output row r), phase 2 takes
+        # the queue row its round read.
+        out_row = Signal(range(rows + 1))
+        exe_qrow, wb_qrow = Signal.like(queue_row, name="exe_qrow"), Signal.like(queue_row, name="wb_qrow")
+        m.d.sync += [
+            wb_en.eq(exe_en & Mux(exe_last, (1 << P) - 1, 0)),
+            wb_phase2.eq(exe_phase2),
+            exe_qrow.eq(queue_row),
+            wb_qrow.eq(exe_qrow),
+        ]
+        with m.If(setup):
+            m.d.sync += out_row.eq(0)
+        with m.Elif(wb_en.any() & ~wb_phase2):
+            m.d.sync += out_row.eq(out_row + 1)
         for i in range(P):
             m.d.sync += [wb_work[i].eq(exe_work[i]), wb_thr[i].eq(t_r[i].data)]
 
@@ -334,14 +352,17 @@ class GatedConvEngine(wiring.Component):
         gated_wb = wb_en & Mux(wb_phase2 | dense, 0, (1 << P) - 1)
         m.d.comb += [compactor.valid.eq(gated_wb), compactor.gate.eq(comparator.gate)]
         m.d.comb += [queue.clear.eq(setup), queue.write.eq(compactor.write), queue.count.eq(compactor.count)]
+        m.d.comb += [queue.update.eq(wb_en & Mux(wb_phase2, (1 << P) - 1, 0)), queue.update_row.eq(wb_qrow)]
         for i in range(P):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
+            o_w = obanks[i][0]
             m.d.comb += [
-                o_w[i].addr.eq(wb_work[i].lin),
-                o_w[i].data.y.eq(macs.acc[i]),
-                o_w[i].data.gate.eq(gate_bit),
-                o_w[i].en.eq(wb_en[i]),
+                o_w.addr.eq(out_row),
+                o_w.data.y.eq(macs.acc[i]),
+                o_w.data.gate.eq(gate_bit),
+                o_w.en.eq(wb_en[i] & ~wb_phase2),
+                queue.update_data[i].eq(Cat(wb_work[i], macs.acc[i])),
                 self.wb_valid[i].eq(wb_en[i]),
                 self.wb_addr[i].eq(wb_work[i].lin),
                 queue.offset[i].eq(compactor.offset[i]),
@@ -412,16 +433,35 @@ class GatedConvEngine(wiring.Component):
         ]
 
         # ---- unload: requests and responses ---------------------------------------------------------
-        resp_sel = Signal()
+        # Output and queue entries by banked address (row << bank_bits | bank); a queue entry answers with
+        # its result as an output entry (y, gate 1). The queue's read port is the engine's while busy.
+        req = self.req.payload
+        resp_sel = Signal(UnloadTarget)
+        resp_bank = Signal(range(P))
         resp_index = Signal(range(len(Counter) + 1))
         m.d.comb += self.req.ready.eq(idle & (~self.resp.valid | self.resp.ready))
         take = self.req.valid & self.req.ready
-        m.d.comb += [o_r.addr.eq(self.req.payload.addr), o_r.en.eq(take)]
+        bank_bits = cfg.bank_bits
+        req_bank, req_row = req.addr[:bank_bits], req.addr[bank_bits:]
+        req_hit = Signal(P)  # one-hot bank of an accepted request
+        m.d.comb += req_hit.eq(Mux(take, Const(1, P) << req_bank, 0))
+        req_output, req_queue = Signal(), Signal()
+        m.d.comb += [
+            req_output.eq(req.sel == UnloadTarget.OUTPUT),
+            req_queue.eq(req.sel == UnloadTarget.QUEUE),
+        ]
+        for b, (_, o_r) in enumerate(obanks):
+            m.d.comb += [o_r.addr.eq(req_row), o_r.en.eq(req_hit[b] & req_output)]
+        with m.If(idle):
+            m.d.comb += queue.read_row.eq(req_row)
+            for b in range(P):
+                m.d.comb += queue.read_en[b].eq(req_hit[b] & req_queue)
         with m.If(take):
             m.d.sync += [
                 self.resp.valid.eq(1),
-                resp_sel.eq(self.req.payload.sel == UnloadTarget.COUNTERS),
-                resp_index.eq(Mux(self.req.payload.addr < len(Counter), self.req.payload.addr, len(Counter))),
+                resp_sel.eq(req.sel),
+                resp_bank.eq(req_bank if P > 1 else 0),
+                resp_index.eq(Mux(req.addr < len(Counter), req.addr, len(Counter))),
             ]
         with m.Elif(self.resp.ready):
             m.d.sync += self.resp.valid.eq(0)
@@ -430,5 +470,16 @@ class GatedConvEngine(wiring.Component):
             for i in range(len(Counter)):
                 with m.Case(i):
                     m.d.comb += counter_value.eq(counters.value[i])
-        m.d.comb += self.resp.payload.eq(Mux(resp_sel, counter_value, o_r.data.as_value()))
+        out_word = Signal(output_layout(cfg))
+        with m.Switch(resp_bank):
+            for b in range(P):
+                with m.Case(b):
+                    entry = data.View(queue_layout(cfg), queue.rdata[b])
+                    with m.If(resp_sel == UnloadTarget.QUEUE):
+                        m.d.comb += [out_word.y.eq(entry.p), out_word.gate.eq(1)]
+                    with m.Else():
+                        m.d.comb += out_word.eq(obanks[b][1].data)
+        m.d.comb += self.resp.payload.eq(
+            Mux(resp_sel == UnloadTarget.COUNTERS, counter_value, out_word.as_value())
+        )
         return m

@@ -20,9 +20,14 @@ class WorkQueue(wiring.Component):
     write per bank. The tail's bank and row are running registers (``+count`` with one compare-subtract),
     so no division by P is needed, whatever P is.
 
+    Rewrites: a phase-2 round writes its members' results back into their own entries, ``row·P + i`` for
+    PE ``i`` (``update``): bank ``i`` again, no crossbar. A bank takes an append or a rewrite in a cycle,
+    never both (appends happen in phase 1, rewrites in phase 2).
+
     Reads: a phase-2 round reads entries ``row·P … row·P + P − 1``, one per bank: PE ``i`` reads bank
-    ``i``, no crossbar. ``read_en[i]`` enables bank ``i`` (only entries that were written: SRAM holds
-    undefined data elsewhere); ``rdata[i]`` follows one cycle later and keeps its value while disabled.
+    ``i``, no crossbar (the unload stream reads one bank of a row the same way). ``read_en[i]`` enables
+    bank ``i`` (only entries that were written: SRAM holds undefined data elsewhere); ``rdata[i]`` follows
+    one cycle later and keeps its value while disabled.
 
     Parameters
     ----------
@@ -43,6 +48,12 @@ class WorkQueue(wiring.Component):
         Each PE's entry.
     count : In(range(pes + 1))
         Entries appended this cycle (the writers' count).
+    update : In(pes)
+        Per bank: rewrite entry ``update_row·P + i`` with ``update_data[i]``.
+    update_row : In(range(rows))
+        Row of the rewrites.
+    update_data : In(ArrayLayout(width, pes))
+        The rewritten entries.
     read_row : In(range(rows + 1))
         Row read by every bank (the round's first entry divided by P).
     read_en : In(pes)
@@ -63,6 +74,9 @@ class WorkQueue(wiring.Component):
                 "offset": In(data.ArrayLayout(range(P), P)),
                 "wdata": In(data.ArrayLayout(unsigned(width), P)),
                 "count": In(range(P + 1)),
+                "update": In(P),
+                "update_row": In(range(max(self._rows, 2))),
+                "update_data": In(data.ArrayLayout(unsigned(width), P)),
                 "read_row": In(range(self._rows + 1)),
                 "read_en": In(P),
                 "rdata": Out(data.ArrayLayout(unsigned(width), P)),
@@ -108,11 +122,13 @@ class WorkQueue(wiring.Component):
             w, r = bank_mem.write_port(), bank_mem.read_port()
             # The rotator: the one writer (if any) whose position falls into bank b.
             hit = [bank[i][b] for i in range(P)]
+            with m.If(self.update[b]):
+                m.d.comb += [w.addr.eq(self.update_row), w.data.eq(self.update_data[b])]
             for i in range(P):
                 with m.If(hit[i]):
                     m.d.comb += [w.addr.eq(row[i]), w.data.eq(self.wdata[i])]
             m.d.comb += [
-                w.en.eq(Cat(*hit).any()),
+                w.en.eq(Cat(*hit).any() | self.update[b]),
                 r.addr.eq(self.read_row),
                 r.en.eq(self.read_en[b]),
                 self.rdata[b].eq(r.data),

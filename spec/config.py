@@ -105,9 +105,27 @@ class EngineConfig:
 
     @property
     def addr_width(self) -> int:
-        # At least 5 bits: the 20 configuration registers (spec.protocol.ConfigRegister) share the field.
-        depth = max(self.input_depth, self.weight_depth, self.output_depth, self.threshold_depth, 32)
+        # At least 5 bits: the 20 configuration registers (spec.protocol.ConfigRegister) share the field; and
+        # the banked addresses of the output buffer and the work queue (row << bank_bits | bank).
+        depth = max(
+            self.input_depth,
+            self.weight_depth,
+            self.output_depth,
+            self.threshold_depth,
+            32,
+            self.bank_rows << self.bank_bits,
+        )
         return (depth - 1).bit_length()
+
+    @property
+    def bank_bits(self) -> int:
+        """Bits of the bank index in a banked address ``row << bank_bits | bank`` (P banks)."""
+        return (self.pes - 1).bit_length()
+
+    @property
+    def bank_rows(self) -> int:
+        """Rows of each of the P banks of the output buffer and of the work queue: ceil(output_depth / P)."""
+        return -(-self.output_depth // self.pes)
 
     # The fields a layer sets at run time (configuration registers); a build holds their maxima.
     LAYER_FIELDS = ("kernel", "stride", "padding", "groups")

@@ -9,7 +9,8 @@ independent is the *logic*: the RTL and the model each compute on their own.)
   threshold buffer.
 * :class:`ConfigRegister` -- the configuration register at each address (``sel`` = ``CONFIG``), each
   :data:`REGISTER_WIDTH` bits wide.
-* :class:`UnloadTarget` -- ``sel`` of an unload request: output buffer or performance counters.
+* :class:`UnloadTarget` -- ``sel`` of an unload request: output buffer, performance counters or work
+  queue.
 * :class:`Counter` -- the performance counter at each unload address (``sel`` = ``COUNTERS``).
 * :func:`load_layout`, :func:`read_layout`, :func:`output_layout` -- the payloads as
   :class:`amaranth.lib.data.StructLayout` (fields from bit 0 up, in the order listed).
@@ -48,11 +49,16 @@ class LoadTarget(enum.Enum, shape=3):
     THRESHOLD = 3
 
 
-class UnloadTarget(enum.Enum, shape=1):
-    """What one unload request reads (the ``sel`` field of :func:`read_layout`)."""
+class UnloadTarget(enum.Enum, shape=2):
+    """What one unload request reads (the ``sel`` field of :func:`read_layout`).
+
+    ``OUTPUT`` and ``QUEUE`` take a banked address, ``row << config.bank_bits | bank`` for entry
+    ``row·P + bank``; a queue entry answers with its result as an output entry (``y``, gate bit 1).
+    """
 
     OUTPUT = 0
     COUNTERS = 1
+    QUEUE = 2
 
 
 class ConfigRegister(enum.Enum, shape=5):

@@ -9,6 +9,7 @@ from spec.config import EngineConfig
 from spec.tile import Tile, TileGeometry, random_tile
 from verification.layout import (
     LoadWrites,
+    banked_address,
     chunk_channels,
     decode_counter,
     decode_output,
@@ -247,13 +248,26 @@ def test_pack_payload_fields() -> None:
     for bad in [(8, 0, 0), (0, 256, 0), (0, 0, 1 << 64), (0, -1, 0)]:
         with pytest.raises(ValueError):
             pack_payload(config, *bad)
-    assert pack_request(config, 1, 6) == 1 | (6 << 1)
-    assert pack_request(config, 0, 255) == 255 << 1
+    assert pack_request(config, 1, 6) == 1 | (6 << 2)
+    assert pack_request(config, 0, 255) == 255 << 2
+    assert pack_request(config, 2, 3) == 2 | (3 << 2)
     with pytest.raises(ValueError):
-        pack_request(config, 2, 0)
+        pack_request(config, 4, 0)
     tiny = EngineConfig(input_depth=4, weight_depth=4, output_depth=4, threshold_depth=4)
     assert tiny.addr_width == 5  # at least 5 address bits: the 20 configuration registers
     assert pack_payload(tiny, 1, 15, 1) == 1 | (15 << 3) | (1 << 8)
+
+
+def test_banked_address() -> None:
+    """Entry n of the output buffer / work queue: row n div P, bank n mod P, as row << bank_bits | bank."""
+    config = EngineConfig(pes=3, output_depth=20)  # 7 rows of 3 banks; bank index in 2 bits
+    assert (config.bank_bits, config.bank_rows) == (2, 7)
+    assert [banked_address(config, n) for n in (0, 1, 2, 3, 4, 19)] == [0, 1, 2, 4, 5, 6 << 2 | 1]
+    assert banked_address(EngineConfig(pes=8), 4095) == 4095  # P a power of two: the index itself
+    assert banked_address(EngineConfig(pes=1), 17) == 17
+    small = dict(input_depth=20, weight_depth=20, threshold_depth=20)
+    assert EngineConfig(pes=3, output_depth=20, **small).addr_width == 5  # 7 rows << 2: 28 addresses
+    assert EngineConfig(pes=3, output_depth=30, **small).addr_width == 6  # 10 rows << 2: 40 addresses
 
 
 def test_decode_output_and_counter() -> None:

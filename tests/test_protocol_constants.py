@@ -27,10 +27,10 @@ def test_selector_codes_are_the_spec_table():
         "WEIGHT": 2,
         "THRESHOLD": 3,
     }
-    assert {t.name: t.value for t in protocol.UnloadTarget} == {"OUTPUT": 0, "COUNTERS": 1}
+    assert {t.name: t.value for t in protocol.UnloadTarget} == {"OUTPUT": 0, "COUNTERS": 1, "QUEUE": 2}
     config = EngineConfig()
     assert protocol.load_layout(config)["sel"].shape.as_shape().width == 3
-    assert protocol.read_layout(config)["sel"].shape.as_shape().width == 1
+    assert protocol.read_layout(config)["sel"].shape.as_shape().width == 2
 
 
 def test_registers_and_counters_are_the_spec_table():
@@ -115,4 +115,4 @@ def test_host_packing_refuses_fields_that_do_not_fit():
     with pytest.raises(ValueError, match="'addr'"):
         pack_payload(config, protocol.LoadTarget.INPUT, 1 << config.addr_width, 0)
     with pytest.raises(ValueError, match="'sel'"):
-        pack_request(config, 2, 0)
+        pack_request(config, 4, 0)  # sel has 2 bits

@@ -5,8 +5,7 @@ by side) serves every test: it is run once through the command line, its ``synth
 are shared by the tests, and by every pytest-xdist worker (a lock file in the session's temporary folder).
 The expected memories, widths, depths and port counts are derived from the configuration and the engine's
 structure (rtl/engine.py: input, weight and threshold buffers have P read ports and one write port, the
-output buffer one read port and P write ports, the work queue P banks of one read and one write port
-each), not copied from yosys.
+output buffer and the work queue P banks of one read and one write port each), not copied from yosys.
 """
 
 from __future__ import annotations
@@ -93,8 +92,8 @@ def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, i
         "inbuf": (L * config.act_width, config.input_depth, P, 1),
         "wbuf": (L * config.weight_width, config.weight_depth, P, 1),
         "tbuf": (config.acc_width, config.threshold_depth, P, 1),
-        "obuf": (output_layout(config).size, config.output_depth, 1, P),
-        # the work queue: P single-ported banks (rtl/work_queue.py)
+        # the output buffer and the work queue: P banks of one read and one write port each
+        **{f"obuf{b}": (output_layout(config).size, rows, 1, 1) for b in range(P)},
         **{f"queue.bank{b}": (queue_layout(config).size, rows, 1, 1) for b in range(P)},
     }
 
@@ -155,13 +154,11 @@ def test_ecp5_figures(synth_run):
     assert ecp5["memory_mapping"]["inbuf"] == "DP16KD" and ecp5["block_ram"] >= 1
     assert ecp5["memory_mapping"]["wbuf"] == ecp5["memory_mapping"]["tbuf"] == "TRELLIS_DPR16X4"
     assert ecp5["lutram"] > 0
-    # P write ports: no ECP5 RAM has them, so the output buffer becomes flip-flops; the work queue's 1R1W
-    # banks and the buffers with one write port map to RAM
-    assert "obuf" in ecp5["memories_as_flip_flops"]
-    banks = {f"queue.bank{b}" for b in range(P)}
+    # Every memory has one write port: all map to RAM (the output buffer's P write ports, before its
+    # banks, made it flip-flops)
+    banks = {f"queue.bank{b}" for b in range(P)} | {f"obuf{b}" for b in range(P)}
     assert banks <= set(ecp5["memory_mapping"])
-    assert not ({"inbuf", "wbuf", "tbuf"} | banks) & set(ecp5["memories_as_flip_flops"])
-    assert ecp5["flip_flops"] > CONFIG.output_depth * (CONFIG.acc_width + 1)  # the output buffer alone
+    assert not ecp5["memories_as_flip_flops"]
 
 
 @needs_yosys

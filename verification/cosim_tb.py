@@ -402,7 +402,8 @@ class EngineTestbench:
 
         problems = monitor.errors + self.protocol_errors
         monitor.errors, self.protocol_errors = [], []
-        problems += compare(self.config, case, words, counters, run, stale)
+        results = await driver.merge_results(g, words)
+        problems += compare(self.config, case, results, counters, run, stale)
         problems += self._pacing_problems(case, stalls0)
         held, gaps, _ = (b - a for a, b in zip(stalls0, self._stalls(), strict=True))
         self._write(

@@ -26,6 +26,7 @@ from spec.protocol import COUNTER_NAMES, LoadTarget, UnloadTarget
 from spec.tile import Tile, TileGeometry
 from verification.layout import (
     LoadWrites,
+    banked_address,
     decode_counter,
     decode_output,
     load_writes,
@@ -126,10 +127,12 @@ class EngineDriver:
         return await self.transport.wait_done(timeout_cycles)
 
     async def read(self, sel: UnloadTarget, addr: int) -> int:
-        """One unload request and its response word."""
+        """One unload request and its response word; ``addr`` is an output or queue entry's index (sent as
+        its banked address) or a counter's."""
         t = self.transport
         sel = UnloadTarget(sel)
-        waited = await t.req.put(pack_request(self.config, sel, addr))
+        wire = addr if sel == UnloadTarget.COUNTERS else banked_address(self.config, addr)
+        waited = await t.req.put(pack_request(self.config, sel, wire))
         if waited:
             self._protocol(
                 f"request (sel {sel.value}, addr {addr}) waited {waited} cycles for ready "
@@ -138,8 +141,10 @@ class EngineDriver:
         try:
             word = await t.resp.get()
         except AssertionError as exc:  # a stall or X/Z bits: say what was asked for
-            output = sel == UnloadTarget.OUTPUT
-            what = f"output entry {addr}" if output else f"counter {addr} ({COUNTER_NAMES[addr]})"
+            what = {
+                UnloadTarget.OUTPUT: f"output entry {addr}",
+                UnloadTarget.QUEUE: f"work-queue entry {addr}",
+            }.get(sel) or f"counter {addr} ({COUNTER_NAMES[addr]})"
             raise AssertionError(f"reading {what}: {exc}") from None
         if t.resp.last_wait:
             self._protocol(
@@ -152,10 +157,22 @@ class EngineDriver:
         """Raw output-buffer entries by ``lin``."""
         return {lin: await self.read(UnloadTarget.OUTPUT, lin) for lin in addrs}
 
+    async def merge_results(self, geometry: TileGeometry, words: dict[int, int]) -> dict[int, int]:
+        """The tile's results from its raw output entries ``words`` (``lin`` 0 … N − 1): a gated run leaves
+        ``(p, gate 1)`` in the output buffer for a gated-on activation and its result ``p + r`` in the
+        work queue, the n-th gated-on entry (in ``lin`` order) in queue entry n; those are read here."""
+        results = dict(words)
+        if not geometry.dense:
+            on = [lin for lin in range(geometry.n_outputs) if decode_output(self.config, words[lin])[1]]
+            for n, lin in enumerate(on):
+                results[lin] = await self.read(UnloadTarget.QUEUE, n)
+        return results
+
     async def read_outputs(self, geometry: TileGeometry) -> Outputs:
-        """Every output entry of a tile of ``geometry``, decoded."""
+        """Every output of a tile of ``geometry``, decoded (output buffer and, gated, work queue)."""
         words = await self.read_words(range(geometry.n_outputs))
-        return decode_outputs(self.config, geometry, list(words.values()))
+        results = await self.merge_results(geometry, words)
+        return decode_outputs(self.config, geometry, [results[lin] for lin in range(geometry.n_outputs)])
 
     async def read_counters(self) -> dict[str, int]:
         return {

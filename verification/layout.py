@@ -30,6 +30,7 @@ from spec.tile import Segments, Tile
 
 __all__ = [
     "LoadWrites",
+    "banked_address",
     "chunk_channels",
     "decode_counter",
     "decode_output",
@@ -221,6 +222,13 @@ def pack_request(config: EngineConfig, sel: UnloadTarget | int, addr: int) -> in
     sel = _check_field("sel", _code(sel), addr_at)
     addr = _check_field("addr", addr, end - addr_at)
     return sel | (addr << addr_at)
+
+
+def banked_address(config: EngineConfig, index: int) -> int:
+    """The request address of output entry (or work-queue entry) ``index``: ``row << bank_bits | bank``
+    with ``bank = index mod P``, ``row = index div P`` (docs/microarchitecture.md, section 4)."""
+    row, bank = divmod(int(index), config.pes)
+    return (row << config.bank_bits) | bank
 
 
 def decode_output(config: EngineConfig, word: int) -> tuple[int, int]:
