@@ -23,8 +23,18 @@ def coord_layout(config: EngineConfig) -> data.StructLayout:
     """Where one output activation lies: channel, group, row, column and its linear index."""
     lin = unsigned((config.output_depth + config.pes).bit_length())
     # `co` has one bit more than a register: the chain runs up to P − 1 activations past the last one.
+    # `cb`, `cr`: co mod P and co div P, the threshold buffer's bank and row (rtl/threshold_buffer.py).
+    rows = -(-config.threshold_depth // config.pes)
     return data.StructLayout(
-        {"co": unsigned(DIM + 1), "g": unsigned(DIM), "oy": unsigned(DIM), "ox": unsigned(DIM), "lin": lin}
+        {
+            "co": unsigned(DIM + 1),
+            "g": unsigned(DIM),
+            "oy": unsigned(DIM),
+            "ox": unsigned(DIM),
+            "lin": lin,
+            "cb": range(max(config.pes, 2)),
+            "cr": range(rows + 2),
+        }
     )
 
 
@@ -133,6 +143,8 @@ class CoordinateChain(wiring.Component):
                 Signal(name=f"wrap_y{i}"),
                 Signal(name=f"wrap_c{i}"),
             )
+            wrap_b = Signal(name=f"wrap_b{i}")  # co mod P wraps with the next channel
+            m.d.comb += wrap_b.eq(c.cb == cfg.pes - 1)
             m.d.comb += [
                 wrap_x.eq(c.ox + 1 == self.w_out),
                 wrap_y.eq(wrap_x & (c.oy + 1 == self.h_out)),
@@ -143,6 +155,8 @@ class CoordinateChain(wiring.Component):
                 nxt.coord.ox.eq(Mux(wrap_x, 0, c.ox + 1)),
                 nxt.coord.oy.eq(Mux(wrap_y, 0, Mux(wrap_x, c.oy + 1, c.oy))),
                 nxt.coord.co.eq(Mux(wrap_y, c.co + 1, c.co)),
+                nxt.coord.cb.eq(Mux(wrap_y, Mux(wrap_b, 0, c.cb + 1), c.cb)),
+                nxt.coord.cr.eq(Mux(wrap_y & wrap_b, c.cr + 1, c.cr)),
                 nxt.col.eq(Mux(wrap_c, 0, Mux(wrap_y, cur.col + 1, cur.col))),
                 nxt.coord.g.eq(Mux(wrap_c, c.g + 1, c.g)),
                 nxt.pointer.xt.eq(Mux(wrap_x, -self.pad_left, p.xt + S)),

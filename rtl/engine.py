@@ -12,6 +12,7 @@ from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, coord_layout, pointer_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
+from rtl.threshold_buffer import ThresholdBuffer
 from rtl.work_queue import WorkQueue
 from spec.config import EngineConfig
 from spec.protocol import (
@@ -134,9 +135,8 @@ class GatedConvEngine(wiring.Component):
         m.submodules.wbuf = wbuf = memory.Memory(
             shape=unsigned(L * cfg.weight_width), depth=cfg.weight_depth, init=[]
         )
-        m.submodules.tbuf = tbuf = memory.Memory(
-            shape=signed(cfg.acc_width), depth=cfg.threshold_depth, init=[]
-        )
+        # Thresholds: P single-ported banks by output channel (rtl/threshold_buffer.py).
+        m.submodules.tbuf = tbuf = ThresholdBuffer(cfg)
         # The output buffer: P single-ported banks, entry lin in bank lin mod P, row lin div P. Phase 1 (and
         # dense mode) writes round r's P consecutive entries, PE i into bank i row r; phase 2 writes its
         # results back into the work queue's entries (bank i again), never here.
@@ -148,10 +148,9 @@ class GatedConvEngine(wiring.Component):
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
         # P single-ported banks, entry n in bank n mod P (rtl/work_queue.py).
         m.submodules.queue = queue = WorkQueue(cfg, queue_layout(cfg).size)
-        in_w, w_w, t_w = inbuf.write_port(), wbuf.write_port(), tbuf.write_port()
+        in_w, w_w = inbuf.write_port(), wbuf.write_port()
         in_r = [inbuf.read_port() for _ in range(P)]
         w_r = [wbuf.read_port() for _ in range(P)]
-        t_r = [tbuf.read_port() for _ in range(P)]
 
         # ---- blocks -----------------------------------------------------------------------------
         m.submodules.chain = chain = CoordinateChain(cfg)
@@ -165,12 +164,17 @@ class GatedConvEngine(wiring.Component):
         m.d.comb += self.load.ready.eq(idle)
         load = self.load.payload
         accept = self.load.valid & self.load.ready
-        for port, sel in ((in_w, LoadTarget.INPUT), (w_w, LoadTarget.WEIGHT), (t_w, LoadTarget.THRESHOLD)):
+        for port, sel in ((in_w, LoadTarget.INPUT), (w_w, LoadTarget.WEIGHT)):
             m.d.comb += [
                 port.addr.eq(load.addr),
                 port.data.eq(load.data),
                 port.en.eq(accept & (load.sel == sel)),
             ]
+        m.d.comb += [  # the threshold's banked address (row << bank_bits | bank)
+            tbuf.waddr.eq(load.addr),
+            tbuf.wdata.eq(load.data),
+            tbuf.wen.eq(accept & (load.sel == LoadTarget.THRESHOLD)),
+        ]
         # One-hot decode of the register address (an address past the last register writes nothing).
         reg_bits = (len(CONFIG_REGISTERS) - 1).bit_length()
         reg_write = Signal(1 << reg_bits)
@@ -299,7 +303,10 @@ class GatedConvEngine(wiring.Component):
             m.d.comb += [
                 in_r[i].addr.eq(work.pointer.ia + off_in + beat_in),
                 w_r[i].addr.eq(work.pointer.wa + off_w + beat_w),
-                t_r[i].addr.eq(work.co),
+                # Thresholds: read once per round, at its last beat, for the comparator of gated phase 1.
+                tbuf.bank[i].eq(chain.coord[i].cb),
+                tbuf.row[i].eq(chain.coord[i].cr),
+                tbuf.en[i].eq(issue & last_beat & ~phase2 & ~dense & valid[i]),
             ]
             m.d.sync += [
                 exe_en[i].eq(issue & valid[i]),
@@ -346,7 +353,7 @@ class GatedConvEngine(wiring.Component):
         with m.Elif(wb_en.any() & ~wb_phase2):
             m.d.sync += out_row.eq(out_row + 1)
         for i in range(P):
-            m.d.sync += [wb_work[i].eq(exe_work[i]), wb_thr[i].eq(t_r[i].data)]
+            m.d.sync += [wb_work[i].eq(exe_work[i]), wb_thr[i].eq(tbuf.rdata[i])]
 
         # ---- write-back stage: comparators, output buffer, compactor, work queue -----------------------
         gated_wb = wb_en & Mux(wb_phase2 | dense, 0, (1 << P) - 1)

@@ -106,7 +106,8 @@ class EngineConfig:
     @property
     def addr_width(self) -> int:
         # At least 5 bits: the 20 configuration registers (spec.protocol.ConfigRegister) share the field; and
-        # the banked addresses of the output buffer and the work queue (row << bank_bits | bank).
+        # the banked addresses of the output buffer, the work queue and the thresholds (row << bank_bits |
+        # bank).
         depth = max(
             self.input_depth,
             self.weight_depth,
@@ -114,6 +115,7 @@ class EngineConfig:
             self.threshold_depth,
             32,
             self.bank_rows << self.bank_bits,
+            -(-self.threshold_depth // self.pes) << self.bank_bits,
         )
         return (depth - 1).bit_length()
 

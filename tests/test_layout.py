@@ -167,7 +167,7 @@ def test_load_writes_word_by_word(case: int) -> None:
     for addr, word in exp_w.items():
         assert got[2][addr] == word, f"weight word {addr}: {got[2][addr]:#x} != {word:#x}"
     mask = (1 << config.acc_width) - 1
-    assert got[3] == {co: int(t) & mask for co, t in enumerate(tile.thresholds)}
+    assert got[3] == {banked_address(config, co): int(t) & mask for co, t in enumerate(tile.thresholds)}
     # load order: registers, inputs, weights, thresholds; every data word fits the data width
     assert list(writes.sel) == sorted(writes.sel)
     assert all(0 <= d < (1 << config.data_width) for _, _, d in writes)

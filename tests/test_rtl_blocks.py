@@ -224,3 +224,40 @@ def test_work_queue_appends_in_order_and_reads_rows_of_p(pes, depth):
             ctx.set(dut.read_en, 0)
 
     _run(dut, bench)
+
+
+@pytest.mark.parametrize("pes,depth", [(8, 64), (3, 20), (1, 5)])
+def test_threshold_buffer_broadcasts_consecutive_channels(pes, depth):
+    """Thresholds written at banked addresses; each cycle the P PEs ask for channels of one phase-1 round
+    (at most P consecutive channels, several PEs per channel, some PEs idle) and get their own τ."""
+    from rtl.threshold_buffer import ThresholdBuffer
+
+    cfg = EngineConfig(pes=pes, threshold_depth=depth, acc_width=20)
+    dut = ThresholdBuffer(cfg)
+    rng = np.random.default_rng(SEED + 7 * pes)
+    tau = [int(v) for v in rng.integers(-(1 << 19), 1 << 19, size=depth)]
+
+    async def bench(ctx):
+        for co, t in enumerate(tau):
+            ctx.set(dut.waddr, ((co // pes) << cfg.bank_bits) | (co % pes))
+            ctx.set(dut.wdata, t)
+            ctx.set(dut.wen, 1)
+            await ctx.tick()
+        ctx.set(dut.wen, 0)
+        for _ in range(40):
+            first = int(rng.integers(0, depth))
+            # PE i's channel: nondecreasing, consecutive, within P channels of the first (a round)
+            steps = np.sort(rng.integers(0, 2, size=pes)).cumsum() if pes > 1 else np.zeros(1, int)
+            channels = [min(first + int(s), depth - 1, first + pes - 1) for s in steps]
+            reading = [bool(rng.random() < 0.8) for _ in range(pes)]
+            for i, co in enumerate(channels):
+                ctx.set(dut.bank[i], co % pes)
+                ctx.set(dut.row[i], co // pes)
+                ctx.set(dut.en[i], reading[i])
+            await ctx.tick()
+            ctx.set(dut.en, 0)
+            for i, co in enumerate(channels):
+                if reading[i]:
+                    assert ctx.get(dut.rdata[i]) == tau[co], (i, co)
+
+    _run(dut, bench)

@@ -4,8 +4,9 @@ One synthesis of a small configuration (P = 2, L = 2; here about 15 s for the ge
 by side) serves every test: it is run once through the command line, its ``synth.json`` and printed table
 are shared by the tests, and by every pytest-xdist worker (a lock file in the session's temporary folder).
 The expected memories, widths, depths and port counts are derived from the configuration and the engine's
-structure (rtl/engine.py: input, weight and threshold buffers have P read ports and one write port, the
-output buffer and the work queue P banks of one read and one write port each), not copied from yosys.
+structure (rtl/engine.py: input and weight buffers have P read ports and one write port, the threshold
+buffer, the output buffer and the work queue P banks of one read and one write port each), not copied from
+yosys.
 """
 
 from __future__ import annotations
@@ -76,9 +77,9 @@ def synth_run(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def synth_default(tmp_path_factory) -> dict:
-    """``accel rtl --out DIR --synth --no-ecp5`` of the default configuration (about 75 s here): the build
-    that runs every layer of the shipped traces."""
-    return _shared_run(tmp_path_factory, "synth-default", "--no-ecp5")
+    """``accel rtl --out DIR --synth`` of the default configuration, generic and ECP5 side by side (about
+    two minutes here): the build that runs every layer of the shipped traces."""
+    return _shared_run(tmp_path_factory, "synth-default")
 
 
 def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, int]]:
@@ -91,7 +92,8 @@ def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, i
     return {
         "inbuf": (L * config.act_width, config.input_depth, P, 1),
         "wbuf": (L * config.weight_width, config.weight_depth, P, 1),
-        "tbuf": (config.acc_width, config.threshold_depth, P, 1),
+        # thresholds: P banks by output channel (rtl/threshold_buffer.py)
+        **{f"tbuf.bank{b}": (config.acc_width, -(-config.threshold_depth // P), 1, 1) for b in range(P)},
         # the output buffer and the work queue: P banks of one read and one write port each
         **{f"obuf{b}": (output_layout(config).size, rows, 1, 1) for b in range(P)},
         **{f"queue.bank{b}": (queue_layout(config).size, rows, 1, 1) for b in range(P)},
@@ -116,7 +118,7 @@ def test_every_buffer_is_one_memory_with_its_width_depth_and_ports(synth_run):
 def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     """The default configuration (the one build for every layer) synthesizes with each buffer one memory
     of its width, depth and ports, and nothing exploded into flip-flops (one 4096-entry buffer would add
-    more than 100 k)."""
+    more than 100 k), generic and on ECP5."""
     generic = synth_default["synth"]["generic"]
     found = {
         m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in generic["memories"]
@@ -125,7 +127,12 @@ def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     assert found == expected
     assert generic["cells_by_type"]["$mem_v2"] == len(expected)
     assert 0 < generic["flip_flops"] < 10_000
-    assert "ecp5" not in synth_default["synth"]  # --no-ecp5
+    # ECP5: every memory maps to RAM (none to flip-flops), the MAC array to DSP blocks
+    ecp5 = synth_default["synth"]["ecp5"]
+    assert not ecp5["memories_as_flip_flops"]
+    assert set(ecp5["memory_mapping"]) == set(expected)
+    assert ecp5["block_ram"] > 0 and ecp5["dsp"] >= EngineConfig().pes * EngineConfig().lanes
+    assert 0 < ecp5["flip_flops"] < 20_000
 
 
 @needs_yosys
@@ -152,11 +159,15 @@ def test_ecp5_figures(synth_run):
     assert ecp5["dsp"] >= P * L  # one MULT18X18D per 8x8 lane multiplier at least
     # the 1024-word input buffer is block RAM; the small weight and threshold buffers distributed RAM
     assert ecp5["memory_mapping"]["inbuf"] == "DP16KD" and ecp5["block_ram"] >= 1
-    assert ecp5["memory_mapping"]["wbuf"] == ecp5["memory_mapping"]["tbuf"] == "TRELLIS_DPR16X4"
+    assert ecp5["memory_mapping"]["wbuf"] == ecp5["memory_mapping"]["tbuf.bank0"] == "TRELLIS_DPR16X4"
     assert ecp5["lutram"] > 0
     # Every memory has one write port: all map to RAM (the output buffer's P write ports, before its
     # banks, made it flip-flops)
-    banks = {f"queue.bank{b}" for b in range(P)} | {f"obuf{b}" for b in range(P)}
+    banks = (
+        {f"queue.bank{b}" for b in range(P)}
+        | {f"obuf{b}" for b in range(P)}
+        | {f"tbuf.bank{b}" for b in range(P)}
+    )
     assert banks <= set(ecp5["memory_mapping"])
     assert not ecp5["memories_as_flip_flops"]
 

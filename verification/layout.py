@@ -136,7 +136,8 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     """Every ``(sel, addr, data)`` write that loads ``tile`` (spec section 3's address map).
 
     Order: configuration registers 0..19 (sel 0), input words (sel 1, ascending address), weight words
-    (sel 2, ascending address), thresholds (sel 3, entry ``co``, two's complement in ``acc_width`` bits).
+    (sel 2, ascending address), thresholds (sel 3, ``co`` ascending at the banked address of entry ``co``,
+    two's complement in ``acc_width`` bits).
     """
     seg = tile.check(config)
     g = tile.geometry
@@ -169,7 +170,10 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
         (LoadTarget.THRESHOLD.value, thr),
     ]
     sel = np.concatenate([np.full(len(d), s, dtype=np.int64) for s, d in parts])
-    addr = np.concatenate([np.arange(len(d), dtype=np.int64) for _, d in parts])
+    # Threshold co goes to its banked address (bank co mod P, row co div P); the rest in address order.
+    co = np.arange(len(thr), dtype=np.int64)
+    thr_addr = ((co // config.pes) << config.bank_bits) | (co % config.pes)
+    addr = np.concatenate([np.arange(len(d), dtype=np.int64) for _, d in parts[:-1]] + [thr_addr])
     # uint64 -> object converts to Python ints, which the wide words already are.
     data = np.concatenate([np.asarray(d).astype(dtype) for _, d in parts])
     return LoadWrites(sel=sel, addr=addr, data=data)

@@ -1,0 +1,99 @@
+"""The threshold buffer: P single-ported banks by output channel, one read per bank broadcast to its PEs."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from spec.config import EngineConfig
+
+__all__ = ["ThresholdBuffer"]
+
+
+class ThresholdBuffer(wiring.Component):
+    """τ[co] in bank ``co mod P``, row ``co div P`` (``ceil(threshold_depth / P)`` rows per bank, 1R1W).
+
+    Only phase 1 reads thresholds, and a phase-1 round's P activations lie in at most P consecutive output
+    channels: two PEs that ask the same bank ask the same channel (channels P apart cannot share a round).
+    So each bank reads at most one word per cycle and broadcasts it; the caller guarantees this (PEs that
+    read a bank in one cycle give the same row). A crossbar returns each PE its bank's word.
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Supplies ``pes`` (banks), ``threshold_depth`` and ``acc_width``.
+
+    Members
+    -------
+    waddr : In(range(rows << bank_bits))
+        Banked address of a write, ``row << bank_bits | bank`` (the load stream's address).
+    wdata : In(signed(acc_width))
+        The threshold written.
+    wen : In(1)
+        Write this cycle.
+    bank : In(ArrayLayout(range(pes), pes))
+        Per PE: the bank of its channel (``co mod P``).
+    row : In(ArrayLayout(range(rows + 1), pes))
+        Per PE: the row of its channel (``co div P``).
+    en : In(pes)
+        Per PE: read its threshold this cycle.
+    rdata : Out(ArrayLayout(signed(acc_width), pes))
+        Per PE: the threshold it read the cycle before.
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self._config = config
+        P = config.pes
+        self._rows = -(-config.threshold_depth // P)
+        super().__init__(
+            {
+                "waddr": In(range(max(self._rows << config.bank_bits, 2))),
+                "wdata": In(signed(config.acc_width)),
+                "wen": In(1),
+                "bank": In(data.ArrayLayout(range(P), P)),
+                "row": In(data.ArrayLayout(range(self._rows + 1), P)),
+                "en": In(P),
+                "rdata": Out(data.ArrayLayout(signed(config.acc_width), P)),
+            }
+        )
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self._config
+        P, rows, bits = cfg.pes, self._rows, cfg.bank_bits
+        wbank, wrow = self.waddr[:bits], self.waddr[bits:]
+        wsel = Signal(P)
+        m.d.comb += wsel.eq(Mux(self.wen, Const(1, P) << wbank, 0))
+        # One-hot bank of each PE's read (none when it does not read).
+        ask = [Signal(P, name=f"ask{i}") for i in range(P)]
+        m.d.comb += [ask[i].eq(Mux(self.en[i], Const(1, P) << self.bank[i], 0)) for i in range(P)]
+        words = []
+        for b in range(P):
+            bank = m.submodules[f"bank{b}"] = memory.Memory(shape=signed(cfg.acc_width), depth=rows, init=[])
+            w, r = bank.write_port(), bank.read_port()
+            m.d.comb += [
+                w.addr.eq(wrow),
+                w.data.eq(self.wdata),
+                w.en.eq(wsel[b]),
+            ]
+            # Every PE asking bank b asks the same row: OR them.
+            row = 0
+            for i in range(P):
+                row = row | Mux(ask[i][b], self.row[i], 0)
+            m.d.comb += [r.addr.eq(row), r.en.eq(sum(ask[i][b] for i in range(P)) != 0)]
+            words.append(r.data)
+        # The crossbar: each PE takes its bank's word (the bank as it was when the read was issued).
+        for i in range(P):
+            was = Signal(P, name=f"was{i}")  # one-hot
+            with m.If(self.en[i]):
+                m.d.sync += was.eq(ask[i])
+            value = 0
+            for b in range(P):
+                value = value | Mux(was[b], words[b], 0)
+            m.d.comb += self.rdata[i].eq(value)
+        return m
