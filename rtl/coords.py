@@ -133,7 +133,7 @@ class CoordinateChain(wiring.Component):
             }
         )
         # Plain signals viewed through the layout: no per-field aliases in the Verilog.
-        first = data.View(layout, Signal(layout.size, name="first"))
+        first = data.View(layout, Signal(layout.size, name="first", reset_less=True))  # set by `clear`
 
         def increment(cur, i):
             c, p = cur.coord, cur.pointer

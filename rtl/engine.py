@@ -207,9 +207,11 @@ class GatedConvEngine(wiring.Component):
         # ---- beat sequencer -----------------------------------------------------------------------
         phase2 = Signal()
         issue = Signal()
-        slot = Signal(range(max(G_max, 2) + 1))
-        chunk_ch = Signal(REGISTER_WIDTH + 1)  # first channel of the chunk in its segment: chunk·L
-        ky, kx = Signal(range(K_max)), Signal(range(K_max))
+        # Datapath registers without reset (spec section 4, "Reset"): each is set in SETUP or PREP, or
+        # qualified by a valid bit that has one (exe_en, wb_en), before it is used.
+        slot = Signal(range(max(G_max, 2) + 1), reset_less=True)
+        chunk_ch = Signal(REGISTER_WIDTH + 1, reset_less=True)  # first channel of the chunk in its segment
+        ky, kx = Signal(range(K_max), reset_less=True), Signal(range(K_max), reset_less=True)
         other = phase2 | (dense & (slot != 0))  # beat works on a conditional-width segment
         n_cond = reg["n_cond"]  # conditional segments of an activation
         last_slot = Signal.like(slot)
@@ -241,7 +243,7 @@ class GatedConvEngine(wiring.Component):
         beat_layout = data.StructLayout(
             {"w": unsigned(w_aw), "in_chunk": unsigned(in_aw), "in_row": unsigned(in_aw)}
         )
-        beat = data.View(beat_layout, Signal(beat_layout.size, name="beat"))
+        beat = data.View(beat_layout, Signal(beat_layout.size, name="beat", reset_less=True))
         beat_in, beat_w = beat.in_row + kx, beat.w
         with m.If(setup | (issue & last_beat)):
             m.d.sync += beat.eq(0)
@@ -256,9 +258,9 @@ class GatedConvEngine(wiring.Component):
                 m.d.sync += beat.in_row.eq(beat.in_row + reg["w_in"])
 
         # ---- work queue state -----------------------------------------------------------------
-        gates_on = Signal(count_shape)
-        queue_base = Signal(count_shape)  # first queue entry of the current phase-2 round
-        queue_row = Signal(range(queue.rows + 1))  # its row in the banks: queue_base / P
+        gates_on = Signal(count_shape)  # also the gates_on counter: reset (spec section 4, "Reset")
+        queue_base = Signal(count_shape, reset_less=True)  # first queue entry of the current phase-2 round
+        queue_row = Signal(range(queue.rows + 1), reset_less=True)  # its row in the banks: queue_base / P
         prep = Signal()
         m.d.comb += queue.read_row.eq(Mux(prep, 0, Mux(last_beat, queue_row + 1, queue_row)))
         for i in range(P):
@@ -272,12 +274,12 @@ class GatedConvEngine(wiring.Component):
 
         # ---- issue stage: per-PE activation and operand addresses ---------------------------------
         valid = Signal(P)
-        exe_en, exe_inside = Signal(P), Signal(P)
-        exe_first, exe_last, exe_phase2 = Signal(), Signal(), Signal()
-        exe_lanes = Signal(range(L + 1))
+        exe_en, exe_inside = Signal(P), Signal(P, reset_less=True)
+        exe_first, exe_last, exe_phase2 = Signal(reset_less=True), Signal(reset_less=True), Signal()
+        exe_lanes = Signal(range(L + 1), reset_less=True)
         wl = work_layout(cfg)
-        exe_work = [data.View(wl, Signal(wl.size, name=f"exe_work{i}")) for i in range(P)]
-        exe_init = [Signal(signed(cfg.acc_width), name=f"exe_init{i}") for i in range(P)]
+        exe_work = [data.View(wl, Signal(wl.size, name=f"exe_work{i}", reset_less=True)) for i in range(P)]
+        exe_init = [Signal(signed(cfg.acc_width), name=f"exe_init{i}", reset_less=True) for i in range(P)]
         for i in range(P):
             entry = data.View(queue_layout(cfg), queue.rdata[i])
             work = data.View(wl, Signal(wl.size, name=f"work{i}"))
@@ -336,11 +338,11 @@ class GatedConvEngine(wiring.Component):
         ]
         wb_en = Signal(P)
         wb_phase2 = Signal()
-        wb_work = [data.View(wl, Signal(wl.size, name=f"wb_work{i}")) for i in range(P)]
-        wb_thr = [Signal(signed(cfg.acc_width), name=f"wb_thr{i}") for i in range(P)]
+        wb_work = [data.View(wl, Signal(wl.size, name=f"wb_work{i}", reset_less=True)) for i in range(P)]
+        wb_thr = [Signal(signed(cfg.acc_width), name=f"wb_thr{i}", reset_less=True) for i in range(P)]
         # Rows of the write-back: phase 1 counts its rounds (round r writes output row r), phase 2 takes
         # the queue row its round read.
-        out_row = Signal(range(rows + 1))
+        out_row = Signal(range(rows + 1), reset_less=True)
         exe_qrow, wb_qrow = Signal.like(queue_row, name="exe_qrow"), Signal.like(queue_row, name="wb_qrow")
         m.d.sync += [
             wb_en.eq(exe_en & Mux(exe_last, (1 << P) - 1, 0)),
@@ -371,7 +373,7 @@ class GatedConvEngine(wiring.Component):
                 o_w.en.eq(wb_en[i] & ~wb_phase2),
                 queue.update_data[i].eq(Cat(wb_work[i], macs.acc[i])),
                 self.wb_valid[i].eq(wb_en[i]),
-                self.wb_addr[i].eq(wb_work[i].lin),
+                self.wb_addr[i].eq(Mux(wb_en[i], wb_work[i].lin, 0)),  # defined while not valid
                 queue.offset[i].eq(compactor.offset[i]),
                 queue.wdata[i].eq(Cat(wb_work[i], macs.acc[i])),
             ]
@@ -443,9 +445,9 @@ class GatedConvEngine(wiring.Component):
         # Output and queue entries by banked address (row << bank_bits | bank); a queue entry answers with
         # its result as an output entry (y, gate 1). The queue's read port is the engine's while busy.
         req = self.req.payload
-        resp_sel = Signal(UnloadTarget)
-        resp_bank = Signal(range(P))
-        resp_index = Signal(range(len(Counter) + 1))
+        resp_sel = Signal(UnloadTarget, reset_less=True)  # these three are read only with resp.valid
+        resp_bank = Signal(range(P), reset_less=True)
+        resp_index = Signal(range(len(Counter) + 1), reset_less=True)
         m.d.comb += self.req.ready.eq(idle & (~self.resp.valid | self.resp.ready))
         take = self.req.valid & self.req.ready
         bank_bits = cfg.bank_bits
@@ -486,7 +488,6 @@ class GatedConvEngine(wiring.Component):
                         m.d.comb += [out_word.y.eq(entry.p), out_word.gate.eq(1)]
                     with m.Else():
                         m.d.comb += out_word.eq(obanks[b][1].data)
-        m.d.comb += self.resp.payload.eq(
-            Mux(resp_sel == UnloadTarget.COUNTERS, counter_value, out_word.as_value())
-        )
+        response = Mux(resp_sel == UnloadTarget.COUNTERS, counter_value, out_word.as_value())
+        m.d.comb += self.resp.payload.eq(Mux(self.resp.valid, response, 0))  # defined while not valid
         return m

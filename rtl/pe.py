@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -74,6 +74,9 @@ class ProcessingElement(wiring.Component):
                 for i in range(0, len(products), 2)
             ]
         dot = Mux(self.inside, products[0], 0)
+        # A datapath register: no reset (loaded at the first beat of every activation).
+        acc = Signal(signed(cfg.acc_width), reset_less=True, name="acc_r")
+        m.d.comb += self.acc.eq(acc)
         with m.If(self.en):
-            m.d.sync += self.acc.eq(Mux(self.first, self.init, self.acc) + dot)
+            m.d.sync += acc.eq(Mux(self.first, self.init, acc) + dot)
         return m

@@ -89,7 +89,7 @@ class ThresholdBuffer(wiring.Component):
             words.append(r.data)
         # The crossbar: each PE takes its bank's word (the bank as it was when the read was issued).
         for i in range(P):
-            was = Signal(P, name=f"was{i}")  # one-hot
+            was = Signal(P, name=f"was{i}", reset_less=True)  # one-hot; set by every read
             with m.If(self.en[i]):
                 m.d.sync += was.eq(ask[i])
             value = 0

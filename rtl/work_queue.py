@@ -91,8 +91,8 @@ class WorkQueue(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         P, rows, width = self._config.pes, self._rows, self._width
-        tail_bank = Signal(range(P))
-        tail_row = Signal(range(rows + 1))
+        tail_bank = Signal(range(P), reset_less=True)  # set by `clear` before the first append
+        tail_row = Signal(range(rows + 1), reset_less=True)
 
         # Bank (one-hot) and row of each writer: tail + offset, with one compare-subtract (tail_bank + offset
         # < 2P); a writer's one-hot bank is its column of the rotator.

@@ -130,7 +130,9 @@ def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     # ECP5: every memory maps to RAM (none to flip-flops), the MAC array to DSP blocks
     ecp5 = synth_default["synth"]["ecp5"]
     assert not ecp5["memories_as_flip_flops"]
-    assert set(ecp5["memory_mapping"]) == set(expected)
+    # (yosys may also turn a case statement into a small ROM of logic: not a buffer)
+    buffers = {name: how for name, how in ecp5["memory_mapping"].items() if how != "logic (ROM)"}
+    assert set(buffers) == set(expected)
     assert ecp5["block_ram"] > 0 and ecp5["dsp"] >= EngineConfig().pes * EngineConfig().lanes
     assert 0 < ecp5["flip_flops"] < 20_000
 
