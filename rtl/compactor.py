@@ -32,8 +32,9 @@ class GateCompactor(wiring.Component):
         Their gate decisions.
     write : Out(pes)
         PEs whose activation goes into the queue.
-    offset : Out(ArrayLayout(range(pes), pes))
-        Position of each such PE among this cycle's writes (from the tail).
+    offset_bits : Out(pes × bits of range(pes))
+        Position of each such PE among this cycle's writes (from the tail); the array :attr:`offset` (a
+        flat port: no wire per PE in the Verilog).
     count : Out(range(pes + 1))
         Number of queue writes this cycle.
     """
@@ -45,10 +46,14 @@ class GateCompactor(wiring.Component):
                 "valid": In(config.pes),
                 "gate": In(config.pes),
                 "write": Out(config.pes),
-                "offset": Out(data.ArrayLayout(range(config.pes), config.pes)),
+                "offset_bits": Out(data.ArrayLayout(range(config.pes), config.pes).size),
                 "count": Out(range(config.pes + 1)),
             }
         )
+
+    @property
+    def offset(self) -> data.View:
+        return data.View(data.ArrayLayout(range(self._config.pes), self._config.pes), self.offset_bits)
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -24,18 +24,26 @@ class ThresholdComparator(wiring.Component):
 
     Members
     -------
-    psum : In(ArrayLayout(signed(acc_width), pes))
-        Partial sums.
-    threshold : In(ArrayLayout(signed(acc_width), pes))
-        The threshold of each partial sum's output channel.
+    psum_bits, threshold_bits : In(pes × acc_width)
+        Partial sums, and the threshold of each one's output channel: flat ports (no wire per PE in the
+        Verilog), read and written as the arrays :attr:`psum`, :attr:`threshold`.
     gate : Out(pes)
         One gate decision per PE.
     """
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
-        word = data.ArrayLayout(signed(config.acc_width), config.pes)
-        super().__init__({"psum": In(word), "threshold": In(word), "gate": Out(config.pes)})
+        self._word = data.ArrayLayout(signed(config.acc_width), config.pes)
+        size = self._word.size
+        super().__init__({"psum_bits": In(size), "threshold_bits": In(size), "gate": Out(config.pes)})
+
+    @property
+    def psum(self) -> data.View:
+        return data.View(self._word, self.psum_bits)
+
+    @property
+    def threshold(self) -> data.View:
+        return data.View(self._word, self.threshold_bits)
 
     def elaborate(self, platform) -> Module:
         m = Module()

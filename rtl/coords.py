@@ -89,10 +89,10 @@ class CoordinateChain(wiring.Component):
         Set the first PE to activation 0.
     advance : In(1)
         Move to the next round.
-    coord : Out(ArrayLayout(coord_layout, pes))
-        Coordinates of each PE's activation.
-    pointer : Out(ArrayLayout(pointer_layout, pes))
-        Running pointers of each PE's activation.
+    coord : Out(pes × coord_layout bits)
+        Coordinates of each PE's activation (read them through :attr:`coords`).
+    pointer : Out(pes × pointer_layout bits)
+        Running pointers of each PE's activation (read them through :attr:`pointers`).
     next_co : Out(17)
         Output channel of the activation after the last PE's (``co ≥ C_out``: the round is the last).
     """
@@ -113,11 +113,22 @@ class CoordinateChain(wiring.Component):
                 "w_co": In(w_aw),
                 "clear": In(1),
                 "advance": In(1),
-                "coord": Out(data.ArrayLayout(coord_layout(config), config.pes)),
-                "pointer": Out(data.ArrayLayout(pointer_layout(config), config.pes)),
+                # Flat ports, viewed through their layouts in Python: the Verilog gets no wire per field.
+                "coord": Out(data.ArrayLayout(coord_layout(config), config.pes).size),
+                "pointer": Out(data.ArrayLayout(pointer_layout(config), config.pes).size),
                 "next_co": Out(DIM + 1),
             }
         )
+
+    @property
+    def coords(self) -> data.View:
+        """:attr:`coord` as an array of :func:`coord_layout` (``coords[i].co``, ...)."""
+        return data.View(data.ArrayLayout(coord_layout(self._config), self._config.pes), self.coord)
+
+    @property
+    def pointers(self) -> data.View:
+        """:attr:`pointer` as an array of :func:`pointer_layout`."""
+        return data.View(data.ArrayLayout(pointer_layout(self._config), self._config.pes), self.pointer)
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -171,8 +182,8 @@ class CoordinateChain(wiring.Component):
         cur = first
         for i in range(cfg.pes):
             m.d.comb += [
-                self.coord[i].eq(cur.coord),
-                self.pointer[i].eq(cur.pointer),
+                self.coords[i].eq(cur.coord),
+                self.pointers[i].eq(cur.pointer),
             ]
             cur = increment(cur, i)
         m.d.comb += self.next_co.eq(cur.coord.co)

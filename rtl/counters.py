@@ -36,8 +36,9 @@ class PerfCounters(wiring.Component):
         Valid lanes of this beat.
     gates_on : In(counter_width)
         Gated-on activations so far (kept by the engine).
-    value : Out(ArrayLayout(counter_width, 7))
-        The counters, each at its :class:`spec.protocol.Counter` address.
+    value_bits : Out(7 × counter_width)
+        The counters, each at its :class:`spec.protocol.Counter` address; the array :attr:`value` (a flat
+        port: no wire per counter in the Verilog).
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -52,9 +53,14 @@ class PerfCounters(wiring.Component):
                 "valid_pes": In(range(config.pes + 1)),
                 "lanes": In(range(config.lanes + 1)),
                 "gates_on": In(w),
-                "value": Out(data.ArrayLayout(unsigned(w), len(Counter))),
+                "value_bits": Out(data.ArrayLayout(unsigned(w), len(Counter)).size),
             }
         )
+
+    @property
+    def value(self) -> data.View:
+        layout = data.ArrayLayout(unsigned(self._config.counter_width), len(Counter))
+        return data.View(layout, self.value_bits)
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -287,16 +287,16 @@ class GatedConvEngine(wiring.Component):
                 m.d.comb += work.eq(entry.work)
             with m.Else():
                 m.d.comb += [
-                    work.co.eq(chain.coord[i].co),
-                    work.g.eq(chain.coord[i].g),
-                    work.lin.eq(chain.coord[i].lin),
-                    work.pointer.eq(chain.pointer[i]),
+                    work.co.eq(chain.coords[i].co),
+                    work.g.eq(chain.coords[i].g),
+                    work.lin.eq(chain.coords[i].lin),
+                    work.pointer.eq(chain.pointers[i]),
                 ]
-            m.d.comb += valid[i].eq(Mux(phase2, queue_base + i < gates_on, chain.coord[i].co < reg["c_out"]))
+            m.d.comb += valid[i].eq(Mux(phase2, queue_base + i < gates_on, chain.coords[i].co < reg["c_out"]))
             # Segment offset: gated phase 1 that of the own group's segment, dense none (the beat pointers
             # run through every slot), phase 2 one base segment from the slot of the own group on.
             skip = slot >= entry.work.g  # (phase 2 only: no path from the chain's group to the address)
-            own = chain.coord[i].g
+            own = chain.coords[i].g
             off_in = Mux(phase2, Mux(skip, in_seg, 0), Mux(dense, 0, _pick(seg_in, own)))
             off_w = Mux(phase2, Mux(skip, w_seg, 0), Mux(dense, 0, _pick(seg_w, own)))
             y = work.pointer.yt + ky
@@ -306,8 +306,8 @@ class GatedConvEngine(wiring.Component):
                 in_r[i].addr.eq(work.pointer.ia + off_in + beat_in),
                 w_r[i].addr.eq(work.pointer.wa + off_w + beat_w),
                 # Thresholds: read once per round, at its last beat, for the comparator of gated phase 1.
-                tbuf.bank[i].eq(chain.coord[i].cb),
-                tbuf.row[i].eq(chain.coord[i].cr),
+                tbuf.bank[i].eq(chain.coords[i].cb),
+                tbuf.row[i].eq(chain.coords[i].cr),
                 tbuf.en[i].eq(issue & last_beat & ~phase2 & ~dense & valid[i]),
             ]
             m.d.sync += [

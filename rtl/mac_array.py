@@ -26,10 +26,11 @@ class MacArray(wiring.Component):
 
     Members
     -------
-    x, w : In(ArrayLayout(unsigned(lanes × width), pes))
-        Operand words of each PE.
-    init : In(ArrayLayout(signed(acc_width), pes))
-        Accumulator start value of each PE.
+    x_bits, w_bits : In(pes × lanes × width)
+        Operand words of each PE (the arrays :attr:`x`, :attr:`w`; flat ports: no wire per PE in the
+        Verilog).
+    init_bits : In(pes × acc_width)
+        Accumulator start value of each PE (the array :attr:`init`).
     inside : In(pes)
         Per PE: the beat's input position is inside the tile (not padding).
     en : In(pes)
@@ -38,25 +39,39 @@ class MacArray(wiring.Component):
         Valid lanes of the beat (shared).
     first : In(1)
         First beat of the round (shared).
-    acc : Out(ArrayLayout(signed(acc_width), pes))
-        The accumulators.
+    acc_bits : Out(pes × acc_width)
+        The accumulators (the array :attr:`acc`).
     """
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         p, n = config.pes, config.lanes
+        self._arrays = {
+            "x": data.ArrayLayout(unsigned(n * config.act_width), p),
+            "w": data.ArrayLayout(unsigned(n * config.weight_width), p),
+            "init": data.ArrayLayout(signed(config.acc_width), p),
+            "acc": data.ArrayLayout(signed(config.acc_width), p),
+        }
         super().__init__(
             {
-                "x": In(data.ArrayLayout(unsigned(n * config.act_width), p)),
-                "w": In(data.ArrayLayout(unsigned(n * config.weight_width), p)),
-                "init": In(data.ArrayLayout(signed(config.acc_width), p)),
+                "x_bits": In(self._arrays["x"].size),
+                "w_bits": In(self._arrays["w"].size),
+                "init_bits": In(self._arrays["init"].size),
                 "inside": In(p),
                 "en": In(p),
                 "lanes": In(range(n + 1)),
                 "first": In(1),
-                "acc": Out(data.ArrayLayout(signed(config.acc_width), p)),
+                "acc_bits": Out(self._arrays["acc"].size),
             }
         )
+
+    def _view(self, name: str) -> data.View:
+        return data.View(self._arrays[name], getattr(self, f"{name}_bits"))
+
+    x = property(lambda self: self._view("x"))
+    w = property(lambda self: self._view("w"))
+    init = property(lambda self: self._view("init"))
+    acc = property(lambda self: self._view("acc"))
 
     def elaborate(self, platform) -> Module:
         m = Module()

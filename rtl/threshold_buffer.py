@@ -32,31 +32,44 @@ class ThresholdBuffer(wiring.Component):
         The threshold written.
     wen : In(1)
         Write this cycle.
-    bank : In(ArrayLayout(range(pes), pes))
-        Per PE: the bank of its channel (``co mod P``).
-    row : In(ArrayLayout(range(rows + 1), pes))
-        Per PE: the row of its channel (``co div P``).
+    bank_bits : In(pes × bits of range(pes))
+        Per PE: the bank of its channel (``co mod P``); the array :attr:`bank` (flat ports, viewed as
+        arrays: no wire per PE in the Verilog).
+    row_bits : In(pes × bits of range(rows + 1))
+        Per PE: the row of its channel (``co div P``); the array :attr:`row`.
     en : In(pes)
         Per PE: read its threshold this cycle.
-    rdata : Out(ArrayLayout(signed(acc_width), pes))
-        Per PE: the threshold it read the cycle before.
+    rdata_bits : Out(pes × acc_width)
+        Per PE: the threshold it read the cycle before; the array :attr:`rdata`.
     """
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         P = config.pes
         self._rows = -(-config.threshold_depth // P)
+        self._arrays = {
+            "bank": data.ArrayLayout(range(P), P),
+            "row": data.ArrayLayout(range(self._rows + 1), P),
+            "rdata": data.ArrayLayout(signed(config.acc_width), P),
+        }
         super().__init__(
             {
                 "waddr": In(range(max(self._rows << config.bank_bits, 2))),
                 "wdata": In(signed(config.acc_width)),
                 "wen": In(1),
-                "bank": In(data.ArrayLayout(range(P), P)),
-                "row": In(data.ArrayLayout(range(self._rows + 1), P)),
+                "bank_bits": In(self._arrays["bank"].size),
+                "row_bits": In(self._arrays["row"].size),
                 "en": In(P),
-                "rdata": Out(data.ArrayLayout(signed(config.acc_width), P)),
+                "rdata_bits": Out(self._arrays["rdata"].size),
             }
         )
+
+    def _view(self, name: str) -> data.View:
+        return data.View(self._arrays[name], getattr(self, f"{name}_bits"))
+
+    bank = property(lambda self: self._view("bank"))
+    row = property(lambda self: self._view("row"))
+    rdata = property(lambda self: self._view("rdata"))
 
     @property
     def rows(self) -> int:

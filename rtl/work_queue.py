@@ -42,24 +42,25 @@ class WorkQueue(wiring.Component):
         Empty the queue (the tail returns to entry 0).
     write : In(pes)
         PEs appending an entry this cycle.
-    offset : In(ArrayLayout(range(pes), pes))
-        Position of each writing PE among this cycle's writers (0 = first, at the tail).
-    wdata : In(ArrayLayout(width, pes))
-        Each PE's entry.
+    offset_bits : In(pes × bits of range(pes))
+        Position of each writing PE among this cycle's writers (0 = first, at the tail); the array
+        :attr:`offset` (flat ports, viewed as arrays: no wire per PE in the Verilog).
+    wdata_bits : In(pes × width)
+        Each PE's entry (the array :attr:`wdata`).
     count : In(range(pes + 1))
         Entries appended this cycle (the writers' count).
     update : In(pes)
         Per bank: rewrite entry ``update_row·P + i`` with ``update_data[i]``.
     update_row : In(range(rows))
         Row of the rewrites.
-    update_data : In(ArrayLayout(width, pes))
-        The rewritten entries.
+    update_data_bits : In(pes × width)
+        The rewritten entries (the array :attr:`update_data`).
     read_row : In(range(rows + 1))
         Row read by every bank (the round's first entry divided by P).
     read_en : In(pes)
         Per bank: read this cycle.
-    rdata : Out(ArrayLayout(width, pes))
-        Bank ``i``'s word of the row read the cycle before.
+    rdata_bits : Out(pes × width)
+        Bank ``i``'s word of the row read the cycle before (the array :attr:`rdata`).
     """
 
     def __init__(self, config: EngineConfig, width: int) -> None:
@@ -67,21 +68,36 @@ class WorkQueue(wiring.Component):
         self._width = width
         P = config.pes
         self._rows = -(-config.output_depth // P)
+        entries = data.ArrayLayout(unsigned(width), P)
+        self._arrays = {
+            "offset": data.ArrayLayout(range(P), P),
+            "wdata": entries,
+            "update_data": entries,
+            "rdata": entries,
+        }
         super().__init__(
             {
                 "clear": In(1),
                 "write": In(P),
-                "offset": In(data.ArrayLayout(range(P), P)),
-                "wdata": In(data.ArrayLayout(unsigned(width), P)),
+                "offset_bits": In(self._arrays["offset"].size),
+                "wdata_bits": In(entries.size),
                 "count": In(range(P + 1)),
                 "update": In(P),
                 "update_row": In(range(max(self._rows, 2))),
-                "update_data": In(data.ArrayLayout(unsigned(width), P)),
+                "update_data_bits": In(entries.size),
                 "read_row": In(range(self._rows + 1)),
                 "read_en": In(P),
-                "rdata": Out(data.ArrayLayout(unsigned(width), P)),
+                "rdata_bits": Out(entries.size),
             }
         )
+
+    def _view(self, name: str) -> data.View:
+        return data.View(self._arrays[name], getattr(self, f"{name}_bits"))
+
+    offset = property(lambda self: self._view("offset"))
+    wdata = property(lambda self: self._view("wdata"))
+    update_data = property(lambda self: self._view("update_data"))
+    rdata = property(lambda self: self._view("rdata"))
 
     @property
     def rows(self) -> int:

@@ -87,12 +87,12 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
             for i in range(pes):
                 a = r * pes + i
                 co, oy, ox = (int(v) for v in np.unravel_index(a, (c_out + pes, h_out, w_out)))
-                ptr = ctx.get(dut.pointer[i])
+                ptr = ctx.get(dut.pointers[i])
                 yt, xt = oy * stride - top, ox * stride - left
                 assert (ptr.yt, ptr.xt) == (yt, xt)
                 assert ptr.ia == (yt * w_in + xt) & in_mask
                 assert ptr.wa == (co * w_co) & w_mask
-                assert ctx.get(dut.coord[i]).g == co // opg
+                assert ctx.get(dut.coords[i]).g == co // opg
             after = (r + 1) * pes
             assert ctx.get(dut.next_co) == after // (h_out * w_out)
             ctx.set(dut.advance, 1)

@@ -129,7 +129,7 @@ def test_coordinate_chain_enumerates_activations(pes, c_out, h, w, groups):
                 if a >= n:
                     continue
                 co, oy, ox = np.unravel_index(a, (c_out, h, w))
-                got = ctx.get(dut.coord[i])
+                got = ctx.get(dut.coords[i])
                 assert (got.lin, got.co, got.oy, got.ox, got.g) == (a, co, oy, ox, co // (c_out // groups))
             ctx.set(dut.advance, 1)
             await ctx.tick()
