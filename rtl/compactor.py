@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module
+from amaranth.hdl import Const, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -57,11 +57,12 @@ class GateCompactor(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        taken = self.valid & self.gate
-        m.d.comb += self.write.eq(taken)
-        before = 0
-        for i in range(self._config.pes):
-            m.d.comb += self.offset[i].eq(before)
-            before = before + taken[i]
-        m.d.comb += self.count.eq(before)
+        P = self._config.pes
+        taken = Signal(P)
+        m.d.comb += [taken.eq(self.valid & self.gate), self.write.eq(taken)]
+        # Prefix counts, each at the width of its range (no unused carry bits).
+        before = [Const(0, 1)] + [Signal(range(i + 1), name=f"before{i}") for i in range(1, P + 1)]
+        for i in range(P):
+            m.d.comb += [self.offset[i].eq(before[i]), before[i + 1].eq(before[i] + taken[i])]
+        m.d.comb += self.count.eq(before[P])
         return m

@@ -35,7 +35,7 @@ class ThresholdBuffer(wiring.Component):
     bank_bits : In(pes × bits of range(pes))
         Per PE: the bank of its channel (``co mod P``); the array :attr:`bank` (flat ports, viewed as
         arrays: no wire per PE in the Verilog).
-    row_bits : In(pes × bits of range(rows + 1))
+    row_bits : In(pes × bits of range(rows))
         Per PE: the row of its channel (``co div P``); the array :attr:`row`.
     en : In(pes)
         Per PE: read its threshold this cycle.
@@ -49,7 +49,7 @@ class ThresholdBuffer(wiring.Component):
         self._rows = -(-config.threshold_depth // P)
         self._arrays = {
             "bank": data.ArrayLayout(range(P), P),
-            "row": data.ArrayLayout(range(self._rows + 1), P),
+            "row": data.ArrayLayout(range(max(self._rows, 2)), P),
             "rdata": data.ArrayLayout(signed(config.acc_width), P),
         }
         super().__init__(
