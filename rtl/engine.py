@@ -72,7 +72,7 @@ class GatedConvEngine(wiring.Component):
     load : In(stream.Signature(load_layout(config)))
         Configuration register and buffer writes; ready while idle.
     req : In(stream.Signature(read_layout(config)))
-        Unload requests for output-buffer entries and counters; ready while idle.
+        Unload requests for output-buffer entries, counters and work-queue results; ready while idle.
     resp : Out(stream.Signature(data_width))
         Unload responses, in request order.
     start : In(1)
@@ -82,9 +82,9 @@ class GatedConvEngine(wiring.Component):
     done : Out(1)
         High for one cycle after a run.
     wb_valid : Out(pes)
-        Trace port: PE ``i`` writes an output-buffer entry this cycle.
+        Trace port: PE ``i`` writes an output this cycle (phase 2: into its work-queue entry).
     wb_addr : Out(ArrayLayout(lin, pes))
-        Trace port: the entry PE ``i`` writes.
+        Trace port: the output (``lin``) PE ``i`` writes; 0 without ``wb_valid``.
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -135,9 +135,9 @@ class GatedConvEngine(wiring.Component):
         m.submodules.wbuf = wbuf = memory.Memory(
             shape=unsigned(L * cfg.weight_width), depth=cfg.weight_depth, init=[]
         )
-        # Thresholds: P single-ported banks by output channel (rtl/threshold_buffer.py).
+        # Thresholds: P 1R1W banks by output channel (rtl/threshold_buffer.py).
         m.submodules.tbuf = tbuf = ThresholdBuffer(cfg)
-        # The output buffer: P single-ported banks, entry lin in bank lin mod P, row lin div P. Phase 1 (and
+        # The output buffer: P 1R1W banks, entry lin in bank lin mod P, row lin div P. Phase 1 (and
         # dense mode) writes round r's P consecutive entries, PE i into bank i row r; phase 2 writes its
         # results back into the work queue's entries (bank i again), never here.
         rows = cfg.bank_rows
@@ -146,7 +146,7 @@ class GatedConvEngine(wiring.Component):
             m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=output_layout(cfg), depth=rows, init=[])
             obanks.append((bank.write_port(), bank.read_port()))
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
-        # P single-ported banks, entry n in bank n mod P (rtl/work_queue.py).
+        # P 1R1W banks, entry n in bank n mod P (rtl/work_queue.py).
         m.submodules.queue = queue = WorkQueue(cfg, queue_layout(cfg).size)
         in_w, w_w = inbuf.write_port(), wbuf.write_port()
         in_r = [inbuf.read_port() for _ in range(P)]
@@ -224,8 +224,11 @@ class GatedConvEngine(wiring.Component):
         kx_last, ky_last = kx == k_last, ky == k_last
         chunk_last = remaining <= L  # chunk + 1 == ceil(seg_width / L)
         slot_last = slot == last_slot
-        last_beat = kx_last & ky_last & chunk_last & slot_last
-        first_beat = (kx == 0) & (ky == 0) & (chunk_ch == 0) & (slot == 0)
+        last_beat, first_beat = Signal(), Signal()  # signals: one copy of the logic however many users
+        m.d.comb += [
+            last_beat.eq(kx_last & ky_last & chunk_last & slot_last),
+            first_beat.eq((kx == 0) & (ky == 0) & (chunk_ch == 0) & (slot == 0)),
+        ]
         with m.If(setup):
             m.d.sync += [slot.eq(0), chunk_ch.eq(0), ky.eq(0), kx.eq(0)]
         with m.Elif(issue):
@@ -267,9 +270,10 @@ class GatedConvEngine(wiring.Component):
             q_addr = Signal(count_shape, name=f"q_addr{i}")
             m.d.comb += [
                 q_addr.eq(Mux(prep, 0, Mux(last_beat, queue_base + P, queue_base)) + i),
-                # Only entries the compactor wrote: a PE with no work in phase 2's last round keeps its
+                # Once per round (PREP, then the last beat of the round before; the banks hold the word),
+                # and only entries the compactor wrote: a PE with no work in phase 2's last round keeps its
                 # previous (defined) entry instead of reading an unwritten word (undefined in SRAM).
-                queue.read_en[i].eq((prep | phase2) & (q_addr < gates_on)),
+                queue.read_en[i].eq((prep | (phase2 & last_beat)) & (q_addr < gates_on)),
             ]
 
         # ---- issue stage: per-PE activation and operand addresses ---------------------------------
@@ -488,6 +492,15 @@ class GatedConvEngine(wiring.Component):
                         m.d.comb += [out_word.y.eq(entry.p), out_word.gate.eq(1)]
                     with m.Else():
                         m.d.comb += out_word.eq(obanks[b][1].data)
-        response = Mux(resp_sel == UnloadTarget.COUNTERS, counter_value, out_word.as_value())
-        m.d.comb += self.resp.payload.eq(Mux(self.resp.valid, response, 0))  # defined while not valid
+        response = Signal.like(self.resp.payload)
+        m.d.comb += response.eq(Mux(resp_sel == UnloadTarget.COUNTERS, counter_value, out_word.as_value()))
+        # The word is taken in the cycle after the request and held: a run started while a response waits
+        # reuses the queue's read ports and clears the counters, and must not change it.
+        resp_fresh = Signal()
+        resp_held = Signal.like(self.resp.payload, reset_less=True)
+        m.d.sync += resp_fresh.eq(take)
+        with m.If(resp_fresh):
+            m.d.sync += resp_held.eq(response)
+        word = Mux(resp_fresh, response, resp_held)
+        m.d.comb += self.resp.payload.eq(Mux(self.resp.valid, word, 0))  # defined while not valid
         return m

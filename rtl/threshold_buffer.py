@@ -1,4 +1,4 @@
-"""The threshold buffer: P single-ported banks by output channel, one read per bank broadcast to its PEs."""
+"""The threshold buffer: P 1R1W banks by output channel, one read per bank broadcast to its PEs."""
 
 from __future__ import annotations
 
@@ -70,10 +70,6 @@ class ThresholdBuffer(wiring.Component):
     bank = property(lambda self: self._view("bank"))
     row = property(lambda self: self._view("row"))
     rdata = property(lambda self: self._view("rdata"))
-
-    @property
-    def rows(self) -> int:
-        return self._rows
 
     def elaborate(self, platform) -> Module:
         m = Module()

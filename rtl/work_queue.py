@@ -1,4 +1,4 @@
-"""The work queue: gated-on activations in P single-ported banks, appended in order, read P at a time."""
+"""The work queue: gated-on activations in P 1R1W banks, appended in order, read P at a time."""
 
 from __future__ import annotations
 

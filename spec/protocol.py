@@ -116,7 +116,7 @@ def load_layout(config: EngineConfig) -> data.StructLayout:
 
 
 def read_layout(config: EngineConfig) -> data.StructLayout:
-    """One unload request: ``sel`` (output buffer or counters), then ``addr``."""
+    """One unload request: ``sel`` (output buffer, counters or work queue), then ``addr``."""
     return data.StructLayout({"sel": UnloadTarget, "addr": unsigned(config.addr_width)})
 
 

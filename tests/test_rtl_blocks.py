@@ -188,7 +188,8 @@ def test_counters_tally_a_run():
 @pytest.mark.parametrize("pes,depth", [(8, 64), (3, 20), (5, 23), (1, 6)])
 def test_work_queue_appends_in_order_and_reads_rows_of_p(pes, depth):
     """Random rounds append 0..P entries at the tail (consecutive entries: distinct banks through the
-    rotator); then every row reads back entries row·P + i in bank i, as a plain list says."""
+    rotator); then every row reads back entries row·P + i in bank i, as a plain list says, while the row
+    before is rewritten in the same cycle (phase 2's write-back); the rewrites read back too."""
     from rtl.work_queue import WorkQueue
 
     cfg = EngineConfig(pes=pes, output_depth=depth)
@@ -214,13 +215,29 @@ def test_work_queue_appends_in_order_and_reads_rows_of_p(pes, depth):
                 await ctx.tick()
             ctx.set(dut.write, 0)
             ctx.set(dut.count, 0)
-            for row in range(dut.rows):
+            # Phase 2's pattern: read row r while bank i rewrites entry (r - 1)·P + i in the same cycle.
+            rewritten = list(queue)
+            for row in range(dut.rows + 1):
+                enabled = [i for i in range(pes) if row * pes + i < len(queue)]
+                ctx.set(dut.read_row, min(row, dut.rows - 1))
+                ctx.set(dut.read_en, sum(1 << i for i in enabled))
+                back = [i for i in range(pes) if 0 <= (row - 1) * pes + i < len(queue)]
+                ctx.set(dut.update, sum(1 << i for i in back))
+                ctx.set(dut.update_row, max(row - 1, 0))
+                for i in back:
+                    rewritten[(row - 1) * pes + i] = value = int(rng.integers(0, 1 << 12))
+                    ctx.set(dut.update_data[i], value)
+                await ctx.tick()
+                for i in enabled:
+                    assert ctx.get(dut.rdata[i]) == queue[row * pes + i], (trial, row, i)
+            ctx.set(dut.update, 0)
+            for row in range(dut.rows):  # the rewrites landed, each in its own entry
                 enabled = [i for i in range(pes) if row * pes + i < len(queue)]
                 ctx.set(dut.read_row, row)
                 ctx.set(dut.read_en, sum(1 << i for i in enabled))
                 await ctx.tick()
                 for i in enabled:
-                    assert ctx.get(dut.rdata[i]) == queue[row * pes + i], (trial, row, i)
+                    assert ctx.get(dut.rdata[i]) == rewritten[row * pes + i], (trial, row, i)
             ctx.set(dut.read_en, 0)
 
     _run(dut, bench)
