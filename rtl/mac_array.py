@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, signed, unsigned
+from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -75,6 +75,9 @@ class MacArray(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
+        # The beat's valid lanes as a thermometer code, decoded once for every PE.
+        lane_en = Signal(self._config.lanes)
+        m.d.comb += lane_en.eq(Cat(self.lanes > lane for lane in range(self._config.lanes)))
         for i in range(self._config.pes):
             pe = ProcessingElement(self._config)
             m.submodules[f"pe{i}"] = pe
@@ -84,7 +87,7 @@ class MacArray(wiring.Component):
                 pe.init.eq(self.init[i]),
                 pe.inside.eq(self.inside[i]),
                 pe.en.eq(self.en[i]),
-                pe.lanes.eq(self.lanes),
+                pe.lane_en.eq(lane_en),
                 pe.first.eq(self.first),
                 self.acc[i].eq(pe.acc),
             ]

@@ -15,7 +15,7 @@ class ProcessingElement(wiring.Component):
     """L-lane int MAC with an accumulator that is loaded on the first beat of an activation.
 
     Each cycle with ``en`` high, ``acc`` becomes ``(init if first else acc) + Σ x[l]·w[l]`` over the lanes
-    ``l < lanes``; the sum is forced to zero when ``inside`` is low (a padding position).
+    with ``lane_en[l]`` high; the sum is forced to zero when ``inside`` is low (a padding position).
 
     Parameters
     ----------
@@ -28,8 +28,9 @@ class ProcessingElement(wiring.Component):
         Input word, lane ``l`` at bits ``[l·act_width, (l+1)·act_width)``, two's complement.
     w : In(lanes × weight_width)
         Weight word, same packing.
-    lanes : In(range(lanes + 1))
-        Number of valid lanes of this beat; lanes at or above it contribute nothing.
+    lane_en : In(lanes)
+        Valid lanes of this beat (a thermometer code, decoded once for all PEs by the MAC array); a lane
+        with its bit low contributes nothing.
     inside : In(1)
         Low at a zero-padding position.
     first : In(1)
@@ -49,7 +50,7 @@ class ProcessingElement(wiring.Component):
             {
                 "x": In(unsigned(n * config.act_width)),
                 "w": In(unsigned(n * config.weight_width)),
-                "lanes": In(range(n + 1)),
+                "lane_en": In(n),
                 "inside": In(1),
                 "first": In(1),
                 "init": In(signed(config.acc_width)),
@@ -66,7 +67,7 @@ class ProcessingElement(wiring.Component):
         for lane in range(cfg.lanes):
             xl = self.x[lane * a : (lane + 1) * a].as_signed()
             wl = self.w[lane * w : (lane + 1) * w].as_signed()
-            products.append(Mux(self.lanes > lane, xl * wl, 0))
+            products.append(Mux(self.lane_en[lane], xl * wl, 0))
         # A balanced adder tree: the combinational depth grows with log2(L), as in silicon.
         while len(products) > 1:
             products = [

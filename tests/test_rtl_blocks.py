@@ -43,7 +43,7 @@ def test_pe_accumulates_masked_lanes(lanes):
             dict(
                 x=x,
                 w=w,
-                lanes=int(rng.integers(0, lanes + 1)),
+                lane_en=int(rng.integers(0, 1 << lanes)),  # any subset (the MAC array sends a prefix)
                 inside=int(rng.random() < 0.8),
                 first=int(rng.random() < 0.2),
                 init=int(rng.integers(-(1 << 20), 1 << 20)),
@@ -56,11 +56,12 @@ def test_pe_accumulates_masked_lanes(lanes):
         for b in beats:
             ctx.set(dut.x, _pack(b["x"], 8))
             ctx.set(dut.w, _pack(b["w"], 8))
-            for name in ("lanes", "inside", "first", "init", "en"):
+            for name in ("lane_en", "inside", "first", "init", "en"):
                 ctx.set(getattr(dut, name), b[name])
             await ctx.tick()
             if b["en"]:
-                dot = int(np.dot(b["x"][: b["lanes"]], b["w"][: b["lanes"]])) if b["inside"] else 0
+                on = [(b["lane_en"] >> lane) & 1 for lane in range(lanes)]
+                dot = int(np.dot(b["x"] * on, b["w"])) if b["inside"] else 0
                 acc = (b["init"] if b["first"] else acc) + dot
             assert ctx.get(dut.acc) == acc
 
