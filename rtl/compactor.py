@@ -6,6 +6,7 @@ from amaranth.hdl import Const, Module, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 
 __all__ = ["GateCompactor"]
@@ -39,21 +40,20 @@ class GateCompactor(wiring.Component):
         Number of queue writes this cycle.
     """
 
+    offset = ArrayPort(Out)
+
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
+        self.array_layouts = {"offset": data.ArrayLayout(range(config.pes), config.pes)}
         super().__init__(
             {
                 "valid": In(config.pes),
                 "gate": In(config.pes),
                 "write": Out(config.pes),
-                "offset_bits": Out(data.ArrayLayout(range(config.pes), config.pes).size),
                 "count": Out(range(config.pes + 1)),
+                **ArrayPort.members(self),
             }
         )
-
-    @property
-    def offset(self) -> data.View:
-        return data.View(data.ArrayLayout(range(self._config.pes), self._config.pes), self.offset_bits)
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -6,6 +6,7 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 
 __all__ = ["ThresholdComparator"]
@@ -31,19 +32,14 @@ class ThresholdComparator(wiring.Component):
         One gate decision per PE.
     """
 
+    psum = ArrayPort(In)
+    threshold = ArrayPort(In)
+
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
-        self._word = data.ArrayLayout(signed(config.acc_width), config.pes)
-        size = self._word.size
-        super().__init__({"psum_bits": In(size), "threshold_bits": In(size), "gate": Out(config.pes)})
-
-    @property
-    def psum(self) -> data.View:
-        return data.View(self._word, self.psum_bits)
-
-    @property
-    def threshold(self) -> data.View:
-        return data.View(self._word, self.threshold_bits)
+        word = data.ArrayLayout(signed(config.acc_width), config.pes)
+        self.array_layouts = {"psum": word, "threshold": word}
+        super().__init__({**ArrayPort.members(self), "gate": Out(config.pes)})
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -6,6 +6,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 from spec.protocol import REGISTER_WIDTH
 
@@ -24,7 +25,7 @@ def coord_layout(config: EngineConfig) -> data.StructLayout:
     lin = unsigned((config.output_depth + config.pes).bit_length())
     # `co` has one bit more than a register: the chain runs up to P − 1 activations past the last one.
     # `cb`, `cr`: co mod P and co div P, the threshold buffer's bank and row (rtl/threshold_buffer.py).
-    rows = -(-config.threshold_depth // config.pes)
+    rows = config.threshold_rows
     return data.StructLayout(
         {
             "co": unsigned(DIM + 1),
@@ -89,17 +90,24 @@ class CoordinateChain(wiring.Component):
         Set the first PE to activation 0.
     advance : In(1)
         Move to the next round.
-    coord : Out(pes × coord_layout bits)
-        Coordinates of each PE's activation (read them through :attr:`coords`).
-    pointer : Out(pes × pointer_layout bits)
-        Running pointers of each PE's activation (read them through :attr:`pointers`).
+    coords_bits : Out(pes × coord_layout bits)
+        Coordinates of each PE's activation: the array port :attr:`coords` (``rtl.array_port``).
+    pointers_bits : Out(pes × pointer_layout bits)
+        Running pointers of each PE's activation: the array port :attr:`pointers`.
     next_co : Out(17)
         Output channel of the activation after the last PE's (``co ≥ C_out``: the round is the last).
     """
 
+    coords = ArrayPort(Out)
+    pointers = ArrayPort(Out)
+
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         in_aw, w_aw = addr_width(config.input_depth), addr_width(config.weight_depth)
+        self.array_layouts = {
+            "coords": data.ArrayLayout(coord_layout(config), config.pes),
+            "pointers": data.ArrayLayout(pointer_layout(config), config.pes),
+        }
         super().__init__(
             {
                 "stride": In(range(config.stride + 1)),
@@ -113,22 +121,10 @@ class CoordinateChain(wiring.Component):
                 "w_co": In(w_aw),
                 "clear": In(1),
                 "advance": In(1),
-                # Flat ports, viewed through their layouts in Python: the Verilog gets no wire per field.
-                "coord": Out(data.ArrayLayout(coord_layout(config), config.pes).size),
-                "pointer": Out(data.ArrayLayout(pointer_layout(config), config.pes).size),
+                **ArrayPort.members(self),
                 "next_co": Out(DIM + 1),
             }
         )
-
-    @property
-    def coords(self) -> data.View:
-        """:attr:`coord` as an array of :func:`coord_layout` (``coords[i].co``, ...)."""
-        return data.View(data.ArrayLayout(coord_layout(self._config), self._config.pes), self.coord)
-
-    @property
-    def pointers(self) -> data.View:
-        """:attr:`pointer` as an array of :func:`pointer_layout`."""
-        return data.View(data.ArrayLayout(pointer_layout(self._config), self._config.pes), self.pointer)
 
     def elaborate(self, platform) -> Module:
         m = Module()

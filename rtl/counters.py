@@ -6,6 +6,7 @@ from amaranth.hdl import Module, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 from spec.protocol import Counter
 
@@ -41,9 +42,12 @@ class PerfCounters(wiring.Component):
         port: no wire per counter in the Verilog).
     """
 
+    value = ArrayPort(Out)
+
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         w = config.counter_width
+        self.array_layouts = {"value": data.ArrayLayout(unsigned(w), len(Counter))}
         super().__init__(
             {
                 "clear": In(1),
@@ -53,14 +57,9 @@ class PerfCounters(wiring.Component):
                 "valid_pes": In(range(config.pes + 1)),
                 "lanes": In(range(config.lanes + 1)),
                 "gates_on": In(w),
-                "value_bits": Out(data.ArrayLayout(unsigned(w), len(Counter)).size),
+                **ArrayPort.members(self),
             }
         )
-
-    @property
-    def value(self) -> data.View:
-        layout = data.ArrayLayout(unsigned(self._config.counter_width), len(Counter))
-        return data.View(layout, self.value_bits)
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -6,6 +6,7 @@ from amaranth.hdl import Cat, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.array_port import ArrayPort
 from rtl.pe import ProcessingElement
 from spec.config import EngineConfig
 
@@ -43,10 +44,15 @@ class MacArray(wiring.Component):
         The accumulators (the array :attr:`acc`).
     """
 
+    x = ArrayPort(In)
+    w = ArrayPort(In)
+    init = ArrayPort(In)
+    acc = ArrayPort(Out)
+
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         p, n = config.pes, config.lanes
-        self._arrays = {
+        self.array_layouts = {
             "x": data.ArrayLayout(unsigned(n * config.act_width), p),
             "w": data.ArrayLayout(unsigned(n * config.weight_width), p),
             "init": data.ArrayLayout(signed(config.acc_width), p),
@@ -54,24 +60,13 @@ class MacArray(wiring.Component):
         }
         super().__init__(
             {
-                "x_bits": In(self._arrays["x"].size),
-                "w_bits": In(self._arrays["w"].size),
-                "init_bits": In(self._arrays["init"].size),
+                **ArrayPort.members(self),
                 "inside": In(p),
                 "en": In(p),
                 "lanes": In(range(n + 1)),
                 "first": In(1),
-                "acc_bits": Out(self._arrays["acc"].size),
             }
         )
-
-    def _view(self, name: str) -> data.View:
-        return data.View(self._arrays[name], getattr(self, f"{name}_bits"))
-
-    x = property(lambda self: self._view("x"))
-    w = property(lambda self: self._view("w"))
-    init = property(lambda self: self._view("init"))
-    acc = property(lambda self: self._view("acc"))
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -6,6 +6,7 @@ from amaranth.hdl import Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 
 __all__ = ["ThresholdBuffer"]
@@ -43,11 +44,15 @@ class ThresholdBuffer(wiring.Component):
         Per PE: the threshold it read the cycle before; the array :attr:`rdata`.
     """
 
+    bank = ArrayPort(In)
+    row = ArrayPort(In)
+    rdata = ArrayPort(Out)
+
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
         P = config.pes
-        self._rows = -(-config.threshold_depth // P)
-        self._arrays = {
+        self._rows = config.threshold_rows
+        self.array_layouts = {
             "bank": data.ArrayLayout(range(P), P),
             "row": data.ArrayLayout(range(max(self._rows, 2)), P),
             "rdata": data.ArrayLayout(signed(config.acc_width), P),
@@ -57,19 +62,10 @@ class ThresholdBuffer(wiring.Component):
                 "waddr": In(range(max(self._rows << config.bank_bits, 2))),
                 "wdata": In(signed(config.acc_width)),
                 "wen": In(1),
-                "bank_bits": In(self._arrays["bank"].size),
-                "row_bits": In(self._arrays["row"].size),
                 "en": In(P),
-                "rdata_bits": Out(self._arrays["rdata"].size),
+                **ArrayPort.members(self),
             }
         )
-
-    def _view(self, name: str) -> data.View:
-        return data.View(self._arrays[name], getattr(self, f"{name}_bits"))
-
-    bank = property(lambda self: self._view("bank"))
-    row = property(lambda self: self._view("row"))
-    rdata = property(lambda self: self._view("rdata"))
 
     def elaborate(self, platform) -> Module:
         m = Module()

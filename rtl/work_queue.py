@@ -6,6 +6,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 
 __all__ = ["WorkQueue"]
@@ -63,13 +64,18 @@ class WorkQueue(wiring.Component):
         Bank ``i``'s word of the row read the cycle before (the array :attr:`rdata`).
     """
 
+    offset = ArrayPort(In)
+    wdata = ArrayPort(In)
+    update_data = ArrayPort(In)
+    rdata = ArrayPort(Out)
+
     def __init__(self, config: EngineConfig, width: int) -> None:
         self._config = config
         self._width = width
         P = config.pes
-        self._rows = -(-config.output_depth // P)
+        self._rows = config.bank_rows
         entries = data.ArrayLayout(unsigned(width), P)
-        self._arrays = {
+        self.array_layouts = {
             "offset": data.ArrayLayout(range(P), P),
             "wdata": entries,
             "update_data": entries,
@@ -79,25 +85,14 @@ class WorkQueue(wiring.Component):
             {
                 "clear": In(1),
                 "write": In(P),
-                "offset_bits": In(self._arrays["offset"].size),
-                "wdata_bits": In(entries.size),
                 "count": In(range(P + 1)),
                 "update": In(P),
                 "update_row": In(range(max(self._rows, 2))),
-                "update_data_bits": In(entries.size),
                 "read_row": In(range(self._rows + 1)),
                 "read_en": In(P),
-                "rdata_bits": Out(entries.size),
+                **ArrayPort.members(self),
             }
         )
-
-    def _view(self, name: str) -> data.View:
-        return data.View(self._arrays[name], getattr(self, f"{name}_bits"))
-
-    offset = property(lambda self: self._view("offset"))
-    wdata = property(lambda self: self._view("wdata"))
-    update_data = property(lambda self: self._view("update_data"))
-    rdata = property(lambda self: self._view("rdata"))
 
     @property
     def rows(self) -> int:

@@ -115,7 +115,7 @@ class EngineConfig:
             self.threshold_depth,
             32,
             self.bank_rows << self.bank_bits,
-            -(-self.threshold_depth // self.pes) << self.bank_bits,
+            self.threshold_rows << self.bank_bits,
         )
         return (depth - 1).bit_length()
 
@@ -128,6 +128,11 @@ class EngineConfig:
     def bank_rows(self) -> int:
         """Rows of each of the P banks of the output buffer and of the work queue: ceil(output_depth / P)."""
         return -(-self.output_depth // self.pes)
+
+    @property
+    def threshold_rows(self) -> int:
+        """Rows of each of the P banks of the threshold buffer: ceil(threshold_depth / P)."""
+        return -(-self.threshold_depth // self.pes)
 
     # The fields a layer sets at run time (configuration registers); a build holds their maxima.
     LAYER_FIELDS = ("kernel", "stride", "padding", "groups")

@@ -279,3 +279,19 @@ def test_threshold_buffer_broadcasts_consecutive_channels(pes, depth):
                     assert ctx.get(dut.rdata[i]) == tau[co], (i, co)
 
     _run(dut, bench)
+
+
+def test_array_ports_are_flat_members_viewed_as_arrays():
+    """A block's per-PE arrays are plain bit vectors in its signature (no layout: Amaranth would write a
+    wire per element and field) and typed arrays in Python, over the same bits."""
+    from amaranth.hdl import Shape, Value
+
+    from rtl.work_queue import WorkQueue
+
+    dut = WorkQueue(EngineConfig(pes=3, output_depth=20), 12)
+    dut._MustUse__silence = True  # inspected, not elaborated
+    members = dut.signature.members
+    assert Shape.cast(members["rdata_bits"].shape) == Shape(3 * 12)
+    assert Shape.cast(members["offset_bits"].shape) == Shape(3 * 2)
+    assert "rdata" not in members and "offset" not in members
+    assert len(dut.rdata) == 3 and Value.cast(dut.rdata[2]).start == 24  # element 2: bits 24..35

@@ -171,8 +171,7 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     ]
     sel = np.concatenate([np.full(len(d), s, dtype=np.int64) for s, d in parts])
     # Threshold co goes to its banked address (bank co mod P, row co div P); the rest in address order.
-    co = np.arange(len(thr), dtype=np.int64)
-    thr_addr = ((co // config.pes) << config.bank_bits) | (co % config.pes)
+    thr_addr = banked_address(config, np.arange(len(thr), dtype=np.int64))
     addr = np.concatenate([np.arange(len(d), dtype=np.int64) for _, d in parts[:-1]] + [thr_addr])
     # uint64 -> object converts to Python ints, which the wide words already are.
     data = np.concatenate([np.asarray(d).astype(dtype) for _, d in parts])
@@ -228,11 +227,11 @@ def pack_request(config: EngineConfig, sel: UnloadTarget | int, addr: int) -> in
     return sel | (addr << addr_at)
 
 
-def banked_address(config: EngineConfig, index: int) -> int:
-    """The request address of output entry (or work-queue entry) ``index``: ``row << bank_bits | bank``
-    with ``bank = index mod P``, ``row = index div P`` (docs/microarchitecture.md, section 4)."""
-    row, bank = divmod(int(index), config.pes)
-    return (row << config.bank_bits) | bank
+def banked_address(config: EngineConfig, index):
+    """The address of entry ``index`` of a banked buffer (output, work queue, thresholds):
+    ``row << bank_bits | bank`` with ``bank = index mod P``, ``row = index div P`` (docs/
+    microarchitecture.md, sections 3 and 4); ``index`` an integer or an integer array."""
+    return ((index // config.pes) << config.bank_bits) | (index % config.pes)
 
 
 def decode_output(config: EngineConfig, word: int) -> tuple[int, int]:

@@ -1,0 +1,40 @@
+"""Per-PE array ports: a flat bit vector in the signature, an ``ArrayLayout`` view in Python."""
+
+from __future__ import annotations
+
+from amaranth.lib import data, wiring
+
+__all__ = ["ArrayPort"]
+
+
+class ArrayPort:
+    """A component's array port ``name``: the signature member ``name_bits`` (``flow`` of the layout's
+    bits), read and written as a :class:`~amaranth.lib.data.View` of it through ``array_layouts[name]``.
+
+    Amaranth writes one alias wire per element and field of a port whose shape is a layout, and Verilator
+    reports each unused (``-Wall``); a flat port has none, and Python code keeps its typed access
+    (``mac.acc[i]``, ``chain.coords[i].co``).
+
+    Declare ``acc = ArrayPort(Out)`` on the component's class, set ``self.array_layouts`` (name →
+    ``ArrayLayout``) in ``__init__`` and pass ``**ArrayPort.members(self)`` to ``super().__init__``.
+    """
+
+    def __init__(self, flow: wiring.Flow) -> None:
+        self.flow = flow
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, component, owner=None):
+        if component is None:
+            return self
+        return data.View(component.array_layouts[self.name], getattr(component, f"{self.name}_bits"))
+
+    @staticmethod
+    def members(component) -> dict[str, wiring.Member]:
+        """The signature members of every array port declared on ``component``'s class."""
+        ports = {}
+        for cls in reversed(type(component).__mro__):
+            ports.update({name: v for name, v in vars(cls).items() if isinstance(v, ArrayPort)})
+        return {f"{name}_bits": port.flow(component.array_layouts[name].size) for name, port in ports.items()}
