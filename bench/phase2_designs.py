@@ -77,7 +77,9 @@ OUT = REPO / "bench" / "results" / "phase2_designs.json"
 PRIVATE, BANKED, SINGLE = 0, 1, 2  # bank modes of the input and weight buffers
 MODE_NAMES = {PRIVATE: "private", BANKED: "P banks", SINGLE: "1 bank"}
 INORDER, WINDOW = 0, 1  # round policies
-ANY, SAME_CO, SAME_POS_GROUP = 0, 1, 2  # what the members of a round must share
+ANY, SAME_CO, SAME_POS_GROUP, DISTINCT_OUT = 0, 1, 2, 3  # what the members of a round must share
+# DISTINCT_OUT: besides the bank rule, members write distinct output banks (lin mod P), so phase 2 can
+# write its results into the output buffer's P 1R1W banks in one cycle (no FIFO, no queue rewrite).
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,10 @@ DESIGNS: tuple[Design, ...] = (
            WINDOW, 16),
     Design("B64", "banks of B0; oldest-first conflict-free pick from a 64-entry window", BANKED, BANKED,
            WINDOW, 64),
+    Design("B16o", "B16, and members write distinct output banks (lin mod P): results to the output "
+           "buffer in one cycle", BANKED, BANKED, WINDOW, 16, DISTINCT_OUT),
+    Design("B64o", "B64, and members write distinct output banks (lin mod P)", BANKED, BANKED, WINDOW, 64,
+           DISTINCT_OUT),
     Design("C16", "inputs P banks; one weight bank broadcast: one co per round, conflict-free pick from a "
            "16-entry window", BANKED, SINGLE, WINDOW, 16, SAME_CO),
     Design("D", "one input bank broadcast; weights P banks: position-major queue, one (position, group) per "
@@ -340,6 +346,8 @@ def _schedule_window(order, co, grp, oy, ox, tp, phase, in_mode, w_mode, window,
                 t = 0
                 while ok and t < m:
                     ok = _compatible(e, rounds[r, t], co, grp, oy, ox, tp, phase, in_mode, w_mode)
+                    if restrict == 3 and e % p == rounds[r, t] % p:  # one output bank, lin mod P
+                        ok = False
                     t += 1
             if ok:
                 rounds[r, m] = e
