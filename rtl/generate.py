@@ -58,26 +58,29 @@ def check_buildable(config: EngineConfig, source: str = "configuration") -> None
             )
 
 
-def verilog_text(config: EngineConfig) -> str:
-    """Verilog of the engine for ``config``; identical parameters give identical text."""
+def verilog_text(config: EngineConfig, gating: bool = True) -> str:
+    """Verilog of the engine for ``config`` (``gating`` false: the dense baseline); identical parameters
+    give identical text."""
     check_buildable(config)
-    engine = GatedConvEngine(config)
+    engine = GatedConvEngine(config, gating=gating)
     return verilog.convert(engine, name=TOP_NAME, emit_src=False, strip_internal_attrs=True)
 
 
-def generate_verilog(config: EngineConfig, out_dir: str | Path) -> Path:
+def generate_verilog(config: EngineConfig, out_dir: str | Path, gating: bool = True) -> Path:
     """Write ``gated_conv_engine.v`` and ``gated_conv_engine.json`` into ``out_dir``; return the .v path.
+    ``gating`` false builds the dense baseline (rtl.engine.GatedConvEngine); the JSON says which.
 
     Each file is written beside its target and renamed into place (an interrupted run never leaves a
     half-written file), with the mode a plain ``open`` gives (0666 less the umask).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = verilog_text(config)
+    text = verilog_text(config, gating)
     vpath = out / f"{TOP_NAME}.v"
     params = {
         "top": TOP_NAME,
         "parameters": config.to_dict(),
+        "gating": gating,
         "data_width": config.data_width,
         "addr_width": config.addr_width,
     }

