@@ -77,9 +77,10 @@ OUT = REPO / "bench" / "results" / "phase2_designs.json"
 PRIVATE, BANKED, SINGLE = 0, 1, 2  # bank modes of the input and weight buffers
 MODE_NAMES = {PRIVATE: "private", BANKED: "P banks", SINGLE: "1 bank"}
 INORDER, WINDOW = 0, 1  # round policies
-ANY, SAME_CO, SAME_POS_GROUP, DISTINCT_OUT = 0, 1, 2, 3  # what the members of a round must share
-# DISTINCT_OUT: besides the bank rule, members write distinct output banks (lin mod P), so phase 2 can
-# write its results into the output buffer's P 1R1W banks in one cycle (no FIFO, no queue rewrite).
+ANY, SAME_CO, SAME_POS_GROUP, DISTINCT_OUT, DISTINCT_QUEUE = 0, 1, 2, 3, 4  # what a round's members share
+# DISTINCT_OUT / DISTINCT_QUEUE: besides the bank rule, members write distinct output banks (lin mod P) /
+# sit in distinct queue banks (queue position mod P), so phase 2 could write its results into the output
+# buffer's / the work queue's P 1R1W banks in one cycle (docs/chip-design.md, section 2.1).
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,10 @@ DESIGNS: tuple[Design, ...] = (
            "buffer in one cycle", BANKED, BANKED, WINDOW, 16, DISTINCT_OUT),
     Design("B64o", "B64, and members write distinct output banks (lin mod P)", BANKED, BANKED, WINDOW, 64,
            DISTINCT_OUT),
+    Design("B16q", "B16, and members sit in distinct queue banks (queue position mod P): results into their "
+           "own queue entries in one cycle", BANKED, BANKED, WINDOW, 16, DISTINCT_QUEUE),
+    Design("B64q", "B64, and members sit in distinct queue banks", BANKED, BANKED, WINDOW, 64,
+           DISTINCT_QUEUE),
     Design("C16", "inputs P banks; one weight bank broadcast: one co per round, conflict-free pick from a "
            "16-entry window", BANKED, SINGLE, WINDOW, 16, SAME_CO),
     Design("D", "one input bank broadcast; weights P banks: position-major queue, one (position, group) per "
@@ -317,6 +322,9 @@ def _schedule_window(order, co, grp, oy, ox, tp, phase, in_mode, w_mode, window,
     """
     p = tp[T_P]
     n = order.shape[0]
+    qpos = np.full(co.shape[0], -1, dtype=np.int64)  # queue position of each activation
+    for i in range(n):
+        qpos[order[i]] = i
     rounds = np.full((max(n, 1), p), -1, dtype=np.int64)
     win = np.empty(window, dtype=np.int64)
     keep = np.empty(window, dtype=np.bool_)
@@ -347,6 +355,8 @@ def _schedule_window(order, co, grp, oy, ox, tp, phase, in_mode, w_mode, window,
                 while ok and t < m:
                     ok = _compatible(e, rounds[r, t], co, grp, oy, ox, tp, phase, in_mode, w_mode)
                     if restrict == 3 and e % p == rounds[r, t] % p:  # one output bank, lin mod P
+                        ok = False
+                    if restrict == 4 and qpos[e] % p == qpos[rounds[r, t]] % p:  # one queue bank
                         ok = False
                     t += 1
             if ok:

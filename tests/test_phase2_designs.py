@@ -134,6 +134,9 @@ def test_schedules_respect_banks_and_keep_every_activation(p2, case):
                     assert len({int(work.co[a]) for a in r if a >= 0}) == 1
                 if design.restrict == p2.DISTINCT_OUT:  # entries are indexed by lin
                     assert len({int(a) % cfg.pes for a in r if a >= 0}) == int((r >= 0).sum())
+                if design.restrict == p2.DISTINCT_QUEUE:
+                    position = {int(a): i for i, a in enumerate(expected)}
+                    assert len({position[int(a)] % cfg.pes for a in r if a >= 0}) == int((r >= 0).sum())
                 if design.restrict == p2.SAME_POS_GROUP:
                     assert (
                         len({(int(work.oy[a]), int(work.ox[a]), int(work.grp[a])) for a in r if a >= 0}) == 1
