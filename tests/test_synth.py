@@ -246,7 +246,8 @@ def test_broken_verilog_is_a_one_line_error_naming_the_file(tmp_path):
 @needs_yosys
 def test_yosys_failure_in_the_cli_leaves_no_folder(tmp_path, monkeypatch):
     pytest.importorskip("rtl.generate")
-    monkeypatch.setattr("rtl.generate.verilog_text", lambda config, gating=True: "module gated_conv_engine(;\n")
+    broken = "module gated_conv_engine(;\n"
+    monkeypatch.setattr("rtl.generate.verilog_text", lambda config, gating=True: broken)
     out_dir = tmp_path / "build"
     config = _config_toml(tmp_path / "small.toml")
     code, out, err = run("rtl", "--out", out_dir, "--config", config, "--synth")
