@@ -12,6 +12,7 @@ from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, coord_layout, pointer_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
+from rtl.selection_window import SelectionWindow, window_slots
 from rtl.threshold_buffer import ThresholdBuffer
 from rtl.work_queue import WorkQueue
 from spec.config import EngineConfig
@@ -281,21 +282,64 @@ class GatedConvEngine(wiring.Component):
             with m.Elif(kx_last):
                 m.d.sync += beat.in_row.eq(beat.in_row + reg["w_in"])
 
-        # ---- work queue state -----------------------------------------------------------------
+        # ---- work queue state and the phase-2 selection window (docs/chip-design.md, section 2.1) ------
         gates_on = Signal(count_shape)  # also the gates_on counter: reset (spec section 4, "Reset")
-        queue_base = Signal(count_shape, reset_less=True)  # first queue entry of the current phase-2 round
-        queue_row = Signal(range(queue.rows + 1), reset_less=True)  # its row in the banks: queue_base / P
-        prep = Signal()
-        m.d.comb += queue.read_row.eq(Mux(prep, 0, Mux(last_beat, queue_row + 1, queue_row)))
-        for i in range(P):
-            q_addr = Signal(count_shape, name=f"q_addr{i}")
-            m.d.comb += [
-                q_addr.eq(Mux(prep, 0, Mux(last_beat, queue_base + P, queue_base)) + i),
-                # Once per round (PREP, then the last beat of the round before; the banks hold the word),
-                # and only entries the compactor wrote: a PE with no work in phase 2's last round keeps its
-                # previous (defined) entry instead of reading an unwritten word (undefined in SRAM).
-                queue.read_en[i].eq((prep | (phase2 & last_beat)) & (q_addr < gates_on)),
-            ]
+        prep_first = Signal()  # PREP's first cycle: read queue entry 0, start forming round 0
+        take = Signal()  # take the formed round into the PEs and start forming the next
+        bank_bits = cfg.bank_bits
+        qaddr_layout = data.StructLayout({"bank": range(P), "row": range(queue.rows + 1)})
+        payload_layout = data.StructLayout({"entry": queue_layout(cfg), "qaddr": qaddr_layout})
+        win = self._part(m, "window", SelectionWindow(cfg, cfg.window, payload_layout.size))
+        # The filler: queue entry `head` waits in its bank's read register (banks hold their word); each
+        # insertion reads entry head + 1. Bank and row run as digits (no division by P).
+        head = Signal(count_shape, reset_less=True)
+        head_at = data.View(qaddr_layout, Signal(qaddr_layout.size, name="head_at", reset_less=True))
+        next_at = data.View(qaddr_layout, Signal(qaddr_layout.size, name="next_at"))
+        inserted = win.insert.valid & win.insert.ready
+        wrap = head_at.bank == P - 1
+        m.d.comb += [
+            next_at.bank.eq(Mux(prep_first | wrap, 0, head_at.bank + 1)),
+            next_at.row.eq(Mux(prep_first, 0, head_at.row + wrap)),
+            queue.read_row.eq(next_at.row),
+        ]
+        for b in range(P):
+            m.d.comb += queue.read_en[b].eq((prep_first | inserted) & (next_at.bank == b))
+        with m.If(prep_first):
+            m.d.sync += [head.eq(0), head_at.eq(next_at)]
+        with m.Elif(inserted):
+            m.d.sync += [head.eq(head + 1), head_at.eq(next_at)]
+        head_entry = data.View(queue_layout(cfg), Signal(queue_layout(cfg).size, name="head_entry"))
+        with m.Switch(head_at.bank):
+            for b in range(P):
+                with m.Case(b):
+                    m.d.comb += head_entry.eq(queue.rdata[b])
+        key = win.insert.payload.key
+        seg_key = [const_mul(reg["in_seg"][:in_aw], k)[:in_aw] for k in range(window_slots(cfg) + 1)]
+        m.d.comb += [
+            win.clear.eq(setup),
+            win.start.eq(prep_first | take),
+            win.n_cond.eq(reg["n_cond"]),
+            win.more.eq(head < gates_on),
+            win.insert.valid.eq(head < gates_on),
+            win.insert.payload.payload.eq(Cat(head_entry, head_at)),
+            key.co.eq(head_entry.work.co),
+            key.upper.eq(Cat(head_entry.work.g <= t for t in range(window_slots(cfg)))),
+            key.ia.eq(head_entry.work.pointer.ia),
+        ]
+        for t in range(window_slots(cfg)):
+            # slot t reads segment t + [t >= g]: the key is the bank of that segment's first word
+            bank = Mux(head_entry.work.g <= t, seg_key[t + 1], seg_key[t]) + head_entry.work.pointer.ia
+            m.d.comb += key.ib[t].eq(bank[:bank_bits] if bank_bits else 0)
+        # The round the PEs run in phase 2: latched at the take (the window then forms the next one).
+        p2_valid = Signal(P)
+        p2_entry = [
+            data.View(payload_layout, Signal(payload_layout.size, name=f"p2_entry{i}", reset_less=True))
+            for i in range(P)
+        ]
+        with m.If(take):
+            m.d.sync += p2_valid.eq(win.member_valid)
+            for i in range(P):
+                m.d.sync += p2_entry[i].eq(win.members[i])
 
         # ---- issue stage: per-PE activation and operand addresses ---------------------------------
         valid = Signal(P)
@@ -305,8 +349,9 @@ class GatedConvEngine(wiring.Component):
         wl = work_layout(cfg)
         exe_work = [data.View(wl, Signal(wl.size, name=f"exe_work{i}", reset_less=True)) for i in range(P)]
         exe_init = [Signal(signed(cfg.acc_width), name=f"exe_init{i}", reset_less=True) for i in range(P)]
+        exe_qaddr = [Signal(qaddr_layout, name=f"exe_qaddr{i}", reset_less=True) for i in range(P)]
         for i in range(P):
-            entry = data.View(queue_layout(cfg), queue.rdata[i])
+            entry = p2_entry[i].entry
             work = data.View(wl, Signal(wl.size, name=f"work{i}"))
             with m.If(phase2):
                 m.d.comb += work.eq(entry.work)
@@ -317,7 +362,7 @@ class GatedConvEngine(wiring.Component):
                     work.lin.eq(chain.coords[i].lin),
                     work.pointer.eq(chain.pointers[i]),
                 ]
-            m.d.comb += valid[i].eq(Mux(phase2, queue_base + i < gates_on, chain.coords[i].co < reg["c_out"]))
+            m.d.comb += valid[i].eq(Mux(phase2, p2_valid[i], chain.coords[i].co < reg["c_out"]))
             # Segment offset: gated phase 1 that of the own group's segment, dense none (the beat pointers
             # run through every slot), phase 2 one base segment from the slot of the own group on.
             skip = slot >= entry.work.g  # (phase 2 only: no path from the chain's group to the address)
@@ -340,6 +385,7 @@ class GatedConvEngine(wiring.Component):
                 exe_inside[i].eq(inside),
                 exe_work[i].eq(work),
                 exe_init[i].eq(Mux(phase2, entry.p, 0)),
+                exe_qaddr[i].eq(p2_entry[i].qaddr),
             ]
         m.d.sync += [
             exe_first.eq(first_beat),
@@ -368,13 +414,12 @@ class GatedConvEngine(wiring.Component):
         # Rows of the write-back: phase 1 counts its rounds (round r writes output row r), phase 2 takes
         # the queue row its round read.
         out_row = Signal(range(rows + 1), reset_less=True)
-        exe_qrow, wb_qrow = Signal.like(queue_row, name="exe_qrow"), Signal.like(queue_row, name="wb_qrow")
+        wb_qaddr = [Signal(qaddr_layout, name=f"wb_qaddr{i}", reset_less=True) for i in range(P)]
         m.d.sync += [
             wb_en.eq(exe_en & Mux(exe_last, (1 << P) - 1, 0)),
             wb_phase2.eq(exe_phase2),
-            exe_qrow.eq(queue_row),
-            wb_qrow.eq(exe_qrow),
         ]
+        m.d.sync += [wb_qaddr[i].eq(exe_qaddr[i]) for i in range(P)]
         with m.If(setup):
             m.d.sync += out_row.eq(0)
         with m.Elif(wb_en.any() & ~wb_phase2):
@@ -386,7 +431,34 @@ class GatedConvEngine(wiring.Component):
         gated_wb = wb_en & Mux(wb_phase2 | dense, 0, (1 << P) - 1)
         m.d.comb += [compactor.valid.eq(gated_wb), compactor.gate.eq(comparator.gate)]
         m.d.comb += [queue.clear.eq(setup), queue.write.eq(compactor.write), queue.count.eq(compactor.count)]
-        m.d.comb += [queue.update.eq(wb_en & Mux(wb_phase2, (1 << P) - 1, 0)), queue.update_row.eq(wb_qrow)]
+        # Phase-2 results drain into their own queue entries, one per cycle (docs/chip-design.md, 2.1):
+        # taken at the write-back into a shift register, member k written k + 1 cycles later. Only the
+        # result field matters (the rest of the entry is dead once the window took it).
+        drain_layout = data.StructLayout(
+            {"y": signed(cfg.acc_width), "lin": wl["lin"].shape, "qaddr": qaddr_layout}
+        )
+        result_q = [
+            data.View(drain_layout, Signal(drain_layout.size, name=f"result_q{i}", reset_less=True))
+            for i in range(P)
+        ]
+        results_left = Signal(range(P + 1))  # results still to write (a count: reset)
+        with m.If(wb_phase2 & wb_en.any()):
+            m.d.sync += results_left.eq(sum(wb_en[i] for i in range(P)))
+            for i in range(P):
+                m.d.sync += [
+                    result_q[i].y.eq(macs.acc[i]),
+                    result_q[i].lin.eq(wb_work[i].lin),
+                    result_q[i].qaddr.eq(wb_qaddr[i]),
+                ]
+        with m.Elif(results_left != 0):
+            m.d.sync += results_left.eq(results_left - 1)
+            m.d.sync += [result_q[i].eq(result_q[i + 1]) for i in range(P - 1)]
+        result_write = Signal()
+        m.d.comb += [
+            result_write.eq(results_left != 0),
+            queue.update.eq(Mux(result_write, Const(1, P) << result_q[0].qaddr.bank, 0)),
+            queue.update_row.eq(result_q[0].qaddr.row),
+        ]
         for i in range(P):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
@@ -398,12 +470,17 @@ class GatedConvEngine(wiring.Component):
             m.d.comb += [
                 o_w.addr.eq(out_row),
                 o_w.en.eq(wb_en[i] & ~wb_phase2),
-                queue.update_data[i].eq(Cat(wb_work[i], macs.acc[i])),
-                self.wb_valid[i].eq(wb_en[i]),
-                self.wb_addr[i].eq(Mux(wb_en[i], wb_work[i].lin, 0)),  # defined while not valid
+                queue.update_data[i].eq(Cat(Const(0, wl.size), result_q[0].y)),
                 queue.offset[i].eq(compactor.offset[i]),
                 queue.wdata[i].eq(Cat(wb_work[i], macs.acc[i])),
             ]
+        # Trace ports: phase 1's write-backs on every PE, phase 2's drained results on PE 0 (never at once).
+        p1_wb = Signal(P)
+        m.d.comb += p1_wb.eq(wb_en & Mux(wb_phase2, 0, (1 << P) - 1))
+        for i in range(P):
+            written = p1_wb[i] | result_write if i == 0 else p1_wb[i]
+            addr = Mux(p1_wb[i], wb_work[i].lin, result_q[0].lin) if i == 0 else wb_work[i].lin
+            m.d.comb += [self.wb_valid[i].eq(written), self.wb_addr[i].eq(Mux(written, addr, 0))]
         wb_count = Mux(dense & ~wb_phase2, sum(wb_en[i] for i in range(P)), compactor.count)
         gates_on_next = gates_on + wb_count
 
@@ -432,18 +509,27 @@ class GatedConvEngine(wiring.Component):
                             m.next = "PREP"
             if self._gating:  # phase 2 (the dense baseline never leaves DRAIN1 for PREP)
                 with m.State("PREP"):
-                    m.d.comb += prep.eq(1)
-                    m.d.sync += [queue_base.eq(0), queue_row.eq(0)]
-                    m.next = "PHASE2"
+                    m.d.comb += prep_first.eq(1)
+                    m.next = "FORM"
+                with m.State("FORM"):  # the window forms round 0
+                    with m.If(win.formed):
+                        m.d.comb += take.eq(1)
+                        m.next = "PHASE2"
                 with m.State("PHASE2"):
-                    m.d.comb += [issue.eq(1), phase2.eq(1)]
-                    with m.If(last_beat):
-                        m.d.sync += [queue_base.eq(queue_base + P), queue_row.eq(queue_row + 1)]
-                        with m.If(queue_base + P >= gates_on):
+                    # The round's last beat waits for the next round's formation and for the results of
+                    # the round before to leave the drain (at most three left: written by the write-back).
+                    ready = win.formed & (results_left <= 3)
+                    m.d.comb += [issue.eq(~last_beat | ready), phase2.eq(1)]
+                    with m.If(last_beat & ready):
+                        m.d.comb += take.eq(1)
+                        with m.If(win.member_valid == 0):
                             m.next = "DRAIN2"
-                with m.State("DRAIN2"):
+                with m.State("DRAIN2"):  # the last beat executes, is written back, its results drain
                     m.d.sync += drain.eq(~drain)
                     with m.If(drain):
+                        m.next = "RESULTS"
+                with m.State("RESULTS"):
+                    with m.If(results_left == 1):
                         m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)

@@ -21,15 +21,16 @@ def window_key_layout(config: EngineConfig) -> data.StructLayout:
     """What the window compares of an activation (docs/chip-design.md, section 2, "pair rule").
 
     ``co``: tile output channel (weight bank ``co mod P``; one ``co`` reads one word per beat);
-    ``g``: gate group (slot ``t`` reads segment ``t + [t ≥ g]``); ``ia``: input position (``oy·Wp + ox``:
-    equal positions in equal segments read one word); ``ib[t]``: input bank of slot ``t``
-    (``(seg_in[t + [t ≥ g]] + ia) mod P``, the same bank at every chunk and tap of the slot).
+    ``upper[t]``: slot ``t`` reads segment ``t + 1`` rather than ``t`` (``g ≤ t`` for gate group ``g``:
+    the slot reads segment ``t + [t ≥ g]``); ``ia``: input position (``oy·Wp + ox``: equal positions in
+    equal segments read one word); ``ib[t]``: input bank of slot ``t`` (``(seg_in[t + [t ≥ g]] + ia) mod
+    P``, the same bank at every chunk and tap of the slot).
     """
     bank_bits = max(config.bank_bits, 1)
     return data.StructLayout(
         {
             "co": unsigned(max(1, (config.output_depth - 1).bit_length())),
-            "g": unsigned(max(1, (config.groups - 1).bit_length())),
+            "upper": unsigned(window_slots(config)),
             "ia": unsigned(max(1, (config.input_depth - 1).bit_length())),
             "ib": data.ArrayLayout(unsigned(bank_bits), window_slots(config)),
         }
@@ -159,40 +160,38 @@ class SelectionWindow(wiring.Component):
         m.d.comb += pick.eq(Cat(cand[j] & ~(cand & older[j]).any() for j in range(W)))
         chosen = data.View(entry_layout, Signal(entry_layout.size, name="chosen"))
         m.d.comb += chosen.eq(_one_hot_or(pick, entries))
+        self._slot_on = Signal(window_slots(cfg))  # slots the run's activations have (t < n_cond)
+        m.d.comb += self._slot_on.eq(Cat(self.n_cond > t for t in range(window_slots(cfg))))
         compatible = Signal(W)
         m.d.comb += compatible.eq(Cat(self._pair(chosen.key, entries[j].key) for j in range(W)))
         remaining = Signal(W)
         m.d.comb += remaining.eq(cand & ~pick & compatible)
 
         take = Signal()  # a member leaves the window this cycle
-        with m.FSM():
-            with m.State("READY"):
-                with m.If(self.start & ~self.clear):
-                    m.d.sync += [self.formed.eq(0), self.member_valid.eq(0), k.eq(0)]
-                    m.next = "FILL"
-            with m.State("FILL"):
-                m.d.comb += [self.forming.eq(1), self.insert.ready.eq(~full & self.more)]
-                with m.If(full | ~self.more):
-                    m.d.sync += cand.eq(valid)
-                    m.next = "SELECT"
-                with m.If(self.clear):
-                    m.next = "READY"
-            with m.State("SELECT"):
-                m.d.comb += [self.forming.eq(1), take.eq(cand.any())]
-                with m.If(take):
-                    m.d.sync += [
-                        cand.eq(remaining),
-                        k.eq(k + 1),
-                        self.member_valid.eq(self.member_valid | (Const(1, P) << k)[:P]),
-                    ]
-                    for i in range(P):
-                        with m.If(k == i):
-                            m.d.sync += self.members[i].eq(chosen.payload)
-                with m.If(~cand.any() | ~remaining.any() | (k == P - 1)):
-                    m.d.sync += self.formed.eq(1)
-                    m.next = "READY"
-                with m.If(self.clear):
-                    m.next = "READY"
+        # Control: READY (neither flag), FILL, SELECT; two flags rather than an encoded state.
+        filling = Signal()
+        selecting = Signal()
+        m.d.comb += [self.forming.eq(filling | selecting), self.insert.ready.eq(filling & ~full & self.more)]
+        with m.If(self.clear):
+            m.d.sync += [filling.eq(0), selecting.eq(0)]
+        with m.Elif(filling):
+            with m.If(full | ~self.more):
+                m.d.sync += [cand.eq(valid), filling.eq(0), selecting.eq(1)]
+        with m.Elif(selecting):
+            m.d.comb += take.eq(cand.any())
+            with m.If(take):
+                m.d.sync += [
+                    cand.eq(remaining),
+                    k.eq(k + 1),
+                    self.member_valid.eq(self.member_valid | (Const(1, P) << k)[:P]),
+                ]
+                for i in range(P):
+                    with m.If(k == i):
+                        m.d.sync += self.members[i].eq(chosen.payload)
+            with m.If(~cand.any() | ~remaining.any() | (k == P - 1)):
+                m.d.sync += [self.formed.eq(1), selecting.eq(0)]
+        with m.Elif(self.start):
+            m.d.sync += [self.formed.eq(0), self.member_valid.eq(0), k.eq(0), filling.eq(1)]
 
         # The valid bits: set by an insertion, cleared by a selection or `clear` (never two in a cycle).
         with m.If(self.clear):
@@ -212,11 +211,10 @@ class SelectionWindow(wiring.Component):
         same_pos = a.ia == b.ia
         oks = [w_ok]
         for t in range(window_slots(self._config)):
-            # Same segment at slot t: both groups at or below t, or both above (segment t + [t ≥ g]).
-            same_seg = (a.g <= t) == (b.g <= t)
+            same_seg = a.upper[t] == b.upper[t]  # both read segment t, or both t + 1
             same_word = same_pos & same_seg
             in_ok = (a.ib[t] != b.ib[t]) | same_word if bank_bits else same_word
-            oks.append(in_ok | (self.n_cond <= t))
+            oks.append(in_ok | ~self._slot_on[t])
         return Cat(*oks).all()
 
 

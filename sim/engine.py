@@ -95,6 +95,11 @@ class TileParams(NamedTuple):
     lanes: int
     counter_width: int
     outputs: bool
+    w_in: int
+    in_seg: int
+    in_mask: int
+    bank_mask: int
+    window: int
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -459,6 +464,85 @@ def _functional(x, w, tau, xb, y, gate, prm, conditional):
 
 
 @numba.njit(cache=True, nogil=True)
+def _window_keys(
+    queue, h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask, n_cond
+):
+    """Selection-window keys of every queued activation (by queue position): ``co``, gate group ``g``,
+    input position ``ia`` (the input word of tap (0, 0), modulo the input address width) and, per
+    conditional slot ``t``, the input bank ``(ia + (t + [t >= g])·in_seg) mod 2^bank_bits`` of the slot's
+    first word."""
+    keys = np.empty((queue.shape[0], 3 + n_cond), dtype=np.int64)
+    hw = h_out * w_out
+    for q in range(queue.shape[0]):
+        lin = queue[q]
+        co = lin // hw
+        pos = lin - co * hw
+        oy = pos // w_out
+        ox = pos - oy * w_out
+        g = co // c_og if n_groups > 1 else 0
+        ia = ((oy * stride - pad_top) * w_in + ox * stride - pad_left) & in_mask
+        keys[q, 0] = co
+        keys[q, 1] = g
+        keys[q, 2] = ia
+        for t in range(n_cond):
+            seg = t + 1 if t >= g else t
+            keys[q, 3 + t] = (ia + seg * in_seg) & bank_mask
+    return keys
+
+
+@numba.njit(cache=True, nogil=True)
+def _compatible(a, b, keys, n_cond, bank_mask) -> bool:
+    """Whether queued activations ``a`` and ``b`` (queue positions) may share a phase-2 round: at no beat
+    do they ask one weight bank (``co mod 2^bank_bits``) or one input bank for two different words (same
+    channel: one weight word; same position and segment: one input word)."""
+    ca, cb = keys[a, 0], keys[b, 0]
+    if ca != cb and (ca & bank_mask) == (cb & bank_mask):
+        return False
+    ga, gb = keys[a, 1], keys[b, 1]
+    same_pos = keys[a, 2] == keys[b, 2]
+    for t in range(n_cond):
+        same_word = same_pos and ((ga <= t) == (gb <= t))
+        if keys[a, 3 + t] == keys[b, 3 + t] and not same_word:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _form_round(state, win, members, keys, n_cond, window, pes, bank_mask):
+    """One round of the selection window: FILL from the queue (``state``: entries in the window, next
+    queue position), then in age order every entry compatible with all members so far, up to P.
+
+    ``win`` holds queue positions, oldest first; the round's activations go to ``members`` (PE k = the k-th
+    oldest). Returns the formation's cycles (``inserted + 1 + max(members, 1)``) and the member count.
+    """
+    n_win, head = state[0], state[1]
+    n_on = keys.shape[0]
+    inserted = 0
+    while n_win < window and head < n_on:
+        win[n_win] = head
+        n_win += 1
+        head += 1
+        inserted += 1
+    m = 0
+    kept = 0
+    for j in range(n_win):
+        e = win[j]
+        ok = m < pes
+        t = 0
+        while ok and t < m:
+            ok = _compatible(e, members[t], keys, n_cond, bank_mask)
+            t += 1
+        if ok:
+            members[m] = win[j]
+            m += 1
+        else:
+            win[kept] = win[j]
+            kept += 1
+    state[0], state[1] = kept, head
+    return inserted + 1 + max(m, 1), m
+
+
+@numba.njit(cache=True, nogil=True)
 def _schedule(
     gate_lin: np.ndarray,
     write_cycle: np.ndarray,
@@ -469,6 +553,8 @@ def _schedule(
     base_ch: int,
     cond_ch: int,
     dense: bool,
+    geometry: np.ndarray,
+    window: int,
 ) -> np.ndarray:
     """Walk the sequencer's states and return the counters in :data:`COUNTER_NAMES` order (unwrapped).
 
@@ -485,6 +571,11 @@ def _schedule(
         Segments and their widths C_sb, C_sc.
     dense : bool
         Dense mode (one phase, every segment in phase 1).
+    geometry : int64 [11]
+        What the selection window's keys need (:func:`_window_keys`): ``h_out, w_out, c_og, n_groups,
+        stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask``.
+    window : int
+        Places of the selection window W.
     """
     n_act = gate_lin.shape[0]
     cycles = 0
@@ -539,12 +630,9 @@ def _schedule(
     stalls += 2
 
     if not dense and gates_on > 0:
-        # PREP: the work queue is read for round 0.
-        cycles += 1
-        stalls += 1
-        # PHASE2: round r gives PE i queue entry r*P + i; n_seg - 1 slots (every segment but the PE's base
-        # one, each C_sc wide), nch_c chunks, ky, kx. Queue reads overlap the last beat: no bubble.
-        rounds2 = (gates_on + pes - 1) // pes
+        # Phase 2 (docs/chip-design.md, section 2.1): the selection window forms each round while the round
+        # before it runs; round r's last beat waits for round r + 1's formation and for round r − 1's
+        # results, which drain into their queue entries one per cycle.
         n_chunks = (cond_ch + lanes - 1) // lanes
         beats2 = 0
         lanes2 = 0
@@ -555,16 +643,49 @@ def _schedule(
                     beats2 += 1
                     lanes2 += valid_lanes
         queue = np.flatnonzero(gate_lin)  # the work queue: gated-on activations in lin order
-        for r in range(rounds2):
-            valid = min(pes, gates_on - r * pes)
-            cycles += beats2
-            busy += valid * beats2
-            cond_macs += valid * lanes2
-            for i in range(valid):
-                write_cycle[queue[r * pes + i]] = cycles + 2
-        # DRAIN2
-        cycles += 2
-        stalls += 2
+        h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask = geometry
+        n_cond = n_seg - 1
+        keys = _window_keys(
+            queue,
+            h_out,
+            w_out,
+            c_og,
+            n_groups,
+            stride,
+            pad_top,
+            pad_left,
+            w_in,
+            in_seg,
+            in_mask,
+            bank_mask,
+            n_cond,
+        )
+        win = np.empty(window, dtype=np.int64)
+        state = np.zeros(2, dtype=np.int64)  # entries in the window, next queue entry to insert
+        cur = np.empty(pes, dtype=np.int64)
+        nxt = np.empty(pes, dtype=np.int64)
+        # PREP: read entry 0 and start; form round 0; take it and start round 1.
+        form, m_cur = _form_round(state, win, cur, keys, n_cond, window, pes, bank_mask)
+        cycles += form + 2
+        stalls += form + 2
+        m_prev = 0
+        while True:
+            form, m_next = _form_round(state, win, nxt, keys, n_cond, window, pes, bank_mask)
+            last = cycles + max(beats2, 1 + form, m_prev)  # the cycle of the round's last beat
+            stalls += last - cycles - beats2
+            cycles = last
+            busy += m_cur * beats2
+            cond_macs += m_cur * lanes2
+            for k in range(m_cur):  # member k's result: taken at the write-back, written k + 1 cycles later
+                write_cycle[queue[cur[k]]] = last + 3 + k
+            m_prev = m_cur
+            if m_next == 0:
+                break
+            cur, nxt = nxt, cur
+            m_cur = m_next
+        # DRAIN2: the last beat executes and is written back; its results drain one per cycle.
+        cycles += m_prev + 2
+        stalls += m_prev + 2
 
     out = np.empty(7, dtype=np.int64)
     out[0] = cycles
@@ -604,6 +725,22 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
     else:
         _functional(x, w, tau, xp, y, gate, p, p.outputs)
     # C order of (co, position) is lin order.
+    geometry = np.array(
+        [
+            p.h_out,
+            p.w_out,
+            tau.shape[0] // p.n_groups,
+            p.n_groups,
+            p.stride,
+            p.pad_top,
+            p.pad_left,
+            p.w_in,
+            p.in_seg,
+            p.in_mask,
+            p.bank_mask,
+        ],
+        dtype=np.int64,
+    )
     raw = _schedule(
         gate.reshape(-1),
         write_cycle,
@@ -614,6 +751,8 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
         p.base_ch,
         p.cond_ch,
         p.dense,
+        geometry,
+        p.window,
     )
     # The hardware counters are counter_width bits wide and wrap (the raw counts are never negative).
     mask = np.int64(-1) if p.counter_width >= 63 else (np.int64(1) << p.counter_width) - 1
@@ -657,6 +796,9 @@ class _Plan(NamedTuple):
     pes: int
     lanes: int
     counter_width: int
+    in_mask: int  # input word addresses are taken modulo 2**addr_width(input_depth)
+    bank_mask: int  # bank of an address or channel: its low bank_bits bits
+    window: int
 
 
 def _plan(config: EngineConfig) -> _Plan:
@@ -679,6 +821,9 @@ def _plan(config: EngineConfig) -> _Plan:
         config.pes,
         config.lanes,
         config.counter_width,
+        (1 << max(1, (config.input_depth - 1).bit_length())) - 1,
+        (1 << config.bank_bits) - 1,
+        config.window,
     )
     if len(_PLANS) >= 256:
         _PLANS.clear()
@@ -788,6 +933,11 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
         lanes=plan.lanes,
         counter_width=plan.counter_width,
         outputs=bool(outputs),
+        w_in=int(g.w_in),
+        in_seg=int(seg.nch_b) * int(g.h_in) * int(g.w_in),
+        in_mask=plan.in_mask,
+        bank_mask=plan.bank_mask,
+        window=plan.window,
     )
     ok = _run(
         x,

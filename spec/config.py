@@ -31,6 +31,7 @@ FIELD_LIMITS = {
     "output_depth": (1, 1 << 20),
     "threshold_depth": (1, 1 << 16),
     "counter_width": (16, 64),
+    "window": (1, 256),
 }
 
 
@@ -58,6 +59,10 @@ class EngineConfig:
         Buffer depths in words / entries.
     counter_width : int
         Performance counter width.
+    window : int
+        Places of the phase-2 selection window W (docs/chip-design.md, section 2): each phase-2 round takes
+        the oldest waiting activation and, oldest first, the ones that share no input or weight bank with
+        its members so far.
     """
 
     pes: int = 8
@@ -74,6 +79,7 @@ class EngineConfig:
     output_depth: int = 4096
     threshold_depth: int = 256
     counter_width: int = 48
+    window: int = 24
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -49,14 +49,25 @@ def test_eta_bound(pes, lanes, groups, chunks, kernel, c_out_per_group, hw, rate
     theoretical = macs_dense / macs_gated
     achieved = dense["cycles"] / gated["cycles"]
 
-    n, n_on = geometry.n_outputs, gated["gates_on"]
+    n, n_on, p = geometry.n_outputs, gated["gates_on"], pes
     b1 = kernel**2 * chunks
     b2 = kernel**2 * chunks * (groups - 1)
-    w = (n * b1 + n_on * b2) / pes
+    r1 = -(-n // p)
+    # Phase-2 rounds the window formed: the issue cycles beyond phase 1's, B2 each.
+    r2 = (gated["cycles"] - gated["stall_cycles"] - r1 * b1) // b2
+    assert r2 * b2 == gated["cycles"] - gated["stall_cycles"] - r1 * b1
+    assert (r2 == 0) == (n_on == 0) and r2 >= -(-n_on // p)
+    # The built schedule's ceiling (docs/microarchitecture.md section 6): a round lasts at most
+    # max(B2, 2P + 2) (the next formation: ≤ P inserted + 1 + ≤ P members; the drain of ≤ P results),
+    # PREP at most min(W, n_on) + 1 + P + 2, DRAIN2 at most P + 2.
+    fixed = min(config.window, n_on) + 2 * p + 5 if n_on else 0
+    assert gated["cycles"] <= 3 + r1 * b1 + r2 * max(b2, 2 * p + 2) + fixed
+    # The bound in terms of the window's PE-slot fill f = n_on / (P·R2), for P | N and B2 ≥ 2P + 2.
     eta = achieved / theoretical
-    bound = w / (w + b2 + 6)
-    if n % pes == 0:
+    if n % p == 0 and b2 >= 2 * p + 2 and n_on:
+        w = (n * b1 + n_on * b2) / p
+        fill = n_on / (p * r2)
+        bound = w / (w + (1 / fill - 1) * n_on * b2 / p + min(config.window, n_on) + 2 * p + 8)
         assert eta >= bound - 1e-12
-    # Whatever the tail, the gated run never spends more issue cycles than the balanced ideal plus
-    # one round of each phase.
-    assert gated["cycles"] - gated["stall_cycles"] <= w + b1 + b2
+    if n_on == 0:
+        assert gated["cycles"] == 3 + r1 * b1

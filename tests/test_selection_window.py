@@ -29,7 +29,8 @@ def _keys(p2, work, cfg: EngineConfig, a: int) -> dict:
     for t in range(window_slots(cfg)):
         seg = p2._segment(2, t, int(work.grp[a]), int(n_groups))
         ib.append(int(seg * nch_b * hp * wp + ia) % cfg.pes)
-    return {"co": int(work.co[a]), "g": int(work.grp[a]), "ia": ia, "ib": ib}
+    g = int(work.grp[a])
+    return {"co": int(work.co[a]), "upper": [g <= t for t in range(window_slots(cfg))], "ia": ia, "ib": ib}
 
 
 def _run_window(cfg: EngineConfig, window: int, queue: list[int], keys: dict, n_cond: int):
@@ -58,7 +59,8 @@ def _run_window(cfg: EngineConfig, window: int, queue: list[int], keys: dict, n_
                     a = queue[head]
                     key = dut.insert.payload.key
                     ctx.set(key.co, keys[a]["co"])
-                    ctx.set(key.g, keys[a]["g"])
+                    for t, u in enumerate(keys[a]["upper"]):
+                        ctx.set(key.upper[t], u)
                     ctx.set(key.ia, keys[a]["ia"])
                     for t, b in enumerate(keys[a]["ib"]):
                         ctx.set(key.ib[t], b)

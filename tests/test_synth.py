@@ -133,7 +133,7 @@ def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     expected = _expected_memories(EngineConfig())
     assert found == expected
     assert generic["cells_by_type"]["$mem_v2"] == len(expected)
-    assert 0 < generic["flip_flops"] < 10_000
+    assert 0 < generic["flip_flops"] < 20_000  # about 11 k, 6 k of them the selection window (W = 24)
     # ECP5: every memory maps to RAM (none to flip-flops), the MAC array to DSP blocks
     ecp5 = synth_default["synth"]["ecp5"]
     assert not ecp5["memories_as_flip_flops"]
@@ -141,7 +141,7 @@ def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     buffers = {name: how for name, how in ecp5["memory_mapping"].items() if how != "logic (ROM)"}
     assert set(buffers) == set(expected)
     assert ecp5["block_ram"] > 0 and ecp5["dsp"] >= EngineConfig().pes * EngineConfig().lanes
-    assert 0 < ecp5["flip_flops"] < 20_000
+    assert 0 < ecp5["flip_flops"] < 30_000
 
 
 @needs_yosys

@@ -28,6 +28,7 @@ from spec.tile import Tile
 from verification.build import TOP, build, run_testbench
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, save_cases
 from verification.simulators import simulator_status
+from verification.spec_schedule import spec_counters, spec_write_cycles
 
 TB_MODULE = "verification.cosim_tb"
 WAVES_ENV = "ACCEL_WAVES"
@@ -95,52 +96,6 @@ completed_runs: list[dict] = []
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _beats(config: EngineConfig, tile: Tile) -> tuple[int, int]:
-    """Beats per round of phase 1 (B1) and phase 2 (B2), spec section 5."""
-    g = tile.geometry
-    seg = g.segments(config)
-    k2 = config.kernel**2
-    return k2 * (seg.n_chunks if g.dense else seg.nch_b), k2 * (seg.n_seg - 1) * seg.nch_c
-
-
-def spec_counters(config: EngineConfig, tile: Tile, gates_on: int) -> dict[str, int]:
-    """The performance counters in closed form (spec sections 4 and 5)."""
-    g = tile.geometry
-    seg = g.segments(config)
-    k2, p, n = config.kernel**2, config.pes, g.n_outputs
-    b1, b2 = _beats(config, tile)
-    r1 = -(-n // p)
-    phase2 = not g.dense and gates_on > 0
-    r2 = -(-gates_on // p)
-    cycles = 1 + r1 * b1 + 2 + (1 + r2 * b2 + 2 if phase2 else 0)
-    busy = n * b1 + (gates_on * b2 if phase2 else 0)
-    return {
-        "cycles": cycles,
-        "base_macs": n * k2 * (g.c_in if g.dense else seg.base_ch),
-        "cond_macs": 0 if g.dense else gates_on * k2 * (seg.n_seg - 1) * seg.cond_ch,
-        "busy_pe_cycles": busy,
-        "idle_pe_cycles": p * cycles - busy,
-        "stall_cycles": 6 if phase2 else 3,
-        "gates_on": n if g.dense else gates_on,
-    }
-
-
-def spec_write_cycles(config: EngineConfig, tile: Tile, gates: np.ndarray) -> np.ndarray:
-    """The cycle of the run (1 = SETUP) of each output entry's last write, in closed form (spec section 5,
-    "When each output is written"), given the gate bits ``[c_out, h_out, w_out]``."""
-    g = tile.geometry
-    p, n = config.pes, g.n_outputs
-    b1, b2 = _beats(config, tile)
-    r1 = -(-n // p)
-    rounds = np.arange(n, dtype=np.int64) // p
-    cycles = 3 + (rounds + 1) * b1  # phase 1: round r writes in cycle 3 + (r+1)·B1
-    if not g.dense:
-        on = np.flatnonzero(np.asarray(gates, dtype=bool).reshape(-1))  # the work queue, in lin order
-        rounds2 = np.arange(on.size, dtype=np.int64) // p
-        cycles[on] = 6 + r1 * b1 + (rounds2 + 1) * b2  # phase 2: round r in cycle 6 + R1·B1 + (r+1)·B2
-    return cycles.reshape(g.c_out, g.h_out, g.w_out)
-
-
 def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
     """The cycle model's results for ``tile`` of a layer configured ``config`` (computed here, never in the
     simulator process); the case runs on any build whose maxima cover the layer (``run_cosim``)."""
@@ -164,7 +119,7 @@ def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
     if tile_reference is not None:
         ref_y, ref_g, _ = tile_reference(config, tile)
         case.ref_outputs, case.ref_gates = np.asarray(ref_y, dtype=np.int64), np.asarray(ref_g, dtype=bool)
-        case.ref_counters = spec_counters(config, tile, int(np.count_nonzero(ref_g)))
+        case.ref_counters = spec_counters(config, tile, ref_g)
         case.ref_write_cycle = spec_write_cycles(config, tile, ref_g)
     return case
 
