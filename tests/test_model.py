@@ -572,3 +572,61 @@ def test_write_cycles_hand_worked(rate, expect_cycles, expect_write):
     result = run_tile(config, tile)
     assert result.counters["cycles"] == expect_cycles
     assert result.write_cycle.ravel().tolist() == expect_write
+
+
+@pytest.mark.parametrize(
+    "overrides, geo, rate",
+    [
+        (dict(pes=8, kernel=3, padding=1, groups=4), dict(c_in=32, c_out=16, h_in=8, w_in=8), 0.3),
+        (dict(pes=8, kernel=3, stride=2, padding=1, groups=2), dict(c_in=16, c_out=8, h_in=9, w_in=9), 0.5),
+        (
+            dict(pes=4, kernel=3, padding=1, groups=1),
+            dict(c_in=12, c_out=6, h_in=5, w_in=7, base_channels=4),
+            0.6,
+        ),
+        (dict(pes=8, kernel=5, padding=2, groups=3), dict(c_in=24, c_out=9, h_in=6, w_in=6), 0.4),
+    ],
+)
+def test_phase2_rounds_read_one_word_per_input_bank(overrides, geo, rate):
+    """Every beat of every phase-2 round asks each input bank (word address mod P, the input buffer's
+    layout of microarchitecture.md section 3) for at most one word, and each weight bank (``co mod P``)
+    for at most one channel's word: the selection window's promise, checked on the model's rounds
+    (read off the write cycles) with addresses computed here from the geometry."""
+    config = make_config(lanes=8, **overrides)
+    geometry = TileGeometry.full_layer(config, **geo)
+    tile = random_tile(config, geometry, np.random.default_rng(21), gate_rate=rate)
+    res = run_tile(config, tile, outputs=False)
+    seg = geometry.segments(config)
+    p, k, s = config.pes, config.kernel, config.stride
+    b2 = k * k * (seg.n_seg - 1) * seg.nch_c
+    assert b2 > p and res.counters["gates_on"] > p
+    on = np.flatnonzero(res.gates.reshape(-1))
+    written = sorted((int(res.write_cycle.reshape(-1)[a]), int(a)) for a in on)
+    rounds, previous = [], None
+    for cycle, lin in written:
+        if previous is None or cycle != previous + 1:
+            rounds.append([])
+        rounds[-1].append(lin)
+        previous = cycle
+    assert len(rounds) < len(on)  # rounds share beats
+    hw, plane = geometry.h_out * geometry.w_out, geometry.h_in * geometry.w_in
+    c_og = geometry.c_out // config.groups if config.groups > 1 else geometry.c_out
+    for members in rounds:
+        for t in range(seg.n_seg - 1):
+            for c in range(seg.nch_c):
+                for ky in range(k):
+                    for kx in range(k):
+                        inputs, weights = {}, {}
+                        for lin in members:
+                            co, pos = divmod(lin, hw)
+                            oy, ox = divmod(pos, geometry.w_out)
+                            g = co // c_og if config.groups > 1 else 0
+                            segment = t + (t >= g)  # slot t of an activation of group g
+                            y, x = oy * s + ky - geometry.pad_top, ox * s + kx - geometry.pad_left
+                            if 0 <= y < geometry.h_in and 0 <= x < geometry.w_in:
+                                q = segment * seg.nch_b + c
+                                addr = q * plane + y * geometry.w_in + x
+                                inputs.setdefault(addr % p, set()).add(addr)
+                            weights.setdefault(co % p, set()).add(co)
+                        assert all(len(v) == 1 for v in inputs.values()), (members, t, c, ky, kx)
+                        assert all(len(v) == 1 for v in weights.values()), (members, t, c, ky, kx)
