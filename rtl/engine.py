@@ -349,7 +349,8 @@ class GatedConvEngine(wiring.Component):
         wl = work_layout(cfg)
         exe_work = [data.View(wl, Signal(wl.size, name=f"exe_work{i}", reset_less=True)) for i in range(P)]
         exe_init = [Signal(signed(cfg.acc_width), name=f"exe_init{i}", reset_less=True) for i in range(P)]
-        exe_qaddr = [Signal(qaddr_layout, name=f"exe_qaddr{i}", reset_less=True) for i in range(P)]
+        # (plain bits: a layout-shaped register gets one alias wire per field in the Verilog)
+        exe_qaddr = [Signal(qaddr_layout.size, name=f"exe_qaddr{i}", reset_less=True) for i in range(P)]
         for i in range(P):
             entry = p2_entry[i].entry
             work = data.View(wl, Signal(wl.size, name=f"work{i}"))
@@ -414,7 +415,7 @@ class GatedConvEngine(wiring.Component):
         # Rows of the write-back: phase 1 counts its rounds (round r writes output row r), phase 2 takes
         # the queue row its round read.
         out_row = Signal(range(rows + 1), reset_less=True)
-        wb_qaddr = [Signal(qaddr_layout, name=f"wb_qaddr{i}", reset_less=True) for i in range(P)]
+        wb_qaddr = [Signal(qaddr_layout.size, name=f"wb_qaddr{i}", reset_less=True) for i in range(P)]
         m.d.sync += [
             wb_en.eq(exe_en & Mux(exe_last, (1 << P) - 1, 0)),
             wb_phase2.eq(exe_phase2),
