@@ -21,12 +21,12 @@ class WorkQueue(wiring.Component):
     write per bank. The tail's bank and row are running registers (``+count`` with one compare-subtract),
     so no division by P is needed, whatever P is.
 
-    Rewrites: a phase-2 round writes its members' results back into their own entries, ``row·P + i`` for
-    PE ``i`` (``update``): bank ``i`` again, no crossbar. A bank takes an append or a rewrite in a cycle,
-    never both (appends happen in phase 1, rewrites in phase 2).
+    Rewrites (``update``): bank ``i`` writes ``update_data[i]`` into row ``update_row`` (the engine
+    writes one phase-2 result per cycle into its own entry). A bank takes an append or a rewrite in a
+    cycle, never both (appends happen in phase 1, rewrites in phase 2).
 
-    Reads: a phase-2 round reads entries ``row·P … row·P + P − 1``, one per bank: PE ``i`` reads bank
-    ``i``, no crossbar (the unload stream reads one bank of a row the same way). ``read_en[i]`` enables
+    Reads: every enabled bank reads row ``read_row`` (the engine's phase-2 filler reads one entry per
+    cycle, the unload stream one bank of a row). ``read_en[i]`` enables
     bank ``i`` (only entries that were written: SRAM holds undefined data elsewhere); ``rdata[i]`` follows
     one cycle later and keeps its value while disabled.
 
