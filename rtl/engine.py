@@ -160,11 +160,13 @@ class GatedConvEngine(wiring.Component):
         tbuf = self._part(m, "tbuf", ThresholdBuffer(cfg))
         # The output buffer: P 1R1W banks, entry lin in bank lin mod P, row lin div P. Phase 1 (and
         # dense mode) writes round r's P consecutive entries, PE i into bank i row r; phase 2 writes its
-        # results back into the work queue's entries (bank i again), never here.
+        # results back into the work queue's entries (one per cycle), never here.
         rows = cfg.bank_rows
         obanks = []
         for b in range(P):
-            shape = output_layout(cfg) if self._gating else signed(cfg.acc_width)  # the baseline: no gate bit
+            # Plain bits (viewed as output_layout where needed: a layout-shaped port gets an alias wire per
+            # field in the Verilog); the baseline has no gate bit.
+            shape = unsigned(output_layout(cfg).size) if self._gating else signed(cfg.acc_width)
             m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=shape, depth=rows, init=[])
             obanks.append((bank.write_port(), bank.read_port()))
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
@@ -465,7 +467,7 @@ class GatedConvEngine(wiring.Component):
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
             o_w = obanks[i][0]
             if self._gating:
-                m.d.comb += [o_w.data.y.eq(macs.acc[i]), o_w.data.gate.eq(gate_bit)]
+                m.d.comb += o_w.data.eq(Cat(macs.acc[i], gate_bit))  # output_layout: y, then the gate
             else:
                 m.d.comb += o_w.data.eq(macs.acc[i])
             m.d.comb += [
