@@ -566,11 +566,10 @@ class GatedConvEngine(wiring.Component):
         resp_bank = Signal(range(P), reset_less=True)
         resp_index = Signal(range(len(Counter) + 1), reset_less=True)
         m.d.comb += self.req.ready.eq(idle & (~self.resp.valid | self.resp.ready))
-        take = self.req.valid & self.req.ready
-        bank_bits = cfg.bank_bits
+        req_take = self.req.valid & self.req.ready  # (not the phase-2 `take` above)
         req_bank, req_row = req.addr[:bank_bits], req.addr[bank_bits:]
         req_hit = Signal(P)  # one-hot bank of an accepted request
-        m.d.comb += req_hit.eq(Mux(take, Const(1, P) << req_bank, 0))
+        m.d.comb += req_hit.eq(Mux(req_take, Const(1, P) << req_bank, 0))
         req_output, req_queue = Signal(), Signal()
         m.d.comb += [
             req_output.eq(req.sel == UnloadTarget.OUTPUT),
@@ -582,7 +581,7 @@ class GatedConvEngine(wiring.Component):
             m.d.comb += queue.read_row.eq(req_row)
             for b in range(P):
                 m.d.comb += queue.read_en[b].eq(req_hit[b] & req_queue)
-        with m.If(take):
+        with m.If(req_take):
             m.d.sync += [
                 self.resp.valid.eq(1),
                 resp_sel.eq(req.sel),
@@ -613,7 +612,7 @@ class GatedConvEngine(wiring.Component):
         # reuses the queue's read ports and clears the counters, and must not change it.
         resp_fresh = Signal()
         resp_held = Signal.like(self.resp.payload, reset_less=True)
-        m.d.sync += resp_fresh.eq(take)
+        m.d.sync += resp_fresh.eq(req_take)
         with m.If(resp_fresh):
             m.d.sync += resp_held.eq(response)
         word = Mux(resp_fresh, response, resp_held)

@@ -357,17 +357,17 @@ def test_counters_hand_worked_g2_all_on():
     c = res.counters
     assert (c["base_macs"], c["cond_macs"], c["busy_pe_cycles"], c["gates_on"]) == (1296, 1296, 648, 36)
     assert c["idle_pe_cycles"] == 4 * c["cycles"] - 648
-    rounds = _phase2_rounds(res.write_cycle)
+    rounds = phase2_rounds(res.write_cycle, res.gates)
     assert rounds[:5] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 10, 11, 12], [9, 14, 15, 16], [13, 18, 20, 21]]
     assert sorted(sum(rounds, [])) == list(range(36))
 
 
-def _phase2_rounds(write_cycle: np.ndarray) -> list[list[int]]:
-    """Phase-2 rounds read off the write cycles of an all-on tile: member k of a round is written k cycles
-    after member 0; rounds (B2 > P cycles apart) and phase 1 (one cycle for a whole round) do not touch."""
-    order = sorted((int(cy), lin) for lin, cy in enumerate(write_cycle.reshape(-1)))
+def phase2_rounds(write_cycle: np.ndarray, gates: np.ndarray) -> list[list[int]]:
+    """Phase-2 rounds (``lin`` of each member, PE order) read off a run's write cycles: member k of a round
+    is written k cycles after member 0, and rounds at least B2 > P cycles apart do not touch."""
+    flat = write_cycle.reshape(-1)
     rounds, previous = [], None
-    for cycle, lin in order:
+    for cycle, lin in sorted((int(flat[a]), int(a)) for a in np.flatnonzero(gates.reshape(-1))):
         if previous is None or cycle != previous + 1:
             rounds.append([])
         rounds[-1].append(lin)
@@ -600,15 +600,8 @@ def test_phase2_rounds_read_one_word_per_input_bank(overrides, geo, rate):
     p, k, s = config.pes, config.kernel, config.stride
     b2 = k * k * (seg.n_seg - 1) * seg.nch_c
     assert b2 > p and res.counters["gates_on"] > p
-    on = np.flatnonzero(res.gates.reshape(-1))
-    written = sorted((int(res.write_cycle.reshape(-1)[a]), int(a)) for a in on)
-    rounds, previous = [], None
-    for cycle, lin in written:
-        if previous is None or cycle != previous + 1:
-            rounds.append([])
-        rounds[-1].append(lin)
-        previous = cycle
-    assert len(rounds) < len(on)  # rounds share beats
+    rounds = phase2_rounds(res.write_cycle, res.gates)
+    assert len(rounds) < res.counters["gates_on"]  # rounds share beats
     hw, plane = geometry.h_out * geometry.w_out, geometry.h_in * geometry.w_in
     c_og = geometry.c_out // config.groups if config.groups > 1 else geometry.c_out
     for members in rounds:

@@ -10,6 +10,7 @@ import pytest
 from sim.engine import run_tile
 from spec.config import EngineConfig
 from spec.tile import Tile, TileGeometry
+from tests.test_model import phase2_rounds
 
 
 def _tiles() -> list[tuple[EngineConfig, TileGeometry, np.ndarray, np.ndarray, np.ndarray]]:
@@ -62,13 +63,7 @@ def test_model_runs_the_studys_window(p2, case):
     seg = g.segments(cfg)
     assert cfg.kernel**2 * (seg.n_seg - 1) * seg.nch_c > cfg.pes
     queue = work.queue()
-    written = sorted((int(res.write_cycle.reshape(-1)[a]), int(a)) for a in queue)
-    rounds, previous = [], None
-    for cycle, lin in written:
-        if previous is None or cycle != previous + 1:
-            rounds.append([])
-        rounds[-1].append(lin)
-        previous = cycle
+    rounds = phase2_rounds(res.write_cycle, res.gates)
     expected = p2._schedule_window(queue, *work.kernel_args(), 2, 1, 1, cfg.window, 0)
     assert rounds == [[int(a) for a in r if a >= 0] for r in expected]
     assert len(rounds) > len(queue) / cfg.pes  # some round not full: the bank rule was exercised
