@@ -43,13 +43,13 @@ def pointer_layout(config: EngineConfig) -> data.StructLayout:
     """Running pointers of one activation (docs/microarchitecture.md, "Address generation").
 
     ``ia``: input word of tap (0, 0) in chunk 0, ``(oy·S − pad_top)·w_in + ox·S − pad_left`` modulo the
-    input address width; ``wa``: first weight word of its output channel, ``co·n_chunks·K²``; ``yt``, ``xt``:
-    the input row and column of tap (0, 0), ``oy·S − pad_top`` and ``ox·S − pad_left`` (signed).
+    input address width; ``yt``, ``xt``: the input row and column of tap (0, 0), ``oy·S − pad_top`` and
+    ``ox·S − pad_left`` (signed). (No weight pointer: the weights are channel-minor, an activation's
+    word of a beat is the beat's word plus its ``co``.)
     """
     return data.StructLayout(
         {
             "ia": unsigned(addr_width(config.input_depth)),
-            "wa": unsigned(addr_width(config.weight_depth)),
             "yt": signed(DIM + 2),
             "xt": signed(DIM + 2),
         }
@@ -68,7 +68,7 @@ class CoordinateChain(wiring.Component):
     Parameters
     ----------
     config : EngineConfig
-        Supplies ``pes``, ``stride`` (the largest), ``output_depth`` and the input and weight buffer depths.
+        Supplies ``pes``, ``stride`` (the largest), ``output_depth`` and the input buffer depth.
 
     Members
     -------
@@ -84,8 +84,6 @@ class CoordinateChain(wiring.Component):
         ``ia`` of activation 0, ``−pad_top·w_in − pad_left``.
     row_step : In(input address width)
         ``ia`` step from the last column of an output row to the next row, ``S·(w_in − w_out + 1)``.
-    w_co : In(weight address width)
-        ``wa`` step per output channel, ``n_chunks·K²``.
     clear : In(1)
         Set the first PE to activation 0.
     advance : In(1)
@@ -103,7 +101,7 @@ class CoordinateChain(wiring.Component):
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
-        in_aw, w_aw = addr_width(config.input_depth), addr_width(config.weight_depth)
+        in_aw = addr_width(config.input_depth)
         self.array_layouts = {
             "coords": data.ArrayLayout(coord_layout(config), config.pes),
             "pointers": data.ArrayLayout(pointer_layout(config), config.pes),
@@ -118,7 +116,6 @@ class CoordinateChain(wiring.Component):
                 "pad_left": In(DIM),
                 "in_origin": In(in_aw),
                 "row_step": In(in_aw),
-                "w_co": In(w_aw),
                 "clear": In(1),
                 "advance": In(1),
                 **ArrayPort.members(self),
@@ -171,7 +168,6 @@ class CoordinateChain(wiring.Component):
                 nxt.pointer.ia.eq(
                     Mux(wrap_y, self.in_origin, Mux(wrap_x, p.ia + self.row_step, p.ia + S_ia))
                 ),
-                nxt.pointer.wa.eq(Mux(wrap_y, p.wa + self.w_co, p.wa)),
             ]
             return nxt
 

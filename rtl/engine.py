@@ -7,6 +7,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.arith import const_mul
+from rtl.banked_buffer import BankedBuffer
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, coord_layout, pointer_layout
@@ -150,12 +151,12 @@ class GatedConvEngine(wiring.Component):
         dense = reg["dense"] if self._gating else Const(1)
 
         # ---- buffers ----------------------------------------------------------------------------
-        m.submodules.inbuf = inbuf = memory.Memory(
-            shape=unsigned(L * cfg.act_width), depth=cfg.input_depth, init=[]
-        )
-        m.submodules.wbuf = wbuf = memory.Memory(
-            shape=unsigned(L * cfg.weight_width), depth=cfg.weight_depth, init=[]
-        )
+        # Inputs and weights: 2^bank_bits word-interleaved 1R1W banks each, read through crossbars. An input
+        # bank serves one word per cycle (a beat asking one bank for two words stalls); the weights are laid
+        # out so that no beat asks one bank for two words (spec section 2), so their requests are all granted.
+        bank_bits = cfg.bank_bits
+        m.submodules.inbuf = inbuf = BankedBuffer(P, bank_bits, L * cfg.act_width, cfg.input_depth, True)
+        m.submodules.wbuf = wbuf = BankedBuffer(P, bank_bits, L * cfg.weight_width, cfg.weight_depth, False)
         # Thresholds: P 1R1W banks by output channel (rtl/threshold_buffer.py).
         tbuf = self._part(m, "tbuf", ThresholdBuffer(cfg))
         # The output buffer: P 1R1W banks, entry lin in bank lin mod P, row lin div P. Phase 1 (and
@@ -172,9 +173,6 @@ class GatedConvEngine(wiring.Component):
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
         # P 1R1W banks, entry n in bank n mod P (rtl/work_queue.py).
         queue = self._part(m, "queue", WorkQueue(cfg, queue_layout(cfg).size))
-        in_w, w_w = inbuf.write_port(), wbuf.write_port()
-        in_r = [inbuf.read_port() for _ in range(P)]
-        w_r = [wbuf.read_port() for _ in range(P)]
 
         # ---- blocks -----------------------------------------------------------------------------
         m.submodules.chain = chain = CoordinateChain(cfg)
@@ -188,11 +186,11 @@ class GatedConvEngine(wiring.Component):
         m.d.comb += self.load.ready.eq(idle)
         load = self.load.payload
         accept = self.load.valid & self.load.ready
-        for port, sel in ((in_w, LoadTarget.INPUT), (w_w, LoadTarget.WEIGHT)):
+        for buf, sel in ((inbuf, LoadTarget.INPUT), (wbuf, LoadTarget.WEIGHT)):
             m.d.comb += [
-                port.addr.eq(load.addr),
-                port.data.eq(load.data),
-                port.en.eq(accept & (load.sel == sel)),
+                buf.waddr.eq(load.addr),
+                buf.wdata.eq(load.data),
+                buf.wen.eq(accept & (load.sel == sel)),
             ]
         m.d.comb += [  # the threshold's banked address (row << bank_bits | bank)
             tbuf.waddr.eq(load.addr),
@@ -221,7 +219,6 @@ class GatedConvEngine(wiring.Component):
             chain.pad_left.eq(reg["pad_left"]),
             chain.in_origin.eq(reg["in_origin"].as_signed()),  # sign-extended to the address width
             chain.row_step.eq(reg["row_step"].as_signed()),
-            chain.w_co.eq(reg["w_co"]),
         ]
         # Offsets of segment k (k base segments): k·nch_b·h_in·w_in and k·nch_b·K², k below the largest G,
         # as shift-and-add multiples of the host's steps; PE i's own group picks its entry in gated phase 1.
@@ -230,10 +227,11 @@ class GatedConvEngine(wiring.Component):
 
         # ---- beat sequencer -----------------------------------------------------------------------
         phase2 = Signal()
-        issue = Signal()
+        issue = Signal()  # the beat in the issue stage asks the buffers for its words
+        advance = Signal()  # ... and has them all: the next beat issues in the next cycle
         # Datapath registers without reset (spec section 4, "Reset"): each is set in SETUP or PREP, or
         # qualified by a valid bit that has one (exe_en, wb_en), before it is used.
-        slot = Signal(range(max(G_max, 2) + 1), reset_less=True)
+        slot = Signal(range(max(G_max, 2)), reset_less=True)  # up to n_cond (as wide as a gate group)
         chunk_ch = Signal(REGISTER_WIDTH + 1, reset_less=True)  # first channel of the chunk in its segment
         ky, kx = Signal(range(K_max), reset_less=True), Signal(range(K_max), reset_less=True)
         other = phase2 | (dense & (slot != 0))  # beat works on a conditional-width segment
@@ -255,7 +253,7 @@ class GatedConvEngine(wiring.Component):
         ]
         with m.If(setup):
             m.d.sync += [slot.eq(0), chunk_ch.eq(0), ky.eq(0), kx.eq(0)]
-        with m.Elif(issue):
+        with m.Elif(advance):
             m.d.sync += kx.eq(Mux(kx_last, 0, kx + 1))
             with m.If(kx_last):
                 m.d.sync += ky.eq(Mux(ky_last, 0, ky + 1))
@@ -264,18 +262,21 @@ class GatedConvEngine(wiring.Component):
                     with m.If(chunk_last):
                         m.d.sync += slot.eq(Mux(slot_last, 0, slot + 1))
 
-        # Shared beat pointers, relative to the activation's own pointers: the weight word advances by one
-        # per beat of a round (slots, chunks and taps are consecutive words); the input word by one per
-        # kx, by w_in per ky (row start `in_row`) and by h_in·w_in per chunk (`in_chunk`, slots included).
+        # Shared beat pointers, relative to the activation's own pointers: the weight word advances by c_out
+        # per beat of a round (channel-minor: slots, chunks and taps are consecutive beats of c_out words),
+        # and past a segment's padding (w_gap) at a slot's end; the input word by one per kx, by w_in per ky
+        # (row start `in_row`) and by h_in·w_in per chunk (`in_chunk`, slots included).
         beat_layout = data.StructLayout(
             {"w": unsigned(w_aw), "in_chunk": unsigned(in_aw), "in_row": unsigned(in_aw)}
         )
         beat = data.View(beat_layout, Signal(beat_layout.size, name="beat", reset_less=True))
         beat_in, beat_w = beat.in_row + kx, beat.w
-        with m.If(setup | (issue & last_beat)):
+        w_step, w_slot_step = Signal(w_aw), Signal(w_aw)
+        m.d.comb += [w_step.eq(reg["c_out"]), w_slot_step.eq(reg["c_out"] + reg["w_gap"])]
+        with m.If(setup | (advance & last_beat)):
             m.d.sync += beat.eq(0)
-        with m.Elif(issue):
-            m.d.sync += beat.w.eq(beat.w + 1)
+        with m.Elif(advance):
+            m.d.sync += beat.w.eq(beat.w + Mux(kx_last & ky_last & chunk_last, w_slot_step, w_step))
             with m.If(kx_last & ky_last):
                 m.d.sync += [
                     beat.in_chunk.eq(beat.in_chunk + hw_in),
@@ -288,7 +289,6 @@ class GatedConvEngine(wiring.Component):
         gates_on = Signal(count_shape)  # also the gates_on counter: reset (spec section 4, "Reset")
         prep_first = Signal()  # PREP's first cycle: read queue entry 0, start forming round 0
         take = Signal()  # take the formed round into the PEs and start forming the next
-        bank_bits = cfg.bank_bits
         qaddr_layout = data.StructLayout({"bank": range(P), "row": range(queue.rows + 1)})
         payload_layout = data.StructLayout({"entry": queue_layout(cfg), "qaddr": qaddr_layout})
         win = self._part(m, "window", SelectionWindow(cfg, cfg.window, payload_layout.size))
@@ -345,7 +345,15 @@ class GatedConvEngine(wiring.Component):
 
         # ---- issue stage: per-PE activation and operand addresses ---------------------------------
         valid = Signal(P)
+        # The beat's requests (docs/microarchitecture.md section 2, "Banked input and weight buffers"): a
+        # valid PE asks its input bank for its word unless the tap is padding; `pending` are the PEs not yet
+        # served in this beat, `served` those served in this cycle (their words come from the banks next
+        # cycle, and their MACs run then); the beat advances once every valid PE is served.
+        pending = Signal(P, init=(1 << P) - 1)
+        served = Signal(P)
+        done = Signal()
         exe_en, exe_inside = Signal(P), Signal(P, reset_less=True)
+        exe_valid, exe_done = Signal(P, reset_less=True), Signal()
         exe_first, exe_last, exe_phase2 = Signal(reset_less=True), Signal(reset_less=True), Signal()
         exe_lanes = Signal(range(L + 1), reset_less=True)
         wl = work_layout(cfg)
@@ -374,23 +382,38 @@ class GatedConvEngine(wiring.Component):
             off_w = Mux(phase2, Mux(skip, w_seg, 0), Mux(dense, 0, _pick(seg_w, own)))
             y = work.pointer.yt + ky
             x = work.pointer.xt + kx
-            inside = (y >= 0) & (y < reg["h_in"]) & (x >= 0) & (x < reg["w_in"])
+            inside, waiting = Signal(name=f"inside{i}"), Signal(name=f"waiting{i}")  # (one copy of the logic)
             m.d.comb += [
-                in_r[i].addr.eq(work.pointer.ia + off_in + beat_in),
-                w_r[i].addr.eq(work.pointer.wa + off_w + beat_w),
+                # (a negative coordinate read as unsigned lies above any tile extent: one compare each)
+                inside.eq((y.as_unsigned() < reg["h_in"]) & (x.as_unsigned() < reg["w_in"])),
+                waiting.eq(issue & pending[i] & valid[i]),
+            ]
+            m.d.comb += [
+                inbuf.raddr[i].eq(work.pointer.ia + off_in + beat_in),
+                inbuf.rreq[i].eq(waiting & inside),
+                served[i].eq(waiting & (~inside | inbuf.grant[i])),
+                wbuf.raddr[i].eq(work.co[:w_aw] + off_w + beat_w),
+                wbuf.rreq[i].eq(waiting & inside & inbuf.grant[i]),
                 # Thresholds: read once per round, at its last beat, for the comparator of gated phase 1.
                 tbuf.bank[i].eq(chain.coords[i].cb),
                 tbuf.row[i].eq(chain.coords[i].cr),
-                tbuf.en[i].eq(issue & last_beat & ~phase2 & ~dense & valid[i]),
+                tbuf.en[i].eq(advance & last_beat & ~phase2 & ~dense & valid[i]),
             ]
             m.d.sync += [
-                exe_en[i].eq(issue & valid[i]),
+                exe_en[i].eq(served[i]),
                 exe_inside[i].eq(inside),
                 exe_work[i].eq(work),
                 exe_init[i].eq(Mux(phase2, entry.p, 0)),
                 exe_qaddr[i].eq(p2_entry[i].qaddr),
             ]
+        m.d.comb += [done.eq((pending & valid & ~served) == 0), advance.eq(issue & done)]
+        with m.If(setup | advance):
+            m.d.sync += pending.eq((1 << P) - 1)
+        with m.Elif(issue):
+            m.d.sync += pending.eq(pending & ~served)
         m.d.sync += [
+            exe_valid.eq(valid),
+            exe_done.eq(advance),
             exe_first.eq(first_beat),
             exe_last.eq(last_beat),
             exe_phase2.eq(phase2),
@@ -400,8 +423,8 @@ class GatedConvEngine(wiring.Component):
         # ---- execute stage: the MAC array -----------------------------------------------------
         for i in range(P):
             m.d.comb += [
-                macs.x[i].eq(in_r[i].data),
-                macs.w[i].eq(w_r[i].data),
+                macs.x[i].eq(inbuf.rdata[i]),
+                macs.w[i].eq(wbuf.rdata[i]),
                 macs.init[i].eq(exe_init[i]),
             ]
         m.d.comb += [
@@ -419,7 +442,7 @@ class GatedConvEngine(wiring.Component):
         out_row = Signal(range(rows + 1), reset_less=True)
         wb_qaddr = [Signal(qaddr_layout.size, name=f"wb_qaddr{i}", reset_less=True) for i in range(P)]
         m.d.sync += [
-            wb_en.eq(exe_en & Mux(exe_last, (1 << P) - 1, 0)),
+            wb_en.eq(Mux(exe_last & exe_done, exe_valid, 0)),  # once per round, all its PEs
             wb_phase2.eq(exe_phase2),
         ]
         m.d.sync += [wb_qaddr[i].eq(exe_qaddr[i]) for i in range(P)]
@@ -499,7 +522,7 @@ class GatedConvEngine(wiring.Component):
                 m.next = "PHASE1"
             with m.State("PHASE1"):
                 m.d.comb += issue.eq(1)
-                with m.If(last_beat):
+                with m.If(last_beat & done):
                     m.d.comb += chain.advance.eq(1)
                     with m.If(chain.next_co >= reg["c_out"]):
                         m.next = "DRAIN1"
@@ -523,7 +546,7 @@ class GatedConvEngine(wiring.Component):
                     # the round before to leave the drain (at most three left: written by the write-back).
                     ready = win.formed & (results_left <= 3)
                     m.d.comb += [issue.eq(~last_beat | ready), phase2.eq(1)]
-                    with m.If(last_beat & ready):
+                    with m.If(last_beat & ready & done):
                         m.d.comb += take.eq(1)
                         with m.If(win.member_valid == 0):
                             m.next = "DRAIN2"
@@ -548,12 +571,12 @@ class GatedConvEngine(wiring.Component):
         m.d.comb += [
             counters.clear.eq(idle & self.start),
             counters.busy.eq(self.busy),
-            # A beat is counted in its execute cycle, still a busy cycle of the run: the totals are those of
-            # the issue cycles (and the coordinate chain's path to `valid` ends at a register). Every issued
-            # beat has a valid PE (PE 0 of a round always is), so "some PE executes" is "a beat executes".
-            counters.issue.eq(exe_en.any()),
+            # A beat is counted once, in the execute cycle of its last serve (still a busy cycle of the run;
+            # and the coordinate chain's path to `valid` ends at a register); the cycles in which a bank
+            # conflict holds it are stall cycles.
+            counters.issue.eq(exe_done),
             counters.phase2.eq(exe_phase2),
-            counters.valid_pes.eq(sum(exe_en[i] for i in range(P))),
+            counters.valid_pes.eq(sum(exe_valid[i] for i in range(P))),
             counters.lanes.eq(exe_lanes),
             counters.gates_on.eq(gates_on),
         ]

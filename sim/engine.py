@@ -543,6 +543,56 @@ def _form_round(state, win, members, keys, n_cond, window, pes, bank_mask):
 
 
 @numba.njit(cache=True, nogil=True)
+def _round_tap_cycles(first, valid, kernel, gated, geometry, base, yt, xt, addrs, per_bank):
+    """Cycles of one chunk's K² beats in the phase-1 round of activations ``first … first + valid − 1``,
+    by the input banks' stall rule (docs/microarchitecture.md, section 2): a beat takes as many cycles as
+    the most distinct words any input bank is asked for, at least one. A PE at a padding tap asks for
+    nothing. The other beats of the round differ from these by an offset common to every PE (chunk and
+    slot), which changes neither which words are equal nor which share a bank."""
+    h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask, h_in = geometry
+    hw = h_out * w_out
+    co0 = first // hw
+    ox0 = first - co0 * hw - ((first - co0 * hw) // w_out) * w_out
+    if stride == 1 and ox0 + valid <= w_out:
+        return kernel * kernel  # one output row: consecutive words, P <= 2^bank_bits banks
+    for i in range(valid):
+        lin = first + i
+        co = lin // hw
+        pos = lin - co * hw
+        oy = pos // w_out
+        ox = pos - oy * w_out
+        g = co // c_og if gated and n_groups > 1 else 0  # gated: the PE's own base segment
+        yt[i] = oy * stride - pad_top
+        xt[i] = ox * stride - pad_left
+        base[i] = yt[i] * w_in + xt[i] + g * in_seg
+    total = 0
+    for ky in range(kernel):
+        for kx in range(kernel):
+            n = 0
+            for i in range(valid):
+                y = yt[i] + ky
+                x = xt[i] + kx
+                if 0 <= y < h_in and 0 <= x < w_in:
+                    addrs[n] = (base[i] + ky * w_in + kx) & in_mask
+                    n += 1
+            per_bank[:] = 0
+            worst = 1
+            for j in range(n):
+                fresh = True
+                for k in range(j):
+                    if addrs[k] == addrs[j]:
+                        fresh = False
+                        break
+                if fresh:
+                    b = addrs[j] & bank_mask
+                    per_bank[b] += 1
+                    if per_bank[b] > worst:
+                        worst = per_bank[b]
+            total += worst
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
 def _schedule(
     gate_lin: np.ndarray,
     write_cycle: np.ndarray,
@@ -571,9 +621,10 @@ def _schedule(
         Segments and their widths C_sb, C_sc.
     dense : bool
         Dense mode (one phase, every segment in phase 1).
-    geometry : int64 [11]
-        What the selection window's keys need (:func:`_window_keys`): ``h_out, w_out, c_og, n_groups,
-        stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask``.
+    geometry : int64 [12]
+        What the selection window's keys and phase 1's bank conflicts need (:func:`_window_keys`,
+        :func:`_round_tap_cycles`): ``h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg,
+        in_mask, bank_mask, h_in``.
     window : int
         Places of the selection window W.
     """
@@ -607,10 +658,22 @@ def _schedule(
                 beats1 += 1
                 lanes1 += valid_lanes
     rounds1 = (n_act + pes - 1) // pes
+    chunks1 = beats1 // taps  # every tap once per chunk of every slot
+    kernel = int(np.sqrt(taps) + 0.5)
+    base = np.empty(pes, dtype=np.int64)
+    yt = np.empty(pes, dtype=np.int64)
+    xt = np.empty(pes, dtype=np.int64)
+    addrs = np.empty(pes, dtype=np.int64)
+    per_bank = np.zeros(geometry[10] + 1, dtype=np.int64)
     for r in range(rounds1):
         valid = min(pes, n_act - r * pes)
-        # The round's issue cycles: each adds the valid PEs to busy and valid PEs x valid lanes to the MACs.
-        cycles += beats1
+        # The round's beats: each adds the valid PEs to busy and valid PEs x valid lanes to the MACs, and
+        # takes one cycle, or more when it asks an input bank for several words (the extra are stalls).
+        spent = chunks1 * _round_tap_cycles(
+            r * pes, valid, kernel, not dense, geometry, base, yt, xt, addrs, per_bank
+        )
+        cycles += spent
+        stalls += spent - beats1
         busy += valid * beats1
         base_macs += valid * lanes1
         # Write-back of the round (two cycles after its last beat, overlapping the next round's issue).
@@ -643,7 +706,9 @@ def _schedule(
                     beats2 += 1
                     lanes2 += valid_lanes
         queue = np.flatnonzero(gate_lin)  # the work queue: gated-on activations in lin order
-        h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask = geometry
+        h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask = geometry[
+            :11
+        ]
         n_cond = n_seg - 1
         keys = _window_keys(
             queue,
@@ -738,6 +803,7 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
             p.in_seg,
             p.in_mask,
             p.bank_mask,
+            x.shape[1],
         ],
         dtype=np.int64,
     )

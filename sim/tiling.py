@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -152,6 +153,9 @@ def plan_layer(
         config.threshold_depth // mult,
         config.output_depth // (mult * max(w_blk, 1)),
     )
+    # Channel-minor weights: segments start on a bank boundary (TileGeometry.weight_segment).
+    while m >= 1 and dataclasses.replace(probe, c_out=mult * m).weight_words(config) > config.weight_depth:
+        m -= 1
     if w_blk < 1 or m < 1:
         raise ConfigError(
             f"layer with c_in = {c_in}, c_out = {c_out}, kernel = {k}, w = {w}: not even one output "

@@ -101,7 +101,8 @@ class TileGeometry:
 
         Everything the engine would otherwise divide or multiply is derived here (docs/microarchitecture.md,
         section 3): the segment widths, the channels per group, the input words of a chunk and of a base
-        segment, the weight words of an output channel and of its base segment, the input pointer's step
+        segment, the weight words of a segment (:meth:`weight_segment`) and its padding past the last
+        beat's words (``w_gap``), the input pointer's step
         to the next output row (negative when the output row is wider than the input row plus one) and its
         value at output (0, 0); :data:`SIGNED_REGISTERS` are written in two's complement.
         """
@@ -125,8 +126,8 @@ class TileGeometry:
             "c_og": seg.out_per_group,
             "hw_in": hw_in,
             "in_seg": seg.nch_b * hw_in,
-            "w_co": seg.n_chunks * k * k,
-            "w_seg": seg.nch_b * k * k,
+            "w_gap": self.weight_segment(config) - seg.nch_b * k * k * self.c_out,
+            "w_seg": self.weight_segment(config),
             "row_step": s * (self.w_in - self.w_out + 1),
             "in_origin": -(self.pad_top * self.w_in + self.pad_left),
         }
@@ -136,6 +137,21 @@ class TileGeometry:
         two's complement; :meth:`check` has refused a tile whose values do not fit."""
         values = self.register_values(config)
         return [values[name] & REGISTER_LIMIT for name in CONFIG_REGISTERS]
+
+    def weight_segment(self, config: EngineConfig) -> int:
+        """Weight words from one segment's first word to the next's: a base segment's ``nch_b·K²·c_out``
+        words (channel-minor: word ``(c·K + ky)·K + kx)·c_out + co``) rounded up to a multiple of the
+        ``2^bank_bits`` weight banks, so that every segment starts in bank 0 and a word's bank is its
+        channel's, ``co mod 2^bank_bits``, whatever the segment (docs/microarchitecture.md, section 3)."""
+        banks = 1 << config.bank_bits
+        words = self.segments(config).nch_b * config.kernel**2 * self.c_out
+        return -(-words // banks) * banks
+
+    def weight_words(self, config: EngineConfig) -> int:
+        """Weight-buffer words the tile occupies: every segment but the last one at its rounded-up
+        stride, then the last (a conditional one) unpadded."""
+        seg = self.segments(config)
+        return (seg.n_seg - 1) * self.weight_segment(config) + seg.nch_c * config.kernel**2 * self.c_out
 
     @property
     def n_outputs(self) -> int:
@@ -203,7 +219,7 @@ class TileGeometry:
         seg = self.segments(config)
         need = {
             "input_depth": seg.n_chunks * self.h_in * self.w_in,
-            "weight_depth": self.c_out * seg.n_chunks * k * k,
+            "weight_depth": self.weight_words(config),
             "output_depth": self.n_outputs,
             "threshold_depth": self.c_out,
         }

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sim.engine import run_tile
 from spec.config import EngineConfig
 from spec.tile import TileGeometry, random_tile
+from verification.spec_schedule import spec_round_cycles
 
 
 @settings(max_examples=40, deadline=None)
@@ -53,21 +54,23 @@ def test_eta_bound(pes, lanes, groups, chunks, kernel, c_out_per_group, hw, rate
     b1 = kernel**2 * chunks
     b2 = kernel**2 * chunks * (groups - 1)
     r1 = -(-n // p)
+    # Phase 1's input-bank stalls (rounds that wrap an output row or channel), from the spec's rule.
+    s1 = sum(spec_round_cycles(config, tile, r) for r in range(r1)) - r1 * b1
     # Phase-2 rounds the window formed: the issue cycles beyond phase 1's, B2 each.
     r2 = (gated["cycles"] - gated["stall_cycles"] - r1 * b1) // b2
     assert r2 * b2 == gated["cycles"] - gated["stall_cycles"] - r1 * b1
     assert (r2 == 0) == (n_on == 0) and r2 >= -(-n_on // p)
-    # The built schedule's ceiling (docs/microarchitecture.md section 6): a round lasts at most
-    # max(B2, 2P + 2) (the next formation: ≤ P inserted + 1 + ≤ P members; the drain of ≤ P results),
-    # PREP at most min(W, n_on) + 1 + P + 2, DRAIN2 at most P + 2.
+    # The built schedule's ceiling (docs/microarchitecture.md section 6): phase 1's beats and bank stalls;
+    # a phase-2 round lasts at most max(B2, 2P + 2) (the next formation: ≤ P inserted + 1 + ≤ P members;
+    # the drain of ≤ P results), PREP at most min(W, n_on) + 1 + P + 2, DRAIN2 at most P + 2.
     fixed = min(config.window, n_on) + 2 * p + 5 if n_on else 0
-    assert gated["cycles"] <= 3 + r1 * b1 + r2 * max(b2, 2 * p + 2) + fixed
+    assert gated["cycles"] <= 3 + r1 * b1 + s1 + r2 * max(b2, 2 * p + 2) + fixed
     # The bound in terms of the window's PE-slot fill f = n_on / (P·R2), for P | N and B2 ≥ 2P + 2.
     eta = achieved / theoretical
     if n % p == 0 and b2 >= 2 * p + 2 and n_on:
         w = (n * b1 + n_on * b2) / p
         fill = n_on / (p * r2)
-        bound = w / (w + (1 / fill - 1) * n_on * b2 / p + min(config.window, n_on) + 2 * p + 8)
+        bound = w / (w + (1 / fill - 1) * n_on * b2 / p + s1 + min(config.window, n_on) + 2 * p + 8)
         assert eta >= bound - 1e-12
     if n_on == 0:
-        assert gated["cycles"] == 3 + r1 * b1
+        assert gated["cycles"] == 3 + r1 * b1 + s1

@@ -54,7 +54,13 @@ def _expected_words(config: EngineConfig, tile: Tile) -> tuple[dict[int, int], d
     for s, chans in enumerate(segs):
         for c in range(nch[s]):
             chunks.append([chans[c * L + lane] if c * L + lane < len(chans) else None for lane in range(L)])
-    n_chunks = len(chunks)
+    # Weights channel-minor: segment s starts at s·w_seg, a base segment's words rounded up to a multiple of
+    # the banks (the smallest power of two >= P); chunk c of it at ((c·K + ky)·K + kx)·c_out + co.
+    banks = 1
+    while banks < config.pes:
+        banks *= 2
+    w_seg = -(-nch[0] * K * K * g.c_out // banks) * banks
+    where = [(s, c) for s in range(len(segs)) for c in range(nch[s])]  # global chunk q -> (segment, chunk)
     am, wm = (1 << config.act_width) - 1, (1 << config.weight_width) - 1
     inputs, weights = {}, {}
     for q, lanes in enumerate(chunks):
@@ -72,7 +78,8 @@ def _expected_words(config: EngineConfig, tile: Tile) -> tuple[dict[int, int], d
                     for lane, ch in enumerate(lanes):
                         if ch is not None:
                             word |= (int(tile.weights[co, ch, ky, kx]) & wm) << (lane * config.weight_width)
-                    weights[(co * n_chunks + q) * K * K + ky * K + kx] = word
+                    s, c = where[q]
+                    weights[s * w_seg + ((c * K + ky) * K + kx) * g.c_out + co] = word
     return inputs, weights
 
 
@@ -163,7 +170,7 @@ def test_load_writes_word_by_word(case: int) -> None:
     assert sorted(got[1]) == list(range(len(exp_in)))
     for addr, word in exp_in.items():
         assert got[1][addr] == word, f"input word {addr}: {got[1][addr]:#x} != {word:#x}"
-    assert sorted(got[2]) == list(range(len(exp_w)))
+    assert sorted(got[2]) == sorted(exp_w)
     for addr, word in exp_w.items():
         assert got[2][addr] == word, f"weight word {addr}: {got[2][addr]:#x} != {word:#x}"
     mask = (1 << config.acc_width) - 1
@@ -185,9 +192,10 @@ def test_literal_words_group2() -> None:
     # input word 6 + 4 (q=1, y=1, x=1): x[3..5,1,1] = 111-128+16=-1, 148-128+16=36, 185-128+16=73
     #   -> 0xff, 0x24, 0x49
     assert got[1][10] == 0x004924FF
-    # weight W[co, ci, ky, kx] = (53co + 29ci + 7ky + 3kx) % 256 - 128; n_chunks = 2, K² = 4.
-    # word (co=1, q=1, ky=1, kx=0) = (1·2 + 1)·4 + 2 = 14: ci = 3, 4, 5 -> 53+87+7-128=19, 48, 77
-    assert got[2][14] == 0x004D3013
+    # weight W[co, ci, ky, kx] = (53co + 29ci + 7ky + 3kx) % 256 - 128; channel-minor, one chunk per
+    # segment, K² = 4, c_out = 2: a segment is 8 words (a multiple of the 2 banks), word
+    # (segment 1, chunk 0, ky=1, kx=0, co=1) = 8 + (1·2 + 0)·2 + 1 = 13: ci = 3, 4, 5 -> 19, 48, 77
+    assert got[2][13] == 0x004D3013
     # thresholds 1000, -1001 in 32 bits
     assert got[3] == {0: 1000, 1: (1 << 32) - 1001}
 

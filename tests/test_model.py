@@ -21,7 +21,7 @@ from spec.config import ConfigError, EngineConfig
 from spec.protocol import COUNTER_NAMES
 from spec.tile import Tile, TileGeometry, random_tile
 from tests.test_reference import naive
-from verification.spec_schedule import spec_counters, spec_write_cycles
+from verification.spec_schedule import spec_counters, spec_round_cycles, spec_write_cycles
 
 BIG = 1 << 16  # buffer depths that never limit the small test tiles
 
@@ -60,9 +60,12 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def expected_counters(config: EngineConfig, geo: TileGeometry, gates_on: int) -> dict[str, int]:
+def expected_counters(
+    config: EngineConfig, geo: TileGeometry, gates_on: int, bank_stalls: int = 0
+) -> dict[str, int]:
     """Closed forms of spec section 5 (computed from the raw parameters, not spec.tile.Segments): dense
-    runs and gated runs without phase 2 (phase 2's cycles depend on the window's rounds)."""
+    runs and gated runs without phase 2 (phase 2's cycles depend on the window's rounds). ``bank_stalls``:
+    phase 1's input-bank stall cycles, zero when no round wraps an output row at stride 1."""
     p, lanes, k2 = config.pes, config.lanes, config.kernel**2
     if config.groups > 1:
         n_seg, c_sb = config.groups, geo.c_in // config.groups
@@ -74,18 +77,18 @@ def expected_counters(config: EngineConfig, geo: TileGeometry, gates_on: int) ->
     r1 = ceil_div(n, p)
     if geo.dense:
         b1 = k2 * (nch_b + (n_seg - 1) * nch_c)
-        cycles = 1 + r1 * b1 + 2
-        base_macs, cond_macs, busy, stalls, gates_on = n * k2 * geo.c_in, 0, n * b1, 3, n
+        cycles = 1 + r1 * b1 + bank_stalls + 2
+        base_macs, cond_macs, busy, stalls, gates_on = n * k2 * geo.c_in, 0, n * b1, 3 + bank_stalls, n
     else:
         b1 = k2 * nch_b
         r2, b2 = ceil_div(gates_on, p), k2 * (n_seg - 1) * nch_c
         phase2 = gates_on > 0
         assert not phase2 or r2 * b2 >= 0, "phase 2: use verification.spec_schedule"
-        cycles = 1 + r1 * b1 + 2
+        cycles = 1 + r1 * b1 + bank_stalls + 2
         base_macs = n * k2 * c_sb
         cond_macs = gates_on * k2 * (n_seg - 1) * c_sc
         busy = n * b1 + gates_on * b2
-        stalls = 6 if phase2 else 3
+        stalls = (6 if phase2 else 3) + bank_stalls
     return {
         "cycles": cycles,
         "base_macs": base_macs,
@@ -95,6 +98,15 @@ def expected_counters(config: EngineConfig, geo: TileGeometry, gates_on: int) ->
         "stall_cycles": stalls,
         "gates_on": gates_on,
     }
+
+
+def bank_stalls(config: EngineConfig, tile: Tile) -> int:
+    """Phase 1's input-bank stall cycles by the spec's rule (verification/spec_schedule.py)."""
+    geo = tile.geometry
+    seg = geo.segments(config)
+    b1 = config.kernel**2 * (seg.n_chunks if geo.dense else seg.nch_b)
+    rounds = range(ceil_div(geo.n_outputs, config.pes))
+    return sum(spec_round_cycles(config, tile, r) for r in rounds) - len(rounds) * b1
 
 
 def check_against_reference(config: EngineConfig, tile: Tile) -> EngineResult:
@@ -112,7 +124,7 @@ def check_against_reference(config: EngineConfig, tile: Tile) -> EngineResult:
     assert all(type(v) is int for v in res.counters.values())
     gates_on = int(g_ref.sum())
     if geo.dense or gates_on == 0:
-        assert res.counters == expected_counters(config, geo, gates_on)
+        assert res.counters == expected_counters(config, geo, gates_on, bank_stalls(config, tile))
     # Every run, phase 2 included: the spec's schedule (plain Python, verification/spec_schedule.py).
     assert res.counters == spec_counters(config, tile, g_ref)
     np.testing.assert_array_equal(res.write_cycle, spec_write_cycles(config, tile, g_ref))
@@ -173,7 +185,8 @@ def test_outputs_match_reference(overrides: dict, geo: TileGeometry, dense: bool
         assert res.gates.all()
     elif gate_rate == 0.0:
         assert not res.gates.any()
-        assert res.counters["cond_macs"] == 0 and res.counters["stall_cycles"] == 3
+        assert res.counters["cond_macs"] == 0
+        assert res.counters["stall_cycles"] == 3 + bank_stalls(config, tile)
 
 
 @pytest.mark.parametrize("overrides, geo", CASES[:5])
@@ -378,29 +391,38 @@ def phase2_rounds(write_cycle: np.ndarray, gates: np.ndarray) -> list[list[int]]
 def test_counters_hand_worked_g2_all_off_and_dense():
     config = make_config(pes=4, lanes=4, kernel=3, padding=1, groups=2)
     geo = TileGeometry(8, 4, 3, 3, 3, 3, 1, 1)
-    # All off: phase 1 only. cycles = 1 + 81 + 2 = 84; busy = 81*4 = 324; idle = 336 - 324 = 12.
+    # Input banks (word mod 4): with w_in = w_out = 3 and padding 1, the PE at position q = 3·oy + ox
+    # reads, at tap (dy, dx) = (ky − 1, kx − 1), word 9·s + q + 3·dy + dx of its chunk (s: the segment
+    # read, 9 words each): within one segment consecutive q ask for consecutive words, never one bank
+    # twice. Rounds of 4 consecutive lin that hold q = 8 of a channel and q = 0 of the next in the same
+    # segment ask words 8 apart (one bank), both inside only at the centre tap: one stall per chunk.
+    # Gated (each PE its own group's segment, g = co div 2): round 2 (co0 q8 | co1 q0-q2) and round 6
+    # (co2 q6-q8 | co3 q0); round 4 (co1 q7 q8 | co2 q0 q1) reads words 7, 8, 9, 10: no stall.
+    # All off: phase 1 only. cycles = 1 + 81 + 2 stalls + 2 = 86; busy = 81*4 = 324; idle = 344 - 324 = 20;
+    # stall_cycles = SETUP + 2 + DRAIN1 2 = 5.
     res = run_tile(config, _tile_with_thresholds(config, geo, [OFF] * 4))
     assert res.counters == {
-        "cycles": 84,
+        "cycles": 86,
         "base_macs": 1296,
         "cond_macs": 0,
         "busy_pe_cycles": 324,
-        "idle_pe_cycles": 12,
-        "stall_cycles": 3,
+        "idle_pe_cycles": 20,
+        "stall_cycles": 5,
         "gates_on": 0,
     }
-    # Dense: B1 = 9 taps * (1 + 1) chunks = 18, R1 = 9: cycles = 1 + 162 + 2 = 165;
-    # base = 162 beats * 4 PEs * 4 lanes = 2592; busy = 162*4 = 648; idle = 660 - 648 = 12.
+    # Dense: B1 = 9 taps * (1 + 1) chunks = 18, R1 = 9; every PE reads the beat's segment, so rounds 2, 4
+    # and 6 each stall once per chunk: 6 stalls. cycles = 1 + 162 + 6 + 2 = 171;
+    # base = 162 beats * 4 PEs * 4 lanes = 2592; busy = 162*4 = 648; idle = 684 - 648 = 36; stalls 9.
     dense = TileGeometry(8, 4, 3, 3, 3, 3, 1, 1, dense=True)
     res = run_tile(config, _tile_with_thresholds(config, dense, [OFF] * 4))  # thresholds unused
     assert res.gates.all()
     assert res.counters == {
-        "cycles": 165,
+        "cycles": 171,
         "base_macs": 2592,
         "cond_macs": 0,
         "busy_pe_cycles": 648,
-        "idle_pe_cycles": 12,
-        "stall_cycles": 3,
+        "idle_pe_cycles": 36,
+        "stall_cycles": 9,
         "gates_on": 36,
     }
 

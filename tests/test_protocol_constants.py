@@ -36,7 +36,7 @@ def test_selector_codes_are_the_spec_table():
 def test_registers_and_counters_are_the_spec_table():
     assert protocol.CONFIG_REGISTERS == (
         "dense", "kernel", "stride", "n_cond", "c_out", "h_in", "w_in", "h_out", "w_out", "pad_top",
-        "pad_left", "seg_b", "seg_c", "c_og", "hw_in", "in_seg", "w_co", "w_seg", "row_step", "in_origin",
+        "pad_left", "seg_b", "seg_c", "c_og", "hw_in", "in_seg", "w_gap", "w_seg", "row_step", "in_origin",
     )  # fmt: skip
     assert [r.value for r in protocol.ConfigRegister] == list(range(20))
     assert REGISTER_LIMIT == 65_535
@@ -54,7 +54,8 @@ def test_register_values_follow_the_address_map():
     assert g.registers(layer) == [
         0, 5, 2, 2, 6, 9, 11, 3, 4, 2, 1,  # dense .. pad_left
         10, 10, 2,  # seg_b, seg_c, c_og
-        99, 198, 150, 50,  # hw_in = 9·11, in_seg = 2·99, w_co = 6·25, w_seg = 2·25
+        99, 198,  # hw_in = 9·11, in_seg = 2·99
+        4, 304,  # w_gap, w_seg: base weights 2 chunks · 25 taps · 6 channels = 300, up to a multiple of 8
         16,  # row_step = 2·(11 − 4 + 1)
         65_536 - 23,  # in_origin = −(2·11 + 1), two's complement
     ]  # fmt: skip
@@ -62,8 +63,9 @@ def test_register_values_follow_the_address_map():
     layer = EngineConfig().for_layer(kernel=3, stride=1, padding=1, groups=1)
     g = TileGeometry(20, 5, 4, 4, 4, 4, 1, 1, base_channels=12, dense=True)
     assert g.registers(layer)[:14] == [1, 3, 1, 1, 5, 4, 4, 4, 4, 1, 1, 12, 8, 5]
-    # hw_in 16, in_seg 2·16 (12 base channels: 2 chunks), w_co 3 chunks · 9, w_seg 2·9, row_step 1·(4−4+1)
-    assert g.registers(layer)[14:] == [16, 32, 27, 18, 1, 65_536 - 5]
+    # hw_in 16, in_seg 2·16 (12 base channels: 2 chunks), base weights 2 chunks · 9 taps · 5 channels = 90,
+    # up to a multiple of 8 banks: w_gap 6, w_seg 96; row_step 1·(4−4+1)
+    assert g.registers(layer)[14:] == [16, 32, 6, 96, 1, 65_536 - 5]
 
 
 def test_a_build_runs_layers_up_to_its_maxima():

@@ -96,9 +96,11 @@ def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, i
 
     P, L = config.pes, config.lanes
     rows = -(-config.output_depth // P)
+    nb = 1 << config.bank_bits  # input and weight banks: word address mod 2^bank_bits
     return {
-        "inbuf": (L * config.act_width, config.input_depth, P, 1),
-        "wbuf": (L * config.weight_width, config.weight_depth, P, 1),
+        # inputs and weights: 2^bank_bits word-interleaved banks (rtl/banked_buffer.py)
+        **{f"inbuf.bank{b}": (L * config.act_width, -(-config.input_depth // nb), 1, 1) for b in range(nb)},
+        **{f"wbuf.bank{b}": (L * config.weight_width, -(-config.weight_depth // nb), 1, 1) for b in range(nb)},
         # thresholds: P banks by output channel (rtl/threshold_buffer.py)
         **{f"tbuf.bank{b}": (config.acc_width, -(-config.threshold_depth // P), 1, 1) for b in range(P)},
         # the output buffer and the work queue: P banks of one read and one write port each
@@ -166,14 +168,16 @@ def test_ecp5_figures(synth_run):
     P, L = CONFIG.pes, CONFIG.lanes
     assert ecp5["luts"] > 0 and ecp5["flip_flops"] > 0
     assert ecp5["dsp"] >= P * L  # one MULT18X18D per 8x8 lane multiplier at least
-    # the 1024-word input buffer is block RAM; the small weight and threshold buffers distributed RAM
-    assert ecp5["memory_mapping"]["inbuf"] == "DP16KD" and ecp5["block_ram"] >= 1
-    assert ecp5["memory_mapping"]["wbuf"] == ecp5["memory_mapping"]["tbuf.bank0"] == "TRELLIS_DPR16X4"
+    # the input buffer's 512-word banks are block RAM; the small weight and threshold banks distributed RAM
+    assert ecp5["memory_mapping"]["inbuf.bank0"] == "DP16KD" and ecp5["block_ram"] >= 1
+    assert ecp5["memory_mapping"]["wbuf.bank0"] == ecp5["memory_mapping"]["tbuf.bank0"] == "TRELLIS_DPR16X4"
     assert ecp5["lutram"] > 0
     # Every memory has one write port: all map to RAM (the output buffer's P write ports, before its
     # banks, made it flip-flops)
     banks = (
-        {f"queue.bank{b}" for b in range(P)}
+        {f"inbuf.bank{b}" for b in range(P)}
+        | {f"wbuf.bank{b}" for b in range(P)}
+        | {f"queue.bank{b}" for b in range(P)}
         | {f"obuf{b}" for b in range(P)}
         | {f"tbuf.bank{b}" for b in range(P)}
     )
@@ -227,7 +231,7 @@ def test_no_ecp5_runs_the_generic_synthesis_only(tmp_path):
     assert code == 0, err
     report = json.loads((tmp_path / "build" / "synth.json").read_text())
     assert "ecp5" not in report and "ECP5" not in out
-    assert {m["name"]: m["depth"] for m in report["generic"]["memories"]}["inbuf"] == 16
+    assert {m["name"]: m["depth"] for m in report["generic"]["memories"]}["inbuf.bank0"] == 16
 
 
 @needs_yosys

@@ -173,7 +173,8 @@ def layers_and_configs(draw):
         groups=groups,
         padding=draw(st.integers(padding, kernel - 1)),
         input_depth=n_chunks * min(kernel, h) * min(kernel, w) + draw(st.integers(0, 400)),
-        weight_depth=mult * n_chunks * kernel * kernel + draw(st.integers(0, 300)),
+        # one channel per group, and each segment but the last padded to the 4 banks (up to 3 words)
+        weight_depth=mult * n_chunks * kernel * kernel + 3 * (max(groups, 2) - 1) + draw(st.integers(0, 300)),
         output_depth=mult + draw(st.integers(0, 200)),
         threshold_depth=mult + draw(st.integers(0, 10)),
     )

@@ -152,11 +152,21 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     xin = np.where(valid[:, :, None, None], xin, 0)
     in_words = pack_lanes(xin.transpose(0, 2, 3, 1).reshape(-1, lanes), config.act_width)
 
-    # Weight buffer: address (co·n_chunks + q)·K² + ky·K + kx, lane l = W[co, chan[q, l], ky, kx].
+    # Weight buffer, channel-minor: chunk c of segment s at s·w_seg + ((c·K + ky)·K + kx)·c_out + co, lane l
+    # = W[co, chan[q, l], ky, kx] for global chunk q (w_seg: a segment's words rounded up to the banks).
     w = np.asarray(tile.weights, dtype=np.int64)
     win = w[:, idx]  # (C_out, n_chunks, L, K, K)
     win = np.where(valid[None, :, :, None, None], win, 0)
-    w_words = pack_lanes(win.transpose(0, 1, 3, 4, 2).reshape(-1, lanes), config.weight_width)
+    w_words = pack_lanes(win.transpose(1, 3, 4, 0, 2).reshape(-1, lanes), config.weight_width)
+    k, c_out = config.kernel, g.c_out
+    q = np.arange(seg.n_chunks, dtype=np.int64)
+    later = np.maximum(q - seg.nch_b, 0)
+    s = np.where(q < seg.nch_b, 0, 1 + later // max(seg.nch_c, 1))
+    c = np.where(q < seg.nch_b, q, later % max(seg.nch_c, 1))
+    beat = (c[:, None] * k * k + np.arange(k * k, dtype=np.int64)[None, :]) * c_out  # (n_chunks, K²)
+    w_addr = (
+        s[:, None, None] * g.weight_segment(config) + beat[:, :, None] + np.arange(c_out, dtype=np.int64)
+    ).reshape(-1)
 
     regs = np.asarray(g.registers(config), dtype=np.int64)
     thr = _twos(np.asarray(tile.thresholds, dtype=np.int64), config.acc_width)
@@ -172,7 +182,7 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     sel = np.concatenate([np.full(len(d), s, dtype=np.int64) for s, d in parts])
     # Threshold co goes to its banked address (bank co mod P, row co div P); the rest in address order.
     thr_addr = banked_address(config, np.arange(len(thr), dtype=np.int64))
-    addr = np.concatenate([np.arange(len(d), dtype=np.int64) for _, d in parts[:-1]] + [thr_addr])
+    addr = np.concatenate([np.arange(len(d), dtype=np.int64) for _, d in parts[:2]] + [w_addr, thr_addr])
     # uint64 -> object converts to Python ints, which the wide words already are.
     data = np.concatenate([np.asarray(d).astype(dtype) for _, d in parts])
     return LoadWrites(sel=sel, addr=addr, data=data)

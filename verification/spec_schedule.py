@@ -10,7 +10,7 @@ import numpy as np
 from spec.config import EngineConfig
 from spec.tile import Tile
 
-__all__ = ["spec_counters", "spec_phase2", "spec_write_cycles"]
+__all__ = ["spec_counters", "spec_phase2", "spec_round_cycles", "spec_write_cycles"]
 
 
 def _beats(config: EngineConfig, tile: Tile) -> tuple[int, int]:
@@ -19,6 +19,41 @@ def _beats(config: EngineConfig, tile: Tile) -> tuple[int, int]:
     seg = g.segments(config)
     k2 = config.kernel**2
     return k2 * (seg.n_chunks if g.dense else seg.nch_b), k2 * (seg.n_seg - 1) * seg.nch_c
+
+
+def spec_round_cycles(config: EngineConfig, tile: Tile, r: int) -> int:
+    """Cycles of phase-1 round ``r``: each beat takes as many cycles as the most distinct words one input
+    bank (word address mod ``2^bank_bits``) is asked for, at least one; a PE at a padding tap or past the
+    last activation asks for nothing (docs/microarchitecture.md section 2, "Banked input and weight
+    buffers"). Weight banks never conflict (same section)."""
+    g = tile.geometry
+    seg = g.segments(config)
+    k, s, banks = config.kernel, config.stride, 1 << config.bank_bits
+    in_mask = (1 << max(1, (config.input_depth - 1).bit_length())) - 1
+    hw_in = g.h_in * g.w_in
+    c_og = g.c_out // config.groups if config.groups > 1 else g.c_out
+    acts = range(r * config.pes, min((r + 1) * config.pes, g.n_outputs))
+    if g.dense:  # every chunk of every segment, in the buffer's order
+        offsets = [[q * hw_in for q in range(seg.n_chunks)] for _ in acts]
+    else:  # the chunks of the activation's own group's base segment
+        offsets = [
+            [(lin // (g.h_out * g.w_out) // c_og * seg.nch_b + c) * hw_in for c in range(seg.nch_b)]
+            for lin in acts
+        ]
+    cycles = 0
+    for beat in range(len(offsets[0]) if offsets else 0):
+        for ky in range(k):
+            for kx in range(k):
+                words: dict[int, set[int]] = {}
+                for lin, offset in zip(acts, offsets, strict=True):
+                    co, pos = divmod(lin, g.h_out * g.w_out)
+                    oy, ox = divmod(pos, g.w_out)
+                    y, x = oy * s - g.pad_top + ky, ox * s - g.pad_left + kx
+                    if 0 <= y < g.h_in and 0 <= x < g.w_in:
+                        addr = (offset[beat] + y * g.w_in + x) & in_mask
+                        words.setdefault(addr % banks, set()).add(addr)
+                cycles += max((len(w) for w in words.values()), default=1)
+    return cycles
 
 
 def spec_phase2(config: EngineConfig, tile: Tile, gates: np.ndarray) -> tuple[list[list[int]], list[int]]:
@@ -73,8 +108,12 @@ def _spec_schedule(config: EngineConfig, tile: Tile, gates: np.ndarray):
     p, n = config.pes, g.n_outputs
     b1, b2 = _beats(config, tile)
     r1 = -(-n // p)
-    write = 3 + (np.arange(n, dtype=np.int64) // p + 1) * b1  # phase 1: round r writes in 3 + (r+1)·B1
-    cycles, issue = 1 + r1 * b1 + 2, r1 * b1
+    write = np.zeros(n, dtype=np.int64)
+    cycles = 1  # SETUP
+    for r in range(r1):  # phase 1: round r's last beat, then its write-back two cycles later
+        cycles += spec_round_cycles(config, tile, r)
+        write[r * p : (r + 1) * p] = cycles + 2
+    cycles, issue = cycles + 2, r1 * b1
     if not g.dense and np.any(gates):
         rounds, formations = spec_phase2(config, tile, gates)
         cycles += formations[0] + 2  # PREP: read entry 0 and start, form round 0, take it

@@ -1,0 +1,147 @@
+"""A buffer of word-interleaved 1R1W banks read by every PE through a crossbar (docs/microarchitecture.md,
+section 2, "Banked input and weight buffers")."""
+
+from __future__ import annotations
+
+from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from rtl.array_port import ArrayPort
+from rtl.coords import addr_width
+
+__all__ = ["BankedBuffer"]
+
+
+class BankedBuffer(wiring.Component):
+    """``depth`` words in ``2^bank_bits`` banks, word ``a`` in bank ``a mod 2^bank_bits``, row
+    ``a >> bank_bits``; each bank is one 1R1W memory, read once and written once per cycle at most.
+
+    Each cycle every bank is read at the row of its lowest-numbered requesting PE; a request is granted
+    when that row is its own (the bank serves every PE asking for its word: a broadcast). Without
+    ``arbitrate`` the requests are known to be conflict-free (every PE asking one bank asks for one word),
+    no row is compared and every request is granted. The word of a granted request arrives in ``rdata``
+    one cycle later; a bank nobody reads holds its word.
+
+    Parameters
+    ----------
+    pes : int
+        Requesters P.
+    bank_bits : int
+        log2 of the bank count.
+    width : int
+        Bits of a word.
+    depth : int
+        Words (rounded up to a whole row of every bank).
+    arbitrate : bool
+        Grant one word per bank per cycle (others wait); else grant every request.
+
+    Members
+    -------
+    waddr : In(address width)
+        Word written (the load stream), with ``wdata`` and ``wen``.
+    raddr_bits : In(pes × address width)
+        Word each PE asks for: the array port :attr:`raddr`.
+    rreq : In(pes)
+        PE ``i`` asks for word ``raddr[i]`` this cycle.
+    grant : Out(pes)
+        PE ``i``'s request is served this cycle (its word in ``rdata[i]`` next cycle).
+    rdata_bits : Out(pes × width)
+        The word each PE was granted in the cycle before: the array port :attr:`rdata`.
+    """
+
+    raddr = ArrayPort(In)
+    rdata = ArrayPort(Out)
+
+    def __init__(self, pes: int, bank_bits: int, width: int, depth: int, arbitrate: bool) -> None:
+        if pes < 1 or bank_bits < 0:
+            raise ValueError(f"BankedBuffer: needs pes >= 1 and bank_bits >= 0, got {pes} and {bank_bits}")
+        if width < 1 or depth < 1:
+            raise ValueError(f"BankedBuffer: width and depth must be positive, got {width} and {depth}")
+        self._pes, self._bank_bits, self._width = pes, bank_bits, width
+        self._depth, self._arbitrate = depth, bool(arbitrate)
+        aw = addr_width(depth)
+        self.array_layouts = {
+            "raddr": data.ArrayLayout(unsigned(aw), pes),
+            "rdata": data.ArrayLayout(unsigned(width), pes),
+        }
+        super().__init__(
+            {
+                "waddr": In(aw),
+                "wdata": In(width),
+                "wen": In(1),
+                "rreq": In(pes),
+                "grant": Out(pes),
+                **ArrayPort.members(self),
+            }
+        )
+
+    @property
+    def banks(self) -> int:
+        return 1 << self._bank_bits
+
+    @property
+    def rows(self) -> int:
+        return -(-self._depth // self.banks)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        P, bb, nb = self._pes, self._bank_bits, self.banks
+
+        def split(addr):  # (bank, row) of a word address
+            return (addr[:bb] if bb else Const(0, 1)), addr[bb:]
+
+        def one_hot(bank, enable):  # enable << bank over the nb banks: a decoder, no comparators
+            hot = Signal(nb)
+            with m.If(enable):
+                with m.Switch(bank):
+                    for b in range(nb):
+                        with m.Case(b):
+                            m.d.comb += hot[b].eq(1)
+            return hot
+
+        w_bank, w_row = split(self.waddr)
+        w_hot = one_hot(w_bank, self.wen)
+        reads = []
+        for b in range(nb):
+            m.submodules[f"bank{b}"] = mem = memory.Memory(
+                shape=unsigned(self._width), depth=self.rows, init=[]
+            )
+            wp, rp = mem.write_port(), mem.read_port()
+            m.d.comb += [wp.addr.eq(w_row), wp.data.eq(self.wdata), wp.en.eq(w_hot[b])]
+            reads.append(rp)
+
+        # Each bank reads the row of its lowest-numbered requester (a priority chain, highest PE first).
+        asks = [one_hot(split(self.raddr[i])[0], self.rreq[i]) for i in range(P)]
+        for b, rp in enumerate(reads):
+            row = Const(0, len(rp.addr))
+            for i in reversed(range(P)):
+                row = Mux(asks[i][b], split(self.raddr[i])[1], row)
+            m.d.comb += [rp.addr.eq(row), rp.en.eq(_any_of(asks[i][b] for i in range(P)))]
+        for i in range(P):
+            if self._arbitrate:
+                own = _any_of(asks[i][b] & (rp.addr == split(self.raddr[i])[1]) for b, rp in enumerate(reads))
+                m.d.comb += self.grant[i].eq(own)
+            else:
+                m.d.comb += self.grant[i].eq(self.rreq[i])
+
+        # The crossbar back: PE i takes the bank it was granted (registered with the read; one register of
+        # every PE's bank).
+        sel_bits = Signal(max(bb, 1) * P, reset_less=True)  # (plain bits: no alias wire per PE)
+        for i in range(P):
+            sel = sel_bits[i * max(bb, 1) : (i + 1) * max(bb, 1)]
+            with m.If(self.grant[i]):
+                m.d.sync += sel.eq(split(self.raddr[i])[0])
+            with m.Switch(sel):
+                for b in range(nb):
+                    with m.Case(b):
+                        m.d.comb += self.rdata[i].eq(reads[b].data)
+        return m
+
+
+def _any_of(values):
+    values = list(values)
+    total = values[0]
+    for value in values[1:]:
+        total = total | value
+    return total
