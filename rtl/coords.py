@@ -42,8 +42,9 @@ def coord_layout(config: EngineConfig) -> data.StructLayout:
 def pointer_layout(config: EngineConfig) -> data.StructLayout:
     """Running pointers of one activation (docs/microarchitecture.md, "Address generation").
 
-    ``ia``: input word of tap (0, 0) in chunk 0, ``(oy·S − pad_top)·w_in + ox·S − pad_left`` modulo the
-    input address width; ``yt``, ``xt``: the input row and column of tap (0, 0), ``oy·S − pad_top`` and
+    ``ia``: input word of tap (0, 0) in chunk 0, ``in_origin + oy·Wp + ox`` in the plane deinterleaved by
+    the stride (docs/microarchitecture.md, section 3) modulo the input address width; ``yt``, ``xt``: the
+    input row and column of tap (0, 0), ``oy·S − pad_top`` and
     ``ox·S − pad_left`` (signed). (No weight pointer: the weights are channel-minor, an activation's
     word of a beat is the beat's word plus its ``co``.)
     """
@@ -81,9 +82,10 @@ class CoordinateChain(wiring.Component):
     pad_top, pad_left : In(16)
         The tile's padding (``yt``, ``xt`` of activation 0 are their negations).
     in_origin : In(input address width)
-        ``ia`` of activation 0, ``−pad_top·w_in − pad_left``.
+        ``ia`` of activation 0: the word of its tap (0, 0) (``spec.tile.TileGeometry.tap_offsets``).
     row_step : In(input address width)
-        ``ia`` step from the last column of an output row to the next row, ``S·(w_in − w_out + 1)``.
+        ``ia`` step from the last column of an output row to the next row, ``Wp − w_out + 1`` (``ia``
+        steps by one word per output column whatever the stride: the plane is deinterleaved).
     clear : In(1)
         Set the first PE to activation 0.
     advance : In(1)
@@ -127,8 +129,8 @@ class CoordinateChain(wiring.Component):
         m = Module()
         cfg = self._config
         # The stride at the widths it is added to (equal operand widths: no implicit extension).
-        S, S_ia = Signal(signed(DIM + 2)), Signal(addr_width(cfg.input_depth))
-        m.d.comb += [S.eq(self.stride), S_ia.eq(self.stride)]
+        S = Signal(signed(DIM + 2))
+        m.d.comb += S.eq(self.stride)
         layout = data.StructLayout(
             {
                 "coord": coord_layout(cfg),
@@ -165,9 +167,7 @@ class CoordinateChain(wiring.Component):
                 nxt.coord.g.eq(Mux(wrap_c, c.g + 1, c.g)),
                 nxt.pointer.xt.eq(Mux(wrap_x, -self.pad_left, p.xt + S)),
                 nxt.pointer.yt.eq(Mux(wrap_y, -self.pad_top, Mux(wrap_x, p.yt + S, p.yt))),
-                nxt.pointer.ia.eq(
-                    Mux(wrap_y, self.in_origin, Mux(wrap_x, p.ia + self.row_step, p.ia + S_ia))
-                ),
+                nxt.pointer.ia.eq(Mux(wrap_y, self.in_origin, Mux(wrap_x, p.ia + self.row_step, p.ia + 1))),
             ]
             return nxt
 

@@ -144,6 +144,8 @@ class GatedConvEngine(wiring.Component):
             "kernel": range(K_max + 1),
             "stride": range(cfg.stride + 1),
             "n_cond": range(max(G_max, 2)),
+            "x_res": range(cfg.stride),
+            "y_res": range(cfg.stride),
         }
         reg = {
             name: Signal(narrow.get(name, REGISTER_WIDTH), name=f"cfg_{name}") for name in CONFIG_REGISTERS
@@ -209,7 +211,7 @@ class GatedConvEngine(wiring.Component):
 
         # ---- host-derived quantities (spec.tile.TileGeometry.registers): no divider, no multiplier -------
         setup = Signal()
-        hw_in, in_seg, w_seg = reg["hw_in"][:in_aw], reg["in_seg"][:in_aw], reg["w_seg"][:w_aw]
+        plane, in_seg, w_seg = reg["plane"][:in_aw], reg["in_seg"][:in_aw], reg["w_seg"][:w_aw]
         m.d.comb += [
             chain.stride.eq(reg["stride"]),
             chain.h_out.eq(reg["h_out"]),
@@ -264,26 +266,54 @@ class GatedConvEngine(wiring.Component):
 
         # Shared beat pointers, relative to the activation's own pointers: the weight word advances by c_out
         # per beat of a round (channel-minor: slots, chunks and taps are consecutive beats of c_out words),
-        # and past a segment's padding (w_gap) at a slot's end; the input word by one per kx, by w_in per ky
-        # (row start `in_row`) and by h_in·w_in per chunk (`in_chunk`, slots included).
+        # and past a segment's padding (w_gap) at a slot's end. The input word (a plane deinterleaved by
+        # the stride, spec section 3) by the tap pointers: `in_col` by x_in per kx, or by x_wrap where the
+        # column's residue mod S wraps; `in_row` likewise per ky (y_in, y_wrap), restarting at `in_chunk`,
+        # which advances by a plane per chunk (slots included); `rx`, `ry`: the taps' residues.
         beat_layout = data.StructLayout(
-            {"w": unsigned(w_aw), "in_chunk": unsigned(in_aw), "in_row": unsigned(in_aw)}
+            {
+                "w": unsigned(w_aw),
+                "in_chunk": unsigned(in_aw),
+                "in_row": unsigned(in_aw),
+                "in_col": unsigned(in_aw),
+                "rx": range(cfg.stride),
+                "ry": range(cfg.stride),
+            }
         )
         beat = data.View(beat_layout, Signal(beat_layout.size, name="beat", reset_less=True))
-        beat_in, beat_w = beat.in_row + kx, beat.w
-        w_step, w_slot_step = Signal(w_aw), Signal(w_aw)
-        m.d.comb += [w_step.eq(reg["c_out"]), w_slot_step.eq(reg["c_out"] + reg["w_gap"])]
+        beat_in, beat_w = Signal(in_aw), beat.w
+        m.d.comb += beat_in.eq(beat.in_row + beat.in_col)
+        steps = {}
+        for name in ("x_in", "x_wrap", "y_in", "y_wrap"):  # at the address width (wrap steps are signed)
+            if in_aw <= REGISTER_WIDTH:
+                steps[name] = reg[name][:in_aw]
+            else:
+                steps[name] = Signal(in_aw, name=f"step_{name}")
+                m.d.comb += steps[name].eq(reg[name].as_signed() if name.endswith("wrap") else reg[name])
+        x_wraps, y_wraps = beat.rx + 1 == reg["stride"], beat.ry + 1 == reg["stride"]
+        w_step, w_slot_step = reg["c_out"][:w_aw], (reg["c_out"] + reg["w_gap"])[:w_aw]
         with m.If(setup | (advance & last_beat)):
-            m.d.sync += beat.eq(0)
+            m.d.sync += [beat.eq(0), beat.rx.eq(reg["x_res"]), beat.ry.eq(reg["y_res"])]
         with m.Elif(advance):
             m.d.sync += beat.w.eq(beat.w + Mux(kx_last & ky_last & chunk_last, w_slot_step, w_step))
-            with m.If(kx_last & ky_last):
+            with m.If(kx_last):
+                m.d.sync += [beat.in_col.eq(0), beat.rx.eq(reg["x_res"])]
+                with m.If(ky_last):
+                    m.d.sync += [
+                        beat.in_chunk.eq(beat.in_chunk + plane),
+                        beat.in_row.eq(beat.in_chunk + plane),
+                        beat.ry.eq(reg["y_res"]),
+                    ]
+                with m.Else():
+                    m.d.sync += [
+                        beat.in_row.eq(beat.in_row + Mux(y_wraps, steps["y_wrap"], steps["y_in"])),
+                        beat.ry.eq(Mux(y_wraps, 0, beat.ry + 1)),
+                    ]
+            with m.Else():
                 m.d.sync += [
-                    beat.in_chunk.eq(beat.in_chunk + hw_in),
-                    beat.in_row.eq(beat.in_chunk + hw_in),
+                    beat.in_col.eq(beat.in_col + Mux(x_wraps, steps["x_wrap"], steps["x_in"])),
+                    beat.rx.eq(Mux(x_wraps, 0, beat.rx + 1)),
                 ]
-            with m.Elif(kx_last):
-                m.d.sync += beat.in_row.eq(beat.in_row + reg["w_in"])
 
         # ---- work queue state and the phase-2 selection window (docs/chip-design.md, section 2.1) ------
         gates_on = Signal(count_shape)  # also the gates_on counter: reset (spec section 4, "Reset")

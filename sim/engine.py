@@ -97,6 +97,8 @@ class TileParams(NamedTuple):
     outputs: bool
     w_in: int
     in_seg: int
+    wp: int
+    origin: int
     in_mask: int
     bank_mask: int
     window: int
@@ -464,11 +466,10 @@ def _functional(x, w, tau, xb, y, gate, prm, conditional):
 
 
 @numba.njit(cache=True, nogil=True)
-def _window_keys(
-    queue, h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask, n_cond
-):
+def _window_keys(queue, h_out, w_out, c_og, n_groups, wp, origin, in_seg, in_mask, bank_mask, n_cond):
     """Selection-window keys of every queued activation (by queue position): ``co``, gate group ``g``,
-    input position ``ia`` (the input word of tap (0, 0), modulo the input address width) and, per
+    input position ``ia`` (the input word of tap (0, 0), ``origin + oy·Wp + ox`` in the deinterleaved
+    plane, modulo the input address width) and, per
     conditional slot ``t``, the input bank ``(ia + (t + [t >= g])·in_seg) mod 2^bank_bits`` of the slot's
     first word."""
     keys = np.empty((queue.shape[0], 3 + n_cond), dtype=np.int64)
@@ -480,7 +481,7 @@ def _window_keys(
         oy = pos // w_out
         ox = pos - oy * w_out
         g = co // c_og if n_groups > 1 else 0
-        ia = ((oy * stride - pad_top) * w_in + ox * stride - pad_left) & in_mask
+        ia = (origin + oy * wp + ox) & in_mask
         keys[q, 0] = co
         keys[q, 1] = g
         keys[q, 2] = ia
@@ -545,15 +546,17 @@ def _form_round(state, win, members, keys, n_cond, window, pes, bank_mask):
 @numba.njit(cache=True, nogil=True)
 def _round_tap_cycles(first, valid, kernel, gated, geometry, base, yt, xt, addrs, per_bank):
     """Cycles of one chunk's K² beats in the phase-1 round of activations ``first … first + valid − 1``,
-    by the input banks' stall rule (docs/microarchitecture.md, section 2): a beat takes as many cycles as
+    by the input banks' stall rule (docs/microarchitecture.md, section 3): a beat takes as many cycles as
     the most distinct words any input bank is asked for, at least one. A PE at a padding tap asks for
-    nothing. The other beats of the round differ from these by an offset common to every PE (chunk and
-    slot), which changes neither which words are equal nor which share a bank."""
-    h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask, h_in = geometry
+    nothing. In the plane deinterleaved by the stride, a PE's word at any beat is ``oy·Wp + ox`` (plus its
+    segment's offset when gated) plus an offset common to every PE (tap, chunk and slot), which changes
+    neither which words are equal nor which share a bank."""
+    h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg = geometry[:9]
+    in_mask, bank_mask, h_in, wp = geometry[9], geometry[10], geometry[11], geometry[12]
     hw = h_out * w_out
     co0 = first // hw
     ox0 = first - co0 * hw - ((first - co0 * hw) // w_out) * w_out
-    if stride == 1 and ox0 + valid <= w_out:
+    if ox0 + valid <= w_out:
         return kernel * kernel  # one output row: consecutive words, P <= 2^bank_bits banks
     for i in range(valid):
         lin = first + i
@@ -564,7 +567,7 @@ def _round_tap_cycles(first, valid, kernel, gated, geometry, base, yt, xt, addrs
         g = co // c_og if gated and n_groups > 1 else 0  # gated: the PE's own base segment
         yt[i] = oy * stride - pad_top
         xt[i] = ox * stride - pad_left
-        base[i] = yt[i] * w_in + xt[i] + g * in_seg
+        base[i] = oy * wp + ox + g * in_seg
     total = 0
     for ky in range(kernel):
         for kx in range(kernel):
@@ -573,7 +576,7 @@ def _round_tap_cycles(first, valid, kernel, gated, geometry, base, yt, xt, addrs
                 y = yt[i] + ky
                 x = xt[i] + kx
                 if 0 <= y < h_in and 0 <= x < w_in:
-                    addrs[n] = (base[i] + ky * w_in + kx) & in_mask
+                    addrs[n] = base[i] & in_mask
                     n += 1
             per_bank[:] = 0
             worst = 1
@@ -621,10 +624,11 @@ def _schedule(
         Segments and their widths C_sb, C_sc.
     dense : bool
         Dense mode (one phase, every segment in phase 1).
-    geometry : int64 [12]
+    geometry : int64 [14]
         What the selection window's keys and phase 1's bank conflicts need (:func:`_window_keys`,
         :func:`_round_tap_cycles`): ``h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg,
-        in_mask, bank_mask, h_in``.
+        in_mask, bank_mask, h_in, Wp, origin`` (``Wp``: the deinterleaved plane's row pitch; ``origin``: the
+        word of output (0, 0)'s tap (0, 0)).
     window : int
         Places of the selection window W.
     """
@@ -706,9 +710,14 @@ def _schedule(
                     beats2 += 1
                     lanes2 += valid_lanes
         queue = np.flatnonzero(gate_lin)  # the work queue: gated-on activations in lin order
-        h_out, w_out, c_og, n_groups, stride, pad_top, pad_left, w_in, in_seg, in_mask, bank_mask = geometry[
-            :11
-        ]
+        h_out, w_out, c_og, n_groups = geometry[0], geometry[1], geometry[2], geometry[3]
+        in_seg, in_mask, bank_mask, wp, origin = (
+            geometry[8],
+            geometry[9],
+            geometry[10],
+            geometry[12],
+            geometry[13],
+        )
         n_cond = n_seg - 1
         keys = _window_keys(
             queue,
@@ -716,10 +725,8 @@ def _schedule(
             w_out,
             c_og,
             n_groups,
-            stride,
-            pad_top,
-            pad_left,
-            w_in,
+            wp,
+            origin,
             in_seg,
             in_mask,
             bank_mask,
@@ -804,6 +811,8 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
             p.in_mask,
             p.bank_mask,
             x.shape[1],
+            p.wp,
+            p.origin,
         ],
         dtype=np.int64,
     )
@@ -970,6 +979,12 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
 
     c_out, h_out, w_out = int(g.c_out), int(g.h_out), int(g.w_out)
     n_pos = h_out * w_out
+    # The input plane, deinterleaved by the stride (spec section 3): Hp x Wp words, h_in and w_in rounded up
+    # to a multiple of S; the word of output (0, 0)'s tap (0, 0) (row −pad_top, column −pad_left).
+    hq, wq = -(-int(g.h_in) // s), -(-int(g.w_in) // s)
+    hp, wp = hq * s, wq * s
+    pt, pl = int(g.pad_top), int(g.pad_left)
+    origin = ((-pt) % s * hq + (-pt) // s) * wp + (-pl) % s * wq + (-pl) // s
     # The padded frame spans exactly the rows/columns the outputs read; input pixels outside it (below or
     # right of the last output's window) are never read.
     dense = bool(g.dense)
@@ -1000,7 +1015,9 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
         counter_width=plan.counter_width,
         outputs=bool(outputs),
         w_in=int(g.w_in),
-        in_seg=int(seg.nch_b) * int(g.h_in) * int(g.w_in),
+        in_seg=int(seg.nch_b) * hp * wp,
+        wp=wp,
+        origin=origin,
         in_mask=plan.in_mask,
         bank_mask=plan.bank_mask,
         window=plan.window,

@@ -98,17 +98,23 @@ def _input_span(o0: int, o1: int, size: int, kernel: int, stride: int, padding: 
     return i0, i1, i0 - lo
 
 
+def _up(n: int, s: int) -> int:
+    """``n`` rounded up to a multiple of the stride: the input plane's rows or columns (the buffer holds
+    them deinterleaved by S, spec section 3)."""
+    return -(-n // s) * s
+
+
 def _widest_block(w_out: int, w: int, rows: int, k: int, s: int, mult: int, config: EngineConfig) -> int:
     """The widest block of output columns (0: none) whose input columns fit the input buffer beside
-    ``rows`` chunk-rows (``rows * min(w, (w_blk - 1)*s + k) <= input_depth``) and whose outputs fit the
-    output buffer (``mult * w_blk <= output_depth``).
+    ``rows`` chunk-rows (``rows * _up(min(w, (w_blk - 1)*s + k), s) <= input_depth``) and whose outputs
+    fit the output buffer (``mult * w_blk <= output_depth``).
 
     Both needs grow with the width, so the widths that fit are ``1..w_blk``: computed directly, not by
     trying every width from ``w_out`` down (a layer millions of columns wide would take minutes).
     """
     cap = min(w_out, config.output_depth // mult)
-    budget = config.input_depth // rows  # input columns a block may read
-    if cap < 1 or min(w, (cap - 1) * s + k) <= budget:
+    budget = config.input_depth // rows // s * s  # input columns a block may read (a multiple of S)
+    if cap < 1 or _up(min(w, (cap - 1) * s + k), s) <= budget:
         return max(cap, 0)
     # w > budget here (else every width fits): the block's (w_blk - 1)*s + k columns must fit the budget.
     return max(0, min(cap, (budget - k) // s + 1)) if budget >= k else 0
@@ -144,7 +150,7 @@ def plan_layer(
         return min(size, (n_out - 1) * s + k)
 
     # Columns: a full output row if its input rows fit, else the widest block that does.
-    w_blk = _widest_block(w_out, w, n_chunks * rows_in(1, h), k, s, mult, config)
+    w_blk = _widest_block(w_out, w, n_chunks * _up(rows_in(1, h), s), k, s, mult, config)
     if w_blk >= 1:
         w_blk = -(-w_out // -(-w_out // w_blk))  # the largest of _blocks(w_out, w_blk), evened out
     m = min(
@@ -169,7 +175,7 @@ def plan_layer(
     h_blk = 1
     while (
         h_blk < h_out
-        and n_chunks * rows_in(h_blk + 1, h) * rows_in(w_blk, w) <= config.input_depth
+        and n_chunks * _up(rows_in(h_blk + 1, h), s) * _up(rows_in(w_blk, w), s) <= config.input_depth
         and mult * m * (h_blk + 1) * w_blk <= config.output_depth
     ):
         h_blk += 1

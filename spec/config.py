@@ -111,7 +111,7 @@ class EngineConfig:
 
     @property
     def addr_width(self) -> int:
-        # At least 5 bits: the 20 configuration registers (spec.protocol.ConfigRegister) share the field; and
+        # At least 5 bits: the 26 configuration registers (spec.protocol.ConfigRegister) share the field; and
         # the banked addresses of the output buffer, the work queue and the thresholds (row << bank_bits |
         # bank).
         depth = max(

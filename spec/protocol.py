@@ -83,12 +83,18 @@ class ConfigRegister(enum.Enum, shape=5):
     SEG_B = 11
     SEG_C = 12
     C_OG = 13
-    HW_IN = 14
+    PLANE = 14
     IN_SEG = 15
     W_GAP = 16
     W_SEG = 17
     ROW_STEP = 18
     IN_ORIGIN = 19
+    X_IN = 20
+    X_WRAP = 21
+    X_RES = 22
+    Y_IN = 23
+    Y_WRAP = 24
+    Y_RES = 25
 
 
 class Counter(enum.Enum):

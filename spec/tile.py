@@ -21,7 +21,7 @@ __all__ = [
 
 REGISTER_LIMIT = (1 << REGISTER_WIDTH) - 1  # largest value a configuration register holds
 # Registers the engine reads as two's complement (pointer steps that can be negative).
-SIGNED_REGISTERS = ("row_step", "in_origin")
+SIGNED_REGISTERS = ("row_step", "in_origin", "x_wrap", "y_wrap")
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -108,7 +108,9 @@ class TileGeometry:
         """
         seg = self.segments(config)
         k, s = config.kernel, config.stride
-        hw_in = self.h_in * self.w_in
+        hp, wp = self.plane(config)
+        plane = hp * wp
+        ty, tx = self.tap_offsets(config)
         return {
             "dense": int(bool(self.dense)),
             "kernel": k,
@@ -124,12 +126,20 @@ class TileGeometry:
             "seg_b": seg.base_ch,
             "seg_c": seg.cond_ch,
             "c_og": seg.out_per_group,
-            "hw_in": hw_in,
-            "in_seg": seg.nch_b * hw_in,
+            "plane": plane,
+            "in_seg": seg.nch_b * plane,
             "w_gap": self.weight_segment(config) - seg.nch_b * k * k * self.c_out,
             "w_seg": self.weight_segment(config),
-            "row_step": s * (self.w_in - self.w_out + 1),
-            "in_origin": -(self.pad_top * self.w_in + self.pad_left),
+            "row_step": wp - self.w_out + 1,
+            "in_origin": ty[0] + tx[0],
+            # the tap pointers: a step to the next tap inside a residue class, or back to the first class
+            # one word (row) further on (S = 1: always the latter)
+            "x_in": wp // s,
+            "x_wrap": 1 - (s - 1) * (wp // s),
+            "x_res": -self.pad_left % s,
+            "y_in": hp // s * wp,
+            "y_wrap": wp - (s - 1) * (hp // s) * wp,
+            "y_res": -self.pad_top % s,
         }
 
     def registers(self, config: EngineConfig) -> list[int]:
@@ -137,6 +147,28 @@ class TileGeometry:
         two's complement; :meth:`check` has refused a tile whose values do not fit."""
         values = self.register_values(config)
         return [values[name] & REGISTER_LIMIT for name in CONFIG_REGISTERS]
+
+    def plane(self, config: EngineConfig) -> tuple[int, int]:
+        """Rows and columns ``(Hp, Wp)`` of a chunk's input plane: ``h_in`` and ``w_in`` rounded up to a
+        multiple of the stride S. The plane is stored deinterleaved by S (docs/microarchitecture.md,
+        section 3): input row ``y`` at plane row ``(y mod S)·Hp/S + y div S``, column ``x`` likewise, so
+        the inputs of consecutive output columns at one tap are consecutive words whatever the stride."""
+        s = config.stride
+        return -(-self.h_in // s) * s, -(-self.w_in // s) * s
+
+    def tap_offsets(self, config: EngineConfig) -> tuple[list[int], list[int]]:
+        """Word offsets ``(ty, tx)`` of the taps in the plane deinterleaved by the stride: the input of output
+        ``(oy, ox)`` at tap ``(ky, kx)`` is word ``oy·Wp + ox + ty[ky] + tx[kx]`` of its chunk's plane
+        (``ty`` counts whole rows of ``Wp`` words); for a tap in the padding the word is never read."""
+        s, k = config.stride, config.kernel
+        hp, wp = self.plane(config)
+
+        def place(t: int, pad: int, sub: int) -> int:  # deinterleaved index of offset t − pad
+            return ((t - pad) % s) * sub + (t - pad) // s
+
+        return [place(t, self.pad_top, hp // s) * wp for t in range(k)], [
+            place(t, self.pad_left, wp // s) for t in range(k)
+        ]
 
     def weight_segment(self, config: EngineConfig) -> int:
         """Weight words from one segment's first word to the next's: a base segment's ``nch_b·K²·c_out``
@@ -218,7 +250,7 @@ class TileGeometry:
             raise ConfigError(f"tile field 'w_out' = {self.w_out}: at most {max_w} for w_in = {self.w_in}")
         seg = self.segments(config)
         need = {
-            "input_depth": seg.n_chunks * self.h_in * self.w_in,
+            "input_depth": seg.n_chunks * self.plane(config)[0] * self.plane(config)[1],
             "weight_depth": self.weight_words(config),
             "output_depth": self.n_outputs,
             "threshold_depth": self.c_out,

@@ -262,7 +262,7 @@ def test_pack_payload_fields() -> None:
     with pytest.raises(ValueError):
         pack_request(config, 4, 0)
     tiny = EngineConfig(input_depth=4, weight_depth=4, output_depth=4, threshold_depth=4)
-    assert tiny.addr_width == 5  # at least 5 address bits: the 20 configuration registers
+    assert tiny.addr_width == 5  # at least 5 address bits: the 26 configuration registers
     assert pack_payload(tiny, 1, 15, 1) == 1 | (15 << 3) | (1 << 8)
 
 

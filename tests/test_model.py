@@ -581,14 +581,26 @@ def test_bad_base_channels_and_padding():
         run_tile(config, Tile(geo, tile.inputs, tile.weights, tile.thresholds))
 
 
-@pytest.mark.parametrize("rate,expect_cycles,expect_write", [(1.0, 18, [17, 18]), (0.0, 4, [4, 4])])
-def test_write_cycles_hand_worked(rate, expect_cycles, expect_write):
+@pytest.mark.parametrize(
+    "stride,rate,expect_cycles,expect_write",
+    [(1, 1.0, 18, [17, 18]), (1, 0.0, 4, [4, 4]), (2, 1.0, 20, [17, 20]), (2, 0.0, 5, [5, 5])],
+)
+def test_write_cycles_hand_worked(stride, rate, expect_cycles, expect_write):
     # P = 2, L = 4, K = 1, G = 2, c_in = 8 (two segments of one chunk), c_out = 2, 1x1: one round of one
-    # beat per phase. SETUP is cycle 1, the phase-1 beat cycle 2, its write-back cycle 4 (DRAIN1 = 3, 4);
-    # gated on: PREP 5 (read, start), 6-10 (form: 2 inserted + 1 + 2 members; weight banks 0 and 1, input
-    # banks 1 and 0), take 11; the beat waits for the next (empty) formation: 11 + max(1, 1 + 2) = 14;
-    # write-back 16 takes the two results, written 17 and 18 (DRAIN2 = 15-18).
-    config = EngineConfig(pes=2, lanes=4, kernel=1, padding=0, groups=2)
+    # beat per phase; channel 0 (group 0) reads segment 0 in phase 1 and segment 1 in phase 2, channel 1
+    # the other way round; input banks = word mod 2.
+    # Stride 1: a chunk's plane is 1 word, so phase 1 reads words 0 and 1 (two banks). SETUP is cycle 1,
+    # the phase-1 beat cycle 2, its write-back cycle 4 (DRAIN1 = 3, 4); gated on: PREP 5 (read, start),
+    # 6-10 (form: 2 inserted + 1 + 2 members; weight banks 0 and 1, input words 1 and 0), take 11; the beat
+    # waits for the next (empty) formation: 11 + max(1, 1 + 2) = 14; write-back 16 takes the two results,
+    # written 17 and 18 (DRAIN2 = 15-18).
+    # Stride 2: the plane is rounded up to 2 x 2 words, so the segments start at words 0 and 4, one bank.
+    # Phase 1 reads words 0 and 4: two cycles (2, 3), write-back 5 (DRAIN1 = 4, 5). Gated on: the window
+    # cannot pair them (phase 2 reads words 4 and 0, one bank): PREP 6, form round 0 in 7-10 (2 inserted +
+    # 1 + 1 member), take 11; round 0 (channel 0) ends at 11 + max(1, 1 + F1) with F1 = 0 + 1 + 1 = 2: 14,
+    # written 14 + 3 = 17; round 1 (channel 1) at 14 + max(1, 1 + 2, 1 result draining) = 17, written 20;
+    # DRAIN2 = 18-20.
+    config = EngineConfig(pes=2, lanes=4, kernel=1, stride=stride, padding=0, groups=2)
     geometry = TileGeometry.full_layer(config, c_in=8, c_out=2, h_in=1, w_in=1)
     tile = random_tile(config, geometry, np.random.default_rng(3), gate_rate=rate)
     result = run_tile(config, tile)
@@ -624,7 +636,8 @@ def test_phase2_rounds_read_one_word_per_input_bank(overrides, geo, rate):
     assert b2 > p and res.counters["gates_on"] > p
     rounds = phase2_rounds(res.write_cycle, res.gates)
     assert len(rounds) < res.counters["gates_on"]  # rounds share beats
-    hw, plane = geometry.h_out * geometry.w_out, geometry.h_in * geometry.w_in
+    hw = geometry.h_out * geometry.w_out
+    hp, wp = -(-geometry.h_in // s) * s, -(-geometry.w_in // s) * s  # the plane: h_in, w_in rounded up to S
     c_og = geometry.c_out // config.groups if config.groups > 1 else geometry.c_out
     for members in rounds:
         for t in range(seg.n_seg - 1):
@@ -640,7 +653,9 @@ def test_phase2_rounds_read_one_word_per_input_bank(overrides, geo, rate):
                             y, x = oy * s + ky - geometry.pad_top, ox * s + kx - geometry.pad_left
                             if 0 <= y < geometry.h_in and 0 <= x < geometry.w_in:
                                 q = segment * seg.nch_b + c
-                                addr = q * plane + y * geometry.w_in + x
+                                # the plane deinterleaved by the stride (spec section 3)
+                                row, col = (y % s) * hp // s + y // s, (x % s) * wp // s + x // s
+                                addr = q * hp * wp + row * wp + col
                                 inputs.setdefault(addr % p, set()).add(addr)
                             weights.setdefault(co % p, set()).add(co)
                         assert all(len(v) == 1 for v in inputs.values()), (members, t, c, ky, kx)

@@ -36,9 +36,10 @@ def test_selector_codes_are_the_spec_table():
 def test_registers_and_counters_are_the_spec_table():
     assert protocol.CONFIG_REGISTERS == (
         "dense", "kernel", "stride", "n_cond", "c_out", "h_in", "w_in", "h_out", "w_out", "pad_top",
-        "pad_left", "seg_b", "seg_c", "c_og", "hw_in", "in_seg", "w_gap", "w_seg", "row_step", "in_origin",
+        "pad_left", "seg_b", "seg_c", "c_og", "plane", "in_seg", "w_gap", "w_seg", "row_step", "in_origin",
+        "x_in", "x_wrap", "x_res", "y_in", "y_wrap", "y_res",
     )  # fmt: skip
-    assert [r.value for r in protocol.ConfigRegister] == list(range(20))
+    assert [r.value for r in protocol.ConfigRegister] == list(range(26))
     assert REGISTER_LIMIT == 65_535
     assert protocol.COUNTER_NAMES == (
         "cycles", "base_macs", "cond_macs", "busy_pe_cycles", "idle_pe_cycles", "stall_cycles", "gates_on",
@@ -54,18 +55,23 @@ def test_register_values_follow_the_address_map():
     assert g.registers(layer) == [
         0, 5, 2, 2, 6, 9, 11, 3, 4, 2, 1,  # dense .. pad_left
         10, 10, 2,  # seg_b, seg_c, c_og
-        99, 198,  # hw_in = 9·11, in_seg = 2·99
+        120, 240,  # plane = Hp·Wp = 10·12 (9, 11 rounded up to the stride 2), in_seg = 2·120
         4, 304,  # w_gap, w_seg: base weights 2 chunks · 25 taps · 6 channels = 300, up to a multiple of 8
-        16,  # row_step = 2·(11 − 4 + 1)
-        65_536 - 23,  # in_origin = −(2·11 + 1), two's complement
+        9,  # row_step = Wp − w_out + 1 = 12 − 4 + 1 (the plane is deinterleaved: one word per column)
+        # in_origin: row −2 is plane row (−2 mod 2)·5 + (−2 div 2) = −1, column −1 is (−1 mod 2)·6 − 1 = 5:
+        # −1·12 + 5 = −7, two's complement
+        65_536 - 7,
+        6, 65_536 - 5, 1,  # x_in = Wp/2, x_wrap = 1 − Wp/2, x_res = −1 mod 2
+        60, 65_536 - 48, 0,  # y_in = Hp/2·Wp = 5·12, y_wrap = Wp − 60, y_res = −2 mod 2
     ]  # fmt: skip
     # G = 1 (fixed base fraction), dense: two segments, every output channel in group 0.
     layer = EngineConfig().for_layer(kernel=3, stride=1, padding=1, groups=1)
     g = TileGeometry(20, 5, 4, 4, 4, 4, 1, 1, base_channels=12, dense=True)
     assert g.registers(layer)[:14] == [1, 3, 1, 1, 5, 4, 4, 4, 4, 1, 1, 12, 8, 5]
-    # hw_in 16, in_seg 2·16 (12 base channels: 2 chunks), base weights 2 chunks · 9 taps · 5 channels = 90,
-    # up to a multiple of 8 banks: w_gap 6, w_seg 96; row_step 1·(4−4+1)
-    assert g.registers(layer)[14:] == [16, 32, 6, 96, 1, 65_536 - 5]
+    # plane 16, in_seg 2·16 (12 base channels: 2 chunks), base weights 2 chunks · 9 taps · 5 channels = 90,
+    # up to a multiple of 8 banks: w_gap 6, w_seg 96; row_step 4 − 4 + 1; in_origin −(1·4 + 1); stride 1:
+    # x_in = Wp (unused), x_wrap = 1, y_in = Hp·Wp (unused), y_wrap = Wp, residues 0
+    assert g.registers(layer)[14:] == [16, 32, 6, 96, 1, 65_536 - 5, 4, 1, 0, 16, 4, 0]
 
 
 def test_a_build_runs_layers_up_to_its_maxima():
@@ -87,7 +93,7 @@ def test_a_register_value_that_does_not_fit_is_refused():
         kernel=1, stride=1, padding=0, groups=1
     )
     g = TileGeometry(c_in=16, c_out=1, h_in=300, w_in=300, h_out=300, w_out=300, base_channels=8)
-    with pytest.raises(ConfigError, match="register 'hw_in' = 90000"):
+    with pytest.raises(ConfigError, match="register 'plane' = 90000"):
         g.check(layer)
 
 

@@ -68,6 +68,8 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
     n = c_out * h_out * w_out
     opg = c_out // groups
     top, left = pad
+    wp = -(-w_in // stride) * stride  # the input plane's row pitch, w_in rounded up to the stride
+    origin = -top * wp - left - 1000  # any word (the host's tap (0, 0) word; negative wraps)
 
     async def bench(ctx):
         ctx.set(dut.stride, stride)
@@ -76,8 +78,8 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
         ctx.set(dut.out_per_group, opg)
         ctx.set(dut.pad_top, top)
         ctx.set(dut.pad_left, left)
-        ctx.set(dut.in_origin, (-top * w_in - left) & in_mask)
-        ctx.set(dut.row_step, stride * (w_in - w_out + 1))
+        ctx.set(dut.in_origin, origin & in_mask)
+        ctx.set(dut.row_step, wp - w_out + 1)
         ctx.set(dut.clear, 1)
         await ctx.tick()
         ctx.set(dut.clear, 0)
@@ -88,7 +90,7 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
                 ptr = ctx.get(dut.pointers[i])
                 yt, xt = oy * stride - top, ox * stride - left
                 assert (ptr.yt, ptr.xt) == (yt, xt)
-                assert ptr.ia == (yt * w_in + xt) & in_mask
+                assert ptr.ia == (origin + oy * wp + ox) & in_mask  # one word per column: deinterleaved
                 assert ctx.get(dut.coords[i]).g == co // opg
             after = (r + 1) * pes
             assert ctx.get(dut.next_co) == after // (h_out * w_out)

@@ -97,10 +97,11 @@ def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, i
     P, L = config.pes, config.lanes
     rows = -(-config.output_depth // P)
     nb = 1 << config.bank_bits  # input and weight banks: word address mod 2^bank_bits
+    in_rows, w_rows = -(-config.input_depth // nb), -(-config.weight_depth // nb)
     return {
         # inputs and weights: 2^bank_bits word-interleaved banks (rtl/banked_buffer.py)
-        **{f"inbuf.bank{b}": (L * config.act_width, -(-config.input_depth // nb), 1, 1) for b in range(nb)},
-        **{f"wbuf.bank{b}": (L * config.weight_width, -(-config.weight_depth // nb), 1, 1) for b in range(nb)},
+        **{f"inbuf.bank{b}": (L * config.act_width, in_rows, 1, 1) for b in range(nb)},
+        **{f"wbuf.bank{b}": (L * config.weight_width, w_rows, 1, 1) for b in range(nb)},
         # thresholds: P banks by output channel (rtl/threshold_buffer.py)
         **{f"tbuf.bank{b}": (config.acc_width, -(-config.threshold_depth // P), 1, 1) for b in range(P)},
         # the output buffer and the work queue: P banks of one read and one write port each

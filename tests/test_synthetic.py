@@ -148,6 +148,9 @@ def test_column_blocks_when_a_row_does_not_fit():
 
 @st.composite
 def layers_and_configs(draw):
+    def up(n: int, s: int) -> int:
+        return -(-n // s) * s
+
     groups = draw(st.sampled_from([1, 2, 3]))
     kernel = draw(st.integers(1, 4))
     stride = draw(st.integers(1, 3))
@@ -172,7 +175,9 @@ def layers_and_configs(draw):
         stride=stride,
         groups=groups,
         padding=draw(st.integers(padding, kernel - 1)),
-        input_depth=n_chunks * min(kernel, h) * min(kernel, w) + draw(st.integers(0, 400)),
+        # one output's input window, its rows and columns rounded up to the stride (the deinterleaved plane)
+        input_depth=n_chunks * up(min(kernel, h), stride) * up(min(kernel, w), stride)
+        + draw(st.integers(0, 400)),
         # one channel per group, and each segment but the last padded to the 4 banks (up to 3 words)
         weight_depth=mult * n_chunks * kernel * kernel + 3 * (max(groups, 2) - 1) + draw(st.integers(0, 300)),
         output_depth=mult + draw(st.integers(0, 200)),

@@ -135,7 +135,7 @@ def pack_lanes(lanes: np.ndarray, width: int) -> np.ndarray:
 def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     """Every ``(sel, addr, data)`` write that loads ``tile`` (spec section 3's address map).
 
-    Order: configuration registers 0..19 (sel 0), input words (sel 1, ascending address), weight words
+    Order: configuration registers 0..25 (sel 0), input words (sel 1, ascending address), weight words
     (sel 2, ascending address), thresholds (sel 3, ``co`` ascending at the banked address of entry ``co``,
     two's complement in ``acc_width`` bits).
     """
@@ -146,11 +146,21 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     valid = chan >= 0
     idx = np.where(valid, chan, 0)
 
-    # Input buffer: address q·H·W + y·W + x, lane l = channel chan[q, l].
+    # Input buffer: a plane of Hp x Wp words per chunk, deinterleaved by the stride S: input (y, x) of chunk
+    # q at q·Hp·Wp + y'·Wp + x', y' = (y mod S)·Hp/S + y div S, x' likewise; lane l = channel chan[q, l].
     x = np.asarray(tile.inputs, dtype=np.int64)
     xin = x[idx]  # (n_chunks, L, H, W)
     xin = np.where(valid[:, :, None, None], xin, 0)
     in_words = pack_lanes(xin.transpose(0, 2, 3, 1).reshape(-1, lanes), config.act_width)
+    stride = config.stride
+    hp, wp = g.plane(config)
+    rows = (np.arange(g.h_in) % stride) * (hp // stride) + np.arange(g.h_in) // stride
+    cols = (np.arange(g.w_in) % stride) * (wp // stride) + np.arange(g.w_in) // stride
+    in_addr = (
+        np.arange(seg.n_chunks)[:, None, None] * hp * wp + rows[None, :, None] * wp + cols[None, None, :]
+    ).reshape(-1)
+    order = np.argsort(in_addr, kind="stable")  # in address order
+    in_words, in_addr = in_words[order], in_addr[order].astype(np.int64)
 
     # Weight buffer, channel-minor: chunk c of segment s at s·w_seg + ((c·K + ky)·K + kx)·c_out + co, lane l
     # = W[co, chan[q, l], ky, kx] for global chunk q (w_seg: a segment's words rounded up to the banks).
@@ -182,7 +192,7 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     sel = np.concatenate([np.full(len(d), s, dtype=np.int64) for s, d in parts])
     # Threshold co goes to its banked address (bank co mod P, row co div P); the rest in address order.
     thr_addr = banked_address(config, np.arange(len(thr), dtype=np.int64))
-    addr = np.concatenate([np.arange(len(d), dtype=np.int64) for _, d in parts[:2]] + [w_addr, thr_addr])
+    addr = np.concatenate([np.arange(len(regs), dtype=np.int64), in_addr, w_addr, thr_addr])
     # uint64 -> object converts to Python ints, which the wide words already are.
     data = np.concatenate([np.asarray(d).astype(dtype) for _, d in parts])
     return LoadWrites(sel=sel, addr=addr, data=data)

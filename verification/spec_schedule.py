@@ -21,36 +21,43 @@ def _beats(config: EngineConfig, tile: Tile) -> tuple[int, int]:
     return k2 * (seg.n_chunks if g.dense else seg.nch_b), k2 * (seg.n_seg - 1) * seg.nch_c
 
 
+def _word(config: EngineConfig, tile: Tile, q: int, y: int, x: int) -> int:
+    """The input buffer's word of chunk ``q``, row ``y``, column ``x`` (docs/microarchitecture.md section 3:
+    ``h_in``, ``w_in`` rounded up to ``Hp``, ``Wp``, multiples of S; rows and columns deinterleaved by S),
+    also for a position in the padding (what the engine's pointers hold there), modulo the address width."""
+    g, s = tile.geometry, config.stride
+    hq, wq = -(-g.h_in // s), -(-g.w_in // s)
+    word = q * hq * s * wq * s + ((y % s) * hq + y // s) * wq * s + (x % s) * wq + x // s
+    return word & ((1 << max(1, (config.input_depth - 1).bit_length())) - 1)
+
+
 def spec_round_cycles(config: EngineConfig, tile: Tile, r: int) -> int:
     """Cycles of phase-1 round ``r``: each beat takes as many cycles as the most distinct words one input
     bank (word address mod ``2^bank_bits``) is asked for, at least one; a PE at a padding tap or past the
-    last activation asks for nothing (docs/microarchitecture.md section 2, "Banked input and weight
-    buffers"). Weight banks never conflict (same section)."""
+    last activation asks for nothing (docs/microarchitecture.md section 3, "Banked reads"). Weight banks
+    never conflict (same section)."""
     g = tile.geometry
     seg = g.segments(config)
     k, s, banks = config.kernel, config.stride, 1 << config.bank_bits
-    in_mask = (1 << max(1, (config.input_depth - 1).bit_length())) - 1
-    hw_in = g.h_in * g.w_in
     c_og = g.c_out // config.groups if config.groups > 1 else g.c_out
     acts = range(r * config.pes, min((r + 1) * config.pes, g.n_outputs))
     if g.dense:  # every chunk of every segment, in the buffer's order
-        offsets = [[q * hw_in for q in range(seg.n_chunks)] for _ in acts]
+        chunks = [list(range(seg.n_chunks)) for _ in acts]
     else:  # the chunks of the activation's own group's base segment
-        offsets = [
-            [(lin // (g.h_out * g.w_out) // c_og * seg.nch_b + c) * hw_in for c in range(seg.nch_b)]
-            for lin in acts
+        chunks = [
+            [lin // (g.h_out * g.w_out) // c_og * seg.nch_b + c for c in range(seg.nch_b)] for lin in acts
         ]
     cycles = 0
-    for beat in range(len(offsets[0]) if offsets else 0):
+    for beat in range(len(chunks[0]) if chunks else 0):
         for ky in range(k):
             for kx in range(k):
                 words: dict[int, set[int]] = {}
-                for lin, offset in zip(acts, offsets, strict=True):
+                for lin, own in zip(acts, chunks, strict=True):
                     co, pos = divmod(lin, g.h_out * g.w_out)
                     oy, ox = divmod(pos, g.w_out)
                     y, x = oy * s - g.pad_top + ky, ox * s - g.pad_left + kx
                     if 0 <= y < g.h_in and 0 <= x < g.w_in:
-                        addr = (offset[beat] + y * g.w_in + x) & in_mask
+                        addr = _word(config, tile, own[beat], y, x)
                         words.setdefault(addr % banks, set()).add(addr)
                 cycles += max((len(w) for w in words.values()), default=1)
     return cycles
@@ -65,16 +72,16 @@ def spec_phase2(config: EngineConfig, tile: Tile, gates: np.ndarray) -> tuple[li
     g = tile.geometry
     seg = g.segments(config)
     p, window, n_cond = config.pes, config.window, seg.n_seg - 1
-    bank_mask, in_mask = (1 << config.bank_bits) - 1, (1 << max(1, (config.input_depth - 1).bit_length())) - 1
+    bank_mask = (1 << config.bank_bits) - 1
     c_og = g.c_out // config.groups if config.groups > 1 else g.c_out
-    in_seg = seg.nch_b * g.h_in * g.w_in
+    in_seg = _word(config, tile, seg.nch_b, 0, 0)  # the words of a base segment's chunks
     queue = [int(a) for a in np.flatnonzero(np.asarray(gates, dtype=bool).reshape(-1))]
 
     def keys(lin: int) -> tuple[int, int, int, list[int]]:
         co, pos = divmod(lin, g.h_out * g.w_out)
         oy, ox = divmod(pos, g.w_out)
         grp = co // c_og if config.groups > 1 else 0
-        ia = ((oy * config.stride - g.pad_top) * g.w_in + ox * config.stride - g.pad_left) & in_mask
+        ia = _word(config, tile, 0, oy * config.stride - g.pad_top, ox * config.stride - g.pad_left)
         return co, grp, ia, [(ia + (t + (t >= grp)) * in_seg) & bank_mask for t in range(n_cond)]
 
     def compatible(a: int, b: int) -> bool:
