@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 
 from rtl.array_port import ArrayPort
 from rtl.coords import addr_width
+from rtl.one_hot import one_hot
 
 __all__ = ["BankedBuffer"]
 
@@ -91,17 +92,8 @@ class BankedBuffer(wiring.Component):
         def split(addr):  # (bank, row) of a word address
             return (addr[:bb] if bb else Const(0, 1)), addr[bb:]
 
-        def one_hot(bank, enable):  # enable << bank over the nb banks: a decoder, no comparators
-            hot = Signal(nb)
-            with m.If(enable):
-                with m.Switch(bank):
-                    for b in range(nb):
-                        with m.Case(b):
-                            m.d.comb += hot[b].eq(1)
-            return hot
-
         w_bank, w_row = split(self.waddr)
-        w_hot = one_hot(w_bank, self.wen)
+        w_hot = one_hot(m, w_bank, self.wen, nb, "w_hot")
         reads = []
         for b in range(nb):
             m.submodules[f"bank{b}"] = mem = memory.Memory(
@@ -112,7 +104,7 @@ class BankedBuffer(wiring.Component):
             reads.append(rp)
 
         # Each bank reads the row of its lowest-numbered requester (a priority chain, highest PE first).
-        asks = [one_hot(split(self.raddr[i])[0], self.rreq[i]) for i in range(P)]
+        asks = [one_hot(m, split(self.raddr[i])[0], self.rreq[i], nb, f"ask{i}") for i in range(P)]
         for b, rp in enumerate(reads):
             row = Const(0, len(rp.addr))
             for i in reversed(range(P)):

@@ -10,7 +10,7 @@ from rtl.arith import const_mul
 from rtl.banked_buffer import BankedBuffer
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
-from rtl.coords import CoordinateChain, addr_width, coord_layout, pointer_layout
+from rtl.coords import CoordinateChain, addr_width, coord_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
 from rtl.selection_window import SelectionWindow, window_slots
@@ -31,22 +31,54 @@ from spec.protocol import (
 __all__ = ["GatedConvEngine", "queue_layout", "work_layout"]
 
 
-def work_layout(config: EngineConfig) -> data.StructLayout:
-    """What the issue stage needs of one activation: channel, group, linear index, running pointers."""
-    coord = coord_layout(config)
+def box_layout(config: EngineConfig) -> data.StructLayout:
+    """The taps of an activation inside the tile: ``y_lo <= ky < y_end`` and ``x_lo <= kx < x_end``
+    (``y_lo = max(0, −yt)``, ``y_end = min(max(h_in − yt, 0), K_max)``, likewise for x; spec section 3)."""
+    tap = range(config.kernel + 1)
+    return data.StructLayout({"y_lo": tap, "y_end": tap, "x_lo": tap, "x_end": tap})
+
+
+def activation_layout(config: EngineConfig) -> data.StructLayout:
+    """What a beat's addresses and padding test need of one activation: channel (below ``threshold_depth``,
+    like every tile's ``c_out``), gate group, the input word of its tap (0, 0) and its taps inside the
+    tile."""
     return data.StructLayout(
         {
-            "co": coord["co"].shape,
+            "co": unsigned(max(1, (config.threshold_depth - 1).bit_length())),
             "g": unsigned(max(1, (config.groups - 1).bit_length())),  # up to the build's largest G
-            "lin": coord["lin"].shape,
-            "pointer": pointer_layout(config),
+            "ia": unsigned(addr_width(config.input_depth)),
+            "box": box_layout(config),
         }
     )
 
 
+def work_layout(config: EngineConfig) -> data.StructLayout:
+    """What the pipeline carries of a PE's activation: the activation and, in phase 1, its output entry."""
+    return data.StructLayout({"act": activation_layout(config), "lin": coord_layout(config)["lin"].shape})
+
+
 def queue_layout(config: EngineConfig) -> data.StructLayout:
-    """One work-queue entry: a gated-on activation (with the pointers phase 1 ran) and its partial sum."""
-    return data.StructLayout({"work": work_layout(config), "p": signed(config.acc_width)})
+    """One work-queue entry: a gated-on activation and its partial sum (no output index: entry n is the
+    n-th gated-on activation in ``lin`` order, which the host knows from the gate bits)."""
+    return data.StructLayout({"act": activation_layout(config), "p": signed(config.acc_width)})
+
+
+def _tap_box(m: Module, i: int, config: EngineConfig, yt, xt, h_in, w_in) -> data.View:
+    """:func:`box_layout` of PE ``i``'s activation, whose tap (0, 0) lies at row ``yt``, column ``xt``."""
+    layout = box_layout(config)
+    box = data.View(layout, Signal(layout.size, name=f"box{i}"))
+    k_max = config.kernel
+    bits = k_max.bit_length()
+    for axis, t, extent in (("y", yt, h_in), ("x", xt, w_in)):
+        left = Signal(signed(max(len(t), len(extent) + 1) + 1), name=f"{axis}_left{i}")  # extent − t
+        # (sign bits and, for K_max = 2^n − 1, high bits instead of compares with constants)
+        beyond = left[bits:].any() if k_max == (1 << bits) - 1 else left > k_max
+        m.d.comb += [
+            box[f"{axis}_lo"].eq(Mux(t[-1], -t, 0)),  # −t is at most the padding, below K_max
+            left.eq(extent - t),
+            box[f"{axis}_end"].eq(Mux(left[-1], 0, Mux(beyond, k_max, left[:bits]))),
+        ]
+    return box
 
 
 def _pick(table: list, index):
@@ -92,7 +124,10 @@ class GatedConvEngine(wiring.Component):
     wb_valid : Out(pes)
         Trace port: PE ``i`` writes an output this cycle (phase 2: into its work-queue entry).
     wb_addr : Out(ArrayLayout(lin, pes))
-        Trace port: the output (``lin``) PE ``i`` writes; 0 without ``wb_valid``.
+        Trace port: the output (``lin``) PE ``i`` writes; 0 without ``wb_valid``. With ``wb_queue``, PE 0's
+        write is a phase-2 result into the work-queue entry at this banked address.
+    wb_queue : Out(1)
+        Trace port: PE 0 writes a phase-2 result into a work-queue entry (not an output entry).
     """
 
     def __init__(self, config: EngineConfig, gating: bool = True) -> None:
@@ -107,6 +142,7 @@ class GatedConvEngine(wiring.Component):
                 "busy": Out(1),
                 "done": Out(1),
                 "wb_valid": Out(config.pes),
+                "wb_queue": Out(1),
                 "wb_addr": Out(data.ArrayLayout(coord_layout(config)["lin"].shape, config.pes)),
             }
         )
@@ -354,13 +390,13 @@ class GatedConvEngine(wiring.Component):
             win.more.eq(head < gates_on),
             win.insert.valid.eq(head < gates_on),
             win.insert.payload.payload.eq(Cat(head_entry, head_at)),
-            key.co.eq(head_entry.work.co),
-            key.upper.eq(Cat(head_entry.work.g <= t for t in range(window_slots(cfg)))),
-            key.ia.eq(head_entry.work.pointer.ia),
+            key.co.eq(head_entry.act.co),
+            key.upper.eq(Cat(head_entry.act.g <= t for t in range(window_slots(cfg)))),
+            key.ia.eq(head_entry.act.ia),
         ]
         for t in range(window_slots(cfg)):
             # slot t reads segment t + [t >= g]: the key is the bank of that segment's first word
-            bank = Mux(head_entry.work.g <= t, seg_key[t + 1], seg_key[t]) + head_entry.work.pointer.ia
+            bank = Mux(head_entry.act.g <= t, seg_key[t + 1], seg_key[t]) + head_entry.act.ia
             m.d.comb += key.ib[t].eq(bank[:bank_bits] if bank_bits else 0)
         # The round the PEs run in phase 2: latched at the take (the window then forms the next one).
         p2_valid = Signal(P)
@@ -395,34 +431,34 @@ class GatedConvEngine(wiring.Component):
             entry = p2_entry[i].entry
             work = data.View(wl, Signal(wl.size, name=f"work{i}"))
             with m.If(phase2):
-                m.d.comb += work.eq(entry.work)
+                m.d.comb += work.act.eq(entry.act)  # (lin: not carried in phase 2)
             with m.Else():
+                ptr = chain.pointers[i]
                 m.d.comb += [
-                    work.co.eq(chain.coords[i].co),
-                    work.g.eq(chain.coords[i].g),
+                    work.act.co.eq(chain.coords[i].co),  # (cut: a valid PE's co is below threshold_depth)
+                    work.act.g.eq(chain.coords[i].g),
+                    work.act.ia.eq(ptr.ia),
+                    work.act.box.eq(_tap_box(m, i, cfg, ptr.yt, ptr.xt, reg["h_in"], reg["w_in"])),
                     work.lin.eq(chain.coords[i].lin),
-                    work.pointer.eq(chain.pointers[i]),
                 ]
             m.d.comb += valid[i].eq(Mux(phase2, p2_valid[i], chain.coords[i].co < reg["c_out"]))
             # Segment offset: gated phase 1 that of the own group's segment, dense none (the beat pointers
             # run through every slot), phase 2 one base segment from the slot of the own group on.
-            skip = slot >= entry.work.g  # (phase 2 only: no path from the chain's group to the address)
+            skip = slot >= entry.act.g  # (phase 2 only: no path from the chain's group to the address)
             own = chain.coords[i].g
             off_in = Mux(phase2, Mux(skip, in_seg, 0), Mux(dense, 0, _pick(seg_in, own)))
             off_w = Mux(phase2, Mux(skip, w_seg, 0), Mux(dense, 0, _pick(seg_w, own)))
-            y = work.pointer.yt + ky
-            x = work.pointer.xt + kx
+            box = work.act.box
             inside, waiting = Signal(name=f"inside{i}"), Signal(name=f"waiting{i}")  # (one copy of the logic)
             m.d.comb += [
-                # (a negative coordinate read as unsigned lies above any tile extent: one compare each)
-                inside.eq((y.as_unsigned() < reg["h_in"]) & (x.as_unsigned() < reg["w_in"])),
+                inside.eq((ky >= box.y_lo) & (ky < box.y_end) & (kx >= box.x_lo) & (kx < box.x_end)),
                 waiting.eq(issue & pending[i] & valid[i]),
             ]
             m.d.comb += [
-                inbuf.raddr[i].eq(work.pointer.ia + off_in + beat_in),
+                inbuf.raddr[i].eq(work.act.ia + off_in + beat_in),
                 inbuf.rreq[i].eq(waiting & inside),
                 served[i].eq(waiting & (~inside | inbuf.grant[i])),
-                wbuf.raddr[i].eq(work.co[:w_aw] + off_w + beat_w),
+                wbuf.raddr[i].eq(work.act.co[:w_aw] + off_w + beat_w),
                 wbuf.rreq[i].eq(waiting & inside & inbuf.grant[i]),
                 # Thresholds: read once per round, at its last beat, for the comparator of gated phase 1.
                 tbuf.bank[i].eq(chain.coords[i].cb),
@@ -490,9 +526,7 @@ class GatedConvEngine(wiring.Component):
         # Phase-2 results drain into their own queue entries, one per cycle (docs/chip-design.md, 2.1):
         # taken at the write-back into a shift register, member k written k + 1 cycles later. Only the
         # result field matters (the rest of the entry is dead once the window took it).
-        drain_layout = data.StructLayout(
-            {"y": signed(cfg.acc_width), "lin": wl["lin"].shape, "qaddr": qaddr_layout}
-        )
+        drain_layout = data.StructLayout({"y": signed(cfg.acc_width), "qaddr": qaddr_layout})
         result_q = [
             data.View(drain_layout, Signal(drain_layout.size, name=f"result_q{i}", reset_less=True))
             for i in range(P)
@@ -503,13 +537,12 @@ class GatedConvEngine(wiring.Component):
             for i in range(P):
                 m.d.sync += [
                     result_q[i].y.eq(macs.acc[i]),
-                    result_q[i].lin.eq(wb_work[i].lin),
                     result_q[i].qaddr.eq(wb_qaddr[i]),
                 ]
         with m.Elif(results_left != 0):
             m.d.sync += results_left.eq(results_left - 1)
             m.d.sync += [result_q[i].eq(result_q[i + 1]) for i in range(P - 1)]
-        result_write = Signal()
+        result_write = self.wb_queue  # (the trace port is the signal: no second name for it)
         m.d.comb += [
             result_write.eq(results_left != 0),
             queue.update.eq(Mux(result_write, Const(1, P) << result_q[0].qaddr.bank, 0)),
@@ -526,16 +559,19 @@ class GatedConvEngine(wiring.Component):
             m.d.comb += [
                 o_w.addr.eq(out_row),
                 o_w.en.eq(wb_en[i] & ~wb_phase2),
-                queue.update_data[i].eq(Cat(Const(0, wl.size), result_q[0].y)),
+                queue.update_data[i].eq(Cat(Const(0, wl["act"].shape.size), result_q[0].y)),
                 queue.offset[i].eq(compactor.offset[i]),
-                queue.wdata[i].eq(Cat(wb_work[i], macs.acc[i])),
+                queue.wdata[i].eq(Cat(wb_work[i].act, macs.acc[i])),
             ]
-        # Trace ports: phase 1's write-backs on every PE, phase 2's drained results on PE 0 (never at once).
+        # Trace ports: phase 1's write-backs on every PE, phase 2's drained results on PE 0 (never at once),
+        # those at the queue entry's banked address (row << bank_bits | bank) with wb_queue.
         p1_wb = Signal(P)
-        m.d.comb += p1_wb.eq(wb_en & Mux(wb_phase2, 0, (1 << P) - 1))
+        m.d.comb += [p1_wb.eq(wb_en & Mux(wb_phase2, 0, (1 << P) - 1))]
+        drained = result_q[0].qaddr
+        banked = Cat(drained.bank[:bank_bits], drained.row) if bank_bits else drained.row
         for i in range(P):
             written = p1_wb[i] | result_write if i == 0 else p1_wb[i]
-            addr = Mux(p1_wb[i], wb_work[i].lin, result_q[0].lin) if i == 0 else wb_work[i].lin
+            addr = Mux(p1_wb[i], wb_work[i].lin, banked) if i == 0 else wb_work[i].lin
             m.d.comb += [self.wb_valid[i].eq(written), self.wb_addr[i].eq(Mux(written, addr, 0))]
         wb_count = Mux(dense & ~wb_phase2, sum(wb_en[i] for i in range(P)), compactor.count)
         gates_on_next = gates_on + wb_count

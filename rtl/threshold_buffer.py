@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.array_port import ArrayPort
+from rtl.one_hot import one_hot
 from spec.config import EngineConfig
 
 __all__ = ["ThresholdBuffer"]
@@ -72,11 +73,9 @@ class ThresholdBuffer(wiring.Component):
         cfg = self._config
         P, rows, bits = cfg.pes, self._rows, cfg.bank_bits
         wbank, wrow = self.waddr[:bits], self.waddr[bits:]
-        wsel = Signal(P)
-        m.d.comb += wsel.eq(Mux(self.wen, Const(1, P) << wbank, 0))
+        wsel = one_hot(m, wbank, self.wen, P, "wsel")
         # One-hot bank of each PE's read (none when it does not read).
-        ask = [Signal(P, name=f"ask{i}") for i in range(P)]
-        m.d.comb += [ask[i].eq(Mux(self.en[i], Const(1, P) << self.bank[i], 0)) for i in range(P)]
+        ask = [one_hot(m, self.bank[i], self.en[i], P, f"ask{i}") for i in range(P)]
         words = []
         for b in range(P):
             bank = m.submodules[f"bank{b}"] = memory.Memory(shape=signed(cfg.acc_width), depth=rows, init=[])

@@ -13,6 +13,7 @@ from spec.config import EngineConfig
 from spec.tile import TileGeometry, random_tile
 from verification.amaranth_transport import AmaranthTransport
 from verification.driver import EngineDriver
+from verification.layout import queue_write_outputs
 
 SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_depth=32)
 
@@ -35,7 +36,8 @@ def run_engine_amaranth(config: EngineConfig, tiles, layers=None, gating: bool =
             out = await driver.read_outputs(tile.geometry)
             counters = await driver.read_counters()
             write_cycle = np.zeros(tile.geometry.n_outputs, dtype=np.int64)
-            write_cycle[list(run.writes)] = list(run.writes.values())
+            writes = {**run.writes, **queue_write_outputs(config, out.gate, run.queue_writes)}
+            write_cycle[list(writes)] = list(writes.values())
             results.append((out.y, out.gate, counters, run.busy, write_cycle.reshape(out.y.shape)))
 
     sim = Simulator(dut)

@@ -12,10 +12,12 @@ __all__ = ["AmaranthRun", "AmaranthTransport"]
 @dataclass
 class AmaranthRun:
     """What a run showed: its busy cycles and, per output entry (``lin``), the cycle of the run (1 = the
-    first busy cycle) in which the trace port last showed it written."""
+    first busy cycle) in which the trace port last showed it written; phase 2's result writes by banked
+    work-queue address (``wb_queue``; :func:`verification.layout.queue_write_outputs` maps them)."""
 
     busy: int = 0
     writes: dict[int, int] = field(default_factory=dict)
+    queue_writes: dict[int, int] = field(default_factory=dict)
 
 
 class AmaranthTransport:
@@ -43,9 +45,10 @@ class AmaranthTransport:
             if timeout_cycles is not None and cycles > timeout_cycles:
                 raise AssertionError(f"no done within {timeout_cycles} cycles of start")
             run.busy += ctx.get(dut.busy)
-            valid = ctx.get(dut.wb_valid)
+            valid, to_queue = ctx.get(dut.wb_valid), ctx.get(dut.wb_queue)
             for i in range(self.pes):
                 if (valid >> i) & 1:
-                    run.writes[ctx.get(dut.wb_addr[i])] = run.busy
+                    into = run.queue_writes if i == 0 and to_queue else run.writes
+                    into[ctx.get(dut.wb_addr[i])] = run.busy
             await ctx.tick()
         return run

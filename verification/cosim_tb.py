@@ -19,8 +19,9 @@ following ones, started and stopped by each):
 * **monitor** (:class:`RunMonitor`, runs every cycle while the testbench is started): counts the cycles with
   ``busy`` high, checks that ``busy`` rises only after ``start``, stays high in one piece, that ``done`` is
   high exactly in the cycle after the last busy cycle and never otherwise, and records those cycles; in
-  every busy cycle it samples the trace ports ``wb_valid``/``wb_addr`` and records, per output entry, the
-  cycle of the run (1 = the first busy cycle, ``SETUP``) of its last write (no write may show while ``busy``
+  every busy cycle it samples the trace ports ``wb_valid``/``wb_addr``/``wb_queue`` and records, per output
+  entry, the cycle of the run (1 = the first busy cycle, ``SETUP``) of its last write (a phase-2 result by the
+  work-queue entry it went into, named by the gate bits read back) (no write may show while ``busy``
   is low); the end of a run is signalled to the driver by its ``finished`` event; in every cycle in which
   a response waits (``resp.valid`` high, ``resp.ready`` low) ``req.ready`` must be low; a run during which
   ``rst`` rose is aborted: busy falls, and ``done`` must not pulse;
@@ -60,7 +61,7 @@ from spec.protocol import COUNTER_NAMES, UnloadTarget
 from verification.cocotb_transport import CLOCK_NS, CocotbTransport
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
 from verification.driver import EngineDriver, decode_outputs
-from verification.layout import pack_request
+from verification.layout import pack_request, queue_write_outputs
 from verification.streams import stall_pattern
 
 __all__ = ["EngineTestbench", "RunMonitor", "compare", "engine_tile"]
@@ -80,8 +81,10 @@ class Run:
     done_cycle: int | None = None
     reset_cycle: int | None = None  # first cycle of the run with rst high (the run is aborted)
     # From the trace ports: per output entry (lin) the cycle of the run (1 = first busy cycle) of its last
-    # write, and the number of writes seen.
+    # write; per banked work-queue address, the cycle of phase 2's result write into it (wb_queue); and the
+    # number of writes seen.
     writes: dict[int, int] = field(default_factory=dict)
+    queue_writes: dict[int, int] = field(default_factory=dict)
     n_writes: int = 0
     finished: Event = field(default_factory=Event)
 
@@ -149,9 +152,14 @@ class RunMonitor:
             self._error(f"wb_addr = {addr_v} has X/Z bits with wb_valid = {valid:#b}")
             return
         addrs = _uint(addr_v)
+        queue_v = self.dut.wb_queue.value
+        if not queue_v.is_resolvable:
+            self._error(f"wb_queue = {queue_v} is not 0/1 with wb_valid = {valid:#b}")
+            return
         for i in range(self.pes):
             if (valid >> i) & 1:
-                run.writes[(addrs >> (i * self.lin_width)) & self._lin_mask] = run.busy_cycles
+                into = run.queue_writes if i == 0 and _uint(queue_v) else run.writes
+                into[(addrs >> (i * self.lin_width)) & self._lin_mask] = run.busy_cycles
                 run.n_writes += 1
 
     async def watch(self) -> None:
@@ -538,8 +546,10 @@ def compare(
     got_y, got_g = got.y, got.gate
     exp_y = np.asarray(case.outputs, dtype=np.int64)
     exp_g = np.asarray(case.gates, dtype=bool)
-    # Write cycles from the trace ports; 0 where the run showed no write of the entry.
-    got_c = np.array([run.writes.get(lin, 0) for lin in range(n)], dtype=np.int64).reshape(shape)
+    # Write cycles from the trace ports (a phase-2 result by the queue entry it went into, whose activation
+    # the gate bits read back name); 0 where the run showed no write of the entry.
+    writes = {**run.writes, **queue_write_outputs(config, got_g, run.queue_writes)}
+    got_c = np.array([writes.get(lin, 0) for lin in range(n)], dtype=np.int64).reshape(shape)
     exp_c = np.asarray(case.write_cycle, dtype=np.int64)
     problems: list[str] = []
 
@@ -572,7 +582,7 @@ def compare(
         )
         problems.append(text)
 
-    beyond = sorted((lin, cycle) for lin, cycle in run.writes.items() if lin >= n)
+    beyond = sorted((lin, cycle) for lin, cycle in writes.items() if lin >= n)
     if beyond:
         lin, cycle = beyond[0]
         problems.append(

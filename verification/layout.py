@@ -39,6 +39,7 @@ __all__ = [
     "pack_payload",
     "pack_payloads",
     "pack_request",
+    "queue_write_outputs",
     "unpack_payload",
 ]
 
@@ -252,6 +253,22 @@ def banked_address(config: EngineConfig, index):
     ``row << bank_bits | bank`` with ``bank = index mod P``, ``row = index div P`` (docs/
     microarchitecture.md, sections 3 and 4); ``index`` an integer or an integer array."""
     return ((index // config.pes) << config.bank_bits) | (index % config.pes)
+
+
+def queue_write_outputs(
+    config: EngineConfig, gates: np.ndarray, queue_writes: dict[int, int]
+) -> dict[int, int]:
+    """Phase-2 result writes the trace port showed at banked work-queue addresses (``wb_queue``), by the
+    output entry (``lin``) whose result each is: queue entry ``n`` holds the ``n``-th gated-on activation in
+    ``lin`` order (docs/microarchitecture.md, section 4), read off the run's gate bits ``gates``. An entry
+    past the gated-on ones maps to ``gates.size + n`` (beyond every output of the tile)."""
+    on = np.flatnonzero(np.asarray(gates, dtype=bool).reshape(-1))
+    mask = (1 << config.bank_bits) - 1
+    out = {}
+    for addr, cycle in queue_writes.items():
+        n = (int(addr) >> config.bank_bits) * config.pes + (int(addr) & mask)
+        out[int(on[n]) if n < len(on) else int(np.size(gates)) + n] = cycle
+    return out
 
 
 def decode_output(config: EngineConfig, word: int) -> tuple[int, int]:
