@@ -614,10 +614,12 @@ def test_widest_block_equals_trying_every_width():
     from sim.tiling import _widest_block
 
     def by_search(w_out, w, rows, k, s, mult, cfg):
+        # a block's input columns, rounded up to the stride (the plane is deinterleaved by S)
+        def cols(w_blk):
+            return -(-min(w, (w_blk - 1) * s + k) // s) * s
+
         w_blk = w_out
-        while w_blk > 0 and (
-            rows * min(w, (w_blk - 1) * s + k) > cfg.input_depth or mult * w_blk > cfg.output_depth
-        ):
+        while w_blk > 0 and (rows * cols(w_blk) > cfg.input_depth or mult * w_blk > cfg.output_depth):
             w_blk -= 1
         return w_blk
 
