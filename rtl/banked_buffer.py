@@ -1,5 +1,5 @@
 """A buffer of word-interleaved 1R1W banks read by every PE through a crossbar (docs/microarchitecture.md,
-section 2, "Banked input and weight buffers")."""
+section 3, "Banked reads")."""
 
 from __future__ import annotations
 

@@ -31,6 +31,13 @@ from spec.protocol import (
 __all__ = ["GatedConvEngine", "queue_layout", "work_layout"]
 
 
+def trace_addr_width(config: EngineConfig) -> int:
+    """Bits of a trace-port address: an output entry ``lin``, or a work-queue entry's banked address
+    ``row << bank_bits | bank`` (wider than ``lin`` when P is not a power of two)."""
+    lin = coord_layout(config)["lin"].shape.width
+    return max(lin, max(1, (config.bank_rows - 1).bit_length()) + config.bank_bits)
+
+
 def box_layout(config: EngineConfig) -> data.StructLayout:
     """The taps of an activation inside the tile: ``y_lo <= ky < y_end`` and ``x_lo <= kx < x_end``
     (``y_lo = max(0, −yt)``, ``y_end = min(max(h_in − yt, 0), K_max)``, likewise for x; spec section 3)."""
@@ -123,7 +130,7 @@ class GatedConvEngine(wiring.Component):
         High for one cycle after a run.
     wb_valid : Out(pes)
         Trace port: PE ``i`` writes an output this cycle (phase 2: into its work-queue entry).
-    wb_addr : Out(ArrayLayout(lin, pes))
+    wb_addr : Out(ArrayLayout(trace_addr_width, pes))
         Trace port: the output (``lin``) PE ``i`` writes; 0 without ``wb_valid``. With ``wb_queue``, PE 0's
         write is a phase-2 result into the work-queue entry at this banked address.
     wb_queue : Out(1)
@@ -143,7 +150,7 @@ class GatedConvEngine(wiring.Component):
                 "done": Out(1),
                 "wb_valid": Out(config.pes),
                 "wb_queue": Out(1),
-                "wb_addr": Out(data.ArrayLayout(coord_layout(config)["lin"].shape, config.pes)),
+                "wb_addr": Out(data.ArrayLayout(trace_addr_width(config), config.pes)),
             }
         )
 
@@ -191,7 +198,7 @@ class GatedConvEngine(wiring.Component):
         # ---- buffers ----------------------------------------------------------------------------
         # Inputs and weights: 2^bank_bits word-interleaved 1R1W banks each, read through crossbars. An input
         # bank serves one word per cycle (a beat asking one bank for two words stalls); the weights are laid
-        # out so that no beat asks one bank for two words (spec section 2), so their requests are all granted.
+        # out so that no beat asks one bank for two words (spec section 3), so their requests are all granted.
         bank_bits = cfg.bank_bits
         m.submodules.inbuf = inbuf = BankedBuffer(P, bank_bits, L * cfg.act_width, cfg.input_depth, True)
         m.submodules.wbuf = wbuf = BankedBuffer(P, bank_bits, L * cfg.weight_width, cfg.weight_depth, False)
@@ -258,7 +265,8 @@ class GatedConvEngine(wiring.Component):
             chain.in_origin.eq(reg["in_origin"].as_signed()),  # sign-extended to the address width
             chain.row_step.eq(reg["row_step"].as_signed()),
         ]
-        # Offsets of segment k (k base segments): k·nch_b·h_in·w_in and k·nch_b·K², k below the largest G,
+        # Offsets of segment k (k base segments): k·in_seg and k·w_seg (in_seg = nch_b·Hp·Wp, w_seg a base
+        # segment's weights rounded up to the banks), k below the largest G,
         # as shift-and-add multiples of the host's steps; PE i's own group picks its entry in gated phase 1.
         seg_in = [const_mul(in_seg, k)[:in_aw] for k in range(G_max)]
         seg_w = [const_mul(w_seg, k)[:w_aw] for k in range(G_max)]
@@ -411,7 +419,7 @@ class GatedConvEngine(wiring.Component):
 
         # ---- issue stage: per-PE activation and operand addresses ---------------------------------
         valid = Signal(P)
-        # The beat's requests (docs/microarchitecture.md section 2, "Banked input and weight buffers"): a
+        # The beat's requests (docs/microarchitecture.md section 3, "Banked reads"): a
         # valid PE asks its input bank for its word unless the tap is padding; `pending` are the PEs not yet
         # served in this beat, `served` those served in this cycle (their words come from the banks next
         # cycle, and their MACs run then); the beat advances once every valid PE is served.

@@ -172,9 +172,11 @@ class TileGeometry:
 
     def weight_segment(self, config: EngineConfig) -> int:
         """Weight words from one segment's first word to the next's: a base segment's ``nch_b·K²·c_out``
-        words (channel-minor: word ``(c·K + ky)·K + kx)·c_out + co``) rounded up to a multiple of the
-        ``2^bank_bits`` weight banks, so that every segment starts in bank 0 and a word's bank is its
-        channel's, ``co mod 2^bank_bits``, whatever the segment (docs/microarchitecture.md, section 3)."""
+        words (channel-minor: word ``((c·K + ky)·K + kx)·c_out + co``) rounded up to a multiple of the
+        ``2^bank_bits`` weight banks, so that every segment starts in bank 0: the PEs of one beat read words
+        ``s·w_seg + b·c_out + co`` (``b`` the beat's, common to all), whose banks differ exactly when their
+        channels differ mod ``2^bank_bits``, whatever their segments (docs/microarchitecture.md,
+        section 3)."""
         banks = 1 << config.bank_bits
         words = self.segments(config).nch_b * config.kernel**2 * self.c_out
         return -(-words // banks) * banks
@@ -281,13 +283,15 @@ class TileGeometry:
         """Refuse a tile whose performance counts could wrap the ``counter_width``-bit counters.
 
         The engine's counters wrap, as the hardware's do (the model reproduces it); a tool that reads them as
-        figures (the network report, ``accel run``) must not cut tiles that could. Each of the two phases
-        has at most ceil(n/P) rounds of n_chunks·K² beats plus a few cycles each, and no counter grows by
-        more than P·L per cycle (MACs: valid PEs × valid lanes).
+        figures (the network report, ``accel run``) must not cut tiles that could. Phase 1 has ceil(n/P)
+        rounds of at most n_chunks·K² beats, each at most P cycles (every cycle serves a PE); phase 2 at
+        most n rounds of at most max(n_chunks·K², 2P + 2) cycles, plus the window's first fill; and no
+        counter grows by more than P·L per cycle (MACs: valid PEs × valid lanes).
         """
-        k = config.kernel
-        rounds = _ceil_div(self.n_outputs, config.pes)
-        cycles = 2 * rounds * (self.segments(config).n_chunks * k * k + 4) + 16
+        k, p = config.kernel, config.pes
+        beats = self.segments(config).n_chunks * k * k
+        rounds = _ceil_div(self.n_outputs, p)
+        cycles = rounds * p * beats + self.n_outputs * max(beats, 2 * p + 2) + config.window + 2 * p + 16
         if config.pes * config.lanes * cycles >= 1 << config.counter_width:
             raise ConfigError(
                 f"config field 'counter_width' = {config.counter_width}: a tile of {self.n_outputs} outputs "

@@ -81,9 +81,8 @@ def expected_counters(
         base_macs, cond_macs, busy, stalls, gates_on = n * k2 * geo.c_in, 0, n * b1, 3 + bank_stalls, n
     else:
         b1 = k2 * nch_b
-        r2, b2 = ceil_div(gates_on, p), k2 * (n_seg - 1) * nch_c
+        b2 = k2 * (n_seg - 1) * nch_c
         phase2 = gates_on > 0
-        assert not phase2 or r2 * b2 >= 0, "phase 2: use verification.spec_schedule"
         cycles = 1 + r1 * b1 + bank_stalls + 2
         base_macs = n * k2 * c_sb
         cond_macs = gates_on * k2 * (n_seg - 1) * c_sc
