@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -40,9 +40,10 @@ def trace_addr_width(config: EngineConfig) -> int:
 
 def box_layout(config: EngineConfig) -> data.StructLayout:
     """The taps of an activation inside the tile: ``y_lo <= ky < y_end`` and ``x_lo <= kx < x_end``
-    (``y_lo = max(0, −yt)``, ``y_end = min(max(h_in − yt, 0), K_max)``, likewise for x; spec section 3)."""
-    tap = range(config.kernel + 1)
-    return data.StructLayout({"y_lo": tap, "y_end": tap, "x_lo": tap, "x_end": tap})
+    (``y_lo = max(0, −yt)``, at most the padding; ``y_end = min(max(h_in − yt, 0), K_max)``; likewise for
+    x; spec section 3)."""
+    lo, end = range(config.padding + 1), range(config.kernel + 1)
+    return data.StructLayout({"y_lo": lo, "y_end": end, "x_lo": lo, "x_end": end})
 
 
 def activation_layout(config: EngineConfig) -> data.StructLayout:
@@ -70,6 +71,15 @@ def queue_layout(config: EngineConfig) -> data.StructLayout:
     return data.StructLayout({"act": activation_layout(config), "p": signed(config.acc_width)})
 
 
+def _at_least(tap, lo) -> Value:
+    """``tap >= lo`` for a ``lo`` narrower than ``tap``: its high bits, or the low bits compared at ``lo``'s
+    width (equal operand widths: no implicit extension)."""
+    n = len(lo)
+    if len(tap) <= n:
+        return tap >= lo
+    return tap[n:].any() | (tap[:n] >= lo)
+
+
 def _tap_box(m: Module, i: int, config: EngineConfig, yt, xt, h_in, w_in) -> data.View:
     """:func:`box_layout` of PE ``i``'s activation, whose tap (0, 0) lies at row ``yt``, column ``xt``."""
     layout = box_layout(config)
@@ -81,7 +91,7 @@ def _tap_box(m: Module, i: int, config: EngineConfig, yt, xt, h_in, w_in) -> dat
         # (sign bits and, for K_max = 2^n − 1, high bits instead of compares with constants)
         beyond = left[bits:].any() if k_max == (1 << bits) - 1 else left > k_max
         m.d.comb += [
-            box[f"{axis}_lo"].eq(Mux(t[-1], -t, 0)),  # −t is at most the padding, below K_max
+            box[f"{axis}_lo"].eq(Mux(t[-1], -t, 0)),  # −t is at most the padding
             left.eq(extent - t),
             box[f"{axis}_end"].eq(Mux(left[-1], 0, Mux(beyond, k_max, left[:bits]))),
         ]
@@ -459,7 +469,9 @@ class GatedConvEngine(wiring.Component):
             box = work.act.box
             inside, waiting = Signal(name=f"inside{i}"), Signal(name=f"waiting{i}")  # (one copy of the logic)
             m.d.comb += [
-                inside.eq((ky >= box.y_lo) & (ky < box.y_end) & (kx >= box.x_lo) & (kx < box.x_end)),
+                inside.eq(
+                    _at_least(ky, box.y_lo) & (ky < box.y_end) & _at_least(kx, box.x_lo) & (kx < box.x_end)
+                ),
                 waiting.eq(issue & pending[i] & valid[i]),
             ]
             m.d.comb += [
