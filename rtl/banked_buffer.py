@@ -3,7 +3,7 @@ section 3, "Banked reads")."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -109,10 +109,12 @@ class BankedBuffer(wiring.Component):
             row = Const(0, len(rp.addr))
             for i in reversed(range(P)):
                 row = Mux(asks[i][b], split(self.raddr[i])[1], row)
-            m.d.comb += [rp.addr.eq(row), rp.en.eq(_any_of(asks[i][b] for i in range(P)))]
+            m.d.comb += [rp.addr.eq(row), rp.en.eq(Cat(asks[i][b] for i in range(P)).any())]
         for i in range(P):
             if self._arbitrate:
-                own = _any_of(asks[i][b] & (rp.addr == split(self.raddr[i])[1]) for b, rp in enumerate(reads))
+                own = Cat(
+                    asks[i][b] & (rp.addr == split(self.raddr[i])[1]) for b, rp in enumerate(reads)
+                ).any()
                 m.d.comb += self.grant[i].eq(own)
             else:
                 m.d.comb += self.grant[i].eq(self.rreq[i])
@@ -129,11 +131,3 @@ class BankedBuffer(wiring.Component):
                     with m.Case(b):
                         m.d.comb += self.rdata[i].eq(reads[b].data)
         return m
-
-
-def _any_of(values):
-    values = list(values)
-    total = values[0]
-    for value in values[1:]:
-        total = total | value
-    return total

@@ -601,7 +601,7 @@ def _schedule(
     write_cycle: np.ndarray,
     pes: int,
     lanes: int,
-    taps: int,
+    kernel: int,
     n_seg: int,
     base_ch: int,
     cond_ch: int,
@@ -618,8 +618,8 @@ def _schedule(
     ----------
     gate_lin : bool [N]
         Gate bits in ``lin`` order (the order phase 1 hands activations to the PEs).
-    pes, lanes, taps : int
-        P, L and K^2.
+    pes, lanes, kernel : int
+        P, L and K.
     n_seg, base_ch, cond_ch : int
         Segments and their widths C_sb, C_sc.
     dense : bool
@@ -633,6 +633,7 @@ def _schedule(
         Places of the selection window W.
     """
     n_act = gate_lin.shape[0]
+    taps = kernel * kernel
     cycles = 0
     stalls = 0
     busy = 0
@@ -663,7 +664,6 @@ def _schedule(
                 lanes1 += valid_lanes
     rounds1 = (n_act + pes - 1) // pes
     chunks1 = beats1 // taps  # every tap once per chunk of every slot
-    kernel = int(np.sqrt(taps) + 0.5)
     base = np.empty(pes, dtype=np.int64)
     yt = np.empty(pes, dtype=np.int64)
     xt = np.empty(pes, dtype=np.int64)
@@ -821,7 +821,7 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
         write_cycle,
         p.pes,
         p.lanes,
-        p.kernel * p.kernel,
+        p.kernel,
         p.n_seg,
         p.base_ch,
         p.cond_ch,

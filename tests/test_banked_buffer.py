@@ -14,6 +14,16 @@ def _word(addr: int) -> int:
     return (addr * 2654435761) & 0xFFFF  # a distinct 16-bit value per address
 
 
+async def _fill(ctx, dut, depth: int) -> None:
+    """Write every word through the load port, word ``a`` = ``_word(a)``."""
+    for a in range(depth):
+        ctx.set(dut.waddr, a)
+        ctx.set(dut.wdata, _word(a))
+        ctx.set(dut.wen, 1)
+        await ctx.tick()
+    ctx.set(dut.wen, 0)
+
+
 def _run(dut, bench) -> None:
     sim = Simulator(dut)
     sim.add_clock(1e-6)
@@ -60,12 +70,7 @@ def test_arbitrated_reads_serve_one_word_per_bank_and_cycle(pes, bank_bits):
     ]
 
     async def bench(ctx):
-        for a in range(depth):
-            ctx.set(dut.waddr, a)
-            ctx.set(dut.wdata, _word(a))
-            ctx.set(dut.wen, 1)
-            await ctx.tick()
-        ctx.set(dut.wen, 0)
+        await _fill(ctx, dut, depth)
         for addrs, asking in beats:
             pending = list(asking)
             distinct = {}
@@ -99,12 +104,7 @@ def test_unarbitrated_reads_grant_every_request_and_broadcast():
     beats = [[5, 5, 6, 7], [8, 9, 9, 9], [3, 0, 1, 2], [12, 12, 12, 12]]
 
     async def bench(ctx):
-        for a in range(depth):
-            ctx.set(dut.waddr, a)
-            ctx.set(dut.wdata, _word(a))
-            ctx.set(dut.wen, 1)
-            await ctx.tick()
-        ctx.set(dut.wen, 0)
+        await _fill(ctx, dut, depth)
         for addrs in beats:
             for i in range(pes):
                 ctx.set(dut.raddr[i], addrs[i])
