@@ -22,13 +22,17 @@ from spec.protocol import (
     REGISTER_WIDTH,
     Counter,
     LoadTarget,
+    RunMode,
     UnloadTarget,
+    activation_layout,
+    box_layout,
     load_layout,
     output_layout,
+    queue_layout,
     read_layout,
 )
 
-__all__ = ["GatedConvEngine", "queue_layout", "work_layout"]
+__all__ = ["GatedConvEngine", "work_layout"]
 
 
 def trace_addr_width(config: EngineConfig) -> int:
@@ -38,37 +42,9 @@ def trace_addr_width(config: EngineConfig) -> int:
     return max(lin, max(1, (config.bank_rows - 1).bit_length()) + config.bank_bits)
 
 
-def box_layout(config: EngineConfig) -> data.StructLayout:
-    """The taps of an activation inside the tile: ``y_lo <= ky < y_end`` and ``x_lo <= kx < x_end``
-    (``y_lo = max(0, −yt)``, at most the padding; ``y_end = min(max(h_in − yt, 0), K_max)``; likewise for
-    x; spec section 3)."""
-    lo, end = range(config.padding + 1), range(config.kernel + 1)
-    return data.StructLayout({"y_lo": lo, "y_end": end, "x_lo": lo, "x_end": end})
-
-
-def activation_layout(config: EngineConfig) -> data.StructLayout:
-    """What a beat's addresses and padding test need of one activation: channel (below ``threshold_depth``,
-    like every tile's ``c_out``), gate group, the input word of its tap (0, 0) and its taps inside the
-    tile."""
-    return data.StructLayout(
-        {
-            "co": unsigned(max(1, (config.threshold_depth - 1).bit_length())),
-            "g": unsigned(max(1, (config.groups - 1).bit_length())),  # up to the build's largest G
-            "ia": unsigned(addr_width(config.input_depth)),
-            "box": box_layout(config),
-        }
-    )
-
-
 def work_layout(config: EngineConfig) -> data.StructLayout:
     """What the pipeline carries of a PE's activation: the activation and, in phase 1, its output entry."""
     return data.StructLayout({"act": activation_layout(config), "lin": coord_layout(config)["lin"].shape})
-
-
-def queue_layout(config: EngineConfig) -> data.StructLayout:
-    """One work-queue entry: a gated-on activation and its partial sum (no output index: entry n is the
-    n-th gated-on activation in ``lin`` order, which the host knows from the gate bits)."""
-    return data.StructLayout({"act": activation_layout(config), "p": signed(config.acc_width)})
 
 
 def _at_least(tap, lo) -> Value:
@@ -199,11 +175,18 @@ class GatedConvEngine(wiring.Component):
             "n_cond": range(max(G_max, 2)),
             "x_res": range(cfg.stride),
             "y_res": range(cfg.stride),
+            "run": RunMode.as_shape(),
+            "queue_len": count_shape,
         }
         reg = {
             name: Signal(narrow.get(name, REGISTER_WIDTH), name=f"cfg_{name}") for name in CONFIG_REGISTERS
         }
         dense = reg["dense"] if self._gating else Const(1)
+        # Two-pass runs (RunMode): PHASE1 skips phase 2, PHASE2 skips phase 1 (bit decodes; the host never
+        # writes 3, which would skip both); dense mode has one phase whatever `run` says.
+        run = reg["run"]
+        skip1, skip2 = Signal(), Signal()
+        m.d.comb += [skip1.eq(~dense & run[1]), skip2.eq(~dense & run[0])]
 
         # ---- buffers ----------------------------------------------------------------------------
         # Inputs and weights: 2^bank_bits word-interleaved 1R1W banks each, read through crossbars. An input
@@ -563,10 +546,16 @@ class GatedConvEngine(wiring.Component):
             m.d.sync += results_left.eq(results_left - 1)
             m.d.sync += [result_q[i].eq(result_q[i + 1]) for i in range(P - 1)]
         result_write = self.wb_queue  # (the trace port is the signal: no second name for it)
+        # While idle the same port takes the host's queue entries (LoadTarget.QUEUE, at banked addresses; a
+        # bank field of P or more writes nothing).
+        load_queue = Signal(P)
+        q_bank, q_row = load.addr[:bank_bits], load.addr[bank_bits:]
+        with m.If(accept & (load.sel == LoadTarget.QUEUE)):
+            m.d.comb += load_queue.eq(Const(1, P) << q_bank)
         m.d.comb += [
             result_write.eq(results_left != 0),
-            queue.update.eq(Mux(result_write, Const(1, P) << result_q[0].qaddr.bank, 0)),
-            queue.update_row.eq(result_q[0].qaddr.row),
+            queue.update.eq(Mux(result_write, Const(1, P) << result_q[0].qaddr.bank, load_queue)),
+            queue.update_row.eq(Mux(idle, q_row, result_q[0].qaddr.row)),
         ]
         for i in range(P):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
@@ -579,7 +568,13 @@ class GatedConvEngine(wiring.Component):
             m.d.comb += [
                 o_w.addr.eq(out_row),
                 o_w.en.eq(wb_en[i] & ~wb_phase2),
-                queue.update_data[i].eq(Cat(Const(0, wl["act"].shape.size), result_q[0].y)),
+                queue.update_data[i].eq(
+                    Mux(
+                        idle,
+                        load.data[: len(queue.update_data[i])],
+                        Cat(Const(0, wl["act"].shape.size), result_q[0].y),
+                    )
+                ),
                 queue.offset[i].eq(compactor.offset[i]),
                 queue.wdata[i].eq(Cat(wb_work[i].act, macs.acc[i])),
             ]
@@ -606,6 +601,11 @@ class GatedConvEngine(wiring.Component):
             with m.State("SETUP"):
                 m.d.comb += [setup.eq(1), chain.clear.eq(1)]
                 m.next = "PHASE1"
+                if self._gating:
+                    with m.If(skip1):  # phase 2 only, on the host's queue_len entries
+                        m.next = "DONE"
+                        with m.If(~skip2 & (reg["queue_len"] != 0)):
+                            m.next = "PREP"
             with m.State("PHASE1"):
                 m.d.comb += issue.eq(1)
                 with m.If(last_beat & done):
@@ -617,7 +617,7 @@ class GatedConvEngine(wiring.Component):
                 with m.If(drain):
                     m.next = "DONE"
                     if self._gating:
-                        with m.If(~dense & (gates_on_next != 0)):
+                        with m.If(~dense & ~skip2 & (gates_on_next != 0)):
                             m.next = "PREP"
             if self._gating:  # phase 2 (the dense baseline never leaves DRAIN1 for PREP)
                 with m.State("PREP"):
@@ -649,7 +649,7 @@ class GatedConvEngine(wiring.Component):
         with m.If(~idle & ~self.done):
             m.d.comb += self.busy.eq(1)
         with m.If(setup):
-            m.d.sync += gates_on.eq(0)
+            m.d.sync += gates_on.eq(Mux(skip1, reg["queue_len"], 0))
         with m.Elif(self.busy):
             m.d.sync += gates_on.eq(gates_on_next)
 

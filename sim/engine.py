@@ -30,15 +30,15 @@ per machine for a configuration's widths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from spec.config import EngineConfig
-from spec.protocol import COUNTER_NAMES
-from spec.tile import Segments, Tile, TileGeometry
+from spec.protocol import COUNTER_NAMES, RunMode
+from spec.tile import QueueLoad, Segments, Tile, TileGeometry
 
 __all__ = ["EngineResult", "run_tile"]
 
@@ -72,8 +72,8 @@ class TileParams(NamedTuple):
     ``zero`` is 0 in the float type of the dot products and ``chunk`` the most products one float sum
     takes exactly (:func:`_float_plan`); ``[tau_lo, tau_hi]`` the thresholds' signed ``acc_width`` range;
     then the tile's geometry, its segments (:class:`~spec.tile.Segments`), the output-channel groups
-    ``n_groups`` (1 in dense mode or for G = 1), the engine's P, L and counter width, and whether the output
-    values are wanted.
+    ``n_groups`` (1 in dense mode or for G = 1), the engine's P, L and counter width, whether the output
+    values are wanted, and the :class:`~spec.protocol.RunMode` as an integer.
     """
 
     zero: float
@@ -102,6 +102,7 @@ class TileParams(NamedTuple):
     in_mask: int
     bank_mask: int
     window: int
+    mode: int
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -598,6 +599,8 @@ def _round_tap_cycles(first, valid, kernel, gated, geometry, base, yt, xt, addrs
 @numba.njit(cache=True, nogil=True)
 def _schedule(
     gate_lin: np.ndarray,
+    queue_in: np.ndarray,
+    mode: int,
     write_cycle: np.ndarray,
     pes: int,
     lanes: int,
@@ -618,6 +621,10 @@ def _schedule(
     ----------
     gate_lin : bool [N]
         Gate bits in ``lin`` order (the order phase 1 hands activations to the PEs).
+    queue_in : int64 [n]
+        Mode 2: the work queue the host wrote, the ``lin`` of each entry in entry order (else unused).
+    mode : int
+        :class:`~spec.protocol.RunMode`: 0 both phases, 1 phase 1 only, 2 phase 2 only on ``queue_in``.
     pes, lanes, kernel : int
         P, L and K.
     n_seg, base_ch, cond_ch : int
@@ -644,6 +651,8 @@ def _schedule(
     # SETUP
     cycles += 1
     stalls += 1
+    run1 = mode != 2
+    run2 = mode != 1
 
     # PHASE1: round r gives PE i activation r*P + i; beats run over slots, chunks, ky, kx.
     # Gated: one slot, the PE's base segment; every base segment is C_sb wide (G > 1: all segments are
@@ -662,7 +671,7 @@ def _schedule(
             for _tap in range(taps):  # (ky, kx), kx fastest
                 beats1 += 1
                 lanes1 += valid_lanes
-    rounds1 = (n_act + pes - 1) // pes
+    rounds1 = (n_act + pes - 1) // pes if run1 else 0
     chunks1 = beats1 // taps  # every tap once per chunk of every slot
     base = np.empty(pes, dtype=np.int64)
     yt = np.empty(pes, dtype=np.int64)
@@ -692,11 +701,13 @@ def _schedule(
                     on += 1
             gates_on += on  # the compactor appends these to the work queue, in PE (= lin) order
 
-    # DRAIN1: the last beat executes, then is written back.
-    cycles += 2
-    stalls += 2
+    if run1:  # DRAIN1: the last beat executes, then is written back.
+        cycles += 2
+        stalls += 2
+    else:  # SETUP took the host's queue length
+        gates_on = queue_in.shape[0]
 
-    if not dense and gates_on > 0:
+    if not dense and run2 and gates_on > 0:
         # Phase 2 (docs/chip-design.md, section 2.1): the selection window forms each round while the round
         # before it runs; round r's last beat waits for round r + 1's formation and for round r − 1's
         # results, which drain into their queue entries one per cycle.
@@ -709,7 +720,8 @@ def _schedule(
                 for _tap in range(taps):
                     beats2 += 1
                     lanes2 += valid_lanes
-        queue = np.flatnonzero(gate_lin)  # the work queue: gated-on activations in lin order
+        # The work queue: phase 1's gated-on activations in lin order, or the host's.
+        queue = np.flatnonzero(gate_lin) if run1 else queue_in
         h_out, w_out, c_og, n_groups = geometry[0], geometry[1], geometry[2], geometry[3]
         in_seg, in_mask, bank_mask, wp, origin = (
             geometry[8],
@@ -776,14 +788,16 @@ def _schedule(
 
 
 @numba.njit(cache=True, nogil=True)
-def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
+def _run(x, w, tau, xp, y, gate, write_cycle, counters, queue, p):
     """One tile: functional part, schedule and wrapped counters, for the run ``p`` (:class:`TileParams`).
 
     ``x`` ``[c_in, h_in, w_in]``, ``w`` ``[c_out, c_in, K, K]`` (int8, else int32) and ``tau`` ``[c_out]``
     (int64) are the operands, ``xp`` the zeroed work buffer of the float type the dot products run in;
     ``y`` and ``gate`` (``[c_out, h_out * w_out]``), ``write_cycle`` (``[c_out * h_out * w_out]``) and
     ``counters`` (:data:`~spec.protocol.COUNTER_NAMES` order) receive the results. (The arrays are passed
-    one by one: Numba types a record of arrays far slower than the arrays themselves.)
+    one by one: Numba types a record of arrays far slower than the arrays themselves.) ``queue``: the lin of
+    each entry of the host's work queue for a phase-2-only run (``p.mode`` 2, which computes no outputs
+    here: :func:`run_tile` does), else empty.
 
     Returns False (and computes nothing) when a threshold lies outside ``[tau_lo, tau_hi]``. With
     ``p.outputs`` false only what the schedule depends on is computed: the gate bits (base sums) in gated
@@ -792,10 +806,12 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
     for co in range(tau.shape[0]):
         if tau[co] < p.tau_lo or tau[co] > p.tau_hi:
             return False
-    if p.dense and not p.outputs:
+    if p.mode == 2:
+        gate[:] = False
+    elif p.dense and not p.outputs:
         gate[:] = True
-    else:
-        _functional(x, w, tau, xp, y, gate, p, p.outputs)
+    else:  # (phase 1 only: the base sums, no conditional sums)
+        _functional(x, w, tau, xp, y, gate, p, p.outputs and p.mode == 0)
     # C order of (co, position) is lin order.
     geometry = np.array(
         [
@@ -818,6 +834,8 @@ def _run(x, w, tau, xp, y, gate, write_cycle, counters, p):
     )
     raw = _schedule(
         gate.reshape(-1),
+        queue,
+        p.mode,
         write_cycle,
         p.pes,
         p.lanes,
@@ -851,6 +869,7 @@ def _float_plan(config: EngineConfig) -> tuple[type, int]:
 
 _PLANS: dict[int, tuple] = {}  # id(config) -> (config, its _Plan)
 _CHECKED: dict[tuple, tuple[EngineConfig, Segments]] = {}
+_NO_QUEUE = np.empty(0, dtype=np.int64)
 _PLAIN = (int,) * 9 + (bool,)  # TileGeometry field types on the fast path (9 ints, then `dense`)
 _INT8, _INT16, _INT64 = np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int64)
 
@@ -927,7 +946,34 @@ def _geometry_segments(config: EngineConfig, g: TileGeometry) -> Segments:
     return seg
 
 
-def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineResult:
+def _phase2_results(config, tile, queue, lins, y, gate, write_cycle) -> None:
+    """Turn a phase-2-only run's arrays into its results: ``gate`` marks the queued activations,
+    ``write_cycle`` keeps their cycles (0 elsewhere) and ``y`` (when wanted) their results, each entry's
+    ``p`` plus its conditional sum ``r`` wrapped to ``acc_width`` bits (0 elsewhere). ``r`` is the dense
+    sum minus the base sum, from two runs of the functional part."""
+    flat_gate, flat_cycle = gate.reshape(-1), write_cycle.reshape(-1)
+    flat_gate[:] = False
+    flat_gate[lins] = True
+    flat_cycle[~flat_gate] = 0
+    if y is None:
+        return
+    g = tile.geometry
+    base = run_tile(config, tile, run=RunMode.PHASE1).outputs.reshape(-1)
+    full = run_tile(config, Tile(replace(g, dense=True), tile.inputs, tile.weights, tile.thresholds))
+    r = full.outputs.reshape(-1)[lins] - base[lins]
+    half = 1 << (config.acc_width - 1)
+    flat = y.reshape(-1)
+    flat[:] = 0
+    flat[lins] = (np.asarray(queue.psums, dtype=np.int64) + r + half) % (2 * half) - half
+
+
+def run_tile(
+    config: EngineConfig,
+    tile: Tile,
+    outputs: bool = True,
+    run: RunMode = RunMode.FULL,
+    queue: QueueLoad | None = None,
+) -> EngineResult:
     """Run one tile through the engine model.
 
     Parameters
@@ -941,6 +987,14 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
         sums behind the gate bits in gated mode; nothing in dense mode, whose gates are all on): the gates,
         counters and write cycles are those of the full run, ``outputs`` of the result is None. For callers
         that need only cycles and counters (the network report).
+    run : RunMode
+        The ``run`` register (ignored in dense mode). ``PHASE1``: phase 1 only, the output buffer holds every
+        partial sum (``outputs`` the base sums ``p``). ``PHASE2``: phase 2 only, on ``queue``; then
+        ``outputs`` holds each queued activation's result (the entry's ``p`` plus its conditional sum, in
+        ``acc_width`` bits) at its place, ``gates`` marks the queued activations and ``write_cycle`` the
+        cycles of their results (0 elsewhere: the output buffer is not touched).
+    queue : QueueLoad
+        The work queue the host wrote for a ``PHASE2`` run.
 
     Returns
     -------
@@ -956,6 +1010,12 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
     plan = hit[1] if hit is not None and hit[0] is config else _plan(config)
     fdt, k, s, act_ok, w_ok = plan.fdt, plan.kernel, plan.stride, plan.act_ok, plan.w_ok
     g = tile.geometry
+    mode = RunMode.FULL if g.dense else RunMode(run)
+    lins = _NO_QUEUE
+    if mode is RunMode.PHASE2:
+        if queue is None:
+            raise ValueError("run_tile: a PHASE2 run needs the queue the host wrote")
+        lins = queue.check(config, g)
     seg = _geometry_segments(config, g)
     x, w, tau = tile.inputs, tile.weights, tile.thresholds
     # Fast path of Tile.check: numpy arrays of the right shapes whose dtypes cannot exceed the operand
@@ -988,7 +1048,8 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
     # The padded frame spans exactly the rows/columns the outputs read; input pixels outside it (below or
     # right of the last output's window) are never read.
     dense = bool(g.dense)
-    n_xp = ((h_out - 1) * s + k) * ((w_out - 1) * s + k) * int(g.c_in) if (outputs or not dense) else 0
+    wanted = (outputs or not dense) and mode is not RunMode.PHASE2  # (phase 2 only: _phase2_results)
+    n_xp = ((h_out - 1) * s + k) * ((w_out - 1) * s + k) * int(g.c_in) if wanted else 0
     xp = np.zeros(n_xp, dtype=fdt)
     y = np.empty((c_out, h_out, w_out), dtype=np.int64)
     gate = np.empty((c_out, h_out, w_out), dtype=np.bool_)
@@ -1021,6 +1082,7 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
         in_mask=plan.in_mask,
         bank_mask=plan.bank_mask,
         window=plan.window,
+        mode=mode.value,
     )
     ok = _run(
         x,
@@ -1031,11 +1093,14 @@ def run_tile(config: EngineConfig, tile: Tile, outputs: bool = True) -> EngineRe
         gate.reshape(c_out, n_pos),
         write_cycle.reshape(-1),
         counters,
+        lins,
         params,
     )
     if not ok:  # a threshold out of range: the full check names it
         tile.check(config)
         raise AssertionError("run_tile: the kernel refused thresholds that Tile.check accepts")
+    if mode is RunMode.PHASE2:
+        _phase2_results(config, tile, queue, lins, y if outputs else None, gate, write_cycle)
     return EngineResult(
         outputs=y if outputs else None,
         gates=gate,

@@ -102,16 +102,31 @@ class EngineConfig:
     # Derived widths of the hardware interface (section 4 of the spec).
     @property
     def data_width(self) -> int:
+        """Bits of a load-stream word and of an unload response: an input or weight word, an output entry,
+        a counter, or a whole work-queue entry (written by the host for a phase-2-only run)."""
         return max(
             self.lanes * self.act_width,
             self.lanes * self.weight_width,
             self.acc_width + 1,
             self.counter_width,
+            self.queue_entry_width,
         )
 
     @property
+    def queue_entry_width(self) -> int:
+        """Bits of one work-queue entry, ``spec.protocol.queue_layout(config).size`` (written out here, where
+        the layouts cannot be imported; a test holds the two equal): channel, gate group, input word, the
+        tap box (two fields up to the padding, two up to the kernel) and the partial sum."""
+
+        def bits(n: int) -> int:
+            return max(1, (n - 1).bit_length())
+
+        box = 2 * self.padding.bit_length() + 2 * self.kernel.bit_length()
+        return bits(self.threshold_depth) + bits(self.groups) + bits(self.input_depth) + box + self.acc_width
+
+    @property
     def addr_width(self) -> int:
-        # At least 5 bits: the 26 configuration registers (spec.protocol.ConfigRegister) share the field; and
+        # At least 5 bits: the 28 configuration registers (spec.protocol.ConfigRegister) share the field; and
         # the banked addresses of the output buffer, the work queue and the thresholds (row << bank_bits |
         # bank).
         depth = max(

@@ -7,11 +7,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from spec.config import ConfigError, EngineConfig
-from spec.protocol import CONFIG_REGISTERS, REGISTER_WIDTH
+from spec.protocol import CONFIG_REGISTERS, REGISTER_WIDTH, RunMode
 
 __all__ = [
     "REGISTER_LIMIT",
     "SIGNED_REGISTERS",
+    "QueueLoad",
     "Segments",
     "Tile",
     "TileGeometry",
@@ -96,7 +97,9 @@ class TileGeometry:
             dense=dense,
         )
 
-    def register_values(self, config: EngineConfig) -> dict[str, int]:
+    def register_values(
+        self, config: EngineConfig, run: RunMode = RunMode.FULL, queue_len: int = 0
+    ) -> dict[str, int]:
         """The configuration registers for this tile run with the layer configuration ``config``, by name.
 
         Everything the engine would otherwise divide or multiply is derived here (docs/microarchitecture.md,
@@ -104,7 +107,9 @@ class TileGeometry:
         segment, the weight words of a segment (:meth:`weight_segment`) and its padding past the last
         beat's words (``w_gap``), the input pointer's step
         to the next output row (negative when the output row is wider than the input row plus one) and its
-        value at output (0, 0); :data:`SIGNED_REGISTERS` are written in two's complement.
+        value at output (0, 0); :data:`SIGNED_REGISTERS` are written in two's complement. ``run`` and
+        ``queue_len``: the run's :class:`~spec.protocol.RunMode` and, for ``PHASE2``, the entries of the
+        host's work queue.
         """
         seg = self.segments(config)
         k, s = config.kernel, config.stride
@@ -140,12 +145,14 @@ class TileGeometry:
             "y_in": hp // s * wp,
             "y_wrap": wp - (s - 1) * (hp // s) * wp,
             "y_res": -self.pad_top % s,
+            "run": RunMode(run).value,
+            "queue_len": int(queue_len),
         }
 
-    def registers(self, config: EngineConfig) -> list[int]:
+    def registers(self, config: EngineConfig, run: RunMode = RunMode.FULL, queue_len: int = 0) -> list[int]:
         """Register words in address order (:class:`spec.protocol.ConfigRegister`), negative values in
         two's complement; :meth:`check` has refused a tile whose values do not fit."""
-        values = self.register_values(config)
+        values = self.register_values(config, run, queue_len)
         return [values[name] & REGISTER_LIMIT for name in CONFIG_REGISTERS]
 
     def plane(self, config: EngineConfig) -> tuple[int, int]:
@@ -344,6 +351,52 @@ class Tile:
                 bad = int(arr.min()) if int(arr.min()) < lo else int(arr.max())
                 raise ConfigError(f"tile field {name!r}: value {bad} outside the signed range [{lo}, {hi}]")
         return seg
+
+
+@dataclass(frozen=True)
+class QueueLoad:
+    """The work queue a host writes for a phase-2-only run (:class:`~spec.protocol.RunMode`): entry ``n``
+    is the activation ``lins[n]`` (its ``lin`` in the tile) with partial sum ``psums[n]``.
+
+    Usually the gated-on activations of a phase-1 run minus those of the channels the host prunes, in
+    ``lin`` order, with the partial sums that run left in the output buffer (:meth:`after_phase1`); any
+    order of distinct activations is allowed.
+    """
+
+    lins: np.ndarray
+    psums: np.ndarray
+
+    @classmethod
+    def after_phase1(cls, psums: np.ndarray, gates: np.ndarray, keep: np.ndarray | None = None) -> QueueLoad:
+        """The gated-on activations of a phase-1 run (``psums``, ``gates``: ``[c_out, h_out, w_out]``) of
+        the channels ``keep`` (bool ``[c_out]``; default all), in ``lin`` order."""
+        on = np.asarray(gates, dtype=bool)
+        if keep is not None:
+            on = on & np.asarray(keep, dtype=bool)[:, None, None]
+        lins = np.flatnonzero(on.reshape(-1)).astype(np.int64)
+        return cls(lins, np.asarray(psums, dtype=np.int64).reshape(-1)[lins])
+
+    def check(self, config: EngineConfig, geometry: TileGeometry) -> np.ndarray:
+        """Refuse a queue the engine cannot run for a tile of ``geometry``; return the lins as int64."""
+        lins = np.asarray(self.lins)
+        psums = np.asarray(self.psums)
+        if lins.ndim != 1 or psums.shape != lins.shape:
+            raise ConfigError(
+                f"work queue: lins of shape {lins.shape} and psums of shape {psums.shape}, expected two "
+                "arrays of one entry per queued activation"
+            )
+        if lins.size and lins.dtype.kind not in "iu" or psums.size and psums.dtype.kind not in "iu":
+            raise ConfigError("work queue: lins and psums must be integer arrays")
+        n = geometry.n_outputs
+        if lins.size and (int(lins.min()) < 0 or int(lins.max()) >= n):
+            bad = int(lins.min()) if int(lins.min()) < 0 else int(lins.max())
+            raise ConfigError(f"work queue: activation lin = {bad} outside the tile's [0, {n - 1}]")
+        if np.unique(lins).size != lins.size:
+            raise ConfigError("work queue: an activation is queued twice")
+        lo, hi = -(1 << (config.acc_width - 1)), (1 << (config.acc_width - 1)) - 1
+        if psums.size and (int(psums.min()) < lo or int(psums.max()) > hi):
+            raise ConfigError(f"work queue: a partial sum outside the signed acc_width range [{lo}, {hi}]")
+        return lins.astype(np.int64)
 
 
 def random_tile(

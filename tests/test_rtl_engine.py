@@ -10,9 +10,9 @@ from rtl.engine import GatedConvEngine
 from sim.engine import run_tile
 from sim.reference import tile_reference
 from spec.config import EngineConfig
-from spec.tile import TileGeometry, random_tile
+from spec.tile import QueueLoad, TileGeometry, random_tile
 from verification.amaranth_transport import AmaranthTransport
-from verification.driver import EngineDriver
+from verification.driver import EngineDriver, decode_outputs
 from verification.layout import queue_write_outputs
 
 SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_depth=32)
@@ -150,3 +150,101 @@ def test_dense_baseline_leaves_out_the_gating_hardware():
     for b in range(config.pes):
         assert Shape.cast(parts[True][f"obuf{b}"]._data.shape).width == config.acc_width + 1  # y, gate
         assert parts[False][f"obuf{b}"]._data.shape == signed(config.acc_width)
+
+
+def run_two_pass_amaranth(build: EngineConfig, layer: EngineConfig, before, tile, keep):
+    """On one build: a full run of ``before`` (which leaves its weights in the buffers), then ``tile`` in two
+    passes: PHASE1 (base-path weights only), the host reads the output buffer and queues the gated-on
+    activations of the channels ``keep``, then PHASE2 with those channels' conditional-path weights.
+
+    Returns ``(pass1, pass2, queue)``: pass 1 as ``(y, gate, counters, busy, write_cycle)``; pass 2 as
+    ``(results, counters, busy, write_cycle)`` by queue entry, and the queue the host wrote.
+    """
+    from spec.protocol import RunMode
+    from spec.tile import QueueLoad
+    from verification.layout import decode_output
+
+    dut = GatedConvEngine(build)
+    got = {}
+
+    async def bench(ctx):
+        driver = EngineDriver(build, AmaranthTransport(ctx, dut, build.pes))
+        await driver.load_tile(before, layer=layer)
+        await driver.run()
+        await driver.load_tile(tile, layer=layer, run=RunMode.PHASE1)
+        run = await driver.run()
+        words = await driver.read_words(range(tile.geometry.n_outputs))
+        out = decode_outputs(build, tile.geometry, [words[i] for i in range(len(words))])
+        counters = await driver.read_counters()
+        cycle = np.zeros(tile.geometry.n_outputs, dtype=np.int64)
+        cycle[list(run.writes)] = list(run.writes.values())
+        got["pass1"] = (out.y, out.gate, counters, run.busy, cycle.reshape(out.y.shape), run.queue_writes)
+        queue = QueueLoad.after_phase1(out.y, out.gate, keep)
+        await driver.load_tile(tile, layer=layer, run=RunMode.PHASE2, queue=queue)
+        run = await driver.run()
+        results = [decode_output(build, w)[0] for w in await driver.read_queue(len(queue.lins))]
+        cycle = np.zeros(len(queue.lins), dtype=np.int64)
+        mask = (1 << build.bank_bits) - 1
+        for addr, c in run.queue_writes.items():
+            cycle[(addr >> build.bank_bits) * build.pes + (addr & mask)] = c
+        after = await driver.read_words(range(tile.geometry.n_outputs))
+        got["pass2"] = (np.array(results), await driver.read_counters(), run.busy, cycle, run.writes)
+        got["queue"], got["untouched"] = queue, after == words
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
+@pytest.mark.parametrize(
+    "k,s,p,g,geom",
+    [
+        (3, 1, 1, 2, dict(c_in=8, c_out=8, h_in=4, w_in=4)),
+        (5, 2, 2, 1, dict(c_in=6, c_out=6, h_in=7, w_in=6, base_channels=2)),
+    ],
+)
+def test_two_pass_runs_match_the_model(k, s, p, g, geom):
+    """Two-pass runs (RunMode PHASE1, then PHASE2 on the host's queue without the pruned channels): each
+    pass equals the model's run of that mode in values, counters and write cycles; the kept activations'
+    results are the reference's outputs, phase 2 leaves the output buffer alone, and pass 1 plus pass 2
+    take one cycle more than the full run when nothing is pruned."""
+    from spec.protocol import RunMode
+
+    build = EngineConfig(
+        **{**SMALL, "weight_depth": 1024}, pes=4, lanes=4, kernel=5, stride=2, padding=2, groups=4
+    )
+    layer = build.for_layer(kernel=k, stride=s, padding=p, groups=g)
+    geometry = TileGeometry.full_layer(layer, **geom)
+    rng = np.random.default_rng(23)
+    before = random_tile(layer, geometry, rng, gate_rate=0.5)
+    tile = random_tile(layer, geometry, rng, gate_rate=0.6)
+    ref_y, ref_gate, _ = tile_reference(layer, tile)
+    keep = rng.random(geometry.c_out) < 0.5
+    keep[0], keep[1] = True, False  # (channels 0 and 1 have gates on at this rate and seed)
+    assert ref_gate[0].any() and ref_gate[1].any()
+    got = run_two_pass_amaranth(build, layer, before, tile, keep)
+
+    y, gate, counters, busy, write_cycle, queue_writes = got["pass1"]
+    model1 = run_tile(layer, tile, run=RunMode.PHASE1)
+    np.testing.assert_array_equal(gate, ref_gate)
+    np.testing.assert_array_equal(y, model1.outputs)
+    np.testing.assert_array_equal(y[~gate], ref_y[~gate])  # gated off: p is the output
+    assert counters == model1.counters and counters["cycles"] == busy and not queue_writes
+    assert counters["cond_macs"] == 0 and counters["gates_on"] == int(ref_gate.sum())
+    np.testing.assert_array_equal(write_cycle, model1.write_cycle)
+
+    results, counters, busy, cycle, writes = got["pass2"]
+    queue = got["queue"]
+    assert len(queue.lins) and not writes and got["untouched"]
+    model2 = run_tile(layer, tile, run=RunMode.PHASE2, queue=queue)
+    np.testing.assert_array_equal(results, model2.outputs.reshape(-1)[queue.lins])
+    np.testing.assert_array_equal(results, ref_y.reshape(-1)[queue.lins])
+    assert counters == model2.counters and counters["cycles"] == busy
+    assert counters["base_macs"] == 0 and counters["gates_on"] == len(queue.lins)
+    np.testing.assert_array_equal(cycle, model2.write_cycle.reshape(-1)[queue.lins])
+
+    full = run_tile(layer, tile)
+    nothing_pruned = run_tile(layer, tile, run=RunMode.PHASE2, queue=QueueLoad.after_phase1(y, gate))
+    assert model1.counters["cycles"] + nothing_pruned.counters["cycles"] == full.counters["cycles"] + 1

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from spec.config import EngineConfig
-from spec.protocol import COUNTER_NAMES, LoadTarget, UnloadTarget
-from spec.tile import Tile, TileGeometry
+from spec.protocol import COUNTER_NAMES, LoadTarget, RunMode, UnloadTarget
+from spec.tile import QueueLoad, Tile, TileGeometry
 from verification.layout import (
     LoadWrites,
     banked_address,
@@ -32,6 +32,7 @@ from verification.layout import (
     load_writes,
     pack_payloads,
     pack_request,
+    queue_writes,
 )
 
 __all__ = ["LOAD_MODES", "EngineDriver", "EngineTransport", "Outputs", "decode_outputs"]
@@ -94,11 +95,24 @@ class EngineDriver:
         if self.on_protocol is not None:
             self.on_protocol(text)
 
-    async def load_tile(self, tile: Tile, load: str = "all", layer: EngineConfig | None = None) -> int:
-        """Write the tile (``load``: one of :data:`LOAD_MODES`); return the number of writes.
+    async def load_tile(
+        self,
+        tile: Tile,
+        load: str = "all",
+        layer: EngineConfig | None = None,
+        run: RunMode = RunMode.FULL,
+        queue: QueueLoad | None = None,
+        keep: np.ndarray | None = None,
+    ) -> int:
+        """Write the tile (``load``: one of :data:`LOAD_MODES`) for a run of mode ``run``; return the number
+        of writes.
 
         ``layer`` is the configuration of the layer the tile belongs to (its kernel, stride, padding and
-        groups go into the registers); default: the build's own (``self.config``).
+        groups go into the registers); default: the build's own (``self.config``). Two-pass runs
+        (:func:`verification.layout.load_writes`): ``PHASE1`` loads the base-path weights only; ``PHASE2``
+        the registers, the conditional-path weights of the channels ``keep`` (default: those of the
+        queued activations) and the work queue ``queue`` (``load`` = "all"; "registers": only those and
+        the queue).
         """
         if load not in LOAD_MODES:
             raise ValueError(f"load = {load!r}, expected one of {LOAD_MODES}")
@@ -107,10 +121,29 @@ class EngineDriver:
         if layer is None:
             layer = self.config
         self.config.check_layer(layer)
-        writes = load_writes(layer, tile)
+        run = RunMode(run)
+        n_queue = 0
+        if run is RunMode.PHASE2 and not tile.geometry.dense:
+            if queue is None:
+                raise ValueError("a PHASE2 run needs the work queue to write")
+            n_queue = len(queue.lins)
+            if keep is None:
+                hw = tile.geometry.h_out * tile.geometry.w_out
+                keep = np.zeros(tile.geometry.c_out, dtype=bool)
+                keep[np.asarray(queue.lins, dtype=np.int64) // hw] = True
+        writes = load_writes(layer, tile, run, n_queue, keep)
         if load == "registers":
-            keep = writes.sel == LoadTarget.CONFIG.value
-            writes = LoadWrites(writes.sel[keep], writes.addr[keep], writes.data[keep])
+            chosen = writes.sel == LoadTarget.CONFIG.value
+            writes = LoadWrites(writes.sel[chosen], writes.addr[chosen], writes.data[chosen])
+        if n_queue:
+            extra = queue_writes(self.config, layer, tile.geometry, queue)
+            writes = LoadWrites(
+                np.concatenate([writes.sel, extra.sel]),
+                np.concatenate([writes.addr, extra.addr]),
+                np.concatenate([writes.data.astype(object), extra.data.astype(object)])
+                if self.config.data_width > 64
+                else np.concatenate([writes.data, extra.data]),
+            )
         for i, payload in enumerate(pack_payloads(self.config, writes)):
             waited = await self.transport.load.put(payload)
             if waited:
@@ -173,6 +206,11 @@ class EngineDriver:
         words = await self.read_words(range(geometry.n_outputs))
         results = await self.merge_results(geometry, words)
         return decode_outputs(self.config, geometry, [results[lin] for lin in range(geometry.n_outputs)])
+
+    async def read_queue(self, n: int) -> list[int]:
+        """The raw words of work-queue entries ``0 … n − 1`` (each a result as an output entry: ``y``, gate
+        bit 1)."""
+        return [await self.read(UnloadTarget.QUEUE, i) for i in range(n)]
 
     async def read_counters(self) -> dict[str, int]:
         return {

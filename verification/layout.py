@@ -25,8 +25,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from spec.config import EngineConfig
-from spec.protocol import LoadTarget, UnloadTarget, load_layout, output_layout, read_layout
-from spec.tile import Segments, Tile
+from spec.protocol import (
+    LoadTarget,
+    RunMode,
+    UnloadTarget,
+    load_layout,
+    output_layout,
+    queue_layout,
+    read_layout,
+)
+from spec.tile import QueueLoad, Segments, Tile, TileGeometry
 
 __all__ = [
     "LoadWrites",
@@ -39,7 +47,9 @@ __all__ = [
     "pack_payload",
     "pack_payloads",
     "pack_request",
+    "queue_entries",
     "queue_write_outputs",
+    "queue_writes",
     "unpack_payload",
 ]
 
@@ -133,13 +143,25 @@ def pack_lanes(lanes: np.ndarray, width: int) -> np.ndarray:
     return words
 
 
-def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
-    """Every ``(sel, addr, data)`` write that loads ``tile`` (spec section 3's address map).
+def load_writes(
+    config: EngineConfig,
+    tile: Tile,
+    run: RunMode = RunMode.FULL,
+    queue_len: int = 0,
+    keep: np.ndarray | None = None,
+) -> LoadWrites:
+    """Every ``(sel, addr, data)`` write that loads ``tile`` for a run of mode ``run`` (spec section 3's
+    address map).
 
-    Order: configuration registers 0..25 (sel 0), input words (sel 1, ascending address), weight words
+    Order: configuration registers 0..27 (sel 0), input words (sel 1, ascending address), weight words
     (sel 2, ascending address), thresholds (sel 3, ``co`` ascending at the banked address of entry ``co``,
-    two's complement in ``acc_width`` bits).
+    two's complement in ``acc_width`` bits). Two-pass runs load what each pass reads (docs/network.md):
+    ``PHASE1`` every weight word of each channel's base segment only; ``PHASE2`` only the registers (with
+    ``queue_len``) and the conditional-segment weight words of the channels ``keep`` (bool ``[c_out]``,
+    default all): the inputs and thresholds are those of the phase-1 run, the queue entries are written
+    apart (:func:`queue_writes`).
     """
+    run = RunMode(run)
     seg = tile.check(config)
     g = tile.geometry
     lanes = config.lanes
@@ -178,12 +200,24 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     w_addr = (
         s[:, None, None] * g.weight_segment(config) + beat[:, :, None] + np.arange(c_out, dtype=np.int64)
     ).reshape(-1)
+    if run is not RunMode.FULL and not g.dense:
+        # A channel's base segment: its group's (G > 1), else segment 0.
+        own = np.arange(c_out) // seg.out_per_group if config.groups > 1 else np.zeros(c_out, dtype=np.int64)
+        base = np.broadcast_to(s[:, None, None] == own[None, None, :], (len(s), k * k, c_out)).reshape(-1)
+        if run is RunMode.PHASE1:
+            wanted = base
+        else:
+            chans = np.ones(c_out, dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+            wanted = ~base & np.broadcast_to(chans[None, None, :], (len(s), k * k, c_out)).reshape(-1)
+        w_words, w_addr = w_words[wanted], w_addr[wanted]
 
-    regs = np.asarray(g.registers(config), dtype=np.int64)
+    regs = np.asarray(g.registers(config, run, queue_len), dtype=np.int64)
     thr = _twos(np.asarray(tile.thresholds, dtype=np.int64), config.acc_width)
 
     wide = config.data_width > 64
     dtype = object if wide else np.uint64
+    if run is RunMode.PHASE2 and not g.dense:
+        in_words, in_addr, thr = in_words[:0], in_addr[:0], thr[:0]
     parts = [
         (LoadTarget.CONFIG.value, regs.astype(np.uint64)),
         (LoadTarget.INPUT.value, in_words),
@@ -197,6 +231,66 @@ def load_writes(config: EngineConfig, tile: Tile) -> LoadWrites:
     # uint64 -> object converts to Python ints, which the wide words already are.
     data = np.concatenate([np.asarray(d).astype(dtype) for _, d in parts])
     return LoadWrites(sel=sel, addr=addr, data=data)
+
+
+def _pack_struct(layout, values: dict) -> np.ndarray:
+    """Pack arrays of field values (nested dicts for nested layouts) at ``layout``'s offsets, as object
+    arrays of Python ints (negative values in two's complement at the field's width)."""
+    word = None
+    for name, field in layout:
+        value = values[name]
+        if isinstance(value, dict):
+            bits = _pack_struct(field.shape, value)
+        else:
+            width = field.width
+            bits = (np.asarray(value, dtype=np.int64) & ((1 << width) - 1)).astype(object)
+        shifted = bits << field.offset if field.offset else bits
+        word = shifted if word is None else word | shifted
+    return word
+
+
+def queue_entries(
+    build: EngineConfig, layer: EngineConfig, geometry: TileGeometry, queue: QueueLoad
+) -> np.ndarray:
+    """The work-queue entries (:func:`spec.protocol.queue_layout` of the build) of ``queue`` for a tile of
+    ``geometry`` in a layer configured ``layer``, as Python ints: each activation's channel, gate group,
+    input word of tap (0, 0) (``in_origin + oy·Wp + ox`` modulo the input address width), tap box (the
+    taps inside the tile, up to the build's largest kernel) and partial sum."""
+    lins = queue.check(build, geometry)
+    regs = geometry.register_values(layer)
+    hw = geometry.h_out * geometry.w_out
+    co, pos = lins // hw, lins % hw
+    oy, ox = pos // geometry.w_out, pos % geometry.w_out
+    wp = geometry.plane(layer)[1]
+    boxes = {}
+    for axis, o, pad, extent in (
+        ("y", oy, geometry.pad_top, geometry.h_in),
+        ("x", ox, geometry.pad_left, geometry.w_in),
+    ):
+        t = o * layer.stride - pad  # the input row (column) of tap (0, 0)
+        boxes[f"{axis}_lo"] = np.maximum(-t, 0)
+        boxes[f"{axis}_end"] = np.minimum(np.maximum(extent - t, 0), build.kernel)
+    act = {
+        "co": co,
+        "g": co // regs["c_og"] if layer.groups > 1 else np.zeros_like(co),
+        "ia": regs["in_origin"] + oy * wp + ox,  # (the field's width takes it modulo 2^width)
+        "box": boxes,
+    }
+    return _pack_struct(queue_layout(build), {"act": act, "p": np.asarray(queue.psums, dtype=np.int64)})
+
+
+def queue_writes(
+    build: EngineConfig, layer: EngineConfig, geometry: TileGeometry, queue: QueueLoad
+) -> LoadWrites:
+    """The load-stream writes of ``queue`` (:func:`queue_entries`): entry ``n`` at its banked address."""
+    data = queue_entries(build, layer, geometry, queue)
+    n = len(data)
+    wide = build.data_width > 64
+    return LoadWrites(
+        sel=np.full(n, LoadTarget.QUEUE.value, dtype=np.int64),
+        addr=banked_address(build, np.arange(n, dtype=np.int64)),
+        data=np.asarray(data, dtype=object) if wide else np.asarray(list(data), dtype=np.uint64),
+    )
 
 
 def _check_field(name: str, value: int, bits: int) -> int:
