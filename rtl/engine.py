@@ -682,7 +682,7 @@ class GatedConvEngine(wiring.Component):
         req_output, req_queue = Signal(), Signal()
         m.d.comb += [
             req_output.eq(req.sel == UnloadTarget.OUTPUT),
-            req_queue.eq(req.sel == UnloadTarget.QUEUE),
+            req_queue.eq((req.sel == UnloadTarget.QUEUE) | (req.sel == UnloadTarget.QUEUE_ENTRY)),
         ]
         for b, (_, o_r) in enumerate(obanks):
             m.d.comb += [o_r.addr.eq(req_row), o_r.en.eq(req_hit[b] & req_output)]
@@ -715,8 +715,19 @@ class GatedConvEngine(wiring.Component):
                         m.d.comb += out_word.eq(obanks[b][1].data)
                     with m.Else():
                         m.d.comb += [out_word.y.eq(obanks[b][1].data), out_word.gate.eq(1)]
+        raw_entry = Signal(len(queue.rdata[0]))  # (a whole queue entry: UnloadTarget.QUEUE_ENTRY)
+        with m.Switch(resp_bank):
+            for b in range(P):
+                with m.Case(b):
+                    m.d.comb += raw_entry.eq(queue.rdata[b])
         response = Signal.like(self.resp.payload)
-        m.d.comb += response.eq(Mux(resp_sel == UnloadTarget.COUNTERS, counter_value, out_word.as_value()))
+        with m.Switch(resp_sel):
+            with m.Case(UnloadTarget.COUNTERS):
+                m.d.comb += response.eq(counter_value)
+            with m.Case(UnloadTarget.QUEUE_ENTRY):
+                m.d.comb += response.eq(raw_entry)
+            with m.Default():
+                m.d.comb += response.eq(out_word.as_value())
         # The word is taken in the cycle after the request and held: a run started while a response waits
         # reuses the queue's read ports and clears the counters, and must not change it.
         resp_fresh = Signal()

@@ -7,10 +7,12 @@ tiles (:func:`sim.tiling.plan_layer`) and every tile runs through the engine's c
 * **dense**: the baseline, the same hardware in dense mode (its cycles do not depend on the data, so it
   runs once per layer, on the first sample);
 * **gated**: the channel-gated design (ungated layers run in dense mode in it too);
-* **pruned**: the gated design with dynamic output-channel pruning: a channel whose share of gated-on
-  activations in this image is at or below the threshold has its gates forced off (thresholds set to the
-  largest accumulator value), so its conditional path is never computed and its conditional-path weights
-  never fetched.
+* **pruned**: the gated design with dynamic output-channel pruning, run as the engine's two-pass protocol
+  (:class:`~spec.protocol.RunMode`): every gated tile runs phase 1 alone (``PHASE1``), the host reads its
+  gate bits, and a channel whose share of gated-on activations in this image is at or below the threshold
+  is pruned: phase 2 (``PHASE2``) runs only the other channels' gated-on activations, so the pruned
+  channels' conditional paths are never computed and their conditional-path weights never fetched
+  (:func:`two_pass_counters`).
 
 Off-chip transfers (:mod:`sim.traffic`) and the compute/transfer overlap of double-buffered tiles give each
 layer's cycles. Layers the engine does not run are listed with ``mapped = False`` and the reason.
@@ -31,12 +33,37 @@ from sim.results import DESIGNS, LayerRun, NetworkRun
 from sim.tiling import LayerPlan, plan_layer
 from sim.traffic import chain_cycles, layer_traffic
 from spec.config import ConfigError, EngineConfig
-from spec.protocol import COUNTER_NAMES
+from spec.protocol import COUNTER_NAMES, RunMode
 from spec.system import SystemConfig
-from spec.tile import Tile
+from spec.tile import QueueLoad, Tile
 from trace_format import Trace, TraceError, TraceLayer, engine_geometry_problem, requantize
 
-__all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_network"]
+__all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_network", "two_pass_counters"]
+
+_CYCLES, _GATES_ON = COUNTER_NAMES.index("cycles"), COUNTER_NAMES.index("gates_on")
+
+
+def two_pass_counters(cfg: EngineConfig, tile: Tile, keep: np.ndarray) -> np.ndarray:
+    """The counters of one tile of the pruned design, in :data:`COUNTER_NAMES` order: a ``PHASE1`` run,
+    the host's turn, a ``PHASE2`` run on the gated-on activations of the channels ``keep``.
+
+    Each counter is the sum over the two runs, except ``gates_on``: the activations phase 2 ran. ``cycles``
+    also counts the host's turn, in which the engine is idle: reading the work queue phase 1 left, whole
+    (``UnloadTarget.QUEUE_ENTRY``, one entry per cycle: their channels give each channel's share of
+    gated-on activations) and, when a pruned channel had gates on in this tile, writing back the kept
+    entries (one per cycle); otherwise phase 2 runs on the queue as phase 1 left it.
+    """
+    pass1 = run_tile(cfg, tile, outputs=False, run=RunMode.PHASE1)
+    on = pass1.gates
+    queue = QueueLoad.after_phase1(np.zeros(on.shape, dtype=np.int64), on, keep)
+    pass2 = run_tile(cfg, tile, outputs=False, run=RunMode.PHASE2, queue=queue)
+    c1 = np.array(list(pass1.counters.values()), dtype=np.int64)
+    c2 = np.array(list(pass2.counters.values()), dtype=np.int64)
+    total = c1 + c2
+    total[_GATES_ON] = c2[_GATES_ON]
+    rewrite = len(queue.lins) if len(queue.lins) < c1[_GATES_ON] else 0
+    total[_CYCLES] += c1[_GATES_ON] + rewrite
+    return total
 
 
 def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineConfig, int]:
@@ -191,7 +218,6 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
     blocks = _Blocks(plan, w, tau)
     shape_out = meta.shape_out
     n_pix = meta.h_out * meta.w_out
-    never = np.int64((1 << (cfg.acc_width - 1)) - 1)
     threshold = config.report.prune_threshold
     # Output values are needed only to check them and to count zero-compressed bytes; cycles and counters
     # depend on the gate bits alone.
@@ -232,16 +258,10 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
         on_fracs.append(float(gates.mean()))
         pruned_fracs.append(float(pruned.mean()))
         pruned_masks.append(pruned)
-        pruned_counters = gated_counters
-        if pruned.any():
-            tau_p = np.where(pruned, never, tau)
-            pruned_counters = gated_counters.copy()
-            for i, t in enumerate(plan):
-                where = (blocks.index[t.chan_block], slice(t.r0, t.r1), slice(t.x0_out, t.x1_out))
-                if (pruned[where[0]] & gates[where].any(axis=(1, 2))).any():
-                    # A pruned channel had gates on here: rerun with them forced off.
-                    res = run_tile(cfg, blocks.tile(t, x, thresholds=tau_p), outputs=False)
-                    pruned_counters[i] = list(res.counters.values())
+        pruned_counters = np.empty_like(gated_counters)
+        for i, t in enumerate(plan):
+            keep = ~pruned[blocks.index[t.chan_block]]
+            pruned_counters[i] = two_pass_counters(cfg, blocks.tile(t, x), keep)
         counters["pruned"].append(pruned_counters)
 
     if meta.gated:

@@ -80,13 +80,16 @@ class RunMode(enum.Enum, shape=2):
 class UnloadTarget(enum.Enum, shape=2):
     """What one unload request reads (the ``sel`` field of :func:`read_layout`).
 
-    ``OUTPUT`` and ``QUEUE`` take a banked address, ``row << config.bank_bits | bank`` for entry
-    ``row·P + bank``; a queue entry answers with its result as an output entry (``y``, gate bit 1).
+    ``OUTPUT``, ``QUEUE`` and ``QUEUE_ENTRY`` take a banked address, ``row << config.bank_bits | bank``
+    for entry ``row·P + bank``; ``QUEUE`` answers with the entry's result as an output entry (``y``, gate
+    bit 1), ``QUEUE_ENTRY`` with the whole entry (:func:`queue_layout`: after a ``PHASE1`` run the host
+    reads the gated-on activations' channels from it and writes back those it keeps).
     """
 
     OUTPUT = 0
     COUNTERS = 1
     QUEUE = 2
+    QUEUE_ENTRY = 3
 
 
 class ConfigRegister(enum.Enum, shape=5):

@@ -13,7 +13,7 @@ from spec.config import EngineConfig
 from spec.tile import QueueLoad, TileGeometry, random_tile
 from verification.amaranth_transport import AmaranthTransport
 from verification.driver import EngineDriver, decode_outputs
-from verification.layout import queue_write_outputs
+from verification.layout import queue_entries, queue_write_outputs
 
 SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_depth=32)
 
@@ -179,6 +179,7 @@ def run_two_pass_amaranth(build: EngineConfig, layer: EngineConfig, before, tile
         cycle = np.zeros(tile.geometry.n_outputs, dtype=np.int64)
         cycle[list(run.writes)] = list(run.writes.values())
         got["pass1"] = (out.y, out.gate, counters, run.busy, cycle.reshape(out.y.shape), run.queue_writes)
+        got["entries"] = await driver.read_queue_entries(counters["gates_on"])
         queue = QueueLoad.after_phase1(out.y, out.gate, keep)
         await driver.load_tile(tile, layer=layer, run=RunMode.PHASE2, queue=queue)
         run = await driver.run()
@@ -234,6 +235,9 @@ def test_two_pass_runs_match_the_model(k, s, p, g, geom):
     assert counters == model1.counters and counters["cycles"] == busy and not queue_writes
     assert counters["cond_macs"] == 0 and counters["gates_on"] == int(ref_gate.sum())
     np.testing.assert_array_equal(write_cycle, model1.write_cycle)
+    # The queue phase 1 left, read whole: the entries the host packs for the same activations.
+    host = queue_entries(build, layer, geometry, QueueLoad.after_phase1(y, gate))
+    assert got["entries"] == list(host)
 
     results, counters, busy, cycle, writes = got["pass2"]
     queue = got["queue"]

@@ -23,8 +23,8 @@ from xml.etree import ElementTree
 import numpy as np
 
 from spec.config import EngineConfig
-from spec.protocol import COUNTER_NAMES
-from spec.tile import Tile
+from spec.protocol import COUNTER_NAMES, RunMode
+from spec.tile import QueueLoad, Tile
 from verification.build import TOP, build, run_testbench
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, save_cases
 from verification.simulators import simulator_status
@@ -96,13 +96,21 @@ completed_runs: list[dict] = []
 # ---------------------------------------------------------------------------------------------------------
 
 
-def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
+def expectations(
+    config: EngineConfig,
+    name: str,
+    tile: Tile,
+    run: RunMode = RunMode.FULL,
+    queue: QueueLoad | None = None,
+) -> CosimCase:
     """The cycle model's results for ``tile`` of a layer configured ``config`` (computed here, never in the
-    simulator process); the case runs on any build whose maxima cover the layer (``run_cosim``)."""
+    simulator process); the case runs on any build whose maxima cover the layer (``run_cosim``). ``run``,
+    ``queue``: a pass of a two-pass run (the spec references are for full runs only)."""
     from sim.engine import run_tile
 
     tile.check(config)
-    result = run_tile(config, tile)
+    run = RunMode.FULL if tile.geometry.dense else RunMode(run)
+    result = run_tile(config, tile, run=run, queue=queue)
     case = CosimCase(
         name=name,
         tile=tile,
@@ -111,7 +119,13 @@ def expectations(config: EngineConfig, name: str, tile: Tile) -> CosimCase:
         counters={k: int(result.counters[k]) for k in COUNTER_NAMES},
         write_cycle=np.asarray(result.write_cycle, dtype=np.int64),
         layer=config,
+        run=run.value,
     )
+    if run is RunMode.PHASE2:
+        case.queue_lins = np.asarray(queue.lins, dtype=np.int64)
+        case.queue_psums = np.asarray(queue.psums, dtype=np.int64)
+    if run is not RunMode.FULL:
+        return case
     try:
         from sim.reference import tile_reference
     except ImportError:

@@ -66,6 +66,13 @@ class CosimCase:
     # The configuration of the layer the tile belongs to (the build's with the layer's kernel, stride,
     # padding and groups: spec.config.EngineConfig.for_layer); None: the build's own.
     layer: EngineConfig | None = None
+    # The run's spec.protocol.RunMode (its value). PHASE1 loads the base-path weights only and leaves every
+    # partial sum in the output buffer; PHASE2 loads the registers, the work queue `queue_lins` /
+    # `queue_psums` (spec.tile.QueueLoad) and the conditional-path weights of the queued channels, and its
+    # expectations hold each queued activation's result and write cycle at its place (0 elsewhere).
+    run: int = 0
+    queue_lins: np.ndarray | None = None
+    queue_psums: np.ndarray | None = None
 
 
 def _pattern(value) -> np.ndarray:
@@ -104,7 +111,10 @@ def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -
         arrays[f"t{i}_write_cycle"] = np.asarray(c.write_cycle, dtype=np.int64)
         arrays[f"t{i}_resp_stall"] = _pattern(c.resp_stall)
         arrays[f"t{i}_load_gap"] = _pattern(c.load_gap)
-        arrays[f"t{i}_pacing"] = np.array([c.stall_seed, c.reset_at, c.reset_cycles], dtype=np.int64)
+        arrays[f"t{i}_pacing"] = np.array([c.stall_seed, c.reset_at, c.reset_cycles, c.run], dtype=np.int64)
+        if c.queue_lins is not None:
+            arrays[f"t{i}_queue_lins"] = np.asarray(c.queue_lins, dtype=np.int64)
+            arrays[f"t{i}_queue_psums"] = np.asarray(c.queue_psums, dtype=np.int64)
         layer = c.layer or config
         fields_ = EngineConfig.LAYER_FIELDS
         arrays[f"t{i}_layer"] = np.array([getattr(layer, f) for f in fields_], dtype=np.int64)
@@ -165,7 +175,9 @@ def load_cases(path: str | Path) -> tuple[EngineConfig, list[CosimCase]]:
                 layer = dict(zip(EngineConfig.LAYER_FIELDS, z[f"t{i}_layer"].tolist(), strict=True))
                 case.layer = config.for_layer(**layer)
             if f"t{i}_pacing" in z.files:
-                case.stall_seed, case.reset_at, case.reset_cycles = z[f"t{i}_pacing"].tolist()
+                case.stall_seed, case.reset_at, case.reset_cycles, case.run = z[f"t{i}_pacing"].tolist()
+            if f"t{i}_queue_lins" in z.files:
+                case.queue_lins, case.queue_psums = z[f"t{i}_queue_lins"], z[f"t{i}_queue_psums"]
                 case.resp_stall = _unpattern(z[f"t{i}_resp_stall"])
                 case.load_gap = _unpattern(z[f"t{i}_load_gap"])
     return config, cases

@@ -57,11 +57,12 @@ from cocotb.simtime import get_sim_time
 from cocotb.triggers import Event, ReadOnly, RisingEdge, with_timeout
 
 from spec.config import EngineConfig
-from spec.protocol import COUNTER_NAMES, UnloadTarget
+from spec.protocol import COUNTER_NAMES, RunMode, UnloadTarget
+from spec.tile import QueueLoad
 from verification.cocotb_transport import CLOCK_NS, CocotbTransport
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
 from verification.driver import EngineDriver, decode_outputs
-from verification.layout import pack_request, queue_write_outputs
+from verification.layout import decode_output, pack_request, queue_write_outputs
 from verification.streams import stall_pattern
 
 __all__ = ["EngineTestbench", "RunMonitor", "compare", "engine_tile"]
@@ -388,7 +389,9 @@ class EngineTestbench:
         first_cycle = monitor.cycle
         self._pace(case)
         stalls0 = self._stalls()
-        n_writes = await driver.load_tile(case.tile, case.load, layer=case.layer)
+        mode = RunMode(case.run)
+        queue = QueueLoad(case.queue_lins, case.queue_psums) if case.queue_lins is not None else None
+        n_writes = await driver.load_tile(case.tile, case.load, layer=case.layer, run=mode, queue=queue)
         try:
             run = await driver.run(2 * int(case.counters["cycles"]) + 1000)
         except AssertionError as exc:
@@ -401,17 +404,25 @@ class EngineTestbench:
             raise self._fail(index, message) from None
 
         n = g.n_outputs
-        words = await driver.read_words(range(n))
-        beyond = await driver.read_words(self._entries_to_recheck(n))
-        counters = await driver.read_counters()
-        stale = {lin: (self.shadow[lin], word) for lin, word in beyond.items() if word != self.shadow[lin]}
-        self.shadow.update(words)
-        self.shadow.update(beyond)
-
-        problems = monitor.errors + self.protocol_errors
+        if queue is not None:  # phase 2 only: the results are in the queue, the output buffer unchanged
+            results = await driver.read_queue(len(queue.lins))
+            words = await driver.read_words(range(n))
+            counters = await driver.read_counters()
+            changed = {lin: (self.shadow[lin], w) for lin, w in words.items() if self.shadow.get(lin, w) != w}
+            problems = monitor.errors + self.protocol_errors
+            problems += compare_queue(self.config, case, results, counters, run, changed)
+        else:
+            words = await driver.read_words(range(n))
+            beyond = await driver.read_words(self._entries_to_recheck(n))
+            counters = await driver.read_counters()
+            stale = {lin: (self.shadow[lin], w) for lin, w in beyond.items() if w != self.shadow[lin]}
+            self.shadow.update(words)
+            self.shadow.update(beyond)
+            problems = monitor.errors + self.protocol_errors
+            if mode is not RunMode.PHASE1:
+                words = await driver.merge_results(g, words)
+            problems += compare(self.config, case, words, counters, run, stale)
         monitor.errors, self.protocol_errors = [], []
-        results = await driver.merge_results(g, words)
-        problems += compare(self.config, case, results, counters, run, stale)
         problems += self._pacing_problems(case, stalls0)
         held, gaps, _ = (b - a for a, b in zip(stalls0, self._stalls(), strict=True))
         self._write(
@@ -589,8 +600,8 @@ def compare(
             f"the trace shows writes to {len(beyond)} entries beyond this tile's {n} outputs, the first "
             f"to entry {lin} in cycle {cycle} of the run (at {run.time_of(cycle)})"
         )
-    # Every output entry is written once in phase 1, a gated-on one once more in phase 2.
-    phase2 = 0 if g.dense else int(case.counters["gates_on"])
+    # Every output entry is written once in phase 1, a gated-on one once more in phase 2 (if it runs).
+    phase2 = 0 if g.dense or case.run == RunMode.PHASE1.value else int(case.counters["gates_on"])
     if run.n_writes != n + phase2:
         problems.append(
             f"the trace shows {run.n_writes} output writes, the schedule has {n + phase2} "
@@ -604,6 +615,67 @@ def compare(
         )
         break  # the first is enough
 
+    problems += _counter_problems(case, counters, run)
+    if problems:
+        problems.append(f"run: {run.describe()}")
+    return problems
+
+
+def compare_queue(
+    config: EngineConfig,
+    case: CosimCase,
+    words: list[int],
+    counters: dict[str, int],
+    run: Run,
+    changed: dict[int, tuple[int, int]],
+) -> list[str]:
+    """Every disagreement of a phase-2-only run (``RunMode.PHASE2``): the results read back from queue
+    entries ``words`` (entry ``n`` holds activation ``case.queue_lins[n]``) and the cycles of their writes on
+    the trace port, the output buffer unchanged (``changed``: entries that differ from before the run)."""
+    g = case.tile.geometry
+    lins = np.asarray(case.queue_lins, dtype=np.int64)
+    exp_y = np.asarray(case.outputs, dtype=np.int64).reshape(-1)[lins]
+    exp_c = np.asarray(case.write_cycle, dtype=np.int64).reshape(-1)[lins]
+    got_y = np.array([decode_output(config, w)[0] for w in words], dtype=np.int64)
+    mask = (1 << config.bank_bits) - 1
+    by_entry = {(a >> config.bank_bits) * config.pes + (a & mask): c for a, c in run.queue_writes.items()}
+    got_c = np.array([by_entry.get(k, 0) for k in range(len(lins))], dtype=np.int64)
+    problems: list[str] = []
+    bad = np.flatnonzero((got_y != exp_y) | (got_c != exp_c))
+    if len(bad):
+        k = int(bad[0])
+        co, pos = divmod(int(lins[k]), g.h_out * g.w_out)
+        oy, ox = divmod(pos, g.w_out)
+        problems.append(
+            f"first diverging queue entry {k} (co={co}, oy={oy}, ox={ox}): expected y={exp_y[k]} written in "
+            f"cycle {exp_c[k]} (model), got y={got_y[k]} written in cycle {got_c[k]} (RTL, word "
+            f"{words[k]:#x}); {len(bad)} of {len(lins)} entries differ"
+        )
+    extra = sorted(k for k in by_entry if k >= len(lins))
+    if extra:
+        problems.append(
+            f"the trace shows result writes to {len(extra)} queue entries past the {len(lins)} queued"
+        )
+    if run.writes:
+        lin, cycle = min(run.writes.items())
+        problems.append(
+            f"phase 2 only wrote output entry {lin} in cycle {cycle} (it must not touch the buffer)"
+        )
+    if run.n_writes != len(lins):
+        problems.append(f"the trace shows {run.n_writes} writes, the queue has {len(lins)} entries")
+    for lin, (old, new) in sorted(changed.items())[:1]:
+        problems.append(
+            f"output entry {lin} changed during the phase-2-only run: held {old:#x}, now {new:#x}"
+        )
+    problems += _counter_problems(case, counters, run)
+    if problems:
+        problems.append(f"run: {run.describe()}")
+    return problems
+
+
+def _counter_problems(case: CosimCase, counters: dict[str, int], run: Run) -> list[str]:
+    """Counters that differ from the model's and a busy period that differs from the cycles counted."""
+    problems = []
     for name in COUNTER_NAMES:
         exp, got = int(case.counters[name]), int(counters[name])
         if exp != got:
@@ -611,14 +683,11 @@ def compare(
             if case.ref_counters is not None:
                 text += f", spec formula {case.ref_counters[name]}"
             problems.append(text)
-
     if run.busy_cycles != counters["cycles"] or run.busy_cycles != case.counters["cycles"]:
         problems.append(
             f"cycle count: monitor counted {run.busy_cycles} cycles with busy high, cycles counter "
             f"(RTL) {counters['cycles']}, model {case.counters['cycles']}"
         )
-    if problems:
-        problems.append(f"run: {run.describe()}")
     return problems
 
 

@@ -177,6 +177,7 @@ class EngineDriver:
             what = {
                 UnloadTarget.OUTPUT: f"output entry {addr}",
                 UnloadTarget.QUEUE: f"work-queue entry {addr}",
+                UnloadTarget.QUEUE_ENTRY: f"work-queue entry {addr} (whole)",
             }.get(sel) or f"counter {addr} ({COUNTER_NAMES[addr]})"
             raise AssertionError(f"reading {what}: {exc}") from None
         if t.resp.last_wait:
@@ -211,6 +212,11 @@ class EngineDriver:
         """The raw words of work-queue entries ``0 … n − 1`` (each a result as an output entry: ``y``, gate
         bit 1)."""
         return [await self.read(UnloadTarget.QUEUE, i) for i in range(n)]
+
+    async def read_queue_entries(self, n: int) -> list[int]:
+        """Work-queue entries ``0 … n − 1`` whole (:func:`spec.protocol.queue_layout`): after a ``PHASE1`` run
+        the gated-on activations with their partial sums, to count by channel and write back those kept."""
+        return [await self.read(UnloadTarget.QUEUE_ENTRY, i) for i in range(n)]
 
     async def read_counters(self) -> dict[str, int]:
         return {

@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 
 from sim.synthetic import cut_tiles, synthetic_layer
 from spec.config import ConfigError, EngineConfig
-from spec.protocol import COUNTER_NAMES
-from spec.tile import Tile, TileGeometry, conv_output_size, random_tile
+from spec.protocol import COUNTER_NAMES, RunMode
+from spec.tile import QueueLoad, Tile, TileGeometry, conv_output_size, random_tile
 from verification.build import default_cache_root
 from verification.cosim import (
     CosimFailure,
@@ -341,6 +341,64 @@ def _cases(name: str) -> list[CosimCase]:
     return cases
 
 
+# Two-pass runs (RunMode PHASE1, then PHASE2 on the host's queue): the gated tiles of these labels (default
+# build: K = 7 with G = 3, stride 2 with G = 4, G = 1; P = 3: the first two gated tiles, banked queue
+# addresses with an unused bank code), each pass 1 and pass 2 with a seeded half of the channels pruned,
+# then one pass 2 with every channel pruned (an empty queue: SETUP, then done).
+TWO_PASS = {"default": ("gated 7x7", "CGNet gated 3x3/2", "gated 3x3, base"), "g1_p3_l4_k3_s2": ()}
+
+
+@functools.cache
+def _two_pass_cases(name: str) -> list[CosimCase]:
+    if name not in TWO_PASS:
+        return []
+    rng = np.random.default_rng([SEED, 2, list(CONFIGS).index(name)])
+    picks = [(label, tile, layer) for label, tile, load, layer in _tiles(name) if not tile.geometry.dense]
+    labels = TWO_PASS[name]
+    picks = [p for p in picks if p[0].startswith(labels)] if labels else picks[:2]
+    cases = []
+    for label, tile, layer in picks:
+        pass1 = expectations(layer, f"{label}: pass 1", tile, run=RunMode.PHASE1)
+        on = pass1.gates.reshape(tile.geometry.c_out, -1).any(axis=1)
+        keep = rng.random(tile.geometry.c_out) < 0.5
+        if on.sum() >= 2:  # at least one channel with gates on kept and one pruned
+            first, second = np.flatnonzero(on)[:2]
+            keep[first], keep[second] = True, False
+        queue = QueueLoad.after_phase1(pass1.outputs, pass1.gates, keep)
+        pruned = int((~keep).sum())
+        what = f"{label}: pass 2, {pruned} of {len(keep)} channels pruned, {len(queue.lins)} queued"
+        cases += [pass1, expectations(layer, what, tile, run=RunMode.PHASE2, queue=queue)]
+    label, tile, layer = picks[-1]
+    empty = QueueLoad(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    cases.append(expectations(layer, f"{label}: pass 2, every channel pruned", tile, RunMode.PHASE2, empty))
+    return cases
+
+
+def test_two_pass_expectations_match_the_reference() -> None:
+    """The two-pass cases' expectations: pass 1 has the reference's gate bits and, where the gate is off,
+    its outputs (the partial sum is the output); pass 2's results are the reference's outputs of the
+    queued activations, and the cases do prune channels with gates on."""
+    pytest.importorskip("sim.engine")
+    from sim.reference import tile_reference
+
+    pruned_any = False
+    for name in TWO_PASS:
+        for case in _two_pass_cases(name):
+            ref_y, ref_g, _ = tile_reference(case.layer, case.tile)
+            if case.run == RunMode.PHASE1.value:
+                assert np.array_equal(case.gates, ref_g), case.name
+                assert np.array_equal(case.outputs[~ref_g], ref_y[~ref_g]), case.name
+                on = ref_g
+            else:
+                lins = case.queue_lins
+                assert np.array_equal(case.outputs.reshape(-1)[lins], ref_y.reshape(-1)[lins]), case.name
+                assert case.counters["gates_on"] == len(lins) and case.counters["base_macs"] == 0
+                queued = np.zeros(ref_g.size, dtype=bool)
+                queued[lins] = True
+                pruned_any |= bool((on.reshape(-1) & ~queued).any())
+    assert pruned_any
+
+
 def _sim_param(sim: str):
     ok, why = simulator_status(sim)
     return pytest.param(sim, marks=pytest.mark.skipif(not ok, reason=f"{sim} unavailable: {why}"), id=sim)
@@ -407,7 +465,7 @@ def test_engine_cosim(name: str, sim: str, cosim_cache: Path, tmp_path: Path) ->
     """Every tile of the configuration, in one simulation: outputs, gates, write cycles, counters and busy
     cycles agree."""
     config = CONFIGS[name]
-    cases = _cases(name)
+    cases = _cases(name) + _two_pass_cases(name)
     result = run_cosim(sim, config, cases, cosim_cache, tmp_path)
     assert result.tests == len(cases)
 
@@ -677,6 +735,6 @@ def test_engine_cosim_without_zero_filled_memories(
     and every trace-port value the testbench checks is defined (a read of a never-written word shows X); on
     Verilator every undefined bit starts random (seeded), so nothing may depend on zeros."""
     config = CONFIGS[name]
-    cases = _cases(name)
+    cases = _cases(name) + _two_pass_cases(name)
     result = run_cosim(sim, config, cases, cosim_cache, tmp_path, zero_fill=False)
     assert result.tests == len(cases)
