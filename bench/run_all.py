@@ -219,10 +219,10 @@ def bench_network(quick: bool, log) -> dict:
     engine = {"calls": 0, "s": 0.0}
     original = network.run_tile
 
-    def timed(cfg, tile, outputs=True):
+    def timed(cfg, tile, outputs=True, **run):
         t = time.perf_counter()
         try:
-            return original(cfg, tile, outputs)
+            return original(cfg, tile, outputs, **run)
         finally:
             engine["s"] += time.perf_counter() - t
             engine["calls"] += 1
