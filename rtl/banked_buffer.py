@@ -36,11 +36,17 @@ class BankedBuffer(wiring.Component):
         Words (rounded up to a whole row of every bank).
     arbitrate : bool
         Grant one word per bank per cycle (others wait); else grant every request.
+    halves : int
+        1, or 2 for a double buffer: two halves of ``depth`` words each, the half of a write (``whalf``)
+        and of every read (``rhalf``) an extra, top row-address bit of each bank (the host loads one half
+        while the engine reads the other).
 
     Members
     -------
     waddr : In(address width)
-        Word written (the load stream), with ``wdata`` and ``wen``.
+        Word written (the load stream), with ``wdata`` and ``wen`` (and ``whalf``).
+    whalf, rhalf : In(1)
+        With two halves: the half written, and the half every PE reads.
     raddr_bits : In(pes × address width)
         Word each PE asks for: the array port :attr:`raddr`.
     rreq : In(pes)
@@ -54,13 +60,17 @@ class BankedBuffer(wiring.Component):
     raddr = ArrayPort(In)
     rdata = ArrayPort(Out)
 
-    def __init__(self, pes: int, bank_bits: int, width: int, depth: int, arbitrate: bool) -> None:
+    def __init__(
+        self, pes: int, bank_bits: int, width: int, depth: int, arbitrate: bool, halves: int = 1
+    ) -> None:
         if pes < 1 or bank_bits < 0:
             raise ValueError(f"BankedBuffer: needs pes >= 1 and bank_bits >= 0, got {pes} and {bank_bits}")
         if width < 1 or depth < 1:
             raise ValueError(f"BankedBuffer: width and depth must be positive, got {width} and {depth}")
         self._pes, self._bank_bits, self._width = pes, bank_bits, width
-        self._depth, self._arbitrate = depth, bool(arbitrate)
+        if halves not in (1, 2):
+            raise ValueError(f"BankedBuffer: halves must be 1 or 2, got {halves}")
+        self._depth, self._arbitrate, self._halves = depth, bool(arbitrate), halves
         aw = addr_width(depth)
         self.array_layouts = {
             "raddr": data.ArrayLayout(unsigned(aw), pes),
@@ -71,6 +81,8 @@ class BankedBuffer(wiring.Component):
                 "waddr": In(aw),
                 "wdata": In(width),
                 "wen": In(1),
+                "whalf": In(1),
+                "rhalf": In(1),
                 "rreq": In(pes),
                 "grant": Out(pes),
                 **ArrayPort.members(self),
@@ -94,27 +106,29 @@ class BankedBuffer(wiring.Component):
 
         w_bank, w_row = split(self.waddr)
         w_hot = one_hot(m, w_bank, self.wen, nb, "w_hot")
-        reads = []
+        # Two halves: the half is the row address's top bit (half 1 from row 2^row_bits on).
+        row_bits = len(w_row)
+        depth = self.rows if self._halves == 1 else (1 << row_bits) + self.rows
+        reads, rows = [], []
         for b in range(nb):
-            m.submodules[f"bank{b}"] = mem = memory.Memory(
-                shape=unsigned(self._width), depth=self.rows, init=[]
-            )
+            m.submodules[f"bank{b}"] = mem = memory.Memory(shape=unsigned(self._width), depth=depth, init=[])
             wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.addr.eq(w_row), wp.data.eq(self.wdata), wp.en.eq(w_hot[b])]
+            w_at = w_row if self._halves == 1 else Cat(w_row, self.whalf)
+            m.d.comb += [wp.addr.eq(w_at), wp.data.eq(self.wdata), wp.en.eq(w_hot[b])]
             reads.append(rp)
+            rows.append(Signal(row_bits, name=f"rrow{b}"))
 
         # Each bank reads the row of its lowest-numbered requester (a priority chain, highest PE first).
         asks = [one_hot(m, split(self.raddr[i])[0], self.rreq[i], nb, f"ask{i}") for i in range(P)]
         for b, rp in enumerate(reads):
-            row = Const(0, len(rp.addr))
+            row = Const(0, row_bits)
             for i in reversed(range(P)):
                 row = Mux(asks[i][b], split(self.raddr[i])[1], row)
-            m.d.comb += [rp.addr.eq(row), rp.en.eq(Cat(asks[i][b] for i in range(P)).any())]
+            r_at = rows[b] if self._halves == 1 else Cat(rows[b], self.rhalf)
+            m.d.comb += [rows[b].eq(row), rp.addr.eq(r_at), rp.en.eq(Cat(asks[i][b] for i in range(P)).any())]
         for i in range(P):
             if self._arbitrate:
-                own = Cat(
-                    asks[i][b] & (rp.addr == split(self.raddr[i])[1]) for b, rp in enumerate(reads)
-                ).any()
+                own = Cat(asks[i][b] & (rows[b] == split(self.raddr[i])[1]) for b in range(nb)).any()
                 m.d.comb += self.grant[i].eq(own)
             else:
                 m.d.comb += self.grant[i].eq(self.rreq[i])

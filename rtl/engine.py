@@ -177,6 +177,12 @@ class GatedConvEngine(wiring.Component):
             "y_res": range(cfg.stride),
             "run": RunMode.as_shape(),
             "queue_len": count_shape,
+            "half": 1,
+        }
+        # Loads write the shadow set (at any time); `start` copies it into the set a run uses, so the host
+        # writes the next tile's registers while a run goes on (spec section 4, "Double buffering").
+        shadow = {
+            name: Signal(narrow.get(name, REGISTER_WIDTH), name=f"shadow_{name}") for name in CONFIG_REGISTERS
         }
         reg = {
             name: Signal(narrow.get(name, REGISTER_WIDTH), name=f"cfg_{name}") for name in CONFIG_REGISTERS
@@ -193,20 +199,26 @@ class GatedConvEngine(wiring.Component):
         # bank serves one word per cycle (a beat asking one bank for two words stalls); the weights are laid
         # out so that no beat asks one bank for two words (spec section 3), so their requests are all granted.
         bank_bits = cfg.bank_bits
-        m.submodules.inbuf = inbuf = BankedBuffer(P, bank_bits, L * cfg.act_width, cfg.input_depth, True)
-        m.submodules.wbuf = wbuf = BankedBuffer(P, bank_bits, L * cfg.weight_width, cfg.weight_depth, False)
+        # Every buffer has two halves (a double buffer): a run uses half `half`, the host loads and unloads
+        # the other meanwhile (spec section 4, "Double buffering").
+        m.submodules.inbuf = inbuf = BankedBuffer(P, bank_bits, L * cfg.act_width, cfg.input_depth, True, 2)
+        m.submodules.wbuf = wbuf = BankedBuffer(
+            P, bank_bits, L * cfg.weight_width, cfg.weight_depth, False, 2
+        )
         # Thresholds: P 1R1W banks by output channel (rtl/threshold_buffer.py).
         tbuf = self._part(m, "tbuf", ThresholdBuffer(cfg))
         # The output buffer: P 1R1W banks, entry lin in bank lin mod P, row lin div P. Phase 1 (and
         # dense mode) writes round r's P consecutive entries, PE i into bank i row r; phase 2 writes its
         # results back into the work queue's entries (one per cycle), never here.
         rows = cfg.bank_rows
+        row_bits = max(1, (rows - 1).bit_length())  # (the half is the row address's top bit)
         obanks = []
         for b in range(P):
             # Plain bits (viewed as output_layout where needed: a layout-shaped port gets an alias wire per
             # field in the Verilog); the baseline has no gate bit.
             shape = unsigned(output_layout(cfg).size) if self._gating else signed(cfg.acc_width)
-            m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=shape, depth=rows, init=[])
+            depth = (1 << row_bits) + rows
+            m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=shape, depth=depth, init=[])
             obanks.append((bank.write_port(), bank.read_port()))
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
         # P 1R1W banks, entry n in bank n mod P (rtl/work_queue.py).
@@ -221,19 +233,27 @@ class GatedConvEngine(wiring.Component):
 
         # ---- load stream --------------------------------------------------------------------------
         idle = Signal()
-        m.d.comb += self.load.ready.eq(idle)
         load = self.load.payload
+        half = reg["half"]
+        l_half = load.addr[cfg.half_bit]  # the half a buffer write targets (the address's top bit)
+        # Ready while idle; while busy for register writes (the shadow set) and for buffer writes into the
+        # half the run does not use.
+        m.d.comb += self.load.ready.eq(idle | (load.sel == LoadTarget.CONFIG) | (l_half != half))
         accept = self.load.valid & self.load.ready
         for buf, sel in ((inbuf, LoadTarget.INPUT), (wbuf, LoadTarget.WEIGHT)):
             m.d.comb += [
                 buf.waddr.eq(load.addr),
                 buf.wdata.eq(load.data),
                 buf.wen.eq(accept & (load.sel == sel)),
+                buf.whalf.eq(l_half),
+                buf.rhalf.eq(half),
             ]
         m.d.comb += [  # the threshold's banked address (row << bank_bits | bank)
             tbuf.waddr.eq(load.addr),
             tbuf.wdata.eq(load.data),
             tbuf.wen.eq(accept & (load.sel == LoadTarget.THRESHOLD)),
+            tbuf.whalf.eq(l_half),
+            tbuf.rhalf.eq(half),
         ]
         # One-hot decode of the register address (an address past the last register writes nothing).
         reg_bits = (len(CONFIG_REGISTERS) - 1).bit_length()
@@ -243,7 +263,9 @@ class GatedConvEngine(wiring.Component):
             m.d.comb += reg_write.eq(Const(1, len(reg_write)) << load.addr[:reg_bits])
         for i, name in enumerate(CONFIG_REGISTERS):
             with m.If(reg_write[i]):
-                m.d.sync += reg[name].eq(load.data)
+                m.d.sync += shadow[name].eq(load.data)
+            with m.If(idle & self.start):
+                m.d.sync += reg[name].eq(shadow[name])
 
         # ---- host-derived quantities (spec.tile.TileGeometry.registers): no divider, no multiplier -------
         setup = Signal()
@@ -546,16 +568,21 @@ class GatedConvEngine(wiring.Component):
             m.d.sync += results_left.eq(results_left - 1)
             m.d.sync += [result_q[i].eq(result_q[i + 1]) for i in range(P - 1)]
         result_write = self.wb_queue  # (the trace port is the signal: no second name for it)
-        # While idle the same port takes the host's queue entries (LoadTarget.QUEUE, at banked addresses; a
-        # bank field of P or more writes nothing).
+        # The host's queue entries (LoadTarget.QUEUE, at banked addresses; a bank field of P or more writes
+        # nothing) go through the queue's host ports, into the half the address names.
         load_queue = Signal(P)
-        q_bank, q_row = load.addr[:bank_bits], load.addr[bank_bits:]
+        q_bank, q_row = load.addr[:bank_bits], load.addr[bank_bits : cfg.half_bit]
         with m.If(accept & (load.sel == LoadTarget.QUEUE)):
             m.d.comb += load_queue.eq(Const(1, P) << q_bank)
         m.d.comb += [
             result_write.eq(results_left != 0),
-            queue.update.eq(Mux(result_write, Const(1, P) << result_q[0].qaddr.bank, load_queue)),
-            queue.update_row.eq(Mux(idle, q_row, result_q[0].qaddr.row)),
+            queue.half.eq(half),
+            queue.update.eq(Mux(result_write, Const(1, P) << result_q[0].qaddr.bank, 0)),
+            queue.update_row.eq(result_q[0].qaddr.row),
+            queue.host_write.eq(load_queue),
+            queue.host_whalf.eq(l_half),
+            queue.host_wrow.eq(q_row),
+            queue.host_data.eq(load.data),
         ]
         for i in range(P):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
@@ -566,15 +593,9 @@ class GatedConvEngine(wiring.Component):
             else:
                 m.d.comb += o_w.data.eq(macs.acc[i])
             m.d.comb += [
-                o_w.addr.eq(out_row),
+                o_w.addr.eq(Cat(out_row[:row_bits], half)),
                 o_w.en.eq(wb_en[i] & ~wb_phase2),
-                queue.update_data[i].eq(
-                    Mux(
-                        idle,
-                        load.data[: len(queue.update_data[i])],
-                        Cat(Const(0, wl["act"].shape.size), result_q[0].y),
-                    )
-                ),
+                queue.update_data[i].eq(Cat(Const(0, wl["act"].shape.size), result_q[0].y)),
                 queue.offset[i].eq(compactor.offset[i]),
                 queue.wdata[i].eq(Cat(wb_work[i].act, macs.acc[i])),
             ]
@@ -668,15 +689,19 @@ class GatedConvEngine(wiring.Component):
         ]
 
         # ---- unload: requests and responses ---------------------------------------------------------
-        # Output and queue entries by banked address (row << bank_bits | bank); a queue entry answers with
-        # its result as an output entry (y, gate 1). The queue's read port is the engine's while busy.
+        # Output and queue entries by banked address (row << bank_bits | bank) in the half the address's top
+        # bit names; a queue entry answers with its result as an output entry (y, gate 1). Ready while
+        # idle, and while busy for entries of the half the run does not use (the output banks' read ports
+        # and the queue's host ports are the host's); counters only while idle.
         req = self.req.payload
         resp_sel = Signal(UnloadTarget, reset_less=True)  # these three are read only with resp.valid
         resp_bank = Signal(range(P), reset_less=True)
         resp_index = Signal(range(len(Counter) + 1), reset_less=True)
-        m.d.comb += self.req.ready.eq(idle & (~self.resp.valid | self.resp.ready))
+        req_half = req.addr[cfg.half_bit]
+        other = (req.sel != UnloadTarget.COUNTERS) & (req_half != half)
+        m.d.comb += self.req.ready.eq((idle | other) & (~self.resp.valid | self.resp.ready))
         req_take = self.req.valid & self.req.ready  # (not the phase-2 `take` above)
-        req_bank, req_row = req.addr[:bank_bits], req.addr[bank_bits:]
+        req_bank, req_row = req.addr[:bank_bits], req.addr[bank_bits : cfg.half_bit]
         req_hit = Signal(P)  # one-hot bank of an accepted request
         m.d.comb += req_hit.eq(Mux(req_take, Const(1, P) << req_bank, 0))
         req_output, req_queue = Signal(), Signal()
@@ -685,11 +710,12 @@ class GatedConvEngine(wiring.Component):
             req_queue.eq((req.sel == UnloadTarget.QUEUE) | (req.sel == UnloadTarget.QUEUE_ENTRY)),
         ]
         for b, (_, o_r) in enumerate(obanks):
-            m.d.comb += [o_r.addr.eq(req_row), o_r.en.eq(req_hit[b] & req_output)]
-        with m.If(idle):
-            m.d.comb += queue.read_row.eq(req_row)
-            for b in range(P):
-                m.d.comb += queue.read_en[b].eq(req_hit[b] & req_queue)
+            m.d.comb += [o_r.addr.eq(Cat(req_row[:row_bits], req_half)), o_r.en.eq(req_hit[b] & req_output)]
+        m.d.comb += [
+            queue.host_rrow.eq(req_row),
+            queue.host_rhalf.eq(req_half),
+            queue.host_read.eq(Mux(req_queue, req_hit, 0)),
+        ]
         with m.If(req_take):
             m.d.sync += [
                 self.resp.valid.eq(1),
@@ -708,18 +734,18 @@ class GatedConvEngine(wiring.Component):
         with m.Switch(resp_bank):
             for b in range(P):
                 with m.Case(b):
-                    entry = data.View(queue_layout(cfg), queue.rdata[b])
+                    entry = data.View(queue_layout(cfg), queue.host_rdata[b])
                     with m.If(resp_sel == UnloadTarget.QUEUE):
                         m.d.comb += [out_word.y.eq(entry.p), out_word.gate.eq(1)]
                     with m.Elif(self._gating):
                         m.d.comb += out_word.eq(obanks[b][1].data)
                     with m.Else():
                         m.d.comb += [out_word.y.eq(obanks[b][1].data), out_word.gate.eq(1)]
-        raw_entry = Signal(len(queue.rdata[0]))  # (a whole queue entry: UnloadTarget.QUEUE_ENTRY)
+        raw_entry = Signal(len(queue.host_rdata[0]))  # (a whole queue entry: UnloadTarget.QUEUE_ENTRY)
         with m.Switch(resp_bank):
             for b in range(P):
                 with m.Case(b):
-                    m.d.comb += raw_entry.eq(queue.rdata[b])
+                    m.d.comb += raw_entry.eq(queue.host_rdata[b])
         response = Signal.like(self.resp.payload)
         with m.Switch(resp_sel):
             with m.Case(UnloadTarget.COUNTERS):

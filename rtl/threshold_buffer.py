@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -34,6 +34,9 @@ class ThresholdBuffer(wiring.Component):
         The threshold written.
     wen : In(1)
         Write this cycle.
+    whalf, rhalf : In(1)
+        The half written and the half read (two halves, as the engine's other buffers: the host loads one
+        while a run reads the other; the half is each bank's top row-address bit).
     bank_bits : In(pes × bits of range(pes))
         Per PE: the bank of its channel (``co mod P``); the array :attr:`bank` (flat ports, viewed as
         arrays: no wire per PE in the Verilog).
@@ -63,6 +66,8 @@ class ThresholdBuffer(wiring.Component):
                 "waddr": In(range(max(self._rows << config.bank_bits, 2))),
                 "wdata": In(signed(config.acc_width)),
                 "wen": In(1),
+                "whalf": In(1),
+                "rhalf": In(1),
                 "en": In(P),
                 **ArrayPort.members(self),
             }
@@ -77,11 +82,13 @@ class ThresholdBuffer(wiring.Component):
         # One-hot bank of each PE's read (none when it does not read).
         ask = [one_hot(m, self.bank[i], self.en[i], P, f"ask{i}") for i in range(P)]
         words = []
+        row_bits = len(wrow)
         for b in range(P):
-            bank = m.submodules[f"bank{b}"] = memory.Memory(shape=signed(cfg.acc_width), depth=rows, init=[])
+            depth = (1 << row_bits) + rows
+            bank = m.submodules[f"bank{b}"] = memory.Memory(shape=signed(cfg.acc_width), depth=depth, init=[])
             w, r = bank.write_port(), bank.read_port()
             m.d.comb += [
-                w.addr.eq(wrow),
+                w.addr.eq(Cat(wrow, self.whalf)),
                 w.data.eq(self.wdata),
                 w.en.eq(wsel[b]),
             ]
@@ -89,7 +96,12 @@ class ThresholdBuffer(wiring.Component):
             row = 0
             for i in range(P):
                 row = row | Mux(ask[i][b], self.row[i], 0)
-            m.d.comb += [r.addr.eq(row), r.en.eq(sum(ask[i][b] for i in range(P)) != 0)]
+            at = Signal(row_bits, name=f"rrow{b}")
+            m.d.comb += [
+                at.eq(row),
+                r.addr.eq(Cat(at, self.rhalf)),
+                r.en.eq(sum(ask[i][b] for i in range(P)) != 0),
+            ]
             words.append(r.data)
         # The crossbar: each PE takes its bank's word (the bank as it was when the read was issued).
         for i in range(P):

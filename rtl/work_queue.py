@@ -26,9 +26,15 @@ class WorkQueue(wiring.Component):
     cycle, never both (appends happen in phase 1, rewrites in phase 2).
 
     Reads: every enabled bank reads row ``read_row`` (the engine's phase-2 filler reads one entry per
-    cycle, the unload stream one bank of a row). ``read_en[i]`` enables
+    cycle). ``read_en[i]`` enables
     bank ``i`` (only entries that were written: SRAM holds undefined data elsewhere); ``rdata[i]`` follows
     one cycle later and keeps its value while disabled.
+
+    **Two halves** (a double buffer): every bank is two 1R1W memories, half 0 and half 1. The ports above
+    (the engine's) use half ``half``; the **host ports** (``host_*``: the load stream's entry writes into
+    half ``host_whalf``, the unload stream's reads from half ``host_rhalf``), each memory its own ports,
+    so the host reads the results of one tile while a run uses the other half. (The engine drives its
+    ports only while busy, and lets the host in to its own half only while idle.)
 
     Parameters
     ----------
@@ -62,12 +68,27 @@ class WorkQueue(wiring.Component):
         Per bank: read this cycle.
     rdata_bits : Out(pes × width)
         Bank ``i``'s word of the row read the cycle before (the array :attr:`rdata`).
+    half : In(1)
+        The half of the engine's ports.
+    host_whalf, host_rhalf : In(1)
+        The half the host writes, and the half it reads.
+    host_write : In(pes)
+        Per bank: write ``host_data`` into row ``host_wrow``.
+    host_read : In(pes)
+        Per bank: read row ``host_rrow``.
+    host_wrow, host_rrow : In(range(rows))
+        Rows of the host's write and read.
+    host_data : In(width)
+        The entry the host writes.
+    host_rdata_bits : Out(pes × width)
+        Bank ``i``'s word of the host's read the cycle before (the array :attr:`host_rdata`).
     """
 
     offset = ArrayPort(In)
     wdata = ArrayPort(In)
     update_data = ArrayPort(In)
     rdata = ArrayPort(Out)
+    host_rdata = ArrayPort(Out)
 
     def __init__(self, config: EngineConfig, width: int) -> None:
         self._config = config
@@ -80,6 +101,7 @@ class WorkQueue(wiring.Component):
             "wdata": entries,
             "update_data": entries,
             "rdata": entries,
+            "host_rdata": entries,
         }
         super().__init__(
             {
@@ -90,6 +112,14 @@ class WorkQueue(wiring.Component):
                 "update_row": In(range(max(self._rows, 2))),
                 "read_row": In(range(self._rows + 1)),
                 "read_en": In(P),
+                "half": In(1),
+                "host_whalf": In(1),
+                "host_rhalf": In(1),
+                "host_write": In(P),
+                "host_read": In(P),
+                "host_wrow": In(range(max(self._rows, 2))),
+                "host_rrow": In(range(max(self._rows, 2))),
+                "host_data": In(width),
                 **ArrayPort.members(self),
             }
         )
@@ -129,19 +159,45 @@ class WorkQueue(wiring.Component):
             ]
 
         for b in range(P):
-            bank_mem = m.submodules[f"bank{b}"] = memory.Memory(shape=unsigned(width), depth=rows, init=[])
-            w, r = bank_mem.write_port(), bank_mem.read_port()
-            # The rotator: the one writer (if any) whose position falls into bank b.
+            # The engine's side of bank b: an append (the rotator: the one writer, if any, whose position
+            # falls into bank b) or a rewrite, and the filler's read.
             hit = [bank[i][b] for i in range(P)]
+            e_wen, e_waddr = Signal(name=f"e_wen{b}"), Signal(range(max(rows, 2)), name=f"e_waddr{b}")
+            e_wdata = Signal(width, name=f"e_wdata{b}")
             with m.If(self.update[b]):
-                m.d.comb += [w.addr.eq(self.update_row), w.data.eq(self.update_data[b])]
+                m.d.comb += [e_waddr.eq(self.update_row), e_wdata.eq(self.update_data[b])]
             for i in range(P):
                 with m.If(hit[i]):
-                    m.d.comb += [w.addr.eq(row[i]), w.data.eq(self.wdata[i])]
+                    m.d.comb += [e_waddr.eq(row[i]), e_wdata.eq(self.wdata[i])]
+            m.d.comb += e_wen.eq(Cat(*hit).any() | self.update[b])
+            data_of = []
+            for k in range(2):
+                mem = m.submodules[f"bank{b}_{k}"] = memory.Memory(shape=unsigned(width), depth=rows, init=[])
+                w, r = mem.write_port(), mem.read_port()
+                mine = Signal(name=f"mine{b}_{k}")
+                h_w, h_r = Signal(name=f"host_w{b}_{k}"), Signal(name=f"host_r{b}_{k}")
+                m.d.comb += [
+                    mine.eq(self.half == k),
+                    h_w.eq((self.host_whalf == k) & self.host_write[b]),
+                    h_r.eq((self.host_rhalf == k) & self.host_read[b]),
+                    w.addr.eq(Mux(h_w, self.host_wrow, e_waddr)),
+                    w.data.eq(Mux(h_w, self.host_data, e_wdata)),
+                    w.en.eq((mine & e_wen) | h_w),
+                    r.addr.eq(Mux(h_r, self.host_rrow, self.read_row)),
+                    r.en.eq((mine & self.read_en[b]) | h_r),
+                ]
+                data_of.append(r.data)
+            # Which half each side read last (registered with the read, as the data).
+            e_was, h_was = (
+                Signal(name=f"e_was{b}", reset_less=True),
+                Signal(name=f"h_was{b}", reset_less=True),
+            )
+            with m.If(self.read_en[b]):
+                m.d.sync += e_was.eq(self.half)
+            with m.If(self.host_read[b]):
+                m.d.sync += h_was.eq(self.host_rhalf)
             m.d.comb += [
-                w.en.eq(Cat(*hit).any() | self.update[b]),
-                r.addr.eq(self.read_row),
-                r.en.eq(self.read_en[b]),
-                self.rdata[b].eq(r.data),
+                self.rdata[b].eq(Mux(e_was, data_of[1], data_of[0])),
+                self.host_rdata[b].eq(Mux(h_was, data_of[1], data_of[0])),
             ]
         return m

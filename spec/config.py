@@ -126,7 +126,7 @@ class EngineConfig:
 
     @property
     def addr_width(self) -> int:
-        # At least 5 bits: the 28 configuration registers (spec.protocol.ConfigRegister) share the field; and
+        # At least 5 bits: the 29 configuration registers (spec.protocol.ConfigRegister) share the field; and
         # the banked addresses of the output buffer, the work queue and the thresholds (row << bank_bits |
         # bank).
         depth = max(
@@ -138,7 +138,13 @@ class EngineConfig:
             self.bank_rows << self.bank_bits,
             self.threshold_rows << self.bank_bits,
         )
-        return (depth - 1).bit_length()
+        # ... plus the top bit: the buffer half (spec.protocol.ConfigRegister.HALF) a write or a read targets.
+        return (depth - 1).bit_length() + 1
+
+    @property
+    def half_bit(self) -> int:
+        """The bit of a load or unload address that selects the buffer half (the address field's top bit)."""
+        return self.addr_width - 1
 
     @property
     def bank_bits(self) -> int:

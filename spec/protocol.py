@@ -128,6 +128,7 @@ class ConfigRegister(enum.Enum, shape=5):
     Y_RES = 25
     RUN = 26
     QUEUE_LEN = 27
+    HALF = 28
 
 
 class Counter(enum.Enum):

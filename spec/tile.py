@@ -98,7 +98,7 @@ class TileGeometry:
         )
 
     def register_values(
-        self, config: EngineConfig, run: RunMode = RunMode.FULL, queue_len: int = 0
+        self, config: EngineConfig, run: RunMode = RunMode.FULL, queue_len: int = 0, half: int = 0
     ) -> dict[str, int]:
         """The configuration registers for this tile run with the layer configuration ``config``, by name.
 
@@ -109,7 +109,7 @@ class TileGeometry:
         to the next output row (negative when the output row is wider than the input row plus one) and its
         value at output (0, 0); :data:`SIGNED_REGISTERS` are written in two's complement. ``run`` and
         ``queue_len``: the run's :class:`~spec.protocol.RunMode` and, for ``PHASE2``, the entries of the
-        host's work queue.
+        host's work queue; ``half``: the buffer half the run uses (0 or 1).
         """
         seg = self.segments(config)
         k, s = config.kernel, config.stride
@@ -147,12 +147,15 @@ class TileGeometry:
             "y_res": -self.pad_top % s,
             "run": RunMode(run).value,
             "queue_len": int(queue_len),
+            "half": int(half),
         }
 
-    def registers(self, config: EngineConfig, run: RunMode = RunMode.FULL, queue_len: int = 0) -> list[int]:
+    def registers(
+        self, config: EngineConfig, run: RunMode = RunMode.FULL, queue_len: int = 0, half: int = 0
+    ) -> list[int]:
         """Register words in address order (:class:`spec.protocol.ConfigRegister`), negative values in
         two's complement; :meth:`check` has refused a tile whose values do not fit."""
-        values = self.register_values(config, run, queue_len)
+        values = self.register_values(config, run, queue_len, half)
         return [values[name] & REGISTER_LIMIT for name in CONFIG_REGISTERS]
 
     def plane(self, config: EngineConfig) -> tuple[int, int]:

@@ -262,22 +262,22 @@ def test_chunk_channels() -> None:
 
 
 def test_pack_payload_fields() -> None:
-    config = EngineConfig(**SMALL)  # depths <= 256 -> 8 address bits; data 64 bits
-    assert config.addr_width == 8 and config.data_width == 64
-    assert pack_payload(config, 2, 5, 0xAB) == 2 | (5 << 3) | (0xAB << 11)
-    assert pack_payload(config, 7, 255, (1 << 64) - 1) == (1 << 75) - 1
+    config = EngineConfig(**SMALL)  # depths <= 256 -> 8 address bits and the half bit; data 64 bits
+    assert config.addr_width == 9 and config.half_bit == 8 and config.data_width == 64
+    assert pack_payload(config, 2, 5, 0xAB) == 2 | (5 << 3) | (0xAB << 12)
+    assert pack_payload(config, 7, 511, (1 << 64) - 1) == (1 << 76) - 1
     assert unpack_payload(config, pack_payload(config, 3, 17, 123456789)) == (3, 17, 123456789)
-    for bad in [(8, 0, 0), (0, 256, 0), (0, 0, 1 << 64), (0, -1, 0)]:
+    for bad in [(8, 0, 0), (0, 512, 0), (0, 0, 1 << 64), (0, -1, 0)]:
         with pytest.raises(ValueError):
             pack_payload(config, *bad)
     assert pack_request(config, 1, 6) == 1 | (6 << 2)
-    assert pack_request(config, 0, 255) == 255 << 2
+    assert pack_request(config, 0, 511) == 511 << 2
     assert pack_request(config, 2, 3) == 2 | (3 << 2)
     with pytest.raises(ValueError):
         pack_request(config, 4, 0)
     tiny = EngineConfig(input_depth=4, weight_depth=4, output_depth=4, threshold_depth=4)
-    assert tiny.addr_width == 5  # at least 5 address bits: the 26 configuration registers
-    assert pack_payload(tiny, 1, 15, 1) == 1 | (15 << 3) | (1 << 8)
+    assert tiny.addr_width == 6  # at least 5 address bits (the 29 configuration registers), and the half
+    assert pack_payload(tiny, 1, 15, 1) == 1 | (15 << 3) | (1 << 9)
 
 
 def test_banked_address() -> None:
@@ -288,8 +288,9 @@ def test_banked_address() -> None:
     assert banked_address(EngineConfig(pes=8), 4095) == 4095  # P a power of two: the index itself
     assert banked_address(EngineConfig(pes=1), 17) == 17
     small = dict(input_depth=20, weight_depth=20, threshold_depth=20)
-    assert EngineConfig(pes=3, output_depth=20, **small).addr_width == 5  # 7 rows << 2: 28 addresses
-    assert EngineConfig(pes=3, output_depth=30, **small).addr_width == 6  # 10 rows << 2: 40 addresses
+    # 7 rows << 2: 28 addresses (5 bits), 10 rows << 2: 40 addresses (6 bits); and the half bit on top
+    assert EngineConfig(pes=3, output_depth=20, **small).addr_width == 6
+    assert EngineConfig(pes=3, output_depth=30, **small).addr_width == 7
 
 
 def test_decode_output_and_counter() -> None:

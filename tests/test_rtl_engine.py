@@ -252,3 +252,64 @@ def test_two_pass_runs_match_the_model(k, s, p, g, geom):
     full = run_tile(layer, tile)
     nothing_pruned = run_tile(layer, tile, run=RunMode.PHASE2, queue=QueueLoad.after_phase1(y, gate))
     assert model1.counters["cycles"] + nothing_pruned.counters["cycles"] == full.counters["cycles"] + 1
+
+
+def test_double_buffered_tiles_load_and_unload_during_a_run():
+    """Tile A runs in half 0 while the host writes tile B (registers into the shadow set, buffers into
+    half 1): every write is taken at once (ready while busy), and A's outputs and counters are the model's.
+    Then B runs in half 1 while the host reads A's outputs from half 0 (taken while busy, unchanged), and B
+    equals the model too. A buffer write into the running half waits until the run is over."""
+    from verification.layout import load_writes, pack_payloads
+
+    config = EngineConfig(**{**SMALL, "kernel": 3, "stride": 1, "padding": 1}, pes=4, lanes=4, groups=2)
+    geometry = TileGeometry.full_layer(config, c_in=8, c_out=4, h_in=5, w_in=5)
+    rng = np.random.default_rng(31)
+    tile_a, tile_b = (random_tile(config, geometry, rng, gate_rate=0.5) for _ in range(2))
+    dut = GatedConvEngine(config)
+    got = {}
+
+    async def bench(ctx):
+        transport = AmaranthTransport(ctx, dut, config.pes)
+        driver = EngineDriver(config, transport)
+        await driver.load_tile(tile_a, half=0)
+        await transport.start()
+        waited = 0  # cycles a write to the idle half found ready low while A ran
+        for payload in pack_payloads(config, load_writes(config, tile_b, half=1)):
+            ctx.set(dut.load.valid, 1)
+            ctx.set(dut.load.payload.as_value(), payload)
+            while not ctx.get(dut.load.ready):
+                waited += 1
+                await ctx.tick()
+            await ctx.tick()
+        ctx.set(dut.load.valid, 0)
+        got["busy_after_load"] = ctx.get(dut.busy)
+        got["waited"] = waited
+        # A write into the running half (half 0) is not taken while busy.
+        ctx.set(dut.load.valid, 1)
+        ctx.set(dut.load.payload.as_value(), pack_payloads(config, load_writes(config, tile_a, half=0))[-1])
+        got["ready_same_half"] = ctx.get(dut.load.ready)
+        ctx.set(dut.load.valid, 0)
+        while ctx.get(dut.busy):
+            await ctx.tick()
+        got["a"] = await driver.read_outputs(geometry, half=0)
+        got["a_counters"] = await driver.read_counters()
+        await transport.start()
+        got["a_again"] = await driver.read_outputs(geometry, half=0)  # while B runs
+        got["busy_after_read"] = ctx.get(dut.busy)
+        while ctx.get(dut.busy):
+            await ctx.tick()
+        got["b"] = await driver.read_outputs(geometry, half=1)
+        got["b_counters"] = await driver.read_counters()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got["busy_after_load"] and got["busy_after_read"], "the transfers did not overlap the runs"
+    assert got["waited"] == 0 and not got["ready_same_half"]
+    for name, tile in (("a", tile_a), ("b", tile_b)):
+        model = run_tile(config, tile)
+        np.testing.assert_array_equal(got[name].y, model.outputs)
+        np.testing.assert_array_equal(got[name].gate, model.gates)
+        assert got[f"{name}_counters"] == model.counters
+    np.testing.assert_array_equal(got["a_again"].y, got["a"].y)

@@ -103,6 +103,7 @@ class EngineDriver:
         run: RunMode = RunMode.FULL,
         queue: QueueLoad | None = None,
         keep: np.ndarray | None = None,
+        half: int = 0,
     ) -> int:
         """Write the tile (``load``: one of :data:`LOAD_MODES`) for a run of mode ``run``; return the number
         of writes.
@@ -112,7 +113,8 @@ class EngineDriver:
         (:func:`verification.layout.load_writes`): ``PHASE1`` loads the base-path weights only; ``PHASE2``
         the registers, the conditional-path weights of the channels ``keep`` (default: those of the
         queued activations) and the work queue ``queue`` (``load`` = "all"; "registers": only those and
-        the queue).
+        the queue). ``half``: the buffer half the tile goes into and its run uses; while the engine runs
+        in the other half, every write here is taken at once (double buffering).
         """
         if load not in LOAD_MODES:
             raise ValueError(f"load = {load!r}, expected one of {LOAD_MODES}")
@@ -131,12 +133,12 @@ class EngineDriver:
                 hw = tile.geometry.h_out * tile.geometry.w_out
                 keep = np.zeros(tile.geometry.c_out, dtype=bool)
                 keep[np.asarray(queue.lins, dtype=np.int64) // hw] = True
-        writes = load_writes(layer, tile, run, n_queue, keep)
+        writes = load_writes(layer, tile, run, n_queue, keep, half)
         if load == "registers":
             chosen = writes.sel == LoadTarget.CONFIG.value
             writes = LoadWrites(writes.sel[chosen], writes.addr[chosen], writes.data[chosen])
         if n_queue:
-            extra = queue_writes(self.config, layer, tile.geometry, queue)
+            extra = queue_writes(self.config, layer, tile.geometry, queue, half)
             writes = LoadWrites(
                 np.concatenate([writes.sel, extra.sel]),
                 np.concatenate([writes.addr, extra.addr]),
@@ -159,12 +161,15 @@ class EngineDriver:
         await self.transport.start()
         return await self.transport.wait_done(timeout_cycles)
 
-    async def read(self, sel: UnloadTarget, addr: int) -> int:
+    async def read(self, sel: UnloadTarget, addr: int, half: int = 0) -> int:
         """One unload request and its response word; ``addr`` is an output or queue entry's index (sent as
-        its banked address) or a counter's."""
+        its banked address in half ``half``) or a counter's."""
         t = self.transport
         sel = UnloadTarget(sel)
-        wire = addr if sel == UnloadTarget.COUNTERS else banked_address(self.config, addr)
+        if sel == UnloadTarget.COUNTERS:
+            wire = addr
+        else:
+            wire = banked_address(self.config, addr) | (half << self.config.half_bit)
         waited = await t.req.put(pack_request(self.config, sel, wire))
         if waited:
             self._protocol(
@@ -187,11 +192,13 @@ class EngineDriver:
             )
         return int(word)
 
-    async def read_words(self, addrs: Iterable[int]) -> dict[int, int]:
-        """Raw output-buffer entries by ``lin``."""
-        return {lin: await self.read(UnloadTarget.OUTPUT, lin) for lin in addrs}
+    async def read_words(self, addrs: Iterable[int], half: int = 0) -> dict[int, int]:
+        """Raw output-buffer entries by ``lin`` (of half ``half``)."""
+        return {lin: await self.read(UnloadTarget.OUTPUT, lin, half) for lin in addrs}
 
-    async def merge_results(self, geometry: TileGeometry, words: dict[int, int]) -> dict[int, int]:
+    async def merge_results(
+        self, geometry: TileGeometry, words: dict[int, int], half: int = 0
+    ) -> dict[int, int]:
         """The tile's results from its raw output entries ``words`` (``lin`` 0 … N − 1): a gated run leaves
         ``(p, gate 1)`` in the output buffer for a gated-on activation and its result ``p + r`` in the
         work queue, the n-th gated-on entry (in ``lin`` order) in queue entry n; those are read here."""
@@ -199,24 +206,25 @@ class EngineDriver:
         if not geometry.dense:
             on = [lin for lin in range(geometry.n_outputs) if decode_output(self.config, words[lin])[1]]
             for n, lin in enumerate(on):
-                results[lin] = await self.read(UnloadTarget.QUEUE, n)
+                results[lin] = await self.read(UnloadTarget.QUEUE, n, half)
         return results
 
-    async def read_outputs(self, geometry: TileGeometry) -> Outputs:
-        """Every output of a tile of ``geometry``, decoded (output buffer and, gated, work queue)."""
-        words = await self.read_words(range(geometry.n_outputs))
-        results = await self.merge_results(geometry, words)
+    async def read_outputs(self, geometry: TileGeometry, half: int = 0) -> Outputs:
+        """Every output of a tile of ``geometry`` run in half ``half``, decoded (output buffer and, gated,
+        work queue)."""
+        words = await self.read_words(range(geometry.n_outputs), half)
+        results = await self.merge_results(geometry, words, half)
         return decode_outputs(self.config, geometry, [results[lin] for lin in range(geometry.n_outputs)])
 
-    async def read_queue(self, n: int) -> list[int]:
+    async def read_queue(self, n: int, half: int = 0) -> list[int]:
         """The raw words of work-queue entries ``0 … n − 1`` (each a result as an output entry: ``y``, gate
         bit 1)."""
-        return [await self.read(UnloadTarget.QUEUE, i) for i in range(n)]
+        return [await self.read(UnloadTarget.QUEUE, i, half) for i in range(n)]
 
-    async def read_queue_entries(self, n: int) -> list[int]:
+    async def read_queue_entries(self, n: int, half: int = 0) -> list[int]:
         """Work-queue entries ``0 … n − 1`` whole (:func:`spec.protocol.queue_layout`): after a ``PHASE1`` run
         the gated-on activations with their partial sums, to count by channel and write back those kept."""
-        return [await self.read(UnloadTarget.QUEUE_ENTRY, i) for i in range(n)]
+        return [await self.read(UnloadTarget.QUEUE_ENTRY, i, half) for i in range(n)]
 
     async def read_counters(self) -> dict[str, int]:
         return {

@@ -149,6 +149,7 @@ def load_writes(
     run: RunMode = RunMode.FULL,
     queue_len: int = 0,
     keep: np.ndarray | None = None,
+    half: int = 0,
 ) -> LoadWrites:
     """Every ``(sel, addr, data)`` write that loads ``tile`` for a run of mode ``run`` (spec section 3's
     address map).
@@ -159,7 +160,8 @@ def load_writes(
     ``PHASE1`` every weight word of each channel's base segment only; ``PHASE2`` only the registers (with
     ``queue_len``) and the conditional-segment weight words of the channels ``keep`` (bool ``[c_out]``,
     default all): the inputs and thresholds are those of the phase-1 run, the queue entries are written
-    apart (:func:`queue_writes`).
+    apart (:func:`queue_writes`). ``half``: the buffer half the tile goes into (the ``half`` register and
+    the top address bit of every buffer write, ``config.half_bit``).
     """
     run = RunMode(run)
     seg = tile.check(config)
@@ -211,7 +213,7 @@ def load_writes(
             wanted = ~base & np.broadcast_to(chans[None, None, :], (len(s), k * k, c_out)).reshape(-1)
         w_words, w_addr = w_words[wanted], w_addr[wanted]
 
-    regs = np.asarray(g.registers(config, run, queue_len), dtype=np.int64)
+    regs = np.asarray(g.registers(config, run, queue_len, half), dtype=np.int64)
     thr = _twos(np.asarray(tile.thresholds, dtype=np.int64), config.acc_width)
 
     wide = config.data_width > 64
@@ -227,7 +229,9 @@ def load_writes(
     sel = np.concatenate([np.full(len(d), s, dtype=np.int64) for s, d in parts])
     # Threshold co goes to its banked address (bank co mod P, row co div P); the rest in address order.
     thr_addr = banked_address(config, np.arange(len(thr), dtype=np.int64))
-    addr = np.concatenate([np.arange(len(regs), dtype=np.int64), in_addr, w_addr, thr_addr])
+    top = np.int64(int(half) << config.half_bit)
+    buffers = np.concatenate([in_addr, w_addr, thr_addr]).astype(np.int64) | top
+    addr = np.concatenate([np.arange(len(regs), dtype=np.int64), buffers])
     # uint64 -> object converts to Python ints, which the wide words already are.
     data = np.concatenate([np.asarray(d).astype(dtype) for _, d in parts])
     return LoadWrites(sel=sel, addr=addr, data=data)
@@ -280,15 +284,16 @@ def queue_entries(
 
 
 def queue_writes(
-    build: EngineConfig, layer: EngineConfig, geometry: TileGeometry, queue: QueueLoad
+    build: EngineConfig, layer: EngineConfig, geometry: TileGeometry, queue: QueueLoad, half: int = 0
 ) -> LoadWrites:
-    """The load-stream writes of ``queue`` (:func:`queue_entries`): entry ``n`` at its banked address."""
+    """The load-stream writes of ``queue`` (:func:`queue_entries`): entry ``n`` at its banked address in
+    half ``half``."""
     data = queue_entries(build, layer, geometry, queue)
     n = len(data)
     wide = build.data_width > 64
     return LoadWrites(
         sel=np.full(n, LoadTarget.QUEUE.value, dtype=np.int64),
-        addr=banked_address(build, np.arange(n, dtype=np.int64)),
+        addr=banked_address(build, np.arange(n, dtype=np.int64)) | (int(half) << build.half_bit),
         data=np.asarray(data, dtype=object) if wide else np.asarray(list(data), dtype=np.uint64),
     )
 
