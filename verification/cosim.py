@@ -74,6 +74,8 @@ class CosimResult:
     cycles: int = 0
     macs: int = 0
     clock_cycles: int = 0
+    # Load writes and output reads the testbench made while a run was busy (double buffering).
+    overlapped: int = 0
 
     def figures(self, sim: str) -> dict:
         return {
@@ -236,6 +238,7 @@ def _run_once(
         cycles=sum(int(r["cycles"]) for r in runs),
         macs=sum(int(r["macs"]) for r in runs),
         clock_cycles=sum(int(r["clock_cycles"]) for r in runs),
+        overlapped=sum(int(r.get("overlapped_transfers", 0)) for r in runs),
     )
 
 

@@ -73,6 +73,11 @@ class CosimCase:
     run: int = 0
     queue_lins: np.ndarray | None = None
     queue_psums: np.ndarray | None = None
+    # Double buffering: the buffer half the run uses; with `overlap` the testbench writes this case's tile
+    # while the previous case runs (into this half, the other one) and, during this case's run, reads the
+    # previous case's output entries back from the other half.
+    half: int = 0
+    overlap: bool = False
 
 
 def _pattern(value) -> np.ndarray:
@@ -89,6 +94,8 @@ def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -
             config.check_layer(c.layer)
         if c.load not in LOAD_MODES:
             raise ValueError(f"case {c.name!r}: load = {c.load!r}, expected one of {LOAD_MODES}")
+        if c.overlap and (c.reset_at or c.half not in (0, 1)):
+            raise ValueError(f"case {c.name!r}: an overlapped case needs half 0 or 1 and no reset")
         if not 0 <= c.reset_at <= int(c.counters["cycles"]) or c.reset_cycles < 1:
             raise ValueError(
                 f"case {c.name!r}: reset_at = {c.reset_at}, reset_cycles = {c.reset_cycles}; the run has "
@@ -111,7 +118,8 @@ def save_cases(path: str | Path, config: EngineConfig, cases: list[CosimCase]) -
         arrays[f"t{i}_write_cycle"] = np.asarray(c.write_cycle, dtype=np.int64)
         arrays[f"t{i}_resp_stall"] = _pattern(c.resp_stall)
         arrays[f"t{i}_load_gap"] = _pattern(c.load_gap)
-        arrays[f"t{i}_pacing"] = np.array([c.stall_seed, c.reset_at, c.reset_cycles, c.run], dtype=np.int64)
+        pacing = [c.stall_seed, c.reset_at, c.reset_cycles, c.run, c.half, int(c.overlap)]
+        arrays[f"t{i}_pacing"] = np.array(pacing, dtype=np.int64)
         if c.queue_lins is not None:
             arrays[f"t{i}_queue_lins"] = np.asarray(c.queue_lins, dtype=np.int64)
             arrays[f"t{i}_queue_psums"] = np.asarray(c.queue_psums, dtype=np.int64)
@@ -175,7 +183,9 @@ def load_cases(path: str | Path) -> tuple[EngineConfig, list[CosimCase]]:
                 layer = dict(zip(EngineConfig.LAYER_FIELDS, z[f"t{i}_layer"].tolist(), strict=True))
                 case.layer = config.for_layer(**layer)
             if f"t{i}_pacing" in z.files:
-                case.stall_seed, case.reset_at, case.reset_cycles, case.run = z[f"t{i}_pacing"].tolist()
+                pacing = z[f"t{i}_pacing"].tolist()
+                case.stall_seed, case.reset_at, case.reset_cycles, case.run, case.half = pacing[:5]
+                case.overlap = bool(pacing[5])
             if f"t{i}_queue_lins" in z.files:
                 case.queue_lins, case.queue_psums = z[f"t{i}_queue_lins"], z[f"t{i}_queue_psums"]
                 case.resp_stall = _unpattern(z[f"t{i}_resp_stall"])

@@ -282,7 +282,9 @@ class EngineTestbench:
         self.protocol_errors: list[str] = []
         # What each output-buffer entry held when last read back: entries that a later, smaller tile does
         # not write must keep it (spec section 3).
-        self.shadow: dict[int, int] = {}
+        self.shadows: dict[int, dict[int, int]] = {0: {}, 1: {}}  # per buffer half
+        self.shadow = self.shadows[0]  # the half of the case being checked
+        self.preloaded: dict[int, int] = {}  # case index -> load writes made during the previous run
         self._clock = None
         self._watch = None
 
@@ -340,7 +342,7 @@ class EngineTestbench:
     def _entries_to_recheck(self, n: int) -> list[int]:
         """Known entries beyond ``n`` to read back: all of the last phase-1 round's (where invalid PEs would
         write), then an even spread over the rest, at most :data:`RECHECK_LIMIT` of those."""
-        known = sorted(lin for lin in self.shadow if lin >= n)
+        known = sorted(lin for lin in self.shadow if lin >= n)  # (of the half in use: self.shadow)
         tail = -(-n // self.config.pes) * self.config.pes
         risky = [lin for lin in known if lin < tail]
         rest = [lin for lin in known if lin >= tail]
@@ -391,37 +393,50 @@ class EngineTestbench:
         stalls0 = self._stalls()
         mode = RunMode(case.run)
         queue = QueueLoad(case.queue_lins, case.queue_psums) if case.queue_lins is not None else None
-        n_writes = await driver.load_tile(case.tile, case.load, layer=case.layer, run=mode, queue=queue)
+        self.shadow = self.shadows[case.half]
+        if case.overlap:  # written during the previous case's run
+            n_writes = self.preloaded.pop(index, 0)
+        else:
+            n_writes = await driver.load_tile(
+                case.tile, case.load, layer=case.layer, run=mode, queue=queue, half=case.half
+            )
+        early: list[str] = []
+        overlapped = 0
         try:
-            run = await driver.run(2 * int(case.counters["cycles"]) + 1000)
+            await self.transport.start()
+            overlapped = await self._during_run(index, early)
+            run = await self.transport.wait_done(2 * int(case.counters["cycles"]) + 1000)
         except AssertionError as exc:
             errors = monitor.errors + self.protocol_errors
             message = f"tile {index} '{case.name}' ({g}): {exc}" + "".join(f"; {e}" for e in errors)
             # Reset so that the following tiles start from a known state (the buffers' contents are not).
             monitor.errors, self.protocol_errors, monitor.run = [], [], None
-            self.shadow.clear()
+            for shadow in self.shadows.values():
+                shadow.clear()
+            self.preloaded.clear()
             await self.reset()
             raise self._fail(index, message) from None
 
         n = g.n_outputs
         if queue is not None:  # phase 2 only: the results are in the queue, the output buffer unchanged
-            results = await driver.read_queue(len(queue.lins))
-            words = await driver.read_words(range(n))
+            results = await driver.read_queue(len(queue.lins), case.half)
+            words = await driver.read_words(range(n), case.half)
             counters = await driver.read_counters()
             changed = {lin: (self.shadow[lin], w) for lin, w in words.items() if self.shadow.get(lin, w) != w}
             problems = monitor.errors + self.protocol_errors
             problems += compare_queue(self.config, case, results, counters, run, changed)
         else:
-            words = await driver.read_words(range(n))
-            beyond = await driver.read_words(self._entries_to_recheck(n))
+            words = await driver.read_words(range(n), case.half)
+            beyond = await driver.read_words(self._entries_to_recheck(n), case.half)
             counters = await driver.read_counters()
             stale = {lin: (self.shadow[lin], w) for lin, w in beyond.items() if w != self.shadow[lin]}
             self.shadow.update(words)
             self.shadow.update(beyond)
             problems = monitor.errors + self.protocol_errors
             if mode is not RunMode.PHASE1:
-                words = await driver.merge_results(g, words)
+                words = await driver.merge_results(g, words, case.half)
             problems += compare(self.config, case, words, counters, run, stale)
+        problems += early
         monitor.errors, self.protocol_errors = [], []
         problems += self._pacing_problems(case, stalls0)
         held, gaps, _ = (b - a for a, b in zip(stalls0, self._stalls(), strict=True))
@@ -436,6 +451,7 @@ class EngineTestbench:
                 "macs": counters["base_macs"] + counters["cond_macs"],
                 "resp_held_cycles": held,
                 "load_gap_cycles": gaps,
+                "overlapped_transfers": overlapped,
             },
         )
         monitor.dut._log.info(
@@ -458,6 +474,38 @@ class EngineTestbench:
         if problems:
             raise self._fail(index, f"tile {index} '{case.name}' ({g}): " + "; ".join(problems))
 
+    async def _during_run(self, index: int, problems: list[str]) -> int:
+        """What the host does while case ``index`` runs (double buffering): write the next case's tile into
+        the other half when it is an overlapped one, and read back, from the other half, output entries
+        the previous run left there (they must be unchanged). Returns the transfers made while ``busy`` was
+        still high."""
+        case, driver, dut = self.cases[index], self.driver, self.transport.dut
+        during = 0
+        nxt = self.cases[index + 1] if index + 1 < len(self.cases) else None
+        if nxt is not None and nxt.overlap:
+            if nxt.half == case.half:
+                problems.append(f"case {index + 1} overlaps case {index} in the same half {case.half}")
+                return 0
+            queue = QueueLoad(nxt.queue_lins, nxt.queue_psums) if nxt.queue_lins is not None else None
+            writes = await driver.load_tile(
+                nxt.tile, nxt.load, layer=nxt.layer, run=RunMode(nxt.run), queue=queue, half=nxt.half
+            )
+            self.preloaded[index + 1] = writes
+            during += writes if int(dut.busy.value) else 0
+        if case.overlap:
+            other = self.shadows[1 - case.half]
+            lins = sorted(other)[:RECHECK_LIMIT]
+            words = await driver.read_words(lins, half=1 - case.half)
+            during += len(lins) if int(dut.busy.value) else 0
+            bad = [lin for lin in lins if words[lin] != other[lin]]
+            if bad:
+                lin = bad[0]
+                problems.append(
+                    f"output entry {lin} of half {1 - case.half}, read during the run, changed: held "
+                    f"{other[lin]:#x}, now {words[lin]:#x} ({len(bad)} of {len(lins)} differ)"
+                )
+        return during
+
     async def abort_tile(self, index: int) -> None:
         """Load case ``index``, start it, raise ``rst`` in cycle ``reset_at`` of the busy period for
         ``reset_cycles`` edges, and check that the engine is idle with its counters cleared (spec section 4,
@@ -469,7 +517,7 @@ class EngineTestbench:
         first_cycle = monitor.cycle
         self._pace(case)
         stalls0 = self._stalls()
-        await driver.load_tile(case.tile, case.load, layer=case.layer)
+        await driver.load_tile(case.tile, case.load, layer=case.layer, half=case.half)
         await t.start()  # returns in SETUP, cycle 1 of the busy period
         run = t.run
         await t.tick(case.reset_at - 1)
@@ -504,8 +552,9 @@ class EngineTestbench:
             problems.append(f"counters not cleared by reset: {nonzero}")
         problems += self._pacing_problems(case, stalls0)
         # The aborted run may have written any of its own entries.
-        for lin in [lin for lin in self.shadow if lin < g.n_outputs]:
-            del self.shadow[lin]
+        shadow = self.shadows[case.half]
+        for lin in [lin for lin in shadow if lin < g.n_outputs]:
+            del shadow[lin]
         self._write(
             self.stats_path,
             {

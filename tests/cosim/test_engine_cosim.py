@@ -374,6 +374,27 @@ def _two_pass_cases(name: str) -> list[CosimCase]:
     return cases
 
 
+# Back-to-back double-buffered tiles: the first gated and dense tiles of these configurations, alternating
+# halves (1, 0, 1, ...); each after the first is written into its half while the one before runs, and each
+# run reads back the previous run's output entries from the other half. Then a two-pass pair: pass 1
+# written during the last run, pass 2 in pass 1's half (it reuses pass 1's inputs), written while idle.
+DOUBLE_BUFFERED = {"default": 7, "g1_p3_l4_k3_s2": 5, "g2_p1_l2_k2_acc64": 4}
+
+
+@functools.cache
+def _double_buffer_cases(name: str) -> list[CosimCase]:
+    if name not in DOUBLE_BUFFERED:
+        return []
+    picks = [c for c in _cases(name) if c.load == "all" and not c.reset_at][: DOUBLE_BUFFERED[name]]
+    picks += _two_pass_cases(name)[:1]
+    cases = [
+        replace(c, name=f"{c.name} (half {1 - k % 2}, double-buffered)", half=1 - k % 2, overlap=k > 0)
+        for k, c in enumerate(picks)
+    ]
+    pass2 = _two_pass_cases(name)[1:2]
+    return cases + [replace(c, name=f"{c.name} (half {cases[-1].half})", half=cases[-1].half) for c in pass2]
+
+
 def test_two_pass_expectations_match_the_reference() -> None:
     """The two-pass cases' expectations: pass 1 has the reference's gate bits and, where the gate is off,
     its outputs (the partial sum is the output); pass 2's results are the reference's outputs of the
@@ -465,9 +486,11 @@ def test_engine_cosim(name: str, sim: str, cosim_cache: Path, tmp_path: Path) ->
     """Every tile of the configuration, in one simulation: outputs, gates, write cycles, counters and busy
     cycles agree."""
     config = CONFIGS[name]
-    cases = _cases(name) + _two_pass_cases(name)
+    cases = _cases(name) + _two_pass_cases(name) + _double_buffer_cases(name)
     result = run_cosim(sim, config, cases, cosim_cache, tmp_path)
     assert result.tests == len(cases)
+    if _double_buffer_cases(name):  # transfers did overlap runs
+        assert result.overlapped > 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -735,6 +758,6 @@ def test_engine_cosim_without_zero_filled_memories(
     and every trace-port value the testbench checks is defined (a read of a never-written word shows X); on
     Verilator every undefined bit starts random (seeded), so nothing may depend on zeros."""
     config = CONFIGS[name]
-    cases = _cases(name) + _two_pass_cases(name)
+    cases = _cases(name) + _two_pass_cases(name) + _double_buffer_cases(name)
     result = run_cosim(sim, config, cases, cosim_cache, tmp_path, zero_fill=False)
     assert result.tests == len(cases)
