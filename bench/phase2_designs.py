@@ -440,8 +440,8 @@ def replay(work: TileWork, design: Design, rounds: np.ndarray, phase: int) -> tu
 
 
 def queue_entry_bits(config: EngineConfig) -> int:
-    """Bits of one work-queue entry as the RTL lays it out (``rtl.engine.queue_layout``)."""
-    from rtl.engine import queue_layout
+    """Bits of one work-queue entry as the RTL lays it out (``spec.protocol.queue_layout``)."""
+    from spec.protocol import queue_layout
 
     return int(queue_layout(config).size)
 

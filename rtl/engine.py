@@ -106,8 +106,8 @@ class GatedConvEngine(wiring.Component):
         Configuration register and buffer writes; ready while idle.
     req : In(stream.Signature(read_layout(config)))
         Unload requests for output-buffer entries, counters and work-queue results; ready while idle.
-    resp : Out(stream.Signature(data_width))
-        Unload responses, in request order.
+    resp : Out(stream.Signature(resp_width))
+        Unload responses, in request order (a row of P output entries, a counter or a queue entry).
     start : In(1)
         Begin a run (sampled while idle).
     busy : Out(1)
@@ -130,7 +130,7 @@ class GatedConvEngine(wiring.Component):
             {
                 "load": In(stream.Signature(load_layout(config))),
                 "req": In(stream.Signature(read_layout(config))),
-                "resp": Out(stream.Signature(unsigned(config.data_width))),
+                "resp": Out(stream.Signature(unsigned(config.resp_width))),
                 "start": In(1),
                 "busy": Out(1),
                 "done": Out(1),
@@ -702,12 +702,13 @@ class GatedConvEngine(wiring.Component):
         m.d.comb += self.req.ready.eq((idle | other) & (~self.resp.valid | self.resp.ready))
         req_take = self.req.valid & self.req.ready  # (not the phase-2 `take` above)
         req_bank, req_row = req.addr[:bank_bits], req.addr[bank_bits : cfg.half_bit]
-        req_hit = Signal(P)  # one-hot bank of an accepted request
-        m.d.comb += req_hit.eq(Mux(req_take, Const(1, P) << req_bank, 0))
-        req_output, req_queue = Signal(), Signal()
+        req_hit = Signal(P)  # the banks an accepted request reads: one entry, or the whole row
+        req_output, req_queue, req_row_wide = Signal(), Signal(), Signal()
         m.d.comb += [
             req_output.eq(req.sel == UnloadTarget.OUTPUT),
             req_queue.eq((req.sel == UnloadTarget.QUEUE) | (req.sel == UnloadTarget.QUEUE_ENTRY)),
+            req_row_wide.eq(req.sel != UnloadTarget.QUEUE_ENTRY),
+            req_hit.eq(Mux(req_take, Mux(req_row_wide, (1 << P) - 1, Const(1, P) << req_bank), 0)),
         ]
         for b, (_, o_r) in enumerate(obanks):
             m.d.comb += [o_r.addr.eq(Cat(req_row[:row_bits], req_half)), o_r.en.eq(req_hit[b] & req_output)]
@@ -730,17 +731,20 @@ class GatedConvEngine(wiring.Component):
             for i in range(len(Counter)):
                 with m.Case(i):
                     m.d.comb += counter_value.eq(counters.value[i])
-        out_word = Signal(output_layout(cfg))
-        with m.Switch(resp_bank):
-            for b in range(P):
-                with m.Case(b):
-                    entry = data.View(queue_layout(cfg), queue.host_rdata[b])
-                    with m.If(resp_sel == UnloadTarget.QUEUE):
-                        m.d.comb += [out_word.y.eq(entry.p), out_word.gate.eq(1)]
-                    with m.Elif(self._gating):
-                        m.d.comb += out_word.eq(obanks[b][1].data)
-                    with m.Else():
-                        m.d.comb += [out_word.y.eq(obanks[b][1].data), out_word.gate.eq(1)]
+        # A row: bank b's entry in bits [b·(acc_width + 1), ...), as an output entry (a queue entry's result
+        # with gate bit 1; the baseline's output words with gate bit 1).
+        row_words = []
+        for b in range(P):
+            out_word = Signal(output_layout(cfg).size, name=f"row_word{b}")
+            entry = data.View(queue_layout(cfg), queue.host_rdata[b])
+            if self._gating:
+                m.d.comb += out_word.eq(
+                    Mux(resp_sel == UnloadTarget.QUEUE, Cat(entry.p, Const(1, 1)), obanks[b][1].data)
+                )
+            else:
+                m.d.comb += out_word.eq(Cat(obanks[b][1].data, Const(1, 1)))
+            row_words.append(out_word)
+        row = Cat(*row_words)
         raw_entry = Signal(len(queue.host_rdata[0]))  # (a whole queue entry: UnloadTarget.QUEUE_ENTRY)
         with m.Switch(resp_bank):
             for b in range(P):
@@ -753,7 +757,7 @@ class GatedConvEngine(wiring.Component):
             with m.Case(UnloadTarget.QUEUE_ENTRY):
                 m.d.comb += response.eq(raw_entry)
             with m.Default():
-                m.d.comb += response.eq(out_word.as_value())
+                m.d.comb += response.eq(row)
         # The word is taken in the cycle after the request and held: a run started while a response waits
         # reuses the queue's read ports and clears the counters, and must not change it.
         resp_fresh = Signal()

@@ -34,13 +34,27 @@ import numpy as np
 from sim.results import DesignRun, DesignTraffic
 from sim.tiling import LayerPlan
 from spec.config import EngineConfig
-from spec.protocol import COUNTER_NAMES
+from spec.protocol import CONFIG_REGISTERS, COUNTER_NAMES
 
 __all__ = ["OPERANDS", "LayerTraffic", "Step", "Steps", "chain_cycles", "layer_traffic"]
 
 OPERANDS = ("weights", "params", "inputs", "outputs", "psum_spill")
 PARAM_BYTES = 8  # bias (int32) + requantization scale (float32) per output channel
 _CYCLES = COUNTER_NAMES.index("cycles")
+_GATES_ON = COUNTER_NAMES.index("gates_on")
+# Stream words every tile moves besides its operands: the configuration registers in, the counters out.
+_REGISTER_WORDS, _COUNTER_WORDS = len(CONFIG_REGISTERS), len(COUNTER_NAMES)
+
+
+def _stream_words(tab, cs, loaded_w, loaded_in, gated, pes, reread=None):
+    """(weight-side, input-side, store) words of the engine's streams per tile: registers, weight words
+    and thresholds where the weights are loaded, input words where the inputs are (``reread``: twice);
+    out, the rows of P output entries, of P queue results (``gates_on``, gated) and the counters."""
+    ww = _REGISTER_WORDS + np.where(loaded_w, tab.weight_words + (tab.n_ch if gated else 0), 0)
+    iw = np.where(loaded_in, tab.in_words, 0) * (1 if reread is None else 1 + reread)
+    results = -(-cs[:, _GATES_ON] // pes) if gated else 0
+    sw = -(-tab.out_size // pes) + results + _COUNTER_WORDS
+    return ww.astype(float), iw.astype(float), sw.astype(float)
 
 
 @dataclass
@@ -55,13 +69,19 @@ class Step:
 
     ``weight_loads`` (weights, parameters) depend on nothing computed and may be prefetched across a layer
     boundary; ``input_loads`` (activations, spilled partial sums) of a layer's first tile wait for the
-    previous layer's last stores. Each list holds one entry per transfer (bytes).
+    previous layer's last stores. Each list holds one entry per transfer (bytes). ``weight_words``,
+    ``input_words`` and ``store_words`` are the same transfers in words of the engine's streams, which move
+    one word per cycle: the load stream (registers, weights, thresholds; inputs) and the unload stream
+    (output entries, queue results, counters).
     """
 
     compute: float
     weight_loads: list[float]
     input_loads: list[float]
     stores: list[float]
+    weight_words: float = 0.0
+    input_words: float = 0.0
+    store_words: float = 0.0
 
 
 @dataclass
@@ -77,6 +97,17 @@ class Steps:
     weight_loads: np.ndarray
     input_loads: np.ndarray
     stores: np.ndarray
+    weight_words: np.ndarray | None = None  # [n] stream words (None: 0)
+    input_words: np.ndarray | None = None
+    store_words: np.ndarray | None = None
+
+    def words(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(weight, input, store) stream words per tile, zeros where not given."""
+        zero = np.zeros(len(self.compute))
+        return tuple(
+            zero if a is None else np.asarray(a, dtype=float)
+            for a in (self.weight_words, self.input_words, self.store_words)
+        )
 
     def __len__(self) -> int:
         return len(self.compute)
@@ -94,6 +125,9 @@ class Steps:
             table([s.weight_loads for s in steps]),
             table([s.input_loads for s in steps]),
             table([s.stores for s in steps]),
+            np.array([s.weight_words for s in steps], dtype=float),
+            np.array([s.input_words for s in steps], dtype=float),
+            np.array([s.store_words for s in steps], dtype=float),
         )
 
 
@@ -105,10 +139,13 @@ def _transfer_cycles(nbytes: np.ndarray, dram) -> np.ndarray:
 def chain_cycles(layers: list[Steps | list[Step]], dram) -> list[float]:
     """Cycles of a sequence of layers of double-buffered tiles, attributed to each layer.
 
-    While tile ``i`` computes, the DRAM channel carries tile ``i+1``'s loads and tile ``i-1``'s stores:
-    the stage takes ``max(C_i, load(i+1) + store(i-1))``. At a layer boundary only the next tile's weight
-    loads overlap the last tile; its input loads wait until the last tile's outputs are stored, and that
-    exposed time is charged to the next layer. A transfer pays the latency once per entry.
+    While tile ``i`` computes, the DRAM channel carries tile ``i+1``'s loads and tile ``i-1``'s stores,
+    the engine's load stream tile ``i+1``'s words and its unload stream tile ``i-1``'s (one word per cycle
+    each, the other buffer half: the RTL's double buffering): the stage takes ``max(C_i, load(i+1) +
+    store(i-1), words_in(i+1), words_out(i-1))``. At a layer boundary only the next tile's weight loads
+    overlap the last tile; its input loads wait until the last tile's outputs are stored, and that exposed
+    time is charged to the next layer. A DRAM transfer pays the latency once per entry; a transfer takes
+    at least its stream words.
     """
     parts = [s if isinstance(s, Steps) else Steps.from_steps(s) for s in layers]
     counts = [len(p) for p in parts]
@@ -120,18 +157,28 @@ def chain_cycles(layers: list[Steps | list[Step]], dram) -> list[float]:
     w = np.concatenate([_transfer_cycles(p.weight_loads, dram) for p in parts])
     ld = np.concatenate([_transfer_cycles(p.input_loads, dram) for p in parts])
     st = np.concatenate([_transfer_cycles(p.stores, dram) for p in parts])
+    ww, iw, sw = (np.concatenate(a) for a in zip(*(p.words() for p in parts), strict=True))
     same = li[1:] == li[:-1]  # tile i+1 in tile i's layer
     # Store of the previous tile still to be carried while tile i computes (none after a boundary).
     prev = np.zeros_like(st)
     prev[1:] = np.where(same, st[:-1], 0.0)
+    prev_w = np.zeros_like(sw)
+    prev_w[1:] = np.where(same, sw[:-1], 0.0)
     stage = np.empty_like(c)
-    stage[:-1] = np.maximum(c[:-1], w[1:] + np.where(same, ld[1:], 0.0) + prev[:-1])
-    stage[-1] = max(c[-1], prev[-1]) + st[-1]
+    stage[:-1] = np.maximum.reduce(
+        [
+            c[:-1],
+            w[1:] + np.where(same, ld[1:], 0.0) + prev[:-1],
+            ww[1:] + np.where(same, iw[1:], 0.0),
+            prev_w[:-1],
+        ]
+    )
+    stage[-1] = max(c[-1], prev[-1], prev_w[-1]) + max(st[-1], sw[-1])
     out += np.bincount(li, weights=stage, minlength=len(parts))
     # At a boundary the next layer waits for the last store, then loads its first inputs.
     b = np.flatnonzero(~same)
-    np.add.at(out, li[b + 1], st[b] + ld[b + 1])
-    out[li[0]] += w[0] + ld[0]
+    np.add.at(out, li[b + 1], np.maximum(st[b], sw[b]) + np.maximum(ld[b + 1], iw[b + 1]))
+    out[li[0]] += max(w[0] + ld[0], ww[0] + iw[0])
     return out.tolist()
 
 
@@ -304,9 +351,18 @@ def layer_traffic(
                 comp_in += ic[fs].sum()
                 comp_out += oc.sum()
                 il, st = ic, oc
+            every = np.ones(n_tiles, dtype=bool)
+            words = _stream_words(tab, cs, every, every, with_tau, cfg.pes)
+            ww, iw, sw = (a[seq] for a in words)
             steps.append(
                 Steps(
-                    cs[seq, _CYCLES].astype(float), weight_loads, np.where(fs, il, 0.0)[:, None], st[:, None]
+                    cs[seq, _CYCLES].astype(float),
+                    weight_loads,
+                    np.where(fs, il, 0.0)[:, None],
+                    st[:, None],
+                    np.where(fb, ww, _REGISTER_WORDS),
+                    np.where(fs, iw, 0.0),
+                    sw,
                 )
             )
         mean = {op: float(v) for op, v in totals.items()}  # the same bytes for every image
@@ -343,6 +399,7 @@ def layer_traffic(
             (a_b, w_b, acc_b, k2),
             base_width,
             unique,
+            cfg.pes,
         )
     else:
         pruned_run = gated_run
@@ -350,7 +407,7 @@ def layer_traffic(
 
 
 def _pruned_design(
-    layer, plan, tab, per_sample, pruned, zc, in_c, out_nz, widths, base_width, unique
+    layer, plan, tab, per_sample, pruned, zc, in_c, out_nz, widths, base_width, unique, pes
 ) -> DesignRun:
     """Channel blocks outermost, two passes where a block has several spatial blocks (module docstring)."""
     a_b, w_b, acc_b, k2 = widths
@@ -415,7 +472,8 @@ def _pruned_design(
         comp["psum_spill"] += 2 * spill.sum()
         ld = np.stack([il, np.where(two, il, 0.0), spill], axis=1)
         st = np.stack([st_out[:, 0], spill, st_out[:, 1]], axis=1)
-        steps.append(Steps(cs[:, _CYCLES].astype(float), wl, ld, st))
+        ww, iw, sw = _stream_words(tab, cs, fb, np.ones(len(fb), dtype=bool), True, pes, two)
+        steps.append(Steps(cs[:, _CYCLES].astype(float), wl, ld, st, ww, iw, sw))
         buf["input_fill_words"] += float((tab.in_words * (1 + two)).sum())
         buf["weight_fill_words"] += float(
             (tab.weight_words * (base_width + n_surv / np.maximum(tab.n_ch, 1) * cond_width) / c_in)[fb].sum()

@@ -113,6 +113,13 @@ class EngineConfig:
         )
 
     @property
+    def resp_width(self) -> int:
+        """Bits of an unload response: a data word, or a whole row of P output (or queue-result) entries of
+        ``acc_width + 1`` bits (the output buffer and the work queue unload a row of their P banks per
+        response)."""
+        return max(self.data_width, self.pes * (self.acc_width + 1))
+
+    @property
     def queue_entry_width(self) -> int:
         """Bits of one work-queue entry, ``spec.protocol.queue_layout(config).size`` (written out here, where
         the layouts cannot be imported; a test holds the two equal): channel, gate group, input word, the

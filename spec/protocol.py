@@ -81,8 +81,11 @@ class UnloadTarget(enum.Enum, shape=2):
     """What one unload request reads (the ``sel`` field of :func:`read_layout`).
 
     ``OUTPUT``, ``QUEUE`` and ``QUEUE_ENTRY`` take a banked address, ``row << config.bank_bits | bank``
-    for entry ``row·P + bank``; ``QUEUE`` answers with the entry's result as an output entry (``y``, gate
-    bit 1), ``QUEUE_ENTRY`` with the whole entry (:func:`queue_layout`: after a ``PHASE1`` run the host
+    for entry ``row·P + bank`` (with the buffer half in the top bit, ``config.half_bit``). ``OUTPUT`` and
+    ``QUEUE`` answer with the whole **row**, entries ``row·P … row·P + P − 1``, entry ``row·P + b`` in bits
+    ``[b·(acc_width + 1), (b + 1)·(acc_width + 1))`` as an output entry (:func:`output_layout`; a queue
+    entry's result with gate bit 1; the bank field is ignored): one response per P entries.
+    ``QUEUE_ENTRY`` answers with one whole entry (:func:`queue_layout`: after a ``PHASE1`` run the host
     reads the gated-on activations' channels from it and writes back those it keeps).
     """
 

@@ -136,6 +136,12 @@ def test_chain_cycles_by_hand():
     # Layer b: exposed store(1) (7) + inputs of b (5+1) = 13; its stage: max(30, 0) + store (5+1) = 36.
     assert got == pytest.approx([25 + 100 + 40, 13 + 36])
     assert chain_cycles([], dram) == []
+    # The streams move one word per cycle (weight, input and store words as the last three fields).
+    a = [Step(100, [50], [100], [20], 10, 20, 60), Step(40, [], [100], [20], 70, 50, 5)]
+    b = [Step(30, [200], [10], [10], 90, 30, 8)]
+    # Layer a: first loads max(25, 10 + 20) = 30; stage 0: 120; stage 1: max(40, 25 + 7, 90, 60) = 90.
+    # Layer b: max(7, 5) + max(6, 30) = 37; its stage: max(30, 0, 0) + max(6, 8) = 38.
+    assert chain_cycles([a, b], dram) == pytest.approx([30 + 120 + 90, 37 + 38])
 
 
 def test_memory_bound_layer_takes_transfer_time(trace):
@@ -176,20 +182,28 @@ def _chain_reference(layers: list[list[Step]], dram) -> list[float]:
     out = [0.0] * len(layers)
     if not flat:
         return out
-    out[flat[0][0]] += t(flat[0][1].weight_loads) + t(flat[0][1].input_loads)
-    prev_store = 0.0
+    first = flat[0][1]
+    out[flat[0][0]] += max(
+        t(first.weight_loads) + t(first.input_loads), first.weight_words + first.input_words
+    )
+    prev_store = prev_words = 0.0
     for i, (li, step) in enumerate(flat):
         if i + 1 == len(flat):
-            out[li] += max(step.compute, prev_store) + t(step.stores)
+            out[li] += max(step.compute, prev_store, prev_words) + max(t(step.stores), step.store_words)
             break
         nli, nxt = flat[i + 1]
         if nli == li:
-            out[li] += max(step.compute, t(nxt.weight_loads) + t(nxt.input_loads) + prev_store)
-            prev_store = t(step.stores)
+            out[li] += max(
+                step.compute,
+                t(nxt.weight_loads) + t(nxt.input_loads) + prev_store,
+                nxt.weight_words + nxt.input_words,
+                prev_words,
+            )
+            prev_store, prev_words = t(step.stores), step.store_words
         else:
-            out[li] += max(step.compute, t(nxt.weight_loads) + prev_store)
-            out[nli] += t(step.stores) + t(nxt.input_loads)
-            prev_store = 0.0
+            out[li] += max(step.compute, t(nxt.weight_loads) + prev_store, nxt.weight_words, prev_words)
+            out[nli] += max(t(step.stores), step.store_words) + max(t(nxt.input_loads), nxt.input_words)
+            prev_store = prev_words = 0.0
     return out
 
 
@@ -202,8 +216,14 @@ def test_chain_cycles_against_a_tile_by_tile_walk(seed):
         return [float(b) for b in rng.integers(0, 5000, rng.integers(0, most + 1))]
 
     # Some layers empty (skipped by the chain), some with one tile.
+    def words():
+        return float(rng.integers(0, 3000))
+
     layers = [
-        [Step(float(rng.integers(0, 4000)), entries(2), entries(3), entries(3)) for _ in range(n)]
+        [
+            Step(float(rng.integers(0, 4000)), entries(2), entries(3), entries(3), words(), words(), words())
+            for _ in range(n)
+        ]
         for n in rng.integers(0, 6, 7)
     ]
     assert chain_cycles(layers, dram) == pytest.approx(_chain_reference(layers, dram), rel=1e-12)

@@ -89,24 +89,38 @@ def synth_dense_default(tmp_path_factory) -> dict:
     return _shared_run(tmp_path_factory, "synth-dense-default", "--dense-baseline", "--no-ecp5")
 
 
-def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, int]]:
-    """name: (width, depth, read ports, write ports) of every buffer (rtl/engine.py)."""
-    from rtl.engine import queue_layout
-    from spec.protocol import output_layout
+def _halves(rows: int, row_bits: int) -> int:
+    """Depth of a double-buffered bank of ``rows`` rows per half: the half is the top row-address bit."""
+    return (1 << row_bits) + rows
 
-    P, L = config.pes, config.lanes
+
+def _expected_memories(config: EngineConfig) -> dict[str, tuple[int, int, int, int]]:
+    """name: (width, depth, read ports, write ports) of every buffer (rtl/engine.py): every bank holds two
+    halves (double buffering), the work queue's as two memories."""
+    from spec.protocol import output_layout, queue_layout
+
+    P, L, bb = config.pes, config.lanes, config.bank_bits
     rows = -(-config.output_depth // P)
-    nb = 1 << config.bank_bits  # input and weight banks: word address mod 2^bank_bits
-    in_rows, w_rows = -(-config.input_depth // nb), -(-config.weight_depth // nb)
+    nb = 1 << bb  # input and weight banks: word address mod 2^bank_bits
+
+    def banked(depth: int) -> int:  # rtl/banked_buffer.py: the word address's bits above the bank
+        return _halves(-(-depth // nb), max(1, (depth - 1).bit_length()) - bb)
+
+    t_rows = -(-config.threshold_depth // P)
+    t_bits = (max(t_rows << bb, 2) - 1).bit_length() - bb
     return {
         # inputs and weights: 2^bank_bits word-interleaved banks (rtl/banked_buffer.py)
-        **{f"inbuf.bank{b}": (L * config.act_width, in_rows, 1, 1) for b in range(nb)},
-        **{f"wbuf.bank{b}": (L * config.weight_width, w_rows, 1, 1) for b in range(nb)},
+        **{f"inbuf.bank{b}": (L * config.act_width, banked(config.input_depth), 1, 1) for b in range(nb)},
+        **{f"wbuf.bank{b}": (L * config.weight_width, banked(config.weight_depth), 1, 1) for b in range(nb)},
         # thresholds: P banks by output channel (rtl/threshold_buffer.py)
-        **{f"tbuf.bank{b}": (config.acc_width, -(-config.threshold_depth // P), 1, 1) for b in range(P)},
-        # the output buffer and the work queue: P banks of one read and one write port each
-        **{f"obuf{b}": (output_layout(config).size, rows, 1, 1) for b in range(P)},
-        **{f"queue.bank{b}": (queue_layout(config).size, rows, 1, 1) for b in range(P)},
+        **{f"tbuf.bank{b}": (config.acc_width, _halves(t_rows, t_bits), 1, 1) for b in range(P)},
+        # the output buffer: P banks of one read and one write port each
+        **{
+            f"obuf{b}": (output_layout(config).size, _halves(rows, max(1, (rows - 1).bit_length())), 1, 1)
+            for b in range(P)
+        },
+        # the work queue: P banks, each two memories (one per half) of one read and one write port
+        **{f"queue.bank{b}_{k}": (queue_layout(config).size, rows, 1, 1) for b in range(P) for k in range(2)},
     }
 
 
@@ -178,7 +192,7 @@ def test_ecp5_figures(synth_run):
     banks = (
         {f"inbuf.bank{b}" for b in range(P)}
         | {f"wbuf.bank{b}" for b in range(P)}
-        | {f"queue.bank{b}" for b in range(P)}
+        | {f"queue.bank{b}_{k}" for b in range(P) for k in range(2)}
         | {f"obuf{b}" for b in range(P)}
         | {f"tbuf.bank{b}" for b in range(P)}
     )
@@ -297,7 +311,7 @@ def test_dense_baseline_differs_by_the_gating_hardware(synth_default, synth_dens
     ``acc_width`` bits; the gated build's extra memory bits are exactly the thresholds, the work queue and
     the output buffer's gate bits, and its extra logic is positive (the figures docs/performance.md
     puts side by side)."""
-    from rtl.engine import queue_layout
+    from spec.protocol import queue_layout
 
     config = EngineConfig()
     gated, dense = synth_default["synth"]["generic"], synth_dense_default["synth"]["generic"]
@@ -307,14 +321,15 @@ def test_dense_baseline_differs_by_the_gating_hardware(synth_default, synth_dens
         if not name.startswith(("tbuf.", "queue."))
     }
     rows = -(-config.output_depth // config.pes)
-    expected.update({f"obuf{b}": (config.acc_width, rows, 1, 1) for b in range(config.pes)})
+    depth = _halves(rows, max(1, (rows - 1).bit_length()))
+    expected.update({f"obuf{b}": (config.acc_width, depth, 1, 1) for b in range(config.pes)})
     found = {
         m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in dense["memories"]
     }
     assert found == expected
     assert synth_dense_default["synth"]["gating"] is False and synth_default["synth"]["gating"] is True
-    threshold_bits = config.pes * config.threshold_rows * config.acc_width
-    queue_bits = config.pes * rows * queue_layout(config).size
-    gate_bits = config.pes * rows
+    threshold_bits = config.pes * 2 * config.threshold_rows * config.acc_width  # (power-of-two rows)
+    queue_bits = config.pes * 2 * rows * queue_layout(config).size
+    gate_bits = config.pes * depth
     assert gated["memory_bits"] - dense["memory_bits"] == threshold_bits + queue_bits + gate_bits
     assert gated["cells"] > dense["cells"] and gated["flip_flops"] > dense["flip_flops"]

@@ -162,14 +162,17 @@ class EngineDriver:
         return await self.transport.wait_done(timeout_cycles)
 
     async def read(self, sel: UnloadTarget, addr: int, half: int = 0) -> int:
-        """One unload request and its response word; ``addr`` is an output or queue entry's index (sent as
-        its banked address in half ``half``) or a counter's."""
+        """One unload request and its response word; ``addr`` is a counter's index, a queue entry's
+        (``QUEUE_ENTRY``, sent as its banked address) or, for ``OUTPUT`` and ``QUEUE``, a **row**'s (the
+        response holds its P entries, :meth:`split_row`); ``half``: the buffer half."""
         t = self.transport
         sel = UnloadTarget(sel)
         if sel == UnloadTarget.COUNTERS:
             wire = addr
-        else:
+        elif sel == UnloadTarget.QUEUE_ENTRY:
             wire = banked_address(self.config, addr) | (half << self.config.half_bit)
+        else:
+            wire = (addr << self.config.bank_bits) | (half << self.config.half_bit)
         waited = await t.req.put(pack_request(self.config, sel, wire))
         if waited:
             self._protocol(
@@ -180,8 +183,8 @@ class EngineDriver:
             word = await t.resp.get()
         except AssertionError as exc:  # a stall or X/Z bits: say what was asked for
             what = {
-                UnloadTarget.OUTPUT: f"output entry {addr}",
-                UnloadTarget.QUEUE: f"work-queue entry {addr}",
+                UnloadTarget.OUTPUT: f"output row {addr}",
+                UnloadTarget.QUEUE: f"work-queue row {addr}",
                 UnloadTarget.QUEUE_ENTRY: f"work-queue entry {addr} (whole)",
             }.get(sel) or f"counter {addr} ({COUNTER_NAMES[addr]})"
             raise AssertionError(f"reading {what}: {exc}") from None
@@ -192,9 +195,24 @@ class EngineDriver:
             )
         return int(word)
 
+    def split_row(self, word: int) -> list[int]:
+        """The P entries of a row response (entry ``b`` in bits ``[b·(acc_width + 1), …)``)."""
+        e = self.config.acc_width + 1
+        return [(int(word) >> (b * e)) & ((1 << e) - 1) for b in range(self.config.pes)]
+
+    async def _read_entries(self, sel: UnloadTarget, entries: Iterable[int], half: int) -> dict[int, int]:
+        """Entries of the output buffer or the work queue's results, by index, one response per row."""
+        wanted = sorted(set(entries))
+        out: dict[int, int] = {}
+        P = self.config.pes
+        for row in sorted({n // P for n in wanted}):
+            for b, entry in enumerate(self.split_row(await self.read(sel, row, half))):
+                out[row * P + b] = entry
+        return {n: out[n] for n in wanted}
+
     async def read_words(self, addrs: Iterable[int], half: int = 0) -> dict[int, int]:
-        """Raw output-buffer entries by ``lin`` (of half ``half``)."""
-        return {lin: await self.read(UnloadTarget.OUTPUT, lin, half) for lin in addrs}
+        """Raw output-buffer entries by ``lin`` (of half ``half``), read a row of P at a time."""
+        return await self._read_entries(UnloadTarget.OUTPUT, addrs, half)
 
     async def merge_results(
         self, geometry: TileGeometry, words: dict[int, int], half: int = 0
@@ -205,8 +223,9 @@ class EngineDriver:
         results = dict(words)
         if not geometry.dense:
             on = [lin for lin in range(geometry.n_outputs) if decode_output(self.config, words[lin])[1]]
+            queued = await self._read_entries(UnloadTarget.QUEUE, range(len(on)), half)
             for n, lin in enumerate(on):
-                results[lin] = await self.read(UnloadTarget.QUEUE, n, half)
+                results[lin] = queued[n]
         return results
 
     async def read_outputs(self, geometry: TileGeometry, half: int = 0) -> Outputs:
@@ -219,7 +238,8 @@ class EngineDriver:
     async def read_queue(self, n: int, half: int = 0) -> list[int]:
         """The raw words of work-queue entries ``0 … n − 1`` (each a result as an output entry: ``y``, gate
         bit 1)."""
-        return [await self.read(UnloadTarget.QUEUE, i, half) for i in range(n)]
+        queued = await self._read_entries(UnloadTarget.QUEUE, range(n), half)
+        return [queued[i] for i in range(n)]
 
     async def read_queue_entries(self, n: int, half: int = 0) -> list[int]:
         """Work-queue entries ``0 … n − 1`` whole (:func:`spec.protocol.queue_layout`): after a ``PHASE1`` run
