@@ -47,7 +47,7 @@ class Stream(Protocol):
 
     async def put(self, payload: int) -> int: ...
 
-    async def get(self) -> int: ...
+    async def get(self, care: int | None = None) -> int: ...
 
 
 class EngineTransport(Protocol):
@@ -161,10 +161,11 @@ class EngineDriver:
         await self.transport.start()
         return await self.transport.wait_done(timeout_cycles)
 
-    async def read(self, sel: UnloadTarget, addr: int, half: int = 0) -> int:
+    async def read(self, sel: UnloadTarget, addr: int, half: int = 0, care: int | None = None) -> int:
         """One unload request and its response word; ``addr`` is a counter's index, a queue entry's
         (``QUEUE_ENTRY``, sent as its banked address) or, for ``OUTPUT`` and ``QUEUE``, a **row**'s (the
-        response holds its P entries, :meth:`split_row`); ``half``: the buffer half."""
+        response holds its P entries, :meth:`split_row`); ``half``: the buffer half; ``care``: the bits of
+        the response that must be defined (a row's entries the host wants; default all)."""
         t = self.transport
         sel = UnloadTarget(sel)
         if sel == UnloadTarget.COUNTERS:
@@ -180,7 +181,7 @@ class EngineDriver:
                 "(spec: ready while idle and no response is waiting)"
             )
         try:
-            word = await t.resp.get()
+            word = await t.resp.get(care)
         except AssertionError as exc:  # a stall or X/Z bits: say what was asked for
             what = {
                 UnloadTarget.OUTPUT: f"output row {addr}",
@@ -205,8 +206,12 @@ class EngineDriver:
         wanted = sorted(set(entries))
         out: dict[int, int] = {}
         P = self.config.pes
-        for row in sorted({n // P for n in wanted}):
-            for b, entry in enumerate(self.split_row(await self.read(sel, row, half))):
+        e = self.config.acc_width + 1
+        rows: dict[int, int] = {}
+        for n in wanted:  # the bits of the entries wanted in each row (the rest may be undefined)
+            rows[n // P] = rows.get(n // P, 0) | (((1 << e) - 1) << (n % P * e))
+        for row, care in sorted(rows.items()):
+            for b, entry in enumerate(self.split_row(await self.read(sel, row, half, care))):
                 out[row * P + b] = entry
         return {n: out[n] for n in wanted}
 

@@ -74,8 +74,8 @@ class AmaranthStream:
         ctx.set(stream.valid, 0)
         return 0
 
-    async def get(self):
-        """Take one payload."""
+    async def get(self, care: int | None = None):
+        """Take one payload (``care``: see :meth:`CocotbStream.get`; Amaranth's simulator has no X)."""
         ctx, stream = self.ctx, self.stream
         ctx.set(stream.ready, 1)
         (payload,) = await ctx.tick().sample(stream.payload).until(stream.valid)
@@ -141,9 +141,10 @@ class CocotbStream:
         await self._transfer("valid", "ready")
         return self.last_wait
 
-    async def get(self) -> int:
-        """Take one payload, as an unsigned integer; X/Z bits raise :class:`AssertionError`, and so does a
-        held payload (see ``stalls``) that changes or drops ``valid`` before it is taken."""
+    async def get(self, care: int | None = None) -> int:
+        """Take one payload, as an unsigned integer; X/Z bits raise :class:`AssertionError` (with ``care``,
+        only in the bits it sets: the others, e.g. the entries of a row the host does not use, read as 0),
+        and so does a held payload (see ``stalls``) that changes or drops ``valid`` before it is taken."""
         hold = next(self.stalls) if self.stalls is not None else 0
         if hold:
             waited, held = await self._hold(hold)
@@ -154,9 +155,13 @@ class CocotbStream:
                     f"{self.name}: payload changed from {held} to {value} while held for {hold} cycles"
                 )
             self.last_wait = waited  # the cycles before valid rose; the hold is ours
-        if not value.is_resolvable:
-            raise AssertionError(f"{self.name}: payload {value} has unresolved (X/Z) bits")
-        return value.to_unsigned()
+        if value.is_resolvable:
+            return value.to_unsigned()
+        lsb_first = str(value)[::-1]
+        bad = [i for i, c in enumerate(lsb_first) if c not in "01" and (care is None or (care >> i) & 1)]
+        if bad:
+            raise AssertionError(f"{self.name}: payload {value} has unresolved (X/Z) bits (bit {bad[0]} …)")
+        return int("".join("1" if c == "1" else "0" for c in reversed(lsb_first)) or "0", 2)
 
     async def _hold(self, cycles: int):
         """Keep ``ready`` low until ``valid`` has been high for ``cycles`` cycles, checking that it stays high
