@@ -4,12 +4,14 @@ section 3, "Banked reads")."""
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from rtl.array_port import ArrayPort
 from rtl.coords import addr_width
 from rtl.one_hot import one_hot
+from rtl.ram import ram_1r1w
 
 __all__ = ["BankedBuffer"]
 
@@ -94,27 +96,32 @@ class BankedBuffer(wiring.Component):
 
         w_bank, w_row = split(self.waddr)
         w_hot = one_hot(m, w_bank, self.wen, nb, "w_hot")
-        reads = []
-        for b in range(nb):
-            m.submodules[f"bank{b}"] = mem = memory.Memory(
-                shape=unsigned(self._width), depth=self.rows, init=[]
-            )
-            wp, rp = mem.write_port(), mem.read_port()
-            m.d.comb += [wp.addr.eq(w_row), wp.data.eq(self.wdata), wp.en.eq(w_hot[b])]
-            reads.append(rp)
 
         # Each bank reads the row of its lowest-numbered requester (a priority chain, highest PE first).
         asks = [one_hot(m, split(self.raddr[i])[0], self.rreq[i], nb, f"ask{i}") for i in range(P)]
-        for b, rp in enumerate(reads):
-            row = Const(0, len(rp.addr))
+        row_width = ceil_log2(self.rows)
+        rows, reads = [], []
+        for b in range(nb):
+            row = Const(0, row_width)
             for i in reversed(range(P)):
-                row = Mux(asks[i][b], split(self.raddr[i])[1], row)
-            m.d.comb += [rp.addr.eq(row), rp.en.eq(Cat(asks[i][b] for i in range(P)).any())]
+                row = Mux(asks[i][b], split(self.raddr[i])[1][:row_width], row)
+            rows.append(row)
+            reads.append(
+                ram_1r1w(
+                    m,
+                    f"bank{b}",
+                    unsigned(self._width),
+                    self.rows,
+                    waddr=w_row,
+                    wdata=self.wdata,
+                    wen=w_hot[b],
+                    raddr=row,
+                    ren=Cat(asks[i][b] for i in range(P)).any(),
+                )
+            )
         for i in range(P):
             if self._arbitrate:
-                own = Cat(
-                    asks[i][b] & (rp.addr == split(self.raddr[i])[1]) for b, rp in enumerate(reads)
-                ).any()
+                own = Cat(asks[i][b] & (rows[b] == split(self.raddr[i])[1]) for b in range(nb)).any()
                 m.d.comb += self.grant[i].eq(own)
             else:
                 m.d.comb += self.grant[i].eq(self.rreq[i])
@@ -129,5 +136,5 @@ class BankedBuffer(wiring.Component):
             with m.Switch(sel):
                 for b in range(nb):
                     with m.Case(b):
-                        m.d.comb += self.rdata[i].eq(reads[b].data)
+                        m.d.comb += self.rdata[i].eq(reads[b])
         return m

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.arith import const_mul
@@ -13,6 +13,7 @@ from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, coord_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
+from rtl.ram import ram_1r1w
 from rtl.selection_window import SelectionWindow, window_slots
 from rtl.threshold_buffer import ThresholdBuffer
 from rtl.work_queue import WorkQueue
@@ -218,13 +219,11 @@ class GatedConvEngine(wiring.Component):
         # dense mode) writes round r's P consecutive entries, PE i into bank i row r; phase 2 writes its
         # results back into the work queue's entries (one per cycle), never here.
         rows = cfg.bank_rows
-        obanks = []
-        for b in range(P):
-            # Plain bits (viewed as output_layout where needed: a layout-shaped port gets an alias wire per
-            # field in the Verilog); the baseline has no gate bit.
-            shape = unsigned(output_layout(cfg).size) if self._gating else signed(cfg.acc_width)
-            m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=shape, depth=rows, init=[])
-            obanks.append((bank.write_port(), bank.read_port()))
+        # Plain bits (viewed as output_layout where needed: a layout-shaped port gets an alias wire per
+        # field in the Verilog); the baseline has no gate bit. The banks (rtl/ram.py) are made where
+        # their read port is known, from their write ports' values gathered in `owrites`.
+        oshape = unsigned(output_layout(cfg).size) if self._gating else signed(cfg.acc_width)
+        owrites = []
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
         # P 1R1W banks, entry n in bank n mod P (rtl/work_queue.py).
         queue = self._part(m, "queue", WorkQueue(cfg, queue_layout(cfg).size))
@@ -571,14 +570,10 @@ class GatedConvEngine(wiring.Component):
         for i in range(P):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
-            o_w = obanks[i][0]
-            if self._gating:
-                m.d.comb += o_w.data.eq(Cat(macs.acc[i], gate_bit))  # output_layout: y, then the gate
-            else:
-                m.d.comb += o_w.data.eq(macs.acc[i])
+            # output_layout: y, then the gate
+            o_data = Cat(macs.acc[i], gate_bit) if self._gating else macs.acc[i]
+            owrites.append((o_data, wb_en[i] & ~wb_phase2))
             m.d.comb += [
-                o_w.addr.eq(out_row),
-                o_w.en.eq(wb_en[i] & ~wb_phase2),
                 queue.update_data[i].eq(Cat(Const(0, wl["act"].shape.size), result_q[0].y)),
                 queue.offset[i].eq(compactor.offset[i]),
                 queue.wdata[i].eq(Cat(wb_work[i].act, macs.acc[i])),
@@ -684,8 +679,21 @@ class GatedConvEngine(wiring.Component):
             req_output.eq(req.sel == UnloadTarget.OUTPUT),
             req_queue.eq(req.sel == UnloadTarget.QUEUE),
         ]
-        for b, (_, o_r) in enumerate(obanks):
-            m.d.comb += [o_r.addr.eq(req_row), o_r.en.eq(req_hit[b] & req_output)]
+        obanks = []
+        for b, (o_data, o_en) in enumerate(owrites):
+            obanks.append(
+                ram_1r1w(
+                    m,
+                    f"obuf{b}",
+                    oshape,
+                    rows,
+                    waddr=out_row,
+                    wdata=o_data,
+                    wen=o_en,
+                    raddr=req_row,
+                    ren=req_hit[b] & req_output,
+                )
+            )
         with m.If(idle):
             m.d.comb += queue.read_row.eq(req_row)
             for b in range(P):
@@ -712,9 +720,9 @@ class GatedConvEngine(wiring.Component):
                     with m.If(resp_sel == UnloadTarget.QUEUE):
                         m.d.comb += [out_word.y.eq(entry.p), out_word.gate.eq(1)]
                     with m.Elif(self._gating):
-                        m.d.comb += out_word.eq(obanks[b][1].data)
+                        m.d.comb += out_word.eq(obanks[b])
                     with m.Else():
-                        m.d.comb += [out_word.y.eq(obanks[b][1].data), out_word.gate.eq(1)]
+                        m.d.comb += [out_word.y.eq(obanks[b]), out_word.gate.eq(1)]
         response = Signal.like(self.resp.payload)
         m.d.comb += response.eq(Mux(resp_sel == UnloadTarget.COUNTERS, counter_value, out_word.as_value()))
         # The word is taken in the cycle after the request and held: a run started while a response waits

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from rtl.array_port import ArrayPort
+from rtl.ram import ram_1r1w
 from spec.config import EngineConfig
 
 __all__ = ["WorkQueue"]
@@ -129,19 +131,25 @@ class WorkQueue(wiring.Component):
             ]
 
         for b in range(P):
-            bank_mem = m.submodules[f"bank{b}"] = memory.Memory(shape=unsigned(width), depth=rows, init=[])
-            w, r = bank_mem.write_port(), bank_mem.read_port()
             # The rotator: the one writer (if any) whose position falls into bank b.
             hit = [bank[i][b] for i in range(P)]
+            waddr = Signal(ceil_log2(rows), name=f"waddr{b}")
+            wdata = Signal(width, name=f"wdata{b}")
             with m.If(self.update[b]):
-                m.d.comb += [w.addr.eq(self.update_row), w.data.eq(self.update_data[b])]
+                m.d.comb += [waddr.eq(self.update_row), wdata.eq(self.update_data[b])]
             for i in range(P):
                 with m.If(hit[i]):
-                    m.d.comb += [w.addr.eq(row[i]), w.data.eq(self.wdata[i])]
-            m.d.comb += [
-                w.en.eq(Cat(*hit).any() | self.update[b]),
-                r.addr.eq(self.read_row),
-                r.en.eq(self.read_en[b]),
-                self.rdata[b].eq(r.data),
-            ]
+                    m.d.comb += [waddr.eq(row[i]), wdata.eq(self.wdata[i])]
+            rdata = ram_1r1w(
+                m,
+                f"bank{b}",
+                unsigned(width),
+                rows,
+                waddr=waddr,
+                wdata=wdata,
+                wen=Cat(*hit).any() | self.update[b],
+                raddr=self.read_row,
+                ren=self.read_en[b],
+            )
+            m.d.comb += self.rdata[b].eq(rdata)
         return m
