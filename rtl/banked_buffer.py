@@ -102,9 +102,11 @@ class BankedBuffer(wiring.Component):
         row_width = ceil_log2(self.rows)
         rows, reads = [], []
         for b in range(nb):
-            row = Const(0, row_width)
+            chain = Const(0, row_width)
             for i in reversed(range(P)):
-                row = Mux(asks[i][b], split(self.raddr[i])[1][:row_width], row)
+                chain = Mux(asks[i][b], split(self.raddr[i])[1][:row_width], chain)
+            row = Signal(row_width, name=f"row{b}")  # read and compared: one copy of the chain
+            m.d.comb += row.eq(chain)
             rows.append(row)
             reads.append(
                 ram_1r1w(

@@ -58,6 +58,7 @@ class ProcessingElement(wiring.Component):
                 "acc": Out(signed(config.acc_width)),
             }
         )
+        self.acc = Signal(signed(config.acc_width), reset_less=True, name="acc")  # the accumulator register
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -75,9 +76,9 @@ class ProcessingElement(wiring.Component):
                 for i in range(0, len(products), 2)
             ]
         dot = Mux(self.inside, products[0], 0)
-        # A datapath register: no reset (loaded at the first beat of every activation).
-        acc = Signal(signed(cfg.acc_width), reset_less=True, name="acc_r")
-        m.d.comb += self.acc.eq(acc)
+        # A datapath register: no reset (loaded at the first beat of every activation). The port is the
+        # register (__init__), no second name for it.
+        acc = self.acc
         with m.If(self.en):
             m.d.sync += acc.eq(Mux(self.first, self.init, acc) + dot)
         return m

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from rtl.array_port import ArrayPort
+from rtl.one_hot import one_hot
 from rtl.ram import ram_1r1w
 from spec.config import EngineConfig
 
@@ -109,17 +110,18 @@ class WorkQueue(wiring.Component):
 
         # Bank (one-hot) and row of each writer: tail + offset, with one compare-subtract (tail_bank + offset
         # < 2P); a writer's one-hot bank is its column of the rotator.
-        bank = [Signal(P, name=f"wbank{i}") for i in range(P)]
-        row = [Signal(range(rows + 1), name=f"wrow{i}") for i in range(P)]
+        # (A signal assigned the low bits of a wider value is an alias wire in the Verilog that nothing
+        # reads: the index is a value, the row a signal as wide as its sum, truncated at the bank's address.)
+        bank, row = [], []
+        index_width = len(Signal(range(P)))
         for i in range(P):
             pos = Signal(range(2 * P), name=f"wpos{i}")
-            index = Signal(range(P), name=f"windex{i}")
-            m.d.comb += [
-                pos.eq(tail_bank + self.offset[i]),
-                index.eq(Mux(pos >= P, pos - P, pos)),
-                bank[i].eq(Mux(self.write[i], Const(1, P) << index, 0)),
-                row[i].eq(tail_row + (pos >= P)),
-            ]
+            m.d.comb += pos.eq(tail_bank + self.offset[i])
+            index = Mux(pos >= P, pos - P, pos)[:index_width]
+            bank.append(one_hot(m, index, self.write[i], P, f"wbank{i}"))
+            row_sum = tail_row + (pos >= P)
+            row.append(Signal(len(row_sum), name=f"wrow{i}"))
+            m.d.comb += row[i].eq(row_sum)
         tail_next = Signal(range(2 * P))
         m.d.comb += tail_next.eq(tail_bank + self.count)
         with m.If(self.clear):
