@@ -7,6 +7,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.arith import const_mul
+from rtl.array_port import plain_view
 from rtl.banked_buffer import BankedBuffer
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
@@ -164,6 +165,10 @@ class GatedConvEngine(wiring.Component):
                 "wb_addr": Out(data.ArrayLayout(trace_addr_width(config), config.pes)),
             }
         )
+        # Layout-shaped ports over plain signals: no alias wire per field or element in the Verilog.
+        self.load.payload = plain_view(self.load.payload, "load__payload")
+        self.req.payload = plain_view(self.req.payload, "req__payload")
+        self.wb_addr = plain_view(self.wb_addr, "wb_addr")
 
     @property
     def config(self) -> EngineConfig:
@@ -712,7 +717,9 @@ class GatedConvEngine(wiring.Component):
             for i in range(len(Counter)):
                 with m.Case(i):
                     m.d.comb += counter_value.eq(counters.value[i])
-        out_word = Signal(output_layout(cfg))
+        out_word = data.View(
+            output_layout(cfg), Signal(output_layout(cfg).size, name="out_word")
+        )  # (plain bits)
         with m.Switch(resp_bank):
             for b in range(P):
                 with m.Case(b):
