@@ -82,6 +82,12 @@ def _at_least(tap, lo) -> Value:
     return tap[n:].any() | (tap[:n] >= lo)
 
 
+def _negate_low(value, n: int) -> Value:
+    """The low ``n`` bits of ``−value``: bit ``i`` is ``value``'s bit ``i`` inverted when a lower bit is set
+    (no negation at ``value``'s full width, whose high bits would be unused)."""
+    return Cat(value[i] ^ value[:i].any() if i else value[0] for i in range(n))
+
+
 def _tap_box(m: Module, i: int, config: EngineConfig, yt, xt, h_in, w_in) -> data.View:
     """:func:`box_layout` of PE ``i``'s activation, whose tap (0, 0) lies at row ``yt``, column ``xt``."""
     layout = box_layout(config)
@@ -93,7 +99,7 @@ def _tap_box(m: Module, i: int, config: EngineConfig, yt, xt, h_in, w_in) -> dat
         # (sign bits and, for K_max = 2^n − 1, high bits instead of compares with constants)
         beyond = left[bits:].any() if k_max == (1 << bits) - 1 else left > k_max
         m.d.comb += [
-            box[f"{axis}_lo"].eq(Mux(t[-1], -t, 0)),  # −t is at most the padding
+            box[f"{axis}_lo"].eq(Mux(t[-1], _negate_low(t, len(box[f"{axis}_lo"])), 0)),  # −t <= padding
             left.eq(extent - t),
             box[f"{axis}_end"].eq(Mux(left[-1], 0, Mux(beyond, k_max, left[:bits]))),
         ]
