@@ -14,6 +14,7 @@ from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, coord_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
+from rtl.one_hot import one_hot
 from rtl.ram import ram_1r1w
 from rtl.selection_window import SelectionWindow, window_slots
 from rtl.threshold_buffer import ThresholdBuffer
@@ -80,6 +81,15 @@ def _at_least(tap, lo) -> Value:
     if len(tap) <= n:
         return tap >= lo
     return tap[n:].any() | (tap[:n] >= lo)
+
+
+def _below(value, bound) -> Value:
+    """``value < bound`` for a ``bound`` narrower than ``value``: its high bits clear and the low bits below
+    ``bound`` (equal operand widths: no implicit extension)."""
+    n = len(bound)
+    if len(value) <= n:
+        return value < bound
+    return ~value[n:].any() & (value[:n] < bound)
 
 
 def _negate_low(value, n: int) -> Value:
@@ -251,23 +261,29 @@ class GatedConvEngine(wiring.Component):
         m.d.comb += self.load.ready.eq(idle)
         load = self.load.payload
         accept = self.load.valid & self.load.ready
+        # The accepted write's target, one-hot (case statements: no compares with constants).
+        target = one_hot(m, load.sel.as_value(), accept, len(LoadTarget), "load_target")
         for buf, sel in ((inbuf, LoadTarget.INPUT), (wbuf, LoadTarget.WEIGHT)):
             m.d.comb += [
                 buf.waddr.eq(load.addr),
                 buf.wdata.eq(load.data),
-                buf.wen.eq(accept & (load.sel == sel)),
+                buf.wen.eq(target[sel.value]),
             ]
         m.d.comb += [  # the threshold's banked address (row << bank_bits | bank)
             tbuf.waddr.eq(load.addr),
             tbuf.wdata.eq(load.data),
-            tbuf.wen.eq(accept & (load.sel == LoadTarget.THRESHOLD)),
+            tbuf.wen.eq(target[LoadTarget.THRESHOLD.value]),
         ]
         # One-hot decode of the register address (an address past the last register writes nothing).
         reg_bits = (len(CONFIG_REGISTERS) - 1).bit_length()
-        reg_write = Signal(1 << reg_bits)
-        in_range = load.addr[reg_bits:] == 0 if len(load.addr) > reg_bits else 1
-        with m.If(accept & (load.sel == LoadTarget.CONFIG) & in_range):
-            m.d.comb += reg_write.eq(Const(1, len(reg_write)) << load.addr[:reg_bits])
+        in_range = ~load.addr[reg_bits:].any() if len(load.addr) > reg_bits else 1
+        reg_write = one_hot(
+            m,
+            load.addr[:reg_bits],
+            target[LoadTarget.CONFIG.value] & in_range,
+            len(CONFIG_REGISTERS),
+            "reg_write",
+        )
         for i, name in enumerate(CONFIG_REGISTERS):
             with m.If(reg_write[i]):
                 m.d.sync += reg[name].eq(load.data)
@@ -398,8 +414,7 @@ class GatedConvEngine(wiring.Component):
             next_at.row.eq(Mux(prep_first, 0, head_at.row + wrap)),
             queue.read_row.eq(next_at.row),
         ]
-        for b in range(P):
-            m.d.comb += queue.read_en[b].eq((prep_first | inserted) & (next_at.bank == b))
+        m.d.comb += queue.read_en.eq(one_hot(m, next_at.bank, prep_first | inserted, P, "read_hot"))
         with m.If(prep_first):
             m.d.sync += [head.eq(0), head_at.eq(next_at)]
         with m.Elif(inserted):
@@ -410,6 +425,13 @@ class GatedConvEngine(wiring.Component):
                 with m.Case(b):
                     m.d.comb += head_entry.eq(queue.rdata[b])
         key = win.insert.payload.key
+        # Slot t at or past the entry's group (g <= t), decoded by a case statement (no compares with
+        # constants).
+        upper = Signal(window_slots(cfg), name="slot_upper")
+        with m.Switch(head_entry.act.g):
+            for g in range(1 << len(head_entry.act.g)):
+                with m.Case(g):
+                    m.d.comb += upper.eq(sum(1 << t for t in range(window_slots(cfg)) if g <= t))
         seg_key = [const_mul(reg["in_seg"][:in_aw], k)[:in_aw] for k in range(window_slots(cfg) + 1)]
         m.d.comb += [
             win.clear.eq(setup),
@@ -419,12 +441,12 @@ class GatedConvEngine(wiring.Component):
             win.insert.valid.eq(head < gates_on),
             win.insert.payload.payload.eq(Cat(head_entry, head_at)),
             key.co.eq(head_entry.act.co),
-            key.upper.eq(Cat(head_entry.act.g <= t for t in range(window_slots(cfg)))),
+            key.upper.eq(upper),
             key.ia.eq(head_entry.act.ia),
         ]
         for t in range(window_slots(cfg)):
             # slot t reads segment t + [t >= g]: the key is the bank of that segment's first word
-            bank = Mux(head_entry.act.g <= t, seg_key[t + 1], seg_key[t]) + head_entry.act.ia
+            bank = Mux(upper[t], seg_key[t + 1], seg_key[t]) + head_entry.act.ia
             m.d.comb += key.ib[t].eq(bank[:bank_bits] if bank_bits else 0)
         # The round the PEs run in phase 2: latched at the take (the window then forms the next one).
         p2_valid = Signal(P)
@@ -469,7 +491,7 @@ class GatedConvEngine(wiring.Component):
                     work.act.box.eq(_tap_box(m, i, cfg, ptr.yt, ptr.xt, reg["h_in"], reg["w_in"])),
                     work.lin.eq(chain.coords[i].lin),
                 ]
-            m.d.comb += valid[i].eq(Mux(phase2, p2_valid[i], chain.coords[i].co < reg["c_out"]))
+            m.d.comb += valid[i].eq(Mux(phase2, p2_valid[i], _below(chain.coords[i].co, reg["c_out"])))
             # Segment offset: gated phase 1 that of the own group's segment, dense none (the beat pointers
             # run through every slot), phase 2 one base segment from the slot of the own group on.
             skip = slot >= entry.act.g  # (phase 2 only: no path from the chain's group to the address)
@@ -616,7 +638,7 @@ class GatedConvEngine(wiring.Component):
                 m.d.comb += issue.eq(1)
                 with m.If(last_beat & done):
                     m.d.comb += chain.advance.eq(1)
-                    with m.If(chain.next_co >= reg["c_out"]):
+                    with m.If(~_below(chain.next_co, reg["c_out"])):
                         m.next = "DRAIN1"
             with m.State("DRAIN1"):
                 m.d.sync += drain.eq(~drain)
@@ -723,6 +745,8 @@ class GatedConvEngine(wiring.Component):
             for i in range(len(Counter)):
                 with m.Case(i):
                     m.d.comb += counter_value.eq(counters.value[i])
+            with m.Default():  # past the last counter: 0 (a complete case statement)
+                m.d.comb += counter_value.eq(0)
         out_word = data.View(
             output_layout(cfg), Signal(output_layout(cfg).size, name="out_word")
         )  # (plain bits)
