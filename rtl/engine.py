@@ -321,7 +321,8 @@ class GatedConvEngine(wiring.Component):
         last_slot = Signal.like(slot)
         m.d.comb += last_slot.eq(Mux(phase2, n_cond - 1, Mux(dense, n_cond, 0)))
         seg_width = Mux(other, reg["seg_c"], reg["seg_b"])
-        remaining = seg_width - chunk_ch
+        remaining = Signal((seg_width - chunk_ch).shape())  # a signal: one subtractor for its users
+        m.d.comb += remaining.eq(seg_width - chunk_ch)
         lanes = Mux(remaining > L, L, remaining)
         k_last = Signal.like(kx)
         m.d.comb += k_last.eq(reg["kernel"] - 1)
