@@ -327,12 +327,13 @@ class GatedConvEngine(wiring.Component):
         k_last = Signal.like(kx)
         m.d.comb += k_last.eq(reg["kernel"] - 1)
         kx_last, ky_last = kx == k_last, ky == k_last
-        chunk_last = remaining <= L  # chunk + 1 == ceil(seg_width / L)
+        chunk_last = Signal()  # chunk + 1 == ceil(seg_width / L) (a signal: one compare for its users)
+        m.d.comb += chunk_last.eq(remaining <= L)
         slot_last = slot == last_slot
         last_beat, first_beat = Signal(), Signal()  # signals: one copy of the logic however many users
         m.d.comb += [
             last_beat.eq(kx_last & ky_last & chunk_last & slot_last),
-            first_beat.eq((kx == 0) & (ky == 0) & (chunk_ch == 0) & (slot == 0)),
+            first_beat.eq(~kx.any() & ~ky.any() & ~chunk_ch.any() & ~slot.any()),  # (all zero)
         ]
         with m.If(setup):
             m.d.sync += [slot.eq(0), chunk_ch.eq(0), ky.eq(0), kx.eq(0)]
@@ -525,7 +526,7 @@ class GatedConvEngine(wiring.Component):
                 exe_init[i].eq(Mux(phase2, entry.p, 0)),
                 exe_qaddr[i].eq(p2_entry[i].qaddr),
             ]
-        m.d.comb += [done.eq((pending & valid & ~served) == 0), advance.eq(issue & done)]
+        m.d.comb += [done.eq(~(pending & valid & ~served).any()), advance.eq(issue & done)]
         with m.If(setup | advance):
             m.d.sync += pending.eq((1 << P) - 1)
         with m.Elif(issue):
@@ -663,7 +664,7 @@ class GatedConvEngine(wiring.Component):
                     m.d.comb += [issue.eq(~last_beat | ready), phase2.eq(1)]
                     with m.If(last_beat & ready & done):
                         m.d.comb += take.eq(1)
-                        with m.If(win.member_valid == 0):
+                        with m.If(~win.member_valid.any()):
                             m.next = "DRAIN2"
                 with m.State("DRAIN2"):  # the last beat executes, is written back, its results drain
                     m.d.sync += drain.eq(~drain)
