@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.array_port import ArrayPort, plain_view
-from rtl.one_hot import one_hot
 from spec.config import EngineConfig
 
 __all__ = ["SelectionWindow", "window_entry_layout", "window_key_layout"]
@@ -181,8 +180,6 @@ class SelectionWindow(wiring.Component):
         filling = Signal()
         selecting = Signal()
         m.d.comb += [self.forming.eq(filling | selecting), self.insert.ready.eq(filling & ~full & self.more)]
-        # The member place k one-hot, decoded once by a case statement (k = P: none).
-        k_hot = one_hot(m, k, 1, P, "k_hot")
         with m.If(self.clear):
             m.d.sync += [filling.eq(0), selecting.eq(0)]
         with m.Elif(filling):
@@ -194,12 +191,12 @@ class SelectionWindow(wiring.Component):
                 m.d.sync += [
                     cand.eq(remaining),
                     k.eq(k + 1),
-                    self.member_valid.eq(self.member_valid | k_hot),
+                    self.member_valid.eq(self.member_valid | (Const(1, P) << k)[:P]),
                 ]
                 for i in range(P):
-                    with m.If(k_hot[i]):
+                    with m.If(k == i):
                         m.d.sync += self.members[i].eq(chosen.payload)
-            with m.If(~cand.any() | ~remaining.any() | k_hot[P - 1]):
+            with m.If(~cand.any() | ~remaining.any() | (k == P - 1)):
                 m.d.sync += [self.formed.eq(1), selecting.eq(0)]
         with m.Elif(self.start):
             m.d.sync += [self.formed.eq(0), self.member_valid.eq(0), k.eq(0), filling.eq(1)]

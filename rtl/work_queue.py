@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from rtl.array_port import ArrayPort
-from rtl.one_hot import one_hot
 from rtl.ram import ram_1r1w
 from spec.config import EngineConfig
 
@@ -118,7 +117,9 @@ class WorkQueue(wiring.Component):
             pos = Signal(range(2 * P), name=f"wpos{i}")
             m.d.comb += pos.eq(tail_bank + self.offset[i])
             index = Mux(pos >= P, pos - P, pos)[:index_width]
-            bank.append(one_hot(m, index, self.write[i], P, f"wbank{i}"))
+            # (a shift, not a case statement (rtl/one_hot.py): this one synthesizes smaller here)
+            bank.append(Signal(P, name=f"wbank{i}"))
+            m.d.comb += bank[i].eq(Mux(self.write[i], Const(1, P) << index, 0))
             row_sum = tail_row + (pos >= P)
             row.append(Signal(len(row_sum), name=f"wrow{i}"))
             m.d.comb += row[i].eq(row_sum)
