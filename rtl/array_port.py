@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from amaranth.hdl import Signal
 from amaranth.lib import data, wiring
 
-__all__ = ["ArrayPort"]
+__all__ = ["ArrayPort", "plain_view"]
 
 
 class ArrayPort:
@@ -38,3 +39,17 @@ class ArrayPort:
         for cls in reversed(type(component).__mro__):
             ports.update({name: v for name, v in vars(cls).items() if isinstance(v, ArrayPort)})
         return {f"{name}_bits": port.flow(component.array_layouts[name].size) for name, port in ports.items()}
+
+
+def plain_view(view: data.View, name: str) -> data.View:
+    """``view``'s layout over a plain signal ``name`` of its size, init and reset-lessness: to put in place
+    of a layout-shaped port of a component (``self.load.payload = plain_view(self.load.payload, ...)``)
+    after ``super().__init__``.
+
+    Python code reads and writes its fields as before, and the signature still holds (same shape), but
+    Amaranth writes no alias wire per field (or element) of the port in the Verilog, which Verilator
+    reports unused (``-Wall``) when the logic reads the port's bits directly.
+    """
+    target = view.as_value()
+    signal = Signal(len(target), name=name, init=target.init, reset_less=target.reset_less)
+    return data.View(view.shape(), signal)

@@ -4,12 +4,13 @@ section 3, "Banked reads")."""
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.array_port import ArrayPort
 from rtl.coords import addr_width
 from rtl.one_hot import one_hot
+from rtl.ram import ram_1r1w
 
 __all__ = ["BankedBuffer"]
 
@@ -109,23 +110,31 @@ class BankedBuffer(wiring.Component):
         # Two halves: the half is the row address's top bit (half 1 from row 2^row_bits on).
         row_bits = len(w_row)
         depth = self.rows if self._halves == 1 else (1 << row_bits) + self.rows
-        reads, rows = [], []
-        for b in range(nb):
-            m.submodules[f"bank{b}"] = mem = memory.Memory(shape=unsigned(self._width), depth=depth, init=[])
-            wp, rp = mem.write_port(), mem.read_port()
-            w_at = w_row if self._halves == 1 else Cat(w_row, self.whalf)
-            m.d.comb += [wp.addr.eq(w_at), wp.data.eq(self.wdata), wp.en.eq(w_hot[b])]
-            reads.append(rp)
-            rows.append(Signal(row_bits, name=f"rrow{b}"))
+        w_at = w_row if self._halves == 1 else Cat(w_row, self.whalf)
 
         # Each bank reads the row of its lowest-numbered requester (a priority chain, highest PE first).
         asks = [one_hot(m, split(self.raddr[i])[0], self.rreq[i], nb, f"ask{i}") for i in range(P)]
-        for b, rp in enumerate(reads):
-            row = Const(0, row_bits)
+        rows, reads = [], []
+        for b in range(nb):
+            chain = Const(0, row_bits)
             for i in reversed(range(P)):
-                row = Mux(asks[i][b], split(self.raddr[i])[1], row)
-            r_at = rows[b] if self._halves == 1 else Cat(rows[b], self.rhalf)
-            m.d.comb += [rows[b].eq(row), rp.addr.eq(r_at), rp.en.eq(Cat(asks[i][b] for i in range(P)).any())]
+                chain = Mux(asks[i][b], split(self.raddr[i])[1], chain)
+            row = Signal(row_bits, name=f"rrow{b}")  # read and compared: one copy of the chain
+            m.d.comb += row.eq(chain)
+            rows.append(row)
+            reads.append(
+                ram_1r1w(
+                    m,
+                    f"bank{b}",
+                    unsigned(self._width),
+                    depth,
+                    waddr=w_at,
+                    wdata=self.wdata,
+                    wen=w_hot[b],
+                    raddr=row if self._halves == 1 else Cat(row, self.rhalf),
+                    ren=Cat(asks[i][b] for i in range(P)).any(),
+                )
+            )
         for i in range(P):
             if self._arbitrate:
                 own = Cat(asks[i][b] & (rows[b] == split(self.raddr[i])[1]) for b in range(nb)).any()
@@ -143,5 +152,5 @@ class BankedBuffer(wiring.Component):
             with m.Switch(sel):
                 for b in range(nb):
                     with m.Case(b):
-                        m.d.comb += self.rdata[i].eq(reads[b].data)
+                        m.d.comb += self.rdata[i].eq(reads[b])
         return m

@@ -58,11 +58,10 @@ class GateCompactor(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         P = self._config.pes
-        taken = Signal(P)
-        m.d.comb += [taken.eq(self.valid & self.gate), self.write.eq(taken)]
-        # Prefix counts, each at the width of its range (no unused carry bits).
-        before = [Const(0, 1)] + [Signal(range(i + 1), name=f"before{i}") for i in range(1, P + 1)]
+        taken = self.write  # (the port itself: no second name for it)
+        m.d.comb += taken.eq(self.valid & self.gate)
+        # Prefix counts, each at the width of its range (no unused carry bits); the last is the count.
+        before = [Const(0, 1)] + [Signal(range(i + 1), name=f"before{i}") for i in range(1, P)] + [self.count]
         for i in range(P):
             m.d.comb += [self.offset[i].eq(before[i]), before[i + 1].eq(before[i] + taken[i])]
-        m.d.comb += self.count.eq(before[P])
         return m

@@ -128,9 +128,14 @@ class CoordinateChain(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self._config
-        # The stride at the widths it is added to (equal operand widths: no implicit extension).
+        # The stride at the widths it is added to (equal operand widths: no implicit extension). Decoded by
+        # a case statement: a signal assigned the narrow port would be an alias of it that yosys inlines
+        # (extended again at every add).
         S = Signal(signed(DIM + 2))
-        m.d.comb += S.eq(self.stride)
+        with m.Switch(self.stride):
+            for stride in range(1 << len(self.stride)):
+                with m.Case(stride):
+                    m.d.comb += S.eq(stride)
         layout = data.StructLayout(
             {
                 "coord": coord_layout(cfg),
@@ -151,19 +156,28 @@ class CoordinateChain(wiring.Component):
             )
             wrap_b = Signal(name=f"wrap_b{i}")  # co mod P wraps with the next channel
             m.d.comb += wrap_b.eq(c.cb == cfg.pes - 1)
+            # ox + 1, oy + 1, col + 1 at the sums' width (DIM + 1 bits), each one adder for its wrap test
+            # and its next value (the low DIM bits). A sum equals a DIM-bit bound when its carry is clear
+            # and its low bits equal the bound (operands of one width).
+            ox1, oy1, col1 = (Signal(DIM + 1, name=f"{n}{i}") for n in ("ox_inc", "oy_inc", "col_inc"))
+            m.d.comb += [ox1.eq(c.ox + 1), oy1.eq(c.oy + 1), col1.eq(cur.col + 1)]
+
+            def reaches(inc, bound):
+                return ~inc[DIM] & (inc[:DIM] == bound)
+
             m.d.comb += [
-                wrap_x.eq(c.ox + 1 == self.w_out),
-                wrap_y.eq(wrap_x & (c.oy + 1 == self.h_out)),
-                wrap_c.eq(wrap_y & (cur.col + 1 == self.out_per_group)),
+                wrap_x.eq(reaches(ox1, self.w_out)),
+                wrap_y.eq(wrap_x & reaches(oy1, self.h_out)),
+                wrap_c.eq(wrap_y & reaches(col1, self.out_per_group)),
             ]
             m.d.comb += [
                 nxt.coord.lin.eq(c.lin + 1),
-                nxt.coord.ox.eq(Mux(wrap_x, 0, c.ox + 1)),
-                nxt.coord.oy.eq(Mux(wrap_y, 0, Mux(wrap_x, c.oy + 1, c.oy))),
+                nxt.coord.ox.eq(Mux(wrap_x, 0, ox1[:DIM])),
+                nxt.coord.oy.eq(Mux(wrap_y, 0, Mux(wrap_x, oy1[:DIM], c.oy))),
                 nxt.coord.co.eq(Mux(wrap_y, c.co + 1, c.co)),
                 nxt.coord.cb.eq(Mux(wrap_y, Mux(wrap_b, 0, c.cb + 1), c.cb)),
                 nxt.coord.cr.eq(Mux(wrap_y & wrap_b, c.cr + 1, c.cr)),
-                nxt.col.eq(Mux(wrap_c, 0, Mux(wrap_y, cur.col + 1, cur.col))),
+                nxt.col.eq(Mux(wrap_c, 0, Mux(wrap_y, col1[:DIM], cur.col))),
                 nxt.coord.g.eq(Mux(wrap_c, c.g + 1, c.g)),
                 nxt.pointer.xt.eq(Mux(wrap_x, -self.pad_left, p.xt + S)),
                 nxt.pointer.yt.eq(Mux(wrap_y, -self.pad_top, Mux(wrap_x, p.yt + S, p.yt))),

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.arith import const_mul
+from rtl.array_port import plain_view
 from rtl.banked_buffer import BankedBuffer
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, coord_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
+from rtl.one_hot import one_hot
+from rtl.ram import ram_1r1w
 from rtl.selection_window import SelectionWindow, window_slots
 from rtl.threshold_buffer import ThresholdBuffer
 from rtl.work_queue import WorkQueue
@@ -56,6 +59,21 @@ def _at_least(tap, lo) -> Value:
     return tap[n:].any() | (tap[:n] >= lo)
 
 
+def _below(value, bound) -> Value:
+    """``value < bound`` for a ``bound`` narrower than ``value``: its high bits clear and the low bits below
+    ``bound`` (equal operand widths: no implicit extension)."""
+    n = len(bound)
+    if len(value) <= n:
+        return value < bound
+    return ~value[n:].any() & (value[:n] < bound)
+
+
+def _negate_low(value, n: int) -> Value:
+    """The low ``n`` bits of ``−value``: bit ``i`` is ``value``'s bit ``i`` inverted when a lower bit is set
+    (no negation at ``value``'s full width, whose high bits would be unused)."""
+    return Cat(value[i] ^ value[:i].any() if i else value[0] for i in range(n))
+
+
 def _tap_box(m: Module, i: int, config: EngineConfig, yt, xt, h_in, w_in) -> data.View:
     """:func:`box_layout` of PE ``i``'s activation, whose tap (0, 0) lies at row ``yt``, column ``xt``."""
     layout = box_layout(config)
@@ -67,7 +85,7 @@ def _tap_box(m: Module, i: int, config: EngineConfig, yt, xt, h_in, w_in) -> dat
         # (sign bits and, for K_max = 2^n − 1, high bits instead of compares with constants)
         beyond = left[bits:].any() if k_max == (1 << bits) - 1 else left > k_max
         m.d.comb += [
-            box[f"{axis}_lo"].eq(Mux(t[-1], -t, 0)),  # −t is at most the padding
+            box[f"{axis}_lo"].eq(Mux(t[-1], _negate_low(t, len(box[f"{axis}_lo"])), 0)),  # −t <= padding
             left.eq(extent - t),
             box[f"{axis}_end"].eq(Mux(left[-1], 0, Mux(beyond, k_max, left[:bits]))),
         ]
@@ -139,6 +157,10 @@ class GatedConvEngine(wiring.Component):
                 "wb_addr": Out(data.ArrayLayout(trace_addr_width(config), config.pes)),
             }
         )
+        # Layout-shaped ports over plain signals: no alias wire per field or element in the Verilog.
+        self.load.payload = plain_view(self.load.payload, "load__payload")
+        self.req.payload = plain_view(self.req.payload, "req__payload")
+        self.wb_addr = plain_view(self.wb_addr, "wb_addr")
 
     @property
     def config(self) -> EngineConfig:
@@ -212,14 +234,12 @@ class GatedConvEngine(wiring.Component):
         # results back into the work queue's entries (one per cycle), never here.
         rows = cfg.bank_rows
         row_bits = max(1, (rows - 1).bit_length())  # (the half is the row address's top bit)
-        obanks = []
-        for b in range(P):
-            # Plain bits (viewed as output_layout where needed: a layout-shaped port gets an alias wire per
-            # field in the Verilog); the baseline has no gate bit.
-            shape = unsigned(output_layout(cfg).size) if self._gating else signed(cfg.acc_width)
-            depth = (1 << row_bits) + rows
-            m.submodules[f"obuf{b}"] = bank = memory.Memory(shape=shape, depth=depth, init=[])
-            obanks.append((bank.write_port(), bank.read_port()))
+        odepth = (1 << row_bits) + rows
+        # Plain bits (viewed as output_layout where needed: a layout-shaped port gets an alias wire per
+        # field in the Verilog); the baseline has no gate bit. The banks (rtl/ram.py) are made where
+        # their read port is known, from their write ports' values gathered in `owrites`.
+        oshape = unsigned(output_layout(cfg).size) if self._gating else signed(cfg.acc_width)
+        owrites = []
         # The queue's words are plain bits viewed through queue_layout (no per-field aliases in the Verilog);
         # P 1R1W banks, entry n in bank n mod P (rtl/work_queue.py).
         queue = self._part(m, "queue", WorkQueue(cfg, queue_layout(cfg).size))
@@ -238,29 +258,37 @@ class GatedConvEngine(wiring.Component):
         l_half = load.addr[cfg.half_bit]  # the half a buffer write targets (the address's top bit)
         # Ready while idle; while busy for register writes (the shadow set) and for buffer writes into the
         # half the run does not use.
-        m.d.comb += self.load.ready.eq(idle | (load.sel == LoadTarget.CONFIG) | (l_half != half))
+        # (sel == CONFIG as a zero test: CONFIG is 0)
+        assert LoadTarget.CONFIG.value == 0
+        m.d.comb += self.load.ready.eq(idle | ~load.sel.as_value().any() | (l_half != half))
         accept = self.load.valid & self.load.ready
+        # The accepted write's target, one-hot (case statements: no compares with constants).
+        target = one_hot(m, load.sel.as_value(), accept, len(LoadTarget), "load_target")
         for buf, sel in ((inbuf, LoadTarget.INPUT), (wbuf, LoadTarget.WEIGHT)):
             m.d.comb += [
                 buf.waddr.eq(load.addr),
                 buf.wdata.eq(load.data),
-                buf.wen.eq(accept & (load.sel == sel)),
+                buf.wen.eq(target[sel.value]),
                 buf.whalf.eq(l_half),
                 buf.rhalf.eq(half),
             ]
         m.d.comb += [  # the threshold's banked address (row << bank_bits | bank)
             tbuf.waddr.eq(load.addr),
             tbuf.wdata.eq(load.data),
-            tbuf.wen.eq(accept & (load.sel == LoadTarget.THRESHOLD)),
+            tbuf.wen.eq(target[LoadTarget.THRESHOLD.value]),
             tbuf.whalf.eq(l_half),
             tbuf.rhalf.eq(half),
         ]
         # One-hot decode of the register address (an address past the last register writes nothing).
         reg_bits = (len(CONFIG_REGISTERS) - 1).bit_length()
-        reg_write = Signal(1 << reg_bits)
-        in_range = load.addr[reg_bits:] == 0 if len(load.addr) > reg_bits else 1
-        with m.If(accept & (load.sel == LoadTarget.CONFIG) & in_range):
-            m.d.comb += reg_write.eq(Const(1, len(reg_write)) << load.addr[:reg_bits])
+        in_range = ~load.addr[reg_bits:].any() if len(load.addr) > reg_bits else 1
+        reg_write = one_hot(
+            m,
+            load.addr[:reg_bits],
+            target[LoadTarget.CONFIG.value] & in_range,
+            len(CONFIG_REGISTERS),
+            "reg_write",
+        )
         for i, name in enumerate(CONFIG_REGISTERS):
             with m.If(reg_write[i]):
                 m.d.sync += shadow[name].eq(load.data)
@@ -300,17 +328,19 @@ class GatedConvEngine(wiring.Component):
         last_slot = Signal.like(slot)
         m.d.comb += last_slot.eq(Mux(phase2, n_cond - 1, Mux(dense, n_cond, 0)))
         seg_width = Mux(other, reg["seg_c"], reg["seg_b"])
-        remaining = seg_width - chunk_ch
+        remaining = Signal((seg_width - chunk_ch).shape())  # a signal: one subtractor for its users
+        m.d.comb += remaining.eq(seg_width - chunk_ch)
         lanes = Mux(remaining > L, L, remaining)
         k_last = Signal.like(kx)
         m.d.comb += k_last.eq(reg["kernel"] - 1)
         kx_last, ky_last = kx == k_last, ky == k_last
-        chunk_last = remaining <= L  # chunk + 1 == ceil(seg_width / L)
+        chunk_last = Signal()  # chunk + 1 == ceil(seg_width / L) (a signal: one compare for its users)
+        m.d.comb += chunk_last.eq(remaining <= L)
         slot_last = slot == last_slot
         last_beat, first_beat = Signal(), Signal()  # signals: one copy of the logic however many users
         m.d.comb += [
             last_beat.eq(kx_last & ky_last & chunk_last & slot_last),
-            first_beat.eq((kx == 0) & (ky == 0) & (chunk_ch == 0) & (slot == 0)),
+            first_beat.eq(~kx.any() & ~ky.any() & ~chunk_ch.any() & ~slot.any()),  # (all zero)
         ]
         with m.If(setup):
             m.d.sync += [slot.eq(0), chunk_ch.eq(0), ky.eq(0), kx.eq(0)]
@@ -393,8 +423,7 @@ class GatedConvEngine(wiring.Component):
             next_at.row.eq(Mux(prep_first, 0, head_at.row + wrap)),
             queue.read_row.eq(next_at.row),
         ]
-        for b in range(P):
-            m.d.comb += queue.read_en[b].eq((prep_first | inserted) & (next_at.bank == b))
+        m.d.comb += queue.read_en.eq(one_hot(m, next_at.bank, prep_first | inserted, P, "read_hot"))
         with m.If(prep_first):
             m.d.sync += [head.eq(0), head_at.eq(next_at)]
         with m.Elif(inserted):
@@ -405,6 +434,13 @@ class GatedConvEngine(wiring.Component):
                 with m.Case(b):
                     m.d.comb += head_entry.eq(queue.rdata[b])
         key = win.insert.payload.key
+        # Slot t at or past the entry's group (g <= t), decoded by a case statement (no compares with
+        # constants).
+        upper = Signal(window_slots(cfg), name="slot_upper")
+        with m.Switch(head_entry.act.g):
+            for g in range(1 << len(head_entry.act.g)):
+                with m.Case(g):
+                    m.d.comb += upper.eq(sum(1 << t for t in range(window_slots(cfg)) if g <= t))
         seg_key = [const_mul(reg["in_seg"][:in_aw], k)[:in_aw] for k in range(window_slots(cfg) + 1)]
         m.d.comb += [
             win.clear.eq(setup),
@@ -414,12 +450,12 @@ class GatedConvEngine(wiring.Component):
             win.insert.valid.eq(head < gates_on),
             win.insert.payload.payload.eq(Cat(head_entry, head_at)),
             key.co.eq(head_entry.act.co),
-            key.upper.eq(Cat(head_entry.act.g <= t for t in range(window_slots(cfg)))),
+            key.upper.eq(upper),
             key.ia.eq(head_entry.act.ia),
         ]
         for t in range(window_slots(cfg)):
             # slot t reads segment t + [t >= g]: the key is the bank of that segment's first word
-            bank = Mux(head_entry.act.g <= t, seg_key[t + 1], seg_key[t]) + head_entry.act.ia
+            bank = Mux(upper[t], seg_key[t + 1], seg_key[t]) + head_entry.act.ia
             m.d.comb += key.ib[t].eq(bank[:bank_bits] if bank_bits else 0)
         # The round the PEs run in phase 2: latched at the take (the window then forms the next one).
         p2_valid = Signal(P)
@@ -464,7 +500,7 @@ class GatedConvEngine(wiring.Component):
                     work.act.box.eq(_tap_box(m, i, cfg, ptr.yt, ptr.xt, reg["h_in"], reg["w_in"])),
                     work.lin.eq(chain.coords[i].lin),
                 ]
-            m.d.comb += valid[i].eq(Mux(phase2, p2_valid[i], chain.coords[i].co < reg["c_out"]))
+            m.d.comb += valid[i].eq(Mux(phase2, p2_valid[i], _below(chain.coords[i].co, reg["c_out"])))
             # Segment offset: gated phase 1 that of the own group's segment, dense none (the beat pointers
             # run through every slot), phase 2 one base segment from the slot of the own group on.
             skip = slot >= entry.act.g  # (phase 2 only: no path from the chain's group to the address)
@@ -497,7 +533,7 @@ class GatedConvEngine(wiring.Component):
                 exe_init[i].eq(Mux(phase2, entry.p, 0)),
                 exe_qaddr[i].eq(p2_entry[i].qaddr),
             ]
-        m.d.comb += [done.eq((pending & valid & ~served) == 0), advance.eq(issue & done)]
+        m.d.comb += [done.eq(~(pending & valid & ~served).any()), advance.eq(issue & done)]
         with m.If(setup | advance):
             m.d.sync += pending.eq((1 << P) - 1)
         with m.Elif(issue):
@@ -572,7 +608,7 @@ class GatedConvEngine(wiring.Component):
         # nothing) go through the queue's host ports, into the half the address names.
         load_queue = Signal(P)
         q_bank, q_row = load.addr[:bank_bits], load.addr[bank_bits : cfg.half_bit]
-        with m.If(accept & (load.sel == LoadTarget.QUEUE)):
+        with m.If(target[LoadTarget.QUEUE.value]):
             m.d.comb += load_queue.eq(Const(1, P) << q_bank)
         m.d.comb += [
             result_write.eq(results_left != 0),
@@ -587,14 +623,10 @@ class GatedConvEngine(wiring.Component):
         for i in range(P):
             m.d.comb += [comparator.psum[i].eq(macs.acc[i]), comparator.threshold[i].eq(wb_thr[i])]
             gate_bit = Mux(wb_phase2 | dense, 1, comparator.gate[i])
-            o_w = obanks[i][0]
-            if self._gating:
-                m.d.comb += o_w.data.eq(Cat(macs.acc[i], gate_bit))  # output_layout: y, then the gate
-            else:
-                m.d.comb += o_w.data.eq(macs.acc[i])
+            # output_layout: y, then the gate
+            o_data = Cat(macs.acc[i], gate_bit) if self._gating else macs.acc[i]
+            owrites.append((o_data, wb_en[i] & ~wb_phase2))
             m.d.comb += [
-                o_w.addr.eq(Cat(out_row[:row_bits], half)),
-                o_w.en.eq(wb_en[i] & ~wb_phase2),
                 queue.update_data[i].eq(Cat(Const(0, wl["act"].shape.size), result_q[0].y)),
                 queue.offset[i].eq(compactor.offset[i]),
                 queue.wdata[i].eq(Cat(wb_work[i].act, macs.acc[i])),
@@ -631,7 +663,7 @@ class GatedConvEngine(wiring.Component):
                 m.d.comb += issue.eq(1)
                 with m.If(last_beat & done):
                     m.d.comb += chain.advance.eq(1)
-                    with m.If(chain.next_co >= reg["c_out"]):
+                    with m.If(~_below(chain.next_co, reg["c_out"])):
                         m.next = "DRAIN1"
             with m.State("DRAIN1"):
                 m.d.sync += drain.eq(~drain)
@@ -655,7 +687,7 @@ class GatedConvEngine(wiring.Component):
                     m.d.comb += [issue.eq(~last_beat | ready), phase2.eq(1)]
                     with m.If(last_beat & ready & done):
                         m.d.comb += take.eq(1)
-                        with m.If(win.member_valid == 0):
+                        with m.If(~win.member_valid.any()):
                             m.next = "DRAIN2"
                 with m.State("DRAIN2"):  # the last beat executes, is written back, its results drain
                     m.d.sync += drain.eq(~drain)
@@ -698,20 +730,35 @@ class GatedConvEngine(wiring.Component):
         resp_bank = Signal(range(P), reset_less=True)
         resp_index = Signal(range(len(Counter) + 1), reset_less=True)
         req_half = req.addr[cfg.half_bit]
-        other = (req.sel != UnloadTarget.COUNTERS) & (req_half != half)
+        # The request's target, one-hot (a case statement: no compares with constants).
+        req_target = one_hot(m, req.sel.as_value(), Const(1, 1), len(UnloadTarget), "req_target")
+        other = ~req_target[UnloadTarget.COUNTERS.value] & (req_half != half)
         m.d.comb += self.req.ready.eq((idle | other) & (~self.resp.valid | self.resp.ready))
         req_take = self.req.valid & self.req.ready  # (not the phase-2 `take` above)
         req_bank, req_row = req.addr[:bank_bits], req.addr[bank_bits : cfg.half_bit]
         req_hit = Signal(P)  # the banks an accepted request reads: one entry, or the whole row
         req_output, req_queue, req_row_wide = Signal(), Signal(), Signal()
         m.d.comb += [
-            req_output.eq(req.sel == UnloadTarget.OUTPUT),
-            req_queue.eq((req.sel == UnloadTarget.QUEUE) | (req.sel == UnloadTarget.QUEUE_ENTRY)),
-            req_row_wide.eq(req.sel != UnloadTarget.QUEUE_ENTRY),
+            req_output.eq(req_target[UnloadTarget.OUTPUT.value]),
+            req_queue.eq(req_target[UnloadTarget.QUEUE.value] | req_target[UnloadTarget.QUEUE_ENTRY.value]),
+            req_row_wide.eq(~req_target[UnloadTarget.QUEUE_ENTRY.value]),
             req_hit.eq(Mux(req_take, Mux(req_row_wide, (1 << P) - 1, Const(1, P) << req_bank), 0)),
         ]
-        for b, (_, o_r) in enumerate(obanks):
-            m.d.comb += [o_r.addr.eq(Cat(req_row[:row_bits], req_half)), o_r.en.eq(req_hit[b] & req_output)]
+        obanks = []
+        for b, (o_data, o_en) in enumerate(owrites):
+            obanks.append(
+                ram_1r1w(
+                    m,
+                    f"obuf{b}",
+                    oshape,
+                    odepth,
+                    waddr=Cat(out_row[:row_bits], half),
+                    wdata=o_data,
+                    wen=o_en,
+                    raddr=Cat(req_row[:row_bits], req_half),
+                    ren=req_hit[b] & req_output,
+                )
+            )
         m.d.comb += [
             queue.host_rrow.eq(req_row),
             queue.host_rhalf.eq(req_half),
@@ -731,6 +778,8 @@ class GatedConvEngine(wiring.Component):
             for i in range(len(Counter)):
                 with m.Case(i):
                     m.d.comb += counter_value.eq(counters.value[i])
+            with m.Default():  # past the last counter: 0 (a complete case statement)
+                m.d.comb += counter_value.eq(0)
         # A row: bank b's entry in bits [b·(acc_width + 1), ...), as an output entry (a queue entry's result
         # with gate bit 1; the baseline's output words with gate bit 1).
         row_words = []
@@ -739,10 +788,10 @@ class GatedConvEngine(wiring.Component):
             entry = data.View(queue_layout(cfg), queue.host_rdata[b])
             if self._gating:
                 m.d.comb += out_word.eq(
-                    Mux(resp_sel == UnloadTarget.QUEUE, Cat(entry.p, Const(1, 1)), obanks[b][1].data)
+                    Mux(resp_sel == UnloadTarget.QUEUE, Cat(entry.p, Const(1, 1)), obanks[b])
                 )
             else:
-                m.d.comb += out_word.eq(Cat(obanks[b][1].data, Const(1, 1)))
+                m.d.comb += out_word.eq(Cat(obanks[b], Const(1, 1)))
             row_words.append(out_word)
         row = Cat(*row_words)
         raw_entry = Signal(len(queue.host_rdata[0]))  # (a whole queue entry: UnloadTarget.QUEUE_ENTRY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -70,11 +70,21 @@ class MacArray(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        # The beat's valid lanes as a thermometer code, decoded once for every PE.
-        lane_en = Signal(self._config.lanes)
-        m.d.comb += lane_en.eq(Cat(self.lanes > lane for lane in range(self._config.lanes)))
+        # The beat's valid lanes as a thermometer code, decoded once for every PE (a case statement: one
+        # signal driven as a whole, where a Cat of compares would be an alias of their bits).
+        n = self._config.lanes
+        lane_en = Signal(n)
+        with m.Switch(self.lanes):
+            for lanes in range(n):
+                with m.Case(lanes):
+                    m.d.comb += lane_en.eq((1 << lanes) - 1)
+            with m.Default():  # lanes >= L: every lane
+                m.d.comb += lane_en.eq((1 << n) - 1)
         for i in range(self._config.pes):
             pe = ProcessingElement(self._config)
+            # The inputs every PE shares are the array's signals themselves (one name in the Verilog; a
+            # PE port assigned from them would be an alias wire per PE that nothing reads).
+            pe.lane_en, pe.first = lane_en, self.first
             m.submodules[f"pe{i}"] = pe
             m.d.comb += [
                 pe.x.eq(self.x[i]),
@@ -82,8 +92,6 @@ class MacArray(wiring.Component):
                 pe.init.eq(self.init[i]),
                 pe.inside.eq(self.inside[i]),
                 pe.en.eq(self.en[i]),
-                pe.lane_en.eq(lane_en),
-                pe.first.eq(self.first),
                 self.acc[i].eq(pe.acc),
             ]
         return m

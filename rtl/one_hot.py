@@ -20,4 +20,7 @@ def one_hot(m: Module, index: Value, enable: Value, width: int, name: str) -> Si
             for b in range(width):
                 with m.Case(b):
                     m.d.comb += hot[b].eq(1)
+            if width < 1 << len(index):
+                with m.Default():  # an index past the end: 0 (a complete case statement)
+                    m.d.comb += hot.eq(0)
     return hot

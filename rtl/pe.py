@@ -58,6 +58,7 @@ class ProcessingElement(wiring.Component):
                 "acc": Out(signed(config.acc_width)),
             }
         )
+        self.acc = Signal(signed(config.acc_width), reset_less=True, name="acc")  # the accumulator register
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -74,10 +75,15 @@ class ProcessingElement(wiring.Component):
                 products[i] + products[i + 1] if i + 1 < len(products) else products[i]
                 for i in range(0, len(products), 2)
             ]
-        dot = Mux(self.inside, products[0], 0)
-        # A datapath register: no reset (loaded at the first beat of every activation).
-        acc = Signal(signed(cfg.acc_width), reset_less=True, name="acc_r")
-        m.d.comb += self.acc.eq(acc)
+        # The dot product at the accumulator's width, zero at a padding position: assigned under a
+        # condition, it is a wire of that width in the Verilog (an operand of the accumulator's adder as
+        # wide as the other; a Mux would be a narrower operand that the adder extends).
+        dot = Signal(signed(cfg.acc_width))
+        with m.If(self.inside):
+            m.d.comb += dot.eq(products[0])
+        # A datapath register: no reset (loaded at the first beat of every activation). The port is the
+        # register (__init__), no second name for it.
+        acc = self.acc
         with m.If(self.en):
             m.d.sync += acc.eq(Mux(self.first, self.init, acc) + dot)
         return m

@@ -6,7 +6,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from rtl.array_port import ArrayPort
+from rtl.array_port import ArrayPort, plain_view
 from spec.config import EngineConfig
 
 __all__ = ["SelectionWindow", "window_entry_layout", "window_key_layout"]
@@ -124,6 +124,8 @@ class SelectionWindow(wiring.Component):
                 **ArrayPort.members(self),
             }
         )
+        # The entries as plain bits (no alias wire per field of the port in the Verilog).
+        self.insert.payload = plain_view(self.insert.payload, "insert__payload")
 
     @property
     def window(self) -> int:
@@ -146,7 +148,7 @@ class SelectionWindow(wiring.Component):
         # ---- FILL: the lowest free place takes the entry; every valid place is older than it ------------
         full = valid.all()
         free = Signal(W)
-        m.d.comb += free.eq(~valid & (valid + 1))  # one-hot lowest zero of `valid`
+        m.d.comb += free.eq(~valid & (valid + 1)[:W])  # one-hot lowest zero of `valid`
         accept = self.insert.valid & self.insert.ready
         with m.If(accept):
             for j in range(W):
@@ -161,7 +163,13 @@ class SelectionWindow(wiring.Component):
         chosen = data.View(entry_layout, Signal(entry_layout.size, name="chosen"))
         m.d.comb += chosen.eq(_one_hot_or(pick, entries))
         self._slot_on = Signal(window_slots(cfg))  # slots the run's activations have (t < n_cond)
-        m.d.comb += self._slot_on.eq(Cat(self.n_cond > t for t in range(window_slots(cfg))))
+        # (a thermometer code by a case statement: one signal driven as a whole, no compares with constants)
+        with m.Switch(self.n_cond):
+            for n in range(window_slots(cfg)):
+                with m.Case(n):
+                    m.d.comb += self._slot_on.eq((1 << n) - 1)
+            with m.Default():  # n_cond >= slots: every slot
+                m.d.comb += self._slot_on.eq((1 << window_slots(cfg)) - 1)
         compatible = Signal(W)
         m.d.comb += compatible.eq(Cat(self._pair(chosen.key, entries[j].key) for j in range(W)))
         remaining = Signal(W)

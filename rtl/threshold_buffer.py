@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from rtl.array_port import ArrayPort
 from rtl.one_hot import one_hot
+from rtl.ram import ram_1r1w
 from spec.config import EngineConfig
 
 __all__ = ["ThresholdBuffer"]
@@ -85,24 +86,25 @@ class ThresholdBuffer(wiring.Component):
         row_bits = len(wrow)
         for b in range(P):
             depth = (1 << row_bits) + rows
-            bank = m.submodules[f"bank{b}"] = memory.Memory(shape=signed(cfg.acc_width), depth=depth, init=[])
-            w, r = bank.write_port(), bank.read_port()
-            m.d.comb += [
-                w.addr.eq(Cat(wrow, self.whalf)),
-                w.data.eq(self.wdata),
-                w.en.eq(wsel[b]),
-            ]
             # Every PE asking bank b asks the same row: OR them.
             row = 0
             for i in range(P):
                 row = row | Mux(ask[i][b], self.row[i], 0)
             at = Signal(row_bits, name=f"rrow{b}")
-            m.d.comb += [
-                at.eq(row),
-                r.addr.eq(Cat(at, self.rhalf)),
-                r.en.eq(sum(ask[i][b] for i in range(P)) != 0),
-            ]
-            words.append(r.data)
+            m.d.comb += at.eq(row)
+            words.append(
+                ram_1r1w(
+                    m,
+                    f"bank{b}",
+                    signed(cfg.acc_width),
+                    depth,
+                    waddr=Cat(wrow, self.whalf),
+                    wdata=self.wdata,
+                    wen=wsel[b],
+                    raddr=Cat(at, self.rhalf),
+                    ren=sum(ask[i][b] for i in range(P)) != 0,
+                )
+            )
         # The crossbar: each PE takes its bank's word (the bank as it was when the read was issued).
         for i in range(P):
             was = Signal(P, name=f"was{i}", reset_less=True)  # one-hot; set by every read

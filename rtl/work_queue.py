@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import data, memory, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from rtl.array_port import ArrayPort
+from rtl.ram import ram_1r1w
 from spec.config import EngineConfig
 
 __all__ = ["WorkQueue"]
@@ -137,17 +139,20 @@ class WorkQueue(wiring.Component):
 
         # Bank (one-hot) and row of each writer: tail + offset, with one compare-subtract (tail_bank + offset
         # < 2P); a writer's one-hot bank is its column of the rotator.
-        bank = [Signal(P, name=f"wbank{i}") for i in range(P)]
-        row = [Signal(range(rows + 1), name=f"wrow{i}") for i in range(P)]
+        # (A signal assigned the low bits of a wider value is an alias wire in the Verilog that nothing
+        # reads: the index is a value, the row a signal as wide as its sum, truncated at the bank's address.)
+        bank, row = [], []
+        index_width = len(Signal(range(P)))
         for i in range(P):
             pos = Signal(range(2 * P), name=f"wpos{i}")
-            index = Signal(range(P), name=f"windex{i}")
-            m.d.comb += [
-                pos.eq(tail_bank + self.offset[i]),
-                index.eq(Mux(pos >= P, pos - P, pos)),
-                bank[i].eq(Mux(self.write[i], Const(1, P) << index, 0)),
-                row[i].eq(tail_row + (pos >= P)),
-            ]
+            m.d.comb += pos.eq(tail_bank + self.offset[i])
+            index = Mux(pos >= P, pos - P, pos)[:index_width]
+            # (a shift, not a case statement (rtl/one_hot.py): this one synthesizes smaller here)
+            bank.append(Signal(P, name=f"wbank{i}"))
+            m.d.comb += bank[i].eq(Mux(self.write[i], Const(1, P) << index, 0))
+            row_sum = tail_row + (pos >= P)
+            row.append(Signal(len(row_sum), name=f"wrow{i}"))
+            m.d.comb += row[i].eq(row_sum)
         tail_next = Signal(range(2 * P))
         m.d.comb += tail_next.eq(tail_bank + self.count)
         with m.If(self.clear):
@@ -158,6 +163,9 @@ class WorkQueue(wiring.Component):
                 tail_row.eq(tail_row + (tail_next >= P)),
             ]
 
+        # The banks' address width: the read row (range(rows + 1)) cut to it before the host's mux (a mux
+        # of the full width would leave its top bit unused, one net per memory).
+        aw = ceil_log2(rows)
         for b in range(P):
             # The engine's side of bank b: an append (the rotator: the one writer, if any, whose position
             # falls into bank b) or a rewrite, and the filler's read.
@@ -172,21 +180,26 @@ class WorkQueue(wiring.Component):
             m.d.comb += e_wen.eq(Cat(*hit).any() | self.update[b])
             data_of = []
             for k in range(2):
-                mem = m.submodules[f"bank{b}_{k}"] = memory.Memory(shape=unsigned(width), depth=rows, init=[])
-                w, r = mem.write_port(), mem.read_port()
                 mine = Signal(name=f"mine{b}_{k}")
                 h_w, h_r = Signal(name=f"host_w{b}_{k}"), Signal(name=f"host_r{b}_{k}")
                 m.d.comb += [
                     mine.eq(self.half == k),
                     h_w.eq((self.host_whalf == k) & self.host_write[b]),
                     h_r.eq((self.host_rhalf == k) & self.host_read[b]),
-                    w.addr.eq(Mux(h_w, self.host_wrow, e_waddr)),
-                    w.data.eq(Mux(h_w, self.host_data, e_wdata)),
-                    w.en.eq((mine & e_wen) | h_w),
-                    r.addr.eq(Mux(h_r, self.host_rrow, self.read_row)),
-                    r.en.eq((mine & self.read_en[b]) | h_r),
                 ]
-                data_of.append(r.data)
+                data_of.append(
+                    ram_1r1w(
+                        m,
+                        f"bank{b}_{k}",
+                        unsigned(width),
+                        rows,
+                        waddr=Mux(h_w, self.host_wrow, e_waddr),
+                        wdata=Mux(h_w, self.host_data, e_wdata),
+                        wen=(mine & e_wen) | h_w,
+                        raddr=Mux(h_r, self.host_rrow, self.read_row[:aw]),
+                        ren=(mine & self.read_en[b]) | h_r,
+                    )
+                )
             # Which half each side read last (registered with the read, as the data).
             e_was, h_was = (
                 Signal(name=f"e_was{b}", reset_less=True),
