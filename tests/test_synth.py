@@ -246,7 +246,8 @@ def test_no_ecp5_runs_the_generic_synthesis_only(tmp_path):
     assert code == 0, err
     report = json.loads((tmp_path / "build" / "synth.json").read_text())
     assert "ecp5" not in report and "ECP5" not in out
-    assert {m["name"]: m["depth"] for m in report["generic"]["memories"]}["inbuf.bank0"] == 16
+    # one bank (P = 1) of two halves of 16 words each (the half is the row address's top bit)
+    assert {m["name"]: m["depth"] for m in report["generic"]["memories"]}["inbuf.bank0"] == 32
 
 
 @needs_yosys
