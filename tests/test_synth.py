@@ -77,9 +77,11 @@ def synth_run(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def synth_default(tmp_path_factory) -> dict:
-    """``accel rtl --out DIR --synth`` of the default configuration, generic and ECP5 side by side (about
-    two minutes here): the build that runs every layer of the shipped traces."""
-    return _shared_run(tmp_path_factory, "synth-default")
+    """``accel rtl --out DIR --synth --no-ecp5`` of the default configuration (about two minutes here):
+    the build that runs every layer of the shipped traces. Its ECP5 synthesis takes about ten minutes
+    since the buffers were double-buffered (docs/performance.md) and is measured outside CI; ECP5 runs on
+    CI for the smaller build of :func:`synth_run`."""
+    return _shared_run(tmp_path_factory, "synth-default", "--no-ecp5")
 
 
 @pytest.fixture(scope="session")
@@ -142,7 +144,7 @@ def test_every_buffer_is_one_memory_with_its_width_depth_and_ports(synth_run):
 def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     """The default configuration (the one build for every layer) synthesizes with each buffer one memory
     of its width, depth and ports, and nothing exploded into flip-flops (one 4096-entry buffer would add
-    more than 100 k), generic and on ECP5."""
+    more than 100 k), in the generic synthesis (ECP5: docs/performance.md, and on CI the smaller build)."""
     generic = synth_default["synth"]["generic"]
     found = {
         m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in generic["memories"]
@@ -150,15 +152,8 @@ def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     expected = _expected_memories(EngineConfig())
     assert found == expected
     assert generic["cells_by_type"]["$mem_v2"] == len(expected)
-    assert 0 < generic["flip_flops"] < 20_000  # about 11 k, 6 k of them the selection window (W = 24)
-    # ECP5: every memory maps to RAM (none to flip-flops), the MAC array to DSP blocks
-    ecp5 = synth_default["synth"]["ecp5"]
-    assert not ecp5["memories_as_flip_flops"]
-    # (yosys may also turn a case statement into a small ROM of logic: not a buffer)
-    buffers = {name: how for name, how in ecp5["memory_mapping"].items() if how != "logic (ROM)"}
-    assert set(buffers) == set(expected)
-    assert ecp5["block_ram"] > 0 and ecp5["dsp"] >= EngineConfig().pes * EngineConfig().lanes
-    assert 0 < ecp5["flip_flops"] < 30_000
+    assert 0 < generic["flip_flops"] < 20_000  # about 7.5 k, 4 k of them the selection window (W = 24)
+    assert "ecp5" not in synth_default["synth"]  # (see the fixture)
 
 
 @needs_yosys
