@@ -41,9 +41,16 @@ from trace_format import Trace, TraceError, TraceLayer, engine_geometry_problem,
 __all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_network", "two_pass_counters"]
 
 _CYCLES, _GATES_ON = COUNTER_NAMES.index("cycles"), COUNTER_NAMES.index("gates_on")
+_STALLS, _IDLE = COUNTER_NAMES.index("stall_cycles"), COUNTER_NAMES.index("idle_pe_cycles")
 
 
-def two_pass_counters(cfg: EngineConfig, tile: Tile, keep: np.ndarray) -> np.ndarray:
+def two_pass_counters(
+    cfg: EngineConfig,
+    tile: Tile,
+    keep: np.ndarray,
+    full: np.ndarray | None = None,
+    gates: np.ndarray | None = None,
+) -> np.ndarray:
     """The counters of one tile of the pruned design, in :data:`COUNTER_NAMES` order: a ``PHASE1`` run,
     the host's turn, a ``PHASE2`` run on the gated-on activations of the channels ``keep``.
 
@@ -52,7 +59,19 @@ def two_pass_counters(cfg: EngineConfig, tile: Tile, keep: np.ndarray) -> np.nda
     (``UnloadTarget.QUEUE_ENTRY``, one entry per cycle: their channels give each channel's share of
     gated-on activations) and, when a pruned channel had gates on in this tile, writing back the kept
     entries (one per cycle); otherwise phase 2 runs on the queue as phase 1 left it.
+
+    ``full``, ``gates``: the tile's counters and gate bits from a full run, when the caller has them. A
+    tile where no pruned channel has a gate on then runs both passes on everything, which takes exactly the
+    full run plus a second ``SETUP`` cycle (a stall, P idle PE cycles): no model run is needed.
     """
+    if full is not None and gates is not None:
+        on_pruned = np.asarray(gates, dtype=bool) & ~np.asarray(keep, dtype=bool)[:, None, None]
+        if not on_pruned.any():
+            total = np.array(full, dtype=np.int64)
+            total[_CYCLES] += 1 + total[_GATES_ON]  # the second SETUP, then the host reads the queue
+            total[_STALLS] += 1
+            total[_IDLE] += cfg.pes
+            return total
     pass1 = run_tile(cfg, tile, outputs=False, run=RunMode.PHASE1)
     on = pass1.gates
     queue = QueueLoad.after_phase1(np.zeros(on.shape, dtype=np.int64), on, keep)
@@ -261,7 +280,10 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
         pruned_counters = np.empty_like(gated_counters)
         for i, t in enumerate(plan):
             keep = ~pruned[blocks.index[t.chan_block]]
-            pruned_counters[i] = two_pass_counters(cfg, blocks.tile(t, x), keep)
+            where = (blocks.index[t.chan_block], slice(t.r0, t.r1), slice(t.x0_out, t.x1_out))
+            pruned_counters[i] = two_pass_counters(
+                cfg, blocks.tile(t, x), keep, gated_counters[i], gates[where]
+            )
         counters["pruned"].append(pruned_counters)
 
     if meta.gated:

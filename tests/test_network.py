@@ -12,6 +12,7 @@ from sim.reference import conv2d
 from sim.tiling import plan_layer
 from sim.traffic import Step, chain_cycles
 from spec.config import ConfigError, EngineConfig
+from spec.protocol import COUNTER_NAMES
 from spec.system import DramConfig, ReportOptions, SystemConfig
 from tests.test_trace import N, small_trace
 from trace_format import load_trace, save_trace
@@ -272,3 +273,26 @@ def test_dense_baseline_equals_every_tile_run_in_dense_mode(trace):
                 total[name] += v
         assert lr.designs["dense"].counters == total
     assert repeated  # some layer has tiles of one geometry: the shortcut is exercised
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_two_pass_counters_shortcut_is_the_two_runs(seed):
+    """A tile without a pruned channel that has a gate on: the shortcut from the full run's counters equals
+    running PHASE1 and PHASE2 through the model; with one, the two runs are taken (and phase 2 shrinks)."""
+    from sim.engine import run_tile
+    from sim.network import two_pass_counters
+    from spec.tile import TileGeometry, random_tile
+
+    cfg = EngineConfig(pes=4, lanes=4, groups=2, kernel=3, padding=1, output_depth=512, threshold_depth=32)
+    geometry = TileGeometry.full_layer(cfg, c_in=8, c_out=6, h_in=5, w_in=6)
+    tile = random_tile(cfg, geometry, np.random.default_rng(seed), gate_rate=0.4)
+    full = run_tile(cfg, tile)
+    counters = np.array(list(full.counters.values()))
+    keep = np.ones(6, dtype=bool)
+    assert (
+        two_pass_counters(cfg, tile, keep, counters, full.gates) == two_pass_counters(cfg, tile, keep)
+    ).all()
+    keep[int(np.flatnonzero(full.gates.any(axis=(1, 2)))[0])] = False
+    pruned = two_pass_counters(cfg, tile, keep, counters, full.gates)
+    assert (pruned == two_pass_counters(cfg, tile, keep)).all()
+    assert pruned[COUNTER_NAMES.index("cond_macs")] < counters[COUNTER_NAMES.index("cond_macs")]
