@@ -13,7 +13,7 @@ from spec.config import EngineConfig
 from spec.tile import QueueLoad, TileGeometry, random_tile
 from verification.amaranth_transport import AmaranthTransport
 from verification.driver import EngineDriver, decode_outputs
-from verification.layout import queue_entries, queue_write_outputs
+from verification.layout import banked_index, queue_entries, queue_write_outputs
 
 SMALL = dict(input_depth=512, weight_depth=512, output_depth=256, threshold_depth=32)
 
@@ -185,9 +185,8 @@ def run_two_pass_amaranth(build: EngineConfig, layer: EngineConfig, before, tile
         run = await driver.run()
         results = [decode_output(build, w)[0] for w in await driver.read_queue(len(queue.lins))]
         cycle = np.zeros(len(queue.lins), dtype=np.int64)
-        mask = (1 << build.bank_bits) - 1
         for addr, c in run.queue_writes.items():
-            cycle[(addr >> build.bank_bits) * build.pes + (addr & mask)] = c
+            cycle[banked_index(build, addr)] = c
         after = await driver.read_words(range(tile.geometry.n_outputs))
         got["pass2"] = (np.array(results), await driver.read_counters(), run.busy, cycle, run.writes)
         got["queue"], got["untouched"] = queue, after == words

@@ -62,7 +62,7 @@ from spec.tile import QueueLoad
 from verification.cocotb_transport import CLOCK_NS, CocotbTransport
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
 from verification.driver import EngineDriver, decode_outputs
-from verification.layout import decode_output, pack_request, queue_write_outputs
+from verification.layout import banked_index, decode_output, pack_request, queue_write_outputs
 from verification.streams import stall_pattern
 
 __all__ = ["EngineTestbench", "RunMonitor", "compare", "engine_tile"]
@@ -686,8 +686,7 @@ def compare_queue(
     exp_y = np.asarray(case.outputs, dtype=np.int64).reshape(-1)[lins]
     exp_c = np.asarray(case.write_cycle, dtype=np.int64).reshape(-1)[lins]
     got_y = np.array([decode_output(config, w)[0] for w in words], dtype=np.int64)
-    mask = (1 << config.bank_bits) - 1
-    by_entry = {(a >> config.bank_bits) * config.pes + (a & mask): c for a, c in run.queue_writes.items()}
+    by_entry = {banked_index(config, a): c for a, c in run.queue_writes.items()}
     got_c = np.array([by_entry.get(k, 0) for k in range(len(lins))], dtype=np.int64)
     problems: list[str] = []
     bad = np.flatnonzero((got_y != exp_y) | (got_c != exp_c))

@@ -39,6 +39,7 @@ from spec.tile import QueueLoad, Segments, Tile, TileGeometry
 __all__ = [
     "LoadWrites",
     "banked_address",
+    "banked_index",
     "chunk_channels",
     "decode_counter",
     "decode_output",
@@ -354,6 +355,11 @@ def banked_address(config: EngineConfig, index):
     return ((index // config.pes) << config.bank_bits) | (index % config.pes)
 
 
+def banked_index(config: EngineConfig, addr: int) -> int:
+    """The entry index of banked address ``addr`` (the inverse of :func:`banked_address`)."""
+    return (int(addr) >> config.bank_bits) * config.pes + (int(addr) & ((1 << config.bank_bits) - 1))
+
+
 def queue_write_outputs(
     config: EngineConfig, gates: np.ndarray, queue_writes: dict[int, int]
 ) -> dict[int, int]:
@@ -362,10 +368,9 @@ def queue_write_outputs(
     ``lin`` order (docs/microarchitecture.md, section 4), read off the run's gate bits ``gates``. An entry
     past the gated-on ones maps to ``gates.size + n`` (beyond every output of the tile)."""
     on = np.flatnonzero(np.asarray(gates, dtype=bool).reshape(-1))
-    mask = (1 << config.bank_bits) - 1
     out = {}
     for addr, cycle in queue_writes.items():
-        n = (int(addr) >> config.bank_bits) * config.pes + (int(addr) & mask)
+        n = banked_index(config, addr)
         out[int(on[n]) if n < len(on) else int(np.size(gates)) + n] = cycle
     return out
 
