@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from rtl.arith import const_mul
 from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 from spec.protocol import REGISTER_WIDTH
@@ -60,11 +61,14 @@ def pointer_layout(config: EngineConfig) -> data.StructLayout:
 class CoordinateChain(wiring.Component):
     """The coordinates of the P consecutive activations ``r·P … r·P + P − 1`` of round ``r``.
 
-    Activations are numbered in ``lin`` order (``ox`` fastest, then ``oy``, then ``co``). The chain keeps
-    the first PE's coordinates in registers; PE ``i`` is PE ``i − 1`` plus one (a mixed-radix increment),
-    and ``advance`` moves the first PE to the last PE plus one. Each coordinate carries its running
-    pointers (:func:`pointer_layout`), advanced by the same increment with additions of host-written
-    steps only: no multiplication or division.
+    Activations are numbered in ``lin`` order (``ox`` fastest, then ``oy``, then ``co``). Every PE keeps
+    its activation's coordinates and running pointers (:func:`pointer_layout`) in registers of its own,
+    which drive the ports directly. ``init`` (the P cycles of ``SETUP``) loads them one PE per cycle from a
+    shared stepper, a mixed-radix **+1** incrementer that walks activations 0, 1, …, P; the stepper then
+    holds activation P, the **step** of a round: its coordinates are the digits of P in the tile's
+    (``co``, ``oy``, ``ox``), (``g``, ``col``) and (``cr``, ``cb``) radices, its ``ia`` the input words
+    that P activations advance. ``advance`` adds the step to every PE at once, digit by digit with one
+    compare-and-subtract carry per digit: no chain from PE to PE, no multiplication, no division.
 
     Parameters
     ----------
@@ -86,16 +90,20 @@ class CoordinateChain(wiring.Component):
     row_step : In(input address width)
         ``ia`` step from the last column of an output row to the next row, ``Wp − w_out + 1`` (``ia``
         steps by one word per output column whatever the stride: the plane is deinterleaved).
-    clear : In(1)
-        Set the first PE to activation 0.
+    ia_plane : In(input address width)
+        ``h_out·Wp``: what ``ia`` gives back when ``oy`` wraps past the tile's last output row.
+    init : In(1)
+        A cycle of ``SETUP``: in the k-th consecutive one (k = 0, 1, …) PE k takes activation k.
+    init_last : Out(1)
+        ``init`` is in its P-th cycle (k = P − 1): every PE holds its activation from the next cycle on.
     advance : In(1)
-        Move to the next round.
+        Move every PE P activations on (the next round).
     coords_bits : Out(pes × coord_layout bits)
         Coordinates of each PE's activation: the array port :attr:`coords` (``rtl.array_port``).
     pointers_bits : Out(pes × pointer_layout bits)
         Running pointers of each PE's activation: the array port :attr:`pointers`.
     next_co : Out(17)
-        Output channel of the activation after the last PE's (``co ≥ C_out``: the round is the last).
+        Output channel of PE 0's activation in the next round (``co ≥ C_out``: this round is the last).
     """
 
     coords = ArrayPort(Out)
@@ -118,7 +126,9 @@ class CoordinateChain(wiring.Component):
                 "pad_left": In(DIM),
                 "in_origin": In(in_aw),
                 "row_step": In(in_aw),
-                "clear": In(1),
+                "ia_plane": In(in_aw),
+                "init": In(1),
+                "init_last": Out(1),
                 "advance": In(1),
                 **ArrayPort.members(self),
                 "next_co": Out(DIM + 1),
@@ -127,7 +137,8 @@ class CoordinateChain(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        cfg = self._config
+        cfg, P = self._config, self._config.pes
+        in_aw = addr_width(cfg.input_depth)
         # The stride at the widths it is added to (equal operand widths: no implicit extension). Decoded by
         # a case statement: a signal assigned the narrow port would be an alias of it that yosys inlines
         # (extended again at every add).
@@ -136,70 +147,120 @@ class CoordinateChain(wiring.Component):
             for stride in range(1 << len(self.stride)):
                 with m.Case(stride):
                     m.d.comb += S.eq(stride)
-        layout = data.StructLayout(
-            {
-                "coord": coord_layout(cfg),
-                "col": unsigned(DIM),  # the channel within its group, to find group wraps
-                "pointer": pointer_layout(cfg),
-            }
+
+        def times_stride(value, name):  # value·S, S at most the build's stride: shifts and adds, by a case
+            out = Signal(signed(DIM + 2), name=name)
+            with m.Switch(self.stride):
+                for stride in range(1 << len(self.stride)):
+                    with m.Case(stride):
+                        m.d.comb += out.eq(const_mul(value, stride) if stride else 0)
+            return out
+
+        # The stepper: activation k of the walk, ``ia`` relative to ``in_origin`` (oy·Wp + ox).
+        step_layout = data.StructLayout(
+            {"coord": coord_layout(cfg), "col": unsigned(DIM), "ia": unsigned(in_aw)}
         )
-        # Plain signals viewed through the layout: no per-field aliases in the Verilog.
-        first = data.View(layout, Signal(layout.size, name="first", reset_less=True))  # set by `clear`
+        # A PE: its activation, the channel within its group (to find group wraps), its pointers.
+        pe_layout = data.StructLayout(
+            {"coord": coord_layout(cfg), "col": unsigned(DIM), "pointer": pointer_layout(cfg)}
+        )
+        step = data.View(step_layout, Signal(step_layout.size, name="step", reset_less=True))
+        k = Signal(range(max(P, 2)), reset_less=True)  # the init cycle (0 whenever init is low)
+        m.d.sync += k.eq(Mux(self.init, k + 1, 0))
+        m.d.comb += self.init_last.eq(self.init & (k == P - 1))
+        walk = data.View(step_layout, Signal(step_layout.size, name="walk"))  # activation k
+        m.d.comb += walk.eq(Mux(k == 0, 0, step.as_value()))
+        with m.If(self.init):
+            m.d.sync += step.eq(self._increment(m, walk, S))
 
-        def increment(cur, i):
-            c, p = cur.coord, cur.pointer
-            nxt = data.View(layout, Signal(layout.size, name=f"next{i}"))
-            wrap_x, wrap_y, wrap_c = (
-                Signal(name=f"wrap_x{i}"),
-                Signal(name=f"wrap_y{i}"),
-                Signal(name=f"wrap_c{i}"),
-            )
-            wrap_b = Signal(name=f"wrap_b{i}")  # co mod P wraps with the next channel
-            m.d.comb += wrap_b.eq(c.cb == cfg.pes - 1)
-            # ox + 1, oy + 1, col + 1 at the sums' width (DIM + 1 bits), each one adder for its wrap test
-            # and its next value (the low DIM bits). A sum equals a DIM-bit bound when its carry is clear
-            # and its low bits equal the bound (operands of one width).
-            ox1, oy1, col1 = (Signal(DIM + 1, name=f"{n}{i}") for n in ("ox_inc", "oy_inc", "col_inc"))
-            m.d.comb += [ox1.eq(c.ox + 1), oy1.eq(c.oy + 1), col1.eq(cur.col + 1)]
-
-            def reaches(inc, bound):
-                return ~inc[DIM] & (inc[:DIM] == bound)
-
-            m.d.comb += [
-                wrap_x.eq(reaches(ox1, self.w_out)),
-                wrap_y.eq(wrap_x & reaches(oy1, self.h_out)),
-                wrap_c.eq(wrap_y & reaches(col1, self.out_per_group)),
-            ]
-            m.d.comb += [
-                nxt.coord.lin.eq(c.lin + 1),
-                nxt.coord.ox.eq(Mux(wrap_x, 0, ox1[:DIM])),
-                nxt.coord.oy.eq(Mux(wrap_y, 0, Mux(wrap_x, oy1[:DIM], c.oy))),
-                nxt.coord.co.eq(Mux(wrap_y, c.co + 1, c.co)),
-                nxt.coord.cb.eq(Mux(wrap_y, Mux(wrap_b, 0, c.cb + 1), c.cb)),
-                nxt.coord.cr.eq(Mux(wrap_y & wrap_b, c.cr + 1, c.cr)),
-                nxt.col.eq(Mux(wrap_c, 0, Mux(wrap_y, col1[:DIM], cur.col))),
-                nxt.coord.g.eq(Mux(wrap_c, c.g + 1, c.g)),
-                nxt.pointer.xt.eq(Mux(wrap_x, -self.pad_left, p.xt + S)),
-                nxt.pointer.yt.eq(Mux(wrap_y, -self.pad_top, Mux(wrap_x, p.yt + S, p.yt))),
-                nxt.pointer.ia.eq(Mux(wrap_y, self.in_origin, Mux(wrap_x, p.ia + self.row_step, p.ia + 1))),
-            ]
-            return nxt
-
-        cur = first
-        for i in range(cfg.pes):
-            m.d.comb += [
-                self.coords[i].eq(cur.coord),
-                self.pointers[i].eq(cur.pointer),
-            ]
-            cur = increment(cur, i)
-        m.d.comb += self.next_co.eq(cur.coord.co)
-        with m.If(self.clear):
-            m.d.sync += [
-                first.eq(0),
-                first.pointer.ia.eq(self.in_origin),
-                first.pointer.yt.eq(-self.pad_top),
-                first.pointer.xt.eq(-self.pad_left),
-            ]
-        with m.Elif(self.advance):
-            m.d.sync += first.eq(cur)
+        pes = [data.View(pe_layout, Signal(pe_layout.size, name=f"pe{i}", reset_less=True)) for i in range(P)]
+        loaded = data.View(pe_layout, Signal(pe_layout.size, name="loaded"))  # activation k, absolute
+        m.d.comb += [
+            loaded.coord.eq(walk.coord),
+            loaded.col.eq(walk.col),
+            loaded.pointer.ia.eq(self.in_origin + walk.ia),
+            loaded.pointer.yt.eq(times_stride(walk.coord.oy, "walk_yt") - self.pad_top),
+            loaded.pointer.xt.eq(times_stride(walk.coord.ox, "walk_xt") - self.pad_left),
+        ]
+        for i, pe in enumerate(pes):
+            m.d.comb += [self.coords[i].eq(pe.coord), self.pointers[i].eq(pe.pointer)]
+            nxt = self._add_step(m, i, pe, step, pe_layout, times_stride)
+            if i == 0:
+                m.d.comb += self.next_co.eq(nxt.coord.co)
+            with m.If(self.init & (k == i)):
+                m.d.sync += pe.eq(loaded)
+            with m.Elif(self.advance):
+                m.d.sync += pe.eq(nxt)
         return m
+
+    def _increment(self, m, cur, S):
+        """The stepper's next activation: ``cur`` + 1 in mixed radix (``ia`` relative: 0 at oy = ox = 0)."""
+        cfg = self._config
+        c = cur.coord
+        nxt = data.View(cur.shape(), Signal(cur.shape().size, name="walk_next"))
+        # ox + 1, oy + 1, col + 1 at the sums' width (DIM + 1 bits), each one adder for its wrap test and
+        # its next value (the low DIM bits). A sum equals a DIM-bit bound when its carry is clear and its
+        # low bits equal the bound (operands of one width).
+        ox1, oy1, col1 = (Signal(DIM + 1, name=f"walk_{n}") for n in ("ox_inc", "oy_inc", "col_inc"))
+        m.d.comb += [ox1.eq(c.ox + 1), oy1.eq(c.oy + 1), col1.eq(cur.col + 1)]
+
+        def reaches(inc, bound):
+            return ~inc[DIM] & (inc[:DIM] == bound)
+
+        wrap_x, wrap_y, wrap_c, wrap_b = (Signal(name=f"walk_wrap_{n}") for n in "xycb")
+        m.d.comb += [
+            wrap_x.eq(reaches(ox1, self.w_out)),
+            wrap_y.eq(wrap_x & reaches(oy1, self.h_out)),
+            wrap_c.eq(wrap_y & reaches(col1, self.out_per_group)),
+            wrap_b.eq(c.cb == cfg.pes - 1),  # co mod P wraps with the next channel
+        ]
+        m.d.comb += [
+            nxt.coord.lin.eq(c.lin + 1),
+            nxt.coord.ox.eq(Mux(wrap_x, 0, ox1[:DIM])),
+            nxt.coord.oy.eq(Mux(wrap_y, 0, Mux(wrap_x, oy1[:DIM], c.oy))),
+            nxt.coord.co.eq(Mux(wrap_y, c.co + 1, c.co)),
+            nxt.coord.cb.eq(Mux(wrap_y, Mux(wrap_b, 0, c.cb + 1), c.cb)),
+            nxt.coord.cr.eq(Mux(wrap_y & wrap_b, c.cr + 1, c.cr)),
+            nxt.col.eq(Mux(wrap_c, 0, Mux(wrap_y, col1[:DIM], cur.col))),
+            nxt.coord.g.eq(Mux(wrap_c, c.g + 1, c.g)),
+            nxt.ia.eq(Mux(wrap_y, 0, Mux(wrap_x, cur.ia + self.row_step, cur.ia + 1))),
+        ]
+        return nxt
+
+    def _add_step(self, m, i, pe, step, layout, times_stride):
+        """PE ``i``'s activation P further on: ``pe`` plus the round's step, digit by digit. Each digit's
+        sum is below twice its radix (both terms are digits, plus a carry of one), so one subtraction of
+        the radix, taken when it does not go negative, is the whole carry rule."""
+        c, d = pe.coord, step.coord
+        nxt = data.View(layout, Signal(layout.size, name=f"pe{i}_next"))
+
+        def digit(name, a, b, carry, radix, width):
+            """(a + b + carry) mod radix and its carry out, for a, b < radix."""
+            total = Signal(width + 1, name=f"pe{i}_{name}_sum")
+            over = Signal(signed(width + 2), name=f"pe{i}_{name}_over")
+            m.d.comb += [total.eq(a + b + carry), over.eq(total - radix)]
+            out = ~over[-1]
+            return Mux(out, over[:width], total[:width]), out
+
+        ox, cx = digit("ox", c.ox, d.ox, 0, self.w_out, DIM)
+        oy, cy = digit("oy", c.oy, d.oy, cx, self.h_out, DIM)
+        col, cc = digit("col", pe.col, step.col, cy, self.out_per_group, DIM)
+        cb_width = len(c.cb)
+        cb, cbc = digit("cb", c.cb, d.cb, cy, Const(self._config.pes, cb_width + 1), cb_width)
+        row_step, ia_plane = self.row_step, self.ia_plane
+        m.d.comb += [
+            nxt.coord.ox.eq(ox),
+            nxt.coord.oy.eq(oy),
+            nxt.coord.co.eq(c.co + d.co + cy),
+            nxt.col.eq(col),
+            nxt.coord.g.eq(c.g + d.g + cc),
+            nxt.coord.cb.eq(cb),
+            nxt.coord.cr.eq(c.cr + d.cr + cbc),
+            nxt.coord.lin.eq(c.lin + self._config.pes),
+            # ia = in_origin + oy·Wp + ox: the step's oy·Wp + ox, a row's Wp − w_out when ox carried
+            # (row_step − 1), less h_out·Wp when oy did.
+            nxt.pointer.ia.eq(pe.pointer.ia + step.ia + Mux(cx, row_step - 1, 0) - Mux(cy, ia_plane, 0)),
+            nxt.pointer.yt.eq(times_stride(oy, f"pe{i}_yt") - self.pad_top),
+            nxt.pointer.xt.eq(times_stride(ox, f"pe{i}_xt") - self.pad_left),
+        ]
+        return nxt

@@ -307,6 +307,7 @@ class GatedConvEngine(wiring.Component):
             chain.pad_left.eq(reg["pad_left"]),
             chain.in_origin.eq(reg["in_origin"].as_signed()),  # sign-extended to the address width
             chain.row_step.eq(reg["row_step"].as_signed()),
+            chain.ia_plane.eq(reg["ia_plane"]),
         ]
         # Offsets of segment k (k base segments): k·in_seg and k·w_seg (in_seg = nch_b·Hp·Wp, w_seg a base
         # segment's weights rounded up to the banks), k below the largest G,
@@ -651,9 +652,10 @@ class GatedConvEngine(wiring.Component):
                 m.d.comb += idle.eq(1)
                 with m.If(self.start):
                     m.next = "SETUP"
-            with m.State("SETUP"):
-                m.d.comb += [setup.eq(1), chain.clear.eq(1)]
-                m.next = "PHASE1"
+            with m.State("SETUP"):  # P cycles: the coordinate chain takes one PE's activation per cycle
+                m.d.comb += [setup.eq(1), chain.init.eq(1)]
+                with m.If(chain.init_last):
+                    m.next = "PHASE1"
                 if self._gating:
                     with m.If(skip1):  # phase 2 only, on the host's queue_len entries
                         m.next = "DONE"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from amaranth.back import verilog
+from amaranth.back import rtlil, verilog
 
 from outfiles.folder import write_file_atomic
 from rtl.engine import GatedConvEngine
@@ -58,12 +59,27 @@ def check_buildable(config: EngineConfig, source: str = "configuration") -> None
             )
 
 
+# A register's power-up value in Amaranth's RTLIL: "attribute \\init 4'0000" on the line before its wire.
+_INIT_ATTRIBUTE = re.compile(r"^[ \t]*attribute \\init [^\n]*\n", re.MULTILINE)
+
+
 def verilog_text(config: EngineConfig, gating: bool = True) -> str:
     """Verilog of the engine for ``config`` (``gating`` false: the dense baseline); identical parameters
-    give identical text."""
+    give identical text.
+
+    Registers are declared without power-up values (``reg [3:0] x;``, not ``reg [3:0] x = 4'h0;``): an
+    ASIC flip-flop has none, so the control registers take theirs from ``rst`` (docs/microarchitecture.md
+    section 4, "Reset") and the datapath registers are written before they are read. A simulation of the
+    Verilog starts them unknown (X on Icarus, random on Verilator with ``--x-initial unique``), so a read
+    of one before its first write shows; the Amaranth simulator keeps Amaranth's initial values.
+    """
     check_buildable(config)
     engine = GatedConvEngine(config, gating=gating)
-    return verilog.convert(engine, name=TOP_NAME, emit_src=False, strip_internal_attrs=True)
+    text = rtlil.convert(engine, name=TOP_NAME, emit_src=False)
+    text = _INIT_ATTRIBUTE.sub("", text)
+    # amaranth.back.verilog.convert is this same RTLIL through this same yosys script (amaranth is pinned
+    # below 0.6, where the function has this signature).
+    return verilog._convert_rtlil_text(text, strip_internal_attrs=True)
 
 
 def generate_verilog(config: EngineConfig, out_dir: str | Path, gating: bool = True) -> Path:

@@ -648,11 +648,13 @@ def _schedule(
     cond_macs = 0
     gates_on = 0
 
-    # SETUP
-    cycles += 1
-    stalls += 1
     run1 = mode != 2
     run2 = mode != 1
+    # SETUP: P cycles, the coordinate chain taking one PE's activation per cycle; one in a run without
+    # phase 1
+    setup = pes if run1 else 1
+    cycles += setup
+    stalls += setup
 
     # PHASE1: round r gives PE i activation r*P + i; beats run over slots, chunks, ky, kx.
     # Gated: one slot, the PE's base segment; every base segment is C_sb wide (G > 1: all segments are

@@ -132,6 +132,7 @@ class ConfigRegister(enum.Enum, shape=5):
     RUN = 26
     QUEUE_LEN = 27
     HALF = 28
+    IA_PLANE = 29
 
 
 class Counter(enum.Enum):

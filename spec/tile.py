@@ -148,6 +148,7 @@ class TileGeometry:
             "run": RunMode(run).value,
             "queue_len": int(queue_len),
             "half": int(half),
+            "ia_plane": self.h_out * wp,
         }
 
     def registers(

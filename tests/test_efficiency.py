@@ -60,17 +60,18 @@ def test_eta_bound(pes, lanes, groups, chunks, kernel, c_out_per_group, hw, rate
     r2 = (gated["cycles"] - gated["stall_cycles"] - r1 * b1) // b2
     assert r2 * b2 == gated["cycles"] - gated["stall_cycles"] - r1 * b1
     assert (r2 == 0) == (n_on == 0) and r2 >= -(-n_on // p)
-    # The built schedule's ceiling (docs/microarchitecture.md section 6): phase 1's beats and bank stalls;
+    # The built schedule's ceiling (docs/microarchitecture.md section 6): SETUP's P cycles, phase 1's beats
+    # and bank stalls, DRAIN1's 2;
     # a phase-2 round lasts at most max(B2, 2P + 2) (the next formation: ≤ P inserted + 1 + ≤ P members;
     # the drain of ≤ P results), PREP at most min(W, n_on) + 1 + P + 2, DRAIN2 at most P + 2.
     fixed = min(config.window, n_on) + 2 * p + 5 if n_on else 0
-    assert gated["cycles"] <= 3 + r1 * b1 + s1 + r2 * max(b2, 2 * p + 2) + fixed
+    assert gated["cycles"] <= p + 2 + r1 * b1 + s1 + r2 * max(b2, 2 * p + 2) + fixed
     # The bound in terms of the window's PE-slot fill f = n_on / (P·R2), for P | N and B2 ≥ 2P + 2.
     eta = achieved / theoretical
     if n % p == 0 and b2 >= 2 * p + 2 and n_on:
         w = (n * b1 + n_on * b2) / p
         fill = n_on / (p * r2)
-        bound = w / (w + (1 / fill - 1) * n_on * b2 / p + s1 + min(config.window, n_on) + 2 * p + 8)
+        bound = w / (w + (1 / fill - 1) * n_on * b2 / p + s1 + min(config.window, n_on) + 3 * p + 7)
         assert eta >= bound - 1e-12
     if n_on == 0:
-        assert gated["cycles"] == 3 + r1 * b1 + s1
+        assert gated["cycles"] == p + 2 + r1 * b1 + s1  # SETUP (P cycles), phase 1, DRAIN1

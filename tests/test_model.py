@@ -77,17 +77,17 @@ def expected_counters(
     r1 = ceil_div(n, p)
     if geo.dense:
         b1 = k2 * (nch_b + (n_seg - 1) * nch_c)
-        cycles = 1 + r1 * b1 + bank_stalls + 2
-        base_macs, cond_macs, busy, stalls, gates_on = n * k2 * geo.c_in, 0, n * b1, 3 + bank_stalls, n
+        cycles = p + r1 * b1 + bank_stalls + 2  # SETUP: P cycles
+        base_macs, cond_macs, busy, stalls, gates_on = n * k2 * geo.c_in, 0, n * b1, p + 2 + bank_stalls, n
     else:
         b1 = k2 * nch_b
         b2 = k2 * (n_seg - 1) * nch_c
         phase2 = gates_on > 0
-        cycles = 1 + r1 * b1 + bank_stalls + 2
+        cycles = p + r1 * b1 + bank_stalls + 2
         base_macs = n * k2 * c_sb
         cond_macs = gates_on * k2 * (n_seg - 1) * c_sc
         busy = n * b1 + gates_on * b2
-        stalls = (6 if phase2 else 3) + bank_stalls
+        stalls = p + (5 if phase2 else 2) + bank_stalls
     return {
         "cycles": cycles,
         "base_macs": base_macs,
@@ -140,7 +140,7 @@ def check_against_reference(config: EngineConfig, tile: Tile) -> EngineResult:
         n_seg = config.groups if config.groups > 1 else 2
         c_sc = (geo.c_in - c_sb) // (n_seg - 1)
         assert c["base_macs"] + c["cond_macs"] == k2 * (c_sb * n + c_sc * (n_seg - 1) * gates_on)
-    assert c["stall_cycles"] >= 3  # SETUP and DRAIN1 at least
+    assert c["stall_cycles"] >= config.pes + 2  # SETUP (P cycles) and DRAIN1 at least
     return res
 
 
@@ -185,7 +185,7 @@ def test_outputs_match_reference(overrides: dict, geo: TileGeometry, dense: bool
     elif gate_rate == 0.0:
         assert not res.gates.any()
         assert res.counters["cond_macs"] == 0
-        assert res.counters["stall_cycles"] == 3 + bank_stalls(config, tile)
+        assert res.counters["stall_cycles"] == config.pes + 2 + bank_stalls(config, tile)  # SETUP, DRAIN1
 
 
 @pytest.mark.parametrize("overrides, geo", CASES[:5])
@@ -397,37 +397,38 @@ def test_counters_hand_worked_g2_all_off_and_dense():
     # segment ask words 8 apart (one bank), both inside only at the centre tap: one stall per chunk.
     # Gated (each PE its own group's segment, g = co div 2): round 2 (co0 q8 | co1 q0-q2) and round 6
     # (co2 q6-q8 | co3 q0); round 4 (co1 q7 q8 | co2 q0 q1) reads words 7, 8, 9, 10: no stall.
-    # All off: phase 1 only. cycles = 1 + 81 + 2 stalls + 2 = 86; busy = 81*4 = 324; idle = 344 - 324 = 20;
-    # stall_cycles = SETUP + 2 + DRAIN1 2 = 5.
+    # All off: phase 1 only. cycles = SETUP 4 + 81 + 2 stalls + 2 = 89; busy = 81*4 = 324;
+    # idle = 356 - 324 = 32; stall_cycles = SETUP 4 + 2 + DRAIN1 2 = 8.
     res = run_tile(config, _tile_with_thresholds(config, geo, [OFF] * 4))
     assert res.counters == {
-        "cycles": 86,
+        "cycles": 89,
         "base_macs": 1296,
         "cond_macs": 0,
         "busy_pe_cycles": 324,
-        "idle_pe_cycles": 20,
-        "stall_cycles": 5,
+        "idle_pe_cycles": 32,
+        "stall_cycles": 8,
         "gates_on": 0,
     }
     # Dense: B1 = 9 taps * (1 + 1) chunks = 18, R1 = 9; every PE reads the beat's segment, so rounds 2, 4
-    # and 6 each stall once per chunk: 6 stalls. cycles = 1 + 162 + 6 + 2 = 171;
-    # base = 162 beats * 4 PEs * 4 lanes = 2592; busy = 162*4 = 648; idle = 684 - 648 = 36; stalls 9.
+    # and 6 each stall once per chunk: 6 stalls. cycles = 4 + 162 + 6 + 2 = 174;
+    # base = 162 beats * 4 PEs * 4 lanes = 2592; busy = 162*4 = 648; idle = 696 - 648 = 48; stalls 12.
     dense = TileGeometry(8, 4, 3, 3, 3, 3, 1, 1, dense=True)
     res = run_tile(config, _tile_with_thresholds(config, dense, [OFF] * 4))  # thresholds unused
     assert res.gates.all()
     assert res.counters == {
-        "cycles": 171,
+        "cycles": 174,
         "base_macs": 2592,
         "cond_macs": 0,
         "busy_pe_cycles": 648,
-        "idle_pe_cycles": 36,
-        "stall_cycles": 9,
+        "idle_pe_cycles": 48,
+        "stall_cycles": 12,
         "gates_on": 36,
     }
 
 
 def test_counters_hand_worked_g1_round_tails():
     # P=3, L=4, K=1, G=1, c_in=7 with C_b=3 (C_sc=4), c_out=2, 2x2 -> N=8. Channel 0 on, 1 off: 4 gates.
+    # (Cycle numbers below as with a one-cycle SETUP; SETUP takes P = 3 cycles: every one is 2 later.)
     # Phase 1: R1 = ceil(8/3) = 3 rounds of 3, 3, 2 valid PEs, B1 = 1 beat of 3 valid lanes:
     #   cycles 2-4, busy 8, base 8*3 = 24; DRAIN1 5-6.
     # Phase 2: the queue holds lin 0-3 (channel 0; ia = 0..3, segment 1 at in_seg = 4 words: input banks
@@ -435,74 +436,77 @@ def test_counters_hand_worked_g1_round_tails():
     #   PREP: 7 read and start, 8-15 form round 0 (4 inserted + 1, 3 members), 16 take. Round 0 = lin 0-2:
     #   its last beat waits for round 1's formation (0 inserted + 1 + 1 member = 2): cycle 16 + 3 = 19.
     #   Round 1 = lin 3: 19 + max(1, 1 + 2, 3 results of round 0 draining) = 22. DRAIN2: 1 result + 2,
-    #   cycles 23-25. cycles = 25; busy 8 + 4 = 12, cond 16; stalls = 25 - 3 - 2 = 20; idle = 75 - 12 = 63.
+    #   cycles 23-25. cycles = 25 + 2 = 27; busy 8 + 4 = 12, cond 16; stalls = 27 - 3 - 2 = 22;
+    #   idle = 81 - 12 = 69.
     config = make_config(pes=3, lanes=4, kernel=1, padding=0, groups=1)
     geo = TileGeometry(7, 2, 2, 2, 2, 2, 0, 0, base_channels=3)
     res = run_tile(config, _tile_with_thresholds(config, geo, [ON, OFF]))
     assert res.gates[0].all() and not res.gates[1].any()
     assert res.counters == {
-        "cycles": 25,
+        "cycles": 27,
         "base_macs": 24,
         "cond_macs": 16,
         "busy_pe_cycles": 12,
-        "idle_pe_cycles": 63,
-        "stall_cycles": 20,
+        "idle_pe_cycles": 69,
+        "stall_cycles": 22,
         "gates_on": 4,
     }
-    # Dense: two slots (3 lanes, then 4 lanes), B1 = 2: cycles = 1 + 6 + 2 = 9; base = 8*3 + 8*4 = 56;
-    # busy = 8*2 = 16; idle = 27 - 16 = 11.
+    # Dense: two slots (3 lanes, then 4 lanes), B1 = 2: cycles = 3 + 6 + 2 = 11; base = 8*3 + 8*4 = 56;
+    # busy = 8*2 = 16; idle = 33 - 16 = 17; stalls = SETUP 3 + DRAIN1 2.
     dense = TileGeometry(7, 2, 2, 2, 2, 2, 0, 0, base_channels=3, dense=True)
     res = run_tile(config, _tile_with_thresholds(config, dense, [ON, OFF]))
     assert res.counters == {
-        "cycles": 9,
+        "cycles": 11,
         "base_macs": 56,
         "cond_macs": 0,
         "busy_pe_cycles": 16,
-        "idle_pe_cycles": 11,
-        "stall_cycles": 3,
+        "idle_pe_cycles": 17,
+        "stall_cycles": 5,
         "gates_on": 8,
     }
 
 
 def test_counters_hand_worked_lane_tail_chunks():
     # P=4, L=4, K=1, G=2, c_in=12 -> C_sb = C_sc = 6 = chunks of 4 and 2 lanes; c_out=2, 1x1 -> N=2, all on.
+    # (Cycle numbers below as with a one-cycle SETUP; SETUP takes P = 4 cycles: every one is 3 later.)
     # Phase 1: 1 round of 2 PEs, 2 beats (cycles 2-3): busy 4, base 2*4 + 2*2 = 12; DRAIN1 4-5.
     # Phase 2: channels 0 and 1 share a round (weight banks 0, 1; channel 0 (group 0) reads segment 1 at
     # in_seg = 2 words: input bank 2, channel 1 segment 0: bank 0). PREP 6-12 (form: 2 + 1 + 2 = 5);
     # the round's 2 beats end at 12 + max(2, 1 + 2) = 15; DRAIN2 2 + 2 = 4 (16-19). busy 4, cond 12.
-    # cycles = 19; stalls = 19 - 2 - 2 = 15; idle = 76 - 8 = 68.
+    # cycles = 19 + 3 = 22; stalls = 22 - 2 - 2 = 18; idle = 88 - 8 = 80.
     config = make_config(pes=4, lanes=4, kernel=1, padding=0, groups=2)
     geo = TileGeometry(12, 2, 1, 1, 1, 1)
     res = run_tile(config, _tile_with_thresholds(config, geo, [ON, ON]))
     assert res.counters == {
-        "cycles": 19,
+        "cycles": 22,
         "base_macs": 12,
         "cond_macs": 12,
         "busy_pe_cycles": 8,
-        "idle_pe_cycles": 68,
-        "stall_cycles": 15,
+        "idle_pe_cycles": 80,
+        "stall_cycles": 18,
         "gates_on": 2,
     }
 
 
 def test_counters_hand_worked_g4_three_conditional_slots():
     # P=2, L=2, K=1, G=4, c_in=8 (C_g=2), c_out=4 (one per group), 1x1 -> N=4. Channels 0, 2 on: 2 gates.
+    # (Cycle numbers below as with a one-cycle SETUP; SETUP takes P = 2 cycles: every one is 1 later.)
     # Phase 1: R1 = 2 rounds of 2 PEs, B1 = 1 beat of 2 lanes (cycles 2-3): busy 4, base 8; DRAIN1 4-5.
     # Phase 2: channels 0 and 2 read weight bank 0 (co mod 2) for different words: never one round.
     #   PREP 6-11 (form: 2 inserted + 1 + 1 member = 4); B2 = 3 slots * 1 chunk = 3 beats of 2 lanes.
     #   Round 0 (lin 0) ends at 11 + max(3, 1 + 2) = 14, round 1 (lin 2) at 14 + max(3, 3, 1) = 17;
     #   DRAIN2 1 + 2 = 3 (18-20). busy 2*3 = 6, cond 2*3*2 = 12.
-    # cycles = 20; stalls = 20 - 2 - 6 = 12; idle = 40 - 10 = 30.
+    # cycles = 20 + 1 = 21; stalls = 21 - 2 - 6 = 13; idle = 42 - 10 = 32.
     config = make_config(pes=2, lanes=2, kernel=1, padding=0, groups=4)
     geo = TileGeometry(8, 4, 1, 1, 1, 1)
     res = run_tile(config, _tile_with_thresholds(config, geo, [ON, OFF, ON, OFF]))
     assert res.counters == {
-        "cycles": 20,
+        "cycles": 21,
         "base_macs": 8,
         "cond_macs": 12,
         "busy_pe_cycles": 10,
-        "idle_pe_cycles": 30,
-        "stall_cycles": 12,
+        "idle_pe_cycles": 32,
+        "stall_cycles": 13,
         "gates_on": 2,
     }
 
@@ -582,12 +586,13 @@ def test_bad_base_channels_and_padding():
 
 @pytest.mark.parametrize(
     "stride,rate,expect_cycles,expect_write",
-    [(1, 1.0, 18, [17, 18]), (1, 0.0, 4, [4, 4]), (2, 1.0, 20, [17, 20]), (2, 0.0, 5, [5, 5])],
+    [(1, 1.0, 19, [18, 19]), (1, 0.0, 5, [5, 5]), (2, 1.0, 21, [18, 21]), (2, 0.0, 6, [6, 6])],
 )
 def test_write_cycles_hand_worked(stride, rate, expect_cycles, expect_write):
     # P = 2, L = 4, K = 1, G = 2, c_in = 8 (two segments of one chunk), c_out = 2, 1x1: one round of one
     # beat per phase; channel 0 (group 0) reads segment 0 in phase 1 and segment 1 in phase 2, channel 1
-    # the other way round; input banks = word mod 2.
+    # the other way round; input banks = word mod 2. (Cycle numbers below as with a one-cycle SETUP;
+    # SETUP takes P = 2 cycles: every one is 1 later.)
     # Stride 1: a chunk's plane is 1 word, so phase 1 reads words 0 and 1 (two banks). SETUP is cycle 1,
     # the phase-1 beat cycle 2, its write-back cycle 4 (DRAIN1 = 3, 4); gated on: PREP 5 (read, start),
     # 6-10 (form: 2 inserted + 1 + 2 members; weight banks 0 and 1, input words 1 and 0), take 11; the beat

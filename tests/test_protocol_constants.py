@@ -44,9 +44,9 @@ def test_registers_and_counters_are_the_spec_table():
     assert protocol.CONFIG_REGISTERS == (
         "dense", "kernel", "stride", "n_cond", "c_out", "h_in", "w_in", "h_out", "w_out", "pad_top",
         "pad_left", "seg_b", "seg_c", "c_og", "plane", "in_seg", "w_gap", "w_seg", "row_step", "in_origin",
-        "x_in", "x_wrap", "x_res", "y_in", "y_wrap", "y_res", "run", "queue_len", "half",
+        "x_in", "x_wrap", "x_res", "y_in", "y_wrap", "y_res", "run", "queue_len", "half", "ia_plane",
     )  # fmt: skip
-    assert [r.value for r in protocol.ConfigRegister] == list(range(29))
+    assert [r.value for r in protocol.ConfigRegister] == list(range(30))
     assert REGISTER_LIMIT == 65_535
     assert protocol.COUNTER_NAMES == (
         "cycles", "base_macs", "cond_macs", "busy_pe_cycles", "idle_pe_cycles", "stall_cycles", "gates_on",
@@ -71,8 +71,9 @@ def test_register_values_follow_the_address_map():
         6, 65_536 - 5, 1,  # x_in = Wp/2, x_wrap = 1 − Wp/2, x_res = −1 mod 2
         60, 65_536 - 48, 0,  # y_in = Hp/2·Wp = 5·12, y_wrap = Wp − 60, y_res = −2 mod 2
         0, 0, 0,  # run FULL, queue_len (PHASE2 only), half
+        36,  # ia_plane = h_out·Wp = 3·12
     ]  # fmt: skip
-    assert g.registers(layer, run=protocol.RunMode.PHASE2, queue_len=17, half=1)[-3:] == [2, 17, 1]
+    assert g.registers(layer, run=protocol.RunMode.PHASE2, queue_len=17, half=1)[-4:-1] == [2, 17, 1]
     # G = 1 (fixed base fraction), dense: two segments, every output channel in group 0.
     layer = EngineConfig().for_layer(kernel=3, stride=1, padding=1, groups=1)
     g = TileGeometry(20, 5, 4, 4, 4, 4, 1, 1, base_channels=12, dense=True)
@@ -80,7 +81,8 @@ def test_register_values_follow_the_address_map():
     # plane 16, in_seg 2·16 (12 base channels: 2 chunks), base weights 2 chunks · 9 taps · 5 channels = 90,
     # up to a multiple of 8 banks: w_gap 6, w_seg 96; row_step 4 − 4 + 1; in_origin −(1·4 + 1); stride 1:
     # x_in = Wp (unused), x_wrap = 1, y_in = Hp·Wp (unused), y_wrap = Wp, residues 0
-    assert g.registers(layer)[14:] == [16, 32, 6, 96, 1, 65_536 - 5, 4, 1, 0, 16, 4, 0, 0, 0, 0]
+    # ia_plane = h_out·Wp = 4·4
+    assert g.registers(layer)[14:] == [16, 32, 6, 96, 1, 65_536 - 5, 4, 1, 0, 16, 4, 0, 0, 0, 0, 16]
 
 
 def test_a_build_runs_layers_up_to_its_maxima():

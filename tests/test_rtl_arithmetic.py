@@ -58,6 +58,8 @@ def test_const_mul_multiplies_without_operator(constant):
         (3, 2, 6, 2, 2, 5, (1, 0), 3),
         (8, 1, 2, 1, 1, 3, (0, 0), 1),
         (5, 3, 4, 2, 3, 9, (2, 1), 2),
+        (8, 2, 24, 1, 2, 4, (1, 1), 24),  # a round spans 4 channels: the step carries into co and g
+        (7, 1, 9, 3, 3, 3, (0, 0), 3),  # P = 7 = w_out·h_out − 2: every round wraps oy, cb wraps mod 7
     ],
 )
 def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, groups):
@@ -80,9 +82,12 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
         ctx.set(dut.pad_left, left)
         ctx.set(dut.in_origin, origin & in_mask)
         ctx.set(dut.row_step, wp - w_out + 1)
-        ctx.set(dut.clear, 1)
-        await ctx.tick()
-        ctx.set(dut.clear, 0)
+        ctx.set(dut.ia_plane, h_out * wp)
+        ctx.set(dut.init, 1)  # SETUP: P cycles, init_last in the last
+        for k in range(pes):
+            assert ctx.get(dut.init_last) == (k == pes - 1)
+            await ctx.tick()
+        ctx.set(dut.init, 0)
         for r in range(-(-n // pes)):
             for i in range(pes):
                 a = r * pes + i
@@ -91,7 +96,9 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
                 yt, xt = oy * stride - top, ox * stride - left
                 assert (ptr.yt, ptr.xt) == (yt, xt)
                 assert ptr.ia == (origin + oy * wp + ox) & in_mask  # one word per column: deinterleaved
-                assert ctx.get(dut.coords[i]).g == co // opg
+                got = ctx.get(dut.coords[i])
+                assert (got.lin, got.co, got.oy, got.ox) == (a, co, oy, ox)
+                assert (got.g, got.cb, got.cr) == (co // opg, co % pes, co // pes)
             after = (r + 1) * pes
             assert ctx.get(dut.next_co) == after // (h_out * w_out)
             ctx.set(dut.advance, 1)

@@ -121,9 +121,10 @@ def test_coordinate_chain_enumerates_activations(pes, c_out, h, w, groups):
         ctx.set(dut.h_out, h)
         ctx.set(dut.w_out, w)
         ctx.set(dut.out_per_group, c_out // groups)
-        ctx.set(dut.clear, 1)
-        await ctx.tick()
-        ctx.set(dut.clear, 0)
+        ctx.set(dut.init, 1)
+        for _ in range(pes):
+            await ctx.tick()
+        ctx.set(dut.init, 0)
         for r in range(rounds):
             for i in range(pes):
                 a = r * pes + i

@@ -116,7 +116,7 @@ def _spec_schedule(config: EngineConfig, tile: Tile, gates: np.ndarray):
     b1, b2 = _beats(config, tile)
     r1 = -(-n // p)
     write = np.zeros(n, dtype=np.int64)
-    cycles = 1  # SETUP
+    cycles = p  # SETUP: one PE's activation per cycle
     for r in range(r1):  # phase 1: round r's last beat, then its write-back two cycles later
         cycles += spec_round_cycles(config, tile, r)
         write[r * p : (r + 1) * p] = cycles + 2

@@ -518,7 +518,8 @@ def _paced_cases(name: str) -> list[CosimCase]:
 
 
 def _reset_cases(name: str) -> list[CosimCase]:
-    """Runs aborted by a reset at chosen cycles of the busy period (SETUP, phase 1, phase 2, the last busy
+    """Runs aborted by a reset at chosen cycles of the busy period (SETUP's first and second of its P
+    cycles, phase 1, phase 2, the last busy
     cycle), each followed by a normal run that must match the model. What the spec requires after reset
     (docs/microarchitecture.md section 4, "Reset"), and what the testbench checks: the engine is idle in
     the cycle after rst falls (busy and done low, load.ready and req.ready high, resp.valid low), done
@@ -546,6 +547,8 @@ def _reset_cases(name: str) -> list[CosimCase]:
         again(dense, "all"),
         abort(dense, 1, "SETUP", load="none"),
         again(dense, "registers"),
+        abort(gated, 2, "SETUP's second cycle (the chain half loaded)"),
+        again(gated, "registers"),
         abort(gated, g_cycles, "the last busy cycle", reset_cycles=2),
         again(gated, "registers"),
         abort(dense, d_cycles // 2, "phase 1 (dense)"),
