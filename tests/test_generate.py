@@ -77,7 +77,9 @@ def test_registers_have_no_power_up_value(tmp_path):
     which starts them unknown). The only initialized regs left are yosys's own trigger for each
     ``always @*`` block (``$auto$verilog_backend...dump_module``), which no clocked process assigns."""
     text = generate_verilog(SMALL, tmp_path).read_text()
-    initialized = [line.strip() for line in text.splitlines() if line.lstrip().startswith("reg ") and " = " in line]
+    initialized = [
+        line.strip() for line in text.splitlines() if line.lstrip().startswith("reg ") and " = " in line
+    ]
     assert initialized, "the check sees yosys's always @* triggers"
     assert all("$auto$verilog_backend" in line for line in initialized), initialized[:5]
     clocked = [line for line in text.splitlines() if "always @(posedge clk)" in line]
