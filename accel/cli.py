@@ -184,6 +184,8 @@ def _synthesize(vpath, shown: str, timeout: float, ecp5: bool) -> dict:
         f"generic: {g.cells} cells, {g.flip_flops} flip-flops, {len(g.memories)} memories of "
         f"{g.memory_bits} bits, longest path {g.longest_path} logic levels ({g.seconds:.1f} s)"
     )
+    if g.longest_path_nets:
+        print(f"  longest path through (level: net): {', '.join(printable(n) for n in g.longest_path_nets)}")
     print(f"  {'memory':<10} {'width':>6} {'depth':>7} {'bits':>10} {'read':>5} {'write':>5}")
     for m in g.memories:
         name = printable(m.name)

@@ -46,14 +46,18 @@ def pointer_layout(config: EngineConfig) -> data.StructLayout:
     ``ia``: input word of tap (0, 0) in chunk 0, ``in_origin + oy·Wp + ox`` in the plane deinterleaved by
     the stride (docs/microarchitecture.md, section 3) modulo the input address width; ``yt``, ``xt``: the
     input row and column of tap (0, 0), ``oy·S − pad_top`` and
-    ``ox·S − pad_left`` (signed). (No weight pointer: the weights are channel-minor, an activation's
-    word of a beat is the beat's word plus its ``co``.)
+    ``ox·S − pad_left`` (signed); ``y_left``, ``x_left``: ``h_in − yt`` and ``w_in − xt``, the input
+    rows and columns from tap (0, 0) to the tile's edge (the padding test reads their sign and high
+    bits: no subtraction between the PE's registers and its bank request). (No weight pointer: the
+    weights are channel-minor, an activation's word of a beat is the beat's word plus its ``co``.)
     """
     return data.StructLayout(
         {
             "ia": unsigned(addr_width(config.input_depth)),
             "yt": signed(DIM + 2),
             "xt": signed(DIM + 2),
+            "y_left": signed(DIM + 3),
+            "x_left": signed(DIM + 3),
         }
     )
 
@@ -85,6 +89,8 @@ class CoordinateChain(wiring.Component):
         Output channels per group (``C_out / G``; ``C_out`` when G = 1).
     pad_top, pad_left : In(16)
         The tile's padding (``yt``, ``xt`` of activation 0 are their negations).
+    h_in, w_in : In(16)
+        Input rows and columns of the tile (for ``y_left``, ``x_left``).
     in_origin : In(input address width)
         ``ia`` of activation 0: the word of its tap (0, 0) (``spec.tile.TileGeometry.tap_offsets``).
     row_step : In(input address width)
@@ -124,6 +130,8 @@ class CoordinateChain(wiring.Component):
                 "out_per_group": In(DIM),
                 "pad_top": In(DIM),
                 "pad_left": In(DIM),
+                "h_in": In(DIM),
+                "w_in": In(DIM),
                 "in_origin": In(in_aw),
                 "row_step": In(in_aw),
                 "ia_plane": In(in_aw),
@@ -179,9 +187,9 @@ class CoordinateChain(wiring.Component):
             loaded.coord.eq(walk.coord),
             loaded.col.eq(walk.col),
             loaded.pointer.ia.eq(self.in_origin + walk.ia),
-            loaded.pointer.yt.eq(times_stride(walk.coord.oy, "walk_yt") - self.pad_top),
-            loaded.pointer.xt.eq(times_stride(walk.coord.ox, "walk_xt") - self.pad_left),
         ]
+        m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.oy, "walk_yt"), "y")
+        m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.ox, "walk_xt"), "x")
         for i, pe in enumerate(pes):
             m.d.comb += [self.coords[i].eq(pe.coord), self.pointers[i].eq(pe.pointer)]
             nxt = self._add_step(m, i, pe, step, pe_layout, times_stride)
@@ -227,10 +235,21 @@ class CoordinateChain(wiring.Component):
         ]
         return nxt
 
+    def _place(self, pointer, scaled, axis):
+        """``yt = oy·S − pad_top`` and ``y_left = h_in − yt`` from ``scaled = oy·S`` (``axis`` "y"), or
+        the column's ``xt``, ``x_left`` (``axis`` "x"): two subtractions side by side."""
+        pad, extent = (self.pad_top, self.h_in) if axis == "y" else (self.pad_left, self.w_in)
+        return [
+            pointer[f"{axis}t"].eq(scaled - pad),
+            pointer[f"{axis}_left"].eq(extent + pad - scaled),
+        ]
+
     def _add_step(self, m, i, pe, step, layout, times_stride):
         """PE ``i``'s activation P further on: ``pe`` plus the round's step, digit by digit. Each digit's
         sum is below twice its radix (both terms are digits, plus a carry of one), so one subtraction of
-        the radix, taken when it does not go negative, is the whole carry rule."""
+        the radix, taken when it does not go negative, is the whole carry rule. Every digit after the
+        first is computed for both carries in and chosen by the carry (a carry-select): the carries pass
+        through multiplexers, not adders."""
         c, d = pe.coord, step.coord
         nxt = data.View(layout, Signal(layout.size, name=f"pe{i}_next"))
 
@@ -242,25 +261,36 @@ class CoordinateChain(wiring.Component):
             out = ~over[-1]
             return Mux(out, over[:width], total[:width]), out
 
+        def select(name, a, b, carry, radix, width):  # digit() for both carries in, chosen by `carry`
+            (v0, c0), (v1, c1) = (digit(f"{name}{k}", a, b, k, radix, width) for k in (0, 1))
+            return Mux(carry, v1, v0), Mux(carry, c1, c0)
+
+        def plus(a, b, carry):  # a + b + carry, both sums formed at once
+            return Mux(carry, a + b + 1, a + b)
+
         ox, cx = digit("ox", c.ox, d.ox, 0, self.w_out, DIM)
-        oy, cy = digit("oy", c.oy, d.oy, cx, self.h_out, DIM)
-        col, cc = digit("col", pe.col, step.col, cy, self.out_per_group, DIM)
+        oy, cy = select("oy", c.oy, d.oy, cx, self.h_out, DIM)
+        col, cc = select("col", pe.col, step.col, cy, self.out_per_group, DIM)
         cb_width = len(c.cb)
-        cb, cbc = digit("cb", c.cb, d.cb, cy, Const(self._config.pes, cb_width + 1), cb_width)
-        row_step, ia_plane = self.row_step, self.ia_plane
+        cb, cbc = select("cb", c.cb, d.cb, cy, Const(self._config.pes, cb_width + 1), cb_width)
+        # ia = in_origin + oy·Wp + ox: the step's oy·Wp + ox, a row's Wp − w_out when ox carried
+        # (row_step − 1), less h_out·Wp when oy did; the four sums at once, chosen by the carries.
+        ia = Signal.like(pe.pointer.ia, name=f"pe{i}_ia_step")
+        m.d.comb += ia.eq(pe.pointer.ia + step.ia)
+        row, plane = self.row_step - 1, self.ia_plane
+        ia_x = Mux(cx, ia + row, ia)
+        ia_xy = Mux(cx, ia + row - plane, ia - plane)
         m.d.comb += [
             nxt.coord.ox.eq(ox),
             nxt.coord.oy.eq(oy),
-            nxt.coord.co.eq(c.co + d.co + cy),
+            nxt.coord.co.eq(plus(c.co, d.co, cy)),
             nxt.col.eq(col),
-            nxt.coord.g.eq(c.g + d.g + cc),
+            nxt.coord.g.eq(plus(c.g, d.g, cc)),
             nxt.coord.cb.eq(cb),
-            nxt.coord.cr.eq(c.cr + d.cr + cbc),
+            nxt.coord.cr.eq(plus(c.cr, d.cr, cbc)),
             nxt.coord.lin.eq(c.lin + self._config.pes),
-            # ia = in_origin + oy·Wp + ox: the step's oy·Wp + ox, a row's Wp − w_out when ox carried
-            # (row_step − 1), less h_out·Wp when oy did.
-            nxt.pointer.ia.eq(pe.pointer.ia + step.ia + Mux(cx, row_step - 1, 0) - Mux(cy, ia_plane, 0)),
-            nxt.pointer.yt.eq(times_stride(oy, f"pe{i}_yt") - self.pad_top),
-            nxt.pointer.xt.eq(times_stride(ox, f"pe{i}_xt") - self.pad_left),
+            nxt.pointer.ia.eq(Mux(cy, ia_xy, ia_x)),
         ]
+        m.d.comb += self._place(nxt.pointer, times_stride(oy, f"pe{i}_yt"), "y")
+        m.d.comb += self._place(nxt.pointer, times_stride(ox, f"pe{i}_xt"), "x")
         return nxt

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, unsigned
+from amaranth.hdl import Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -64,14 +64,19 @@ class PerfCounters(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         w = self._config.counter_width
-        cycles, base, cond, busy_pe, stalls = (
-            Signal(w, name=n) for n in ("cycles", "base", "cond", "busy_pe", "stalls")
+        cycles, base, cond, busy_pe, idle, stalls = (
+            Signal(w, name=n) for n in ("cycles", "base", "cond", "busy_pe", "idle", "stalls")
         )
+        P = self._config.pes
         macs = self.valid_pes * self.lanes
+        # idle PE-cycles = P·cycles − busy_pe_cycles, kept as a counter of its own (P − valid PEs per issue
+        # cycle, P per other busy cycle): the unload reads a register, not a subtraction of two.
+        idle_step = Signal(range(P + 1))
+        m.d.comb += idle_step.eq(Mux(self.issue, P - self.valid_pes, P))
         with m.If(self.clear):
-            m.d.sync += [c.eq(0) for c in (cycles, base, cond, busy_pe, stalls)]
+            m.d.sync += [c.eq(0) for c in (cycles, base, cond, busy_pe, idle, stalls)]
         with m.Elif(self.busy):
-            m.d.sync += cycles.eq(cycles + 1)
+            m.d.sync += [cycles.eq(cycles + 1), idle.eq(idle + idle_step)]
             with m.If(self.issue):
                 m.d.sync += busy_pe.eq(busy_pe + self.valid_pes)
                 with m.If(self.phase2):
@@ -80,7 +85,6 @@ class PerfCounters(wiring.Component):
                     m.d.sync += base.eq(base + macs)
             with m.Else():
                 m.d.sync += stalls.eq(stalls + 1)
-        idle = cycles * self._config.pes - busy_pe
         values = {
             Counter.CYCLES: cycles,
             Counter.BASE_MACS: base,

@@ -74,19 +74,20 @@ def _negate_low(value, n: int) -> Value:
     return Cat(value[i] ^ value[:i].any() if i else value[0] for i in range(n))
 
 
-def _tap_box(m: Module, i: int, config: EngineConfig, yt, xt, h_in, w_in) -> data.View:
-    """:func:`box_layout` of PE ``i``'s activation, whose tap (0, 0) lies at row ``yt``, column ``xt``."""
+def _tap_box(m: Module, i: int, config: EngineConfig, pointer) -> data.View:
+    """:func:`box_layout` of PE ``i``'s activation, whose tap (0, 0) lies at row ``yt``, column ``xt``, with
+    ``y_left = h_in − yt`` rows and ``x_left = w_in − xt`` columns to the tile's edge (the chain's
+    running pointers: sign bits and high bits only, no subtraction here)."""
     layout = box_layout(config)
     box = data.View(layout, Signal(layout.size, name=f"box{i}"))
     k_max = config.kernel
     bits = k_max.bit_length()
-    for axis, t, extent in (("y", yt, h_in), ("x", xt, w_in)):
-        left = Signal(signed(max(len(t), len(extent) + 1) + 1), name=f"{axis}_left{i}")  # extent − t
+    for axis in ("y", "x"):
+        t, left = pointer[f"{axis}t"], pointer[f"{axis}_left"]
         # (sign bits and, for K_max = 2^n − 1, high bits instead of compares with constants)
         beyond = left[bits:].any() if k_max == (1 << bits) - 1 else left > k_max
         m.d.comb += [
             box[f"{axis}_lo"].eq(Mux(t[-1], _negate_low(t, len(box[f"{axis}_lo"])), 0)),  # −t <= padding
-            left.eq(extent - t),
             box[f"{axis}_end"].eq(Mux(left[-1], 0, Mux(beyond, k_max, left[:bits]))),
         ]
     return box
@@ -305,6 +306,8 @@ class GatedConvEngine(wiring.Component):
             chain.out_per_group.eq(reg["c_og"]),
             chain.pad_top.eq(reg["pad_top"]),
             chain.pad_left.eq(reg["pad_left"]),
+            chain.h_in.eq(reg["h_in"]),
+            chain.w_in.eq(reg["w_in"]),
             chain.in_origin.eq(reg["in_origin"].as_signed()),  # sign-extended to the address width
             chain.row_step.eq(reg["row_step"].as_signed()),
             chain.ia_plane.eq(reg["ia_plane"]),
@@ -498,7 +501,7 @@ class GatedConvEngine(wiring.Component):
                     work.act.co.eq(chain.coords[i].co),  # (cut: a valid PE's co is below threshold_depth)
                     work.act.g.eq(chain.coords[i].g),
                     work.act.ia.eq(ptr.ia),
-                    work.act.box.eq(_tap_box(m, i, cfg, ptr.yt, ptr.xt, reg["h_in"], reg["w_in"])),
+                    work.act.box.eq(_tap_box(m, i, cfg, ptr)),
                     work.lin.eq(chain.coords[i].lin),
                 ]
             m.d.comb += valid[i].eq(Mux(phase2, p2_valid[i], _below(chain.coords[i].co, reg["c_out"])))

@@ -62,6 +62,8 @@ ECP5_LUTRAM, ECP5_CARRY = "TRELLIS_DPR16X4", "CCU2C"
 
 _SCOPEINFO = "$scopeinfo"  # hierarchy markers flattening leaves behind, not hardware: not counted
 _LTP = re.compile(r"Longest topological path in \S+ \(length=(\d+)\)")
+# A node of ltp's path: "   33: \\pe2 [34] (via ...)" (level, or "ff" for the flip-flop the path ends in)
+_LTP_NODE = re.compile(r"^\s*(\d+|ff): \\(\S+)(?: \[(\d+)\])?", re.MULTILINE)
 _LIBMAP = re.compile(r"^mapping memory (\S+) via (\S+)", re.MULTILINE)
 
 
@@ -92,6 +94,8 @@ class GenericFigures:
     flip_flops: int  # single-bit flip-flop and latch cells
     memories: tuple[MemoryInfo, ...]
     longest_path: int  # logic levels of the longest combinational path (flip-flops and memories cut it)
+    # the named nets it passes, in order, as "level: net[bit]" (yosys's own $-named nets left out)
+    longest_path_nets: tuple[str, ...]
     cells_by_type: dict[str, int]
     seconds: float
 
@@ -333,11 +337,22 @@ def _generic(
     lengths = [int(n) for n in _LTP.findall(ltp)]
     if not lengths:
         raise SynthError(f"{source}: yosys's ltp printed no longest path: {_first_error(ltp)}")
+    longest = max(lengths)
+    # the longest one's nodes: ltp prints one path per module (after flatten, one), its nodes below it
+    heads = list(_LTP.finditer(ltp))
+    head = next(h for h in heads if int(h.group(1)) == longest)
+    end = next((h.start() for h in heads if h.start() > head.start()), len(ltp))
+    nets = tuple(
+        f"{level}: {name}" + (f"[{bit}]" if bit else "")
+        for level, name, bit in _LTP_NODE.findall(ltp[head.end() : end])
+        if not name.startswith("$")
+    )
     figures = GenericFigures(
         cells=int(entry["num_cells"]) - scopes,
         flip_flops=sum(n for t, n in by_type.items() if _is_flip_flop(t)),
         memories=memories,
-        longest_path=max(lengths),
+        longest_path=longest,
+        longest_path_nets=nets,
         cells_by_type=dict(sorted(by_type.items())),
         seconds=round(seconds, 2),
     )

@@ -71,6 +71,7 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
     opg = c_out // groups
     top, left = pad
     wp = -(-w_in // stride) * stride  # the input plane's row pitch, w_in rounded up to the stride
+    h_in = h_out * stride + 1  # (any extent: only y_left depends on it)
     origin = -top * wp - left - 1000  # any word (the host's tap (0, 0) word; negative wraps)
 
     async def bench(ctx):
@@ -83,6 +84,8 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
         ctx.set(dut.in_origin, origin & in_mask)
         ctx.set(dut.row_step, wp - w_out + 1)
         ctx.set(dut.ia_plane, h_out * wp)
+        ctx.set(dut.h_in, h_in)
+        ctx.set(dut.w_in, w_in)
         ctx.set(dut.init, 1)  # SETUP: P cycles, init_last in the last
         for k in range(pes):
             assert ctx.get(dut.init_last) == (k == pes - 1)
@@ -95,6 +98,7 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
                 ptr = ctx.get(dut.pointers[i])
                 yt, xt = oy * stride - top, ox * stride - left
                 assert (ptr.yt, ptr.xt) == (yt, xt)
+                assert (ptr.y_left, ptr.x_left) == (h_in - yt, w_in - xt)  # rows, columns to the edge
                 assert ptr.ia == (origin + oy * wp + ox) & in_mask  # one word per column: deinterleaved
                 got = ctx.get(dut.coords[i])
                 assert (got.lin, got.co, got.oy, got.ox) == (a, co, oy, ox)

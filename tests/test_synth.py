@@ -4,9 +4,9 @@ One synthesis of a small configuration (P = 2, L = 2; here about 15 s for the ge
 by side) serves every test: it is run once through the command line, its ``synth.json`` and printed table
 are shared by the tests, and by every pytest-xdist worker (a lock file in the session's temporary folder).
 The expected memories, widths, depths and port counts are derived from the configuration and the engine's
-structure (rtl/engine.py: input and weight buffers have P read ports and one write port, the threshold
-buffer, the output buffer and the work queue P banks of one read and one write port each), not copied from
-yosys.
+structure (rtl/engine.py: every buffer is banks of one read and one write port, each bank holding two
+halves), not copied from yosys. A second shared run synthesizes the default configuration, generic and ECP5,
+and a third its dense baseline, generic only.
 """
 
 from __future__ import annotations
@@ -77,11 +77,9 @@ def synth_run(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def synth_default(tmp_path_factory) -> dict:
-    """``accel rtl --out DIR --synth --no-ecp5`` of the default configuration (about two minutes here):
-    the build that runs every layer of the shipped traces. Its ECP5 synthesis takes about ten minutes
-    since the buffers were double-buffered (docs/performance.md) and is measured outside CI; ECP5 runs on
-    CI for the smaller build of :func:`synth_run`."""
-    return _shared_run(tmp_path_factory, "synth-default", "--no-ecp5")
+    """``accel rtl --out DIR --synth`` of the default configuration, generic and ECP5 side by side (about
+    three minutes here, docs/performance.md): the build that runs every layer of the shipped traces."""
+    return _shared_run(tmp_path_factory, "synth-default")
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +142,7 @@ def test_every_buffer_is_one_memory_with_its_width_depth_and_ports(synth_run):
 def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     """The default configuration (the one build for every layer) synthesizes with each buffer one memory
     of its width, depth and ports, and nothing exploded into flip-flops (one 4096-entry buffer would add
-    more than 100 k), in the generic synthesis (ECP5: docs/performance.md, and on CI the smaller build)."""
+    more than 100 k), in the generic synthesis, and every bank a block RAM on ECP5."""
     generic = synth_default["synth"]["generic"]
     found = {
         m["name"]: (m["width"], m["depth"], m["read_ports"], m["write_ports"]) for m in generic["memories"]
@@ -153,7 +151,13 @@ def test_the_default_build_keeps_every_buffer_as_memory(synth_default):
     assert found == expected
     assert generic["cells_by_type"]["$mem_v2"] == len(expected)
     assert 0 < generic["flip_flops"] < 20_000  # about 7.5 k, 4 k of them the selection window (W = 24)
-    assert "ecp5" not in synth_default["synth"]  # (see the fixture)
+    ecp5 = synth_default["synth"]["ecp5"]
+    assert set(ecp5["memory_mapping"]) == set(expected)
+    assert not ecp5["memories_as_flip_flops"]
+    # 18-Kbit block RAMs only: a bank of 1024 x 64 takes four, of 512 x 64 two, the small ones one each
+    assert set(ecp5["memory_mapping"].values()) <= {"DP16KD", "PDPW16KD"}
+    assert ecp5["block_ram"] <= 208  # the largest ECP5 (LFE5U-85) has 208
+    assert ecp5["dsp"] >= EngineConfig().pes * EngineConfig().lanes
 
 
 @needs_yosys
@@ -168,6 +172,11 @@ def test_generic_figures(synth_run):
     assert not coarse  # every word-level cell mapped to gates
     # a P x L x 8-bit MAC array, an adder tree and a 32-bit accumulator: dozens of levels at least
     assert generic["longest_path"] > 10
+    # the named nets on it, in order: it starts at level 0 and no level lies past its length
+    nets = generic["longest_path_nets"]
+    assert nets and nets[0].startswith("0: ")
+    levels = [int(n.split(":")[0]) for n in nets if not n.startswith("ff:")]
+    assert levels == sorted(levels) and levels[-1] <= generic["longest_path"]
     assert generic["seconds"] > 0
     assert synth_run["synth"]["yosys"].startswith("Yosys ")
 
@@ -209,6 +218,7 @@ def test_cli_writes_synth_json_and_prints_the_table(synth_run):
     generic = synth_run["synth"]["generic"]
     assert f"{generic['flip_flops']} flip-flops" in out
     assert f"longest path {generic['longest_path']} logic levels" in out
+    assert "longest path through (level: net): " + ", ".join(generic["longest_path_nets"]) in out
     for m in generic["memories"]:
         row = f"{m['name']} {m['width']} {m['depth']} {m['bits']} {m['read_ports']} {m['write_ports']}"
         assert row in " ".join(out.split()), row
