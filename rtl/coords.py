@@ -44,18 +44,19 @@ def pointer_layout(config: EngineConfig) -> data.StructLayout:
     """Running pointers of one activation (docs/microarchitecture.md, "Address generation").
 
     ``ia``: input word of tap (0, 0) in chunk 0, ``in_origin + oy·Wp + ox`` in the plane deinterleaved by
-    the stride (docs/microarchitecture.md, section 3) modulo the input address width; ``yt``, ``xt``: the
-    input row and column of tap (0, 0), ``oy·S − pad_top`` and
-    ``ox·S − pad_left`` (signed); ``y_left``, ``x_left``: ``h_in − yt`` and ``w_in − xt``, the input
-    rows and columns from tap (0, 0) to the tile's edge (the padding test reads their sign and high
-    bits: no subtraction between the PE's registers and its bank request). (No weight pointer: the
-    weights are channel-minor, an activation's word of a beat is the beat's word plus its ``co``.)
+    the stride (docs/microarchitecture.md, section 3) modulo the input address width; ``y_pad``,
+    ``x_pad``: the rows and columns of padding before tap (0, 0), ``pad_top − oy·S`` and
+    ``pad_left − ox·S`` (negative once the tap lies inside); ``y_left``, ``x_left``: the input rows and
+    columns from tap (0, 0) to the tile's far edge, ``h_in + pad_top − oy·S`` and ``w_in + pad_left −
+    ox·S``. The padding test reads their sign and low bits: no subtraction between the PE's registers
+    and its bank request. (No weight pointer: the weights are channel-minor, an activation's word of a
+    beat is the beat's word plus its ``co``.)
     """
     return data.StructLayout(
         {
             "ia": unsigned(addr_width(config.input_depth)),
-            "yt": signed(DIM + 2),
-            "xt": signed(DIM + 2),
+            "y_pad": signed(DIM + 3),
+            "x_pad": signed(DIM + 3),
             "y_left": signed(DIM + 3),
             "x_left": signed(DIM + 3),
         }
@@ -88,7 +89,7 @@ class CoordinateChain(wiring.Component):
     out_per_group : In(16)
         Output channels per group (``C_out / G``; ``C_out`` when G = 1).
     pad_top, pad_left : In(16)
-        The tile's padding (``yt``, ``xt`` of activation 0 are their negations).
+        The tile's padding (``y_pad``, ``x_pad`` of activation 0).
     h_in, w_in : In(16)
         Input rows and columns of the tile (for ``y_left``, ``x_left``).
     in_origin : In(input address width)
@@ -157,12 +158,21 @@ class CoordinateChain(wiring.Component):
                     m.d.comb += S.eq(stride)
 
         def times_stride(value, name):  # value·S, S at most the build's stride: shifts and adds, by a case
-            out = Signal(signed(DIM + 2), name=name)
+            out = Signal(DIM + 2, name=name)
             with m.Switch(self.stride):
-                for stride in range(1 << len(self.stride)):
+                for stride in range(1, cfg.stride + 1):
                     with m.Case(stride):
-                        m.d.comb += out.eq(const_mul(value, stride) if stride else 0)
+                        m.d.comb += out.eq(const_mul(value, stride))
+                with m.Default():
+                    m.d.comb += out.eq(0)
             return out
+
+        # The far edges from tap (0, 0)'s origin: h_in + pad_top rows, w_in + pad_left columns (shared).
+        self._edge = {}
+        for axis, pad, extent in (("y", self.pad_top, self.h_in), ("x", self.pad_left, self.w_in)):
+            edge = Signal(DIM + 1, name=f"{axis}_edge")
+            m.d.comb += edge.eq(extent + pad)  # (the sum's width: no bit unread)
+            self._edge[axis] = edge
 
         # The stepper: activation k of the walk, ``ia`` relative to ``in_origin`` (oy·Wp + ox).
         step_layout = data.StructLayout(
@@ -181,6 +191,13 @@ class CoordinateChain(wiring.Component):
         with m.If(self.init):
             m.d.sync += step.eq(self._increment(m, walk, S))
 
+        # What ia adds beside the step when ox carries (row_step − 1), and when both carry (less ia_plane).
+        self._ia_row = Signal(in_aw, name="ia_row")
+        self._ia_row_plane = Signal(in_aw, name="ia_row_plane")
+        m.d.comb += [
+            self._ia_row.eq(self.row_step - 1),
+            self._ia_row_plane.eq(self._ia_row - self.ia_plane),
+        ]
         pes = [data.View(pe_layout, Signal(pe_layout.size, name=f"pe{i}", reset_less=True)) for i in range(P)]
         loaded = data.View(pe_layout, Signal(pe_layout.size, name="loaded"))  # activation k, absolute
         m.d.comb += [
@@ -188,8 +205,8 @@ class CoordinateChain(wiring.Component):
             loaded.col.eq(walk.col),
             loaded.pointer.ia.eq(self.in_origin + walk.ia),
         ]
-        m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.oy, "walk_yt"), "y")
-        m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.ox, "walk_xt"), "x")
+        m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.oy, "walk_oys"), "y")
+        m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.ox, "walk_oxs"), "x")
         for i, pe in enumerate(pes):
             m.d.comb += [self.coords[i].eq(pe.coord), self.pointers[i].eq(pe.pointer)]
             nxt = self._add_step(m, i, pe, step, pe_layout, times_stride)
@@ -236,12 +253,12 @@ class CoordinateChain(wiring.Component):
         return nxt
 
     def _place(self, pointer, scaled, axis):
-        """``yt = oy·S − pad_top`` and ``y_left = h_in − yt`` from ``scaled = oy·S`` (``axis`` "y"), or
-        the column's ``xt``, ``x_left`` (``axis`` "x"): two subtractions side by side."""
-        pad, extent = (self.pad_top, self.h_in) if axis == "y" else (self.pad_left, self.w_in)
+        """``y_pad = pad_top − oy·S`` and ``y_left = h_in − oy·S + pad_top`` from ``scaled = oy·S`` (``axis``
+        "y"), or the column's ``x_pad``, ``x_left`` (``axis`` "x"): two subtractions side by side."""
+        pad = self.pad_top if axis == "y" else self.pad_left
         return [
-            pointer[f"{axis}t"].eq(scaled - pad),
-            pointer[f"{axis}_left"].eq(extent + pad - scaled),
+            pointer[f"{axis}_pad"].eq(pad - scaled),
+            pointer[f"{axis}_left"].eq(self._edge[axis] - scaled),
         ]
 
     def _add_step(self, m, i, pe, step, layout, times_stride):
@@ -253,44 +270,52 @@ class CoordinateChain(wiring.Component):
         c, d = pe.coord, step.coord
         nxt = data.View(layout, Signal(layout.size, name=f"pe{i}_next"))
 
-        def digit(name, a, b, carry, radix, width):
-            """(a + b + carry) mod radix and its carry out, for a, b < radix."""
-            total = Signal(width + 1, name=f"pe{i}_{name}_sum")
-            over = Signal(signed(width + 2), name=f"pe{i}_{name}_over")
-            m.d.comb += [total.eq(a + b + carry), over.eq(total - radix)]
-            out = ~over[-1]
-            return Mux(out, over[:width], total[:width]), out
-
-        def select(name, a, b, carry, radix, width):  # digit() for both carries in, chosen by `carry`
-            (v0, c0), (v1, c1) = (digit(f"{name}{k}", a, b, k, radix, width) for k in (0, 1))
-            return Mux(carry, v1, v0), Mux(carry, c1, c0)
+        def digit(name, a, b, carry, radix, width, named=True):
+            """(a + b + carry) mod radix and its carry out, for a, b < radix (the digit a signal when
+            ``named``: one copy for its several readers). The sum is at least the radix when its bits
+            above the radix's are set or its low bits are at least the radix; the digit is then the low
+            bits less the radix (a difference's low bits depend on its operands' low bits only): every
+            compare and subtraction on operands of one width."""
+            n = len(radix)
+            total = Signal(width + 2, name=f"pe{i}_{name}_sum")
+            out = Signal(name=f"pe{i}_{name}_carry")
+            high = total[n:].any() if len(total) > n else 0
+            m.d.comb += [total.eq(a + b + carry), out.eq(high | (total[:n] >= radix))]
+            value = Mux(out, total[:n] - radix, total[:n])
+            if named:
+                named_value = Signal(width, name=f"pe{i}_{name}")
+                m.d.comb += named_value.eq(value)
+                value = named_value
+            return value, out
 
         def plus(a, b, carry):  # a + b + carry, both sums formed at once
             return Mux(carry, a + b + 1, a + b)
 
+        # ox's carry reaches oy, whose digit is formed for both carries and chosen (y_pad, y_left wait
+        # for oy); col, cb and co take oy's carry in their adders (their paths are shorter).
         ox, cx = digit("ox", c.ox, d.ox, 0, self.w_out, DIM)
-        oy, cy = select("oy", c.oy, d.oy, cx, self.h_out, DIM)
-        col, cc = select("col", pe.col, step.col, cy, self.out_per_group, DIM)
-        cb_width = len(c.cb)
-        cb, cbc = select("cb", c.cb, d.cb, cy, Const(self._config.pes, cb_width + 1), cb_width)
+        (oy0, cy0), (oy1, cy1) = (digit(f"oy{k}", c.oy, d.oy, k, self.h_out, DIM) for k in (0, 1))
+        oy, cy = Signal(DIM, name=f"pe{i}_oy"), Signal(name=f"pe{i}_oy_carry")
+        m.d.comb += [oy.eq(Mux(cx, oy1, oy0)), cy.eq(Mux(cx, cy1, cy0))]
+        col, cc = digit("col", pe.col, step.col, cy, self.out_per_group, DIM, named=False)
+        cb, cbc = digit("cb", c.cb, d.cb, cy, Const(self._config.pes, len(c.cb) + 1), len(c.cb), named=False)
         # ia = in_origin + oy·Wp + ox: the step's oy·Wp + ox, a row's Wp − w_out when ox carried
         # (row_step − 1), less h_out·Wp when oy did; the four sums at once, chosen by the carries.
         ia = Signal.like(pe.pointer.ia, name=f"pe{i}_ia_step")
         m.d.comb += ia.eq(pe.pointer.ia + step.ia)
-        row, plane = self.row_step - 1, self.ia_plane
-        ia_x = Mux(cx, ia + row, ia)
-        ia_xy = Mux(cx, ia + row - plane, ia - plane)
+        ia_x = Mux(cx, ia + self._ia_row, ia)
+        ia_xy = Mux(cx, ia + self._ia_row_plane, ia - self.ia_plane)
         m.d.comb += [
             nxt.coord.ox.eq(ox),
             nxt.coord.oy.eq(oy),
-            nxt.coord.co.eq(plus(c.co, d.co, cy)),
+            nxt.coord.co.eq(c.co + d.co + cy),  # (oy's carry is early enough for one adder)
             nxt.col.eq(col),
             nxt.coord.g.eq(plus(c.g, d.g, cc)),
             nxt.coord.cb.eq(cb),
             nxt.coord.cr.eq(plus(c.cr, d.cr, cbc)),
-            nxt.coord.lin.eq(c.lin + self._config.pes),
+            nxt.coord.lin.eq(c.lin + Const(self._config.pes, len(c.lin))),
             nxt.pointer.ia.eq(Mux(cy, ia_xy, ia_x)),
         ]
-        m.d.comb += self._place(nxt.pointer, times_stride(oy, f"pe{i}_yt"), "y")
-        m.d.comb += self._place(nxt.pointer, times_stride(ox, f"pe{i}_xt"), "x")
+        m.d.comb += self._place(nxt.pointer, times_stride(oy, f"pe{i}_oys"), "y")
+        m.d.comb += self._place(nxt.pointer, times_stride(ox, f"pe{i}_oxs"), "x")
         return nxt

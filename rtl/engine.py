@@ -68,26 +68,20 @@ def _below(value, bound) -> Value:
     return ~value[n:].any() & (value[:n] < bound)
 
 
-def _negate_low(value, n: int) -> Value:
-    """The low ``n`` bits of ``−value``: bit ``i`` is ``value``'s bit ``i`` inverted when a lower bit is set
-    (no negation at ``value``'s full width, whose high bits would be unused)."""
-    return Cat(value[i] ^ value[:i].any() if i else value[0] for i in range(n))
-
-
 def _tap_box(m: Module, i: int, config: EngineConfig, pointer) -> data.View:
-    """:func:`box_layout` of PE ``i``'s activation, whose tap (0, 0) lies at row ``yt``, column ``xt``, with
-    ``y_left = h_in − yt`` rows and ``x_left = w_in − xt`` columns to the tile's edge (the chain's
-    running pointers: sign bits and high bits only, no subtraction here)."""
+    """:func:`box_layout` of PE ``i``'s activation from the chain's running pointers: ``y_pad`` rows of
+    padding before its tap (0, 0) (negative: none) and ``y_left`` rows from there to the tile's far edge,
+    likewise for columns. Sign bits and low bits only: no subtraction here."""
     layout = box_layout(config)
     box = data.View(layout, Signal(layout.size, name=f"box{i}"))
     k_max = config.kernel
     bits = k_max.bit_length()
     for axis in ("y", "x"):
-        t, left = pointer[f"{axis}t"], pointer[f"{axis}_left"]
+        pad, left = pointer[f"{axis}_pad"], pointer[f"{axis}_left"]
         # (sign bits and, for K_max = 2^n − 1, high bits instead of compares with constants)
         beyond = left[bits:].any() if k_max == (1 << bits) - 1 else left > k_max
         m.d.comb += [
-            box[f"{axis}_lo"].eq(Mux(t[-1], _negate_low(t, len(box[f"{axis}_lo"])), 0)),  # −t <= padding
+            box[f"{axis}_lo"].eq(Mux(pad[-1], 0, pad[: len(box[f"{axis}_lo"])])),  # padding < K
             box[f"{axis}_end"].eq(Mux(left[-1], 0, Mux(beyond, k_max, left[:bits]))),
         ]
     return box

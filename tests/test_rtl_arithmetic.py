@@ -97,7 +97,7 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
                 co, oy, ox = (int(v) for v in np.unravel_index(a, (c_out + pes, h_out, w_out)))
                 ptr = ctx.get(dut.pointers[i])
                 yt, xt = oy * stride - top, ox * stride - left
-                assert (ptr.yt, ptr.xt) == (yt, xt)
+                assert (ptr.y_pad, ptr.x_pad) == (-yt, -xt)  # rows, columns of padding before the tap
                 assert (ptr.y_left, ptr.x_left) == (h_in - yt, w_in - xt)  # rows, columns to the edge
                 assert ptr.ia == (origin + oy * wp + ox) & in_mask  # one word per column: deinterleaved
                 got = ctx.get(dut.coords[i])
