@@ -11,7 +11,7 @@ from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 from spec.protocol import REGISTER_WIDTH
 
-__all__ = ["CoordinateChain", "addr_width", "coord_layout", "pointer_layout"]
+__all__ = ["CoordinateChain", "addr_width", "base_layout", "coord_layout", "pointer_layout"]
 
 DIM = REGISTER_WIDTH  # every tile dimension fits a configuration register
 
@@ -63,6 +63,14 @@ def pointer_layout(config: EngineConfig) -> data.StructLayout:
     )
 
 
+def base_layout(config: EngineConfig) -> data.StructLayout:
+    """What an activation's operand addresses start from: its input pointer ``ia``, output channel ``co``
+    and gate group ``g`` (the engine adds the group's segment offset and the beat's pointers)."""
+    return data.StructLayout(
+        {"ia": unsigned(addr_width(config.input_depth)), "co": unsigned(DIM + 1), "g": unsigned(DIM)}
+    )
+
+
 class CoordinateChain(wiring.Component):
     """The coordinates of the P consecutive activations ``r·P … r·P + P − 1`` of round ``r``.
 
@@ -111,10 +119,18 @@ class CoordinateChain(wiring.Component):
         Running pointers of each PE's activation: the array port :attr:`pointers`.
     next_co : Out(17)
         Output channel of PE 0's activation in the next round (``co ≥ C_out``: this round is the last).
+    stepped_bits : Out(pes × base_layout bits)
+        Each PE's ``ia``, ``co``, ``g`` in the next round (what ``advance`` loads): the array port
+        :attr:`stepped`, for address registers that take the next round's addresses with it.
+    loading : Out(base_layout)
+        The ``ia``, ``co``, ``g`` of the activation ``init`` loads into PE k this cycle.
+    loading_pe : Out(pes)
+        One-hot: the PE ``init`` loads this cycle (none without ``init``).
     """
 
     coords = ArrayPort(Out)
     pointers = ArrayPort(Out)
+    stepped = ArrayPort(Out)
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
@@ -122,6 +138,7 @@ class CoordinateChain(wiring.Component):
         self.array_layouts = {
             "coords": data.ArrayLayout(coord_layout(config), config.pes),
             "pointers": data.ArrayLayout(pointer_layout(config), config.pes),
+            "stepped": data.ArrayLayout(base_layout(config), config.pes),
         }
         super().__init__(
             {
@@ -141,6 +158,8 @@ class CoordinateChain(wiring.Component):
                 "advance": In(1),
                 **ArrayPort.members(self),
                 "next_co": Out(DIM + 1),
+                "loading": Out(base_layout(config)),
+                "loading_pe": Out(config.pes),
             }
         )
 
@@ -207,12 +226,23 @@ class CoordinateChain(wiring.Component):
         ]
         m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.oy, "walk_oys"), "y")
         m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.ox, "walk_oxs"), "x")
+        m.d.comb += [
+            self.loading.ia.eq(loaded.pointer.ia),
+            self.loading.co.eq(loaded.coord.co),
+            self.loading.g.eq(loaded.coord.g),
+        ]
         for i, pe in enumerate(pes):
             m.d.comb += [self.coords[i].eq(pe.coord), self.pointers[i].eq(pe.pointer)]
             nxt = self._add_step(m, i, pe, step, pe_layout, times_stride)
+            m.d.comb += [
+                self.stepped[i].ia.eq(nxt.pointer.ia),
+                self.stepped[i].co.eq(nxt.coord.co),
+                self.stepped[i].g.eq(nxt.coord.g),
+            ]
             if i == 0:
                 m.d.comb += self.next_co.eq(nxt.coord.co)
-            with m.If(self.init & (k == i)):
+            m.d.comb += self.loading_pe[i].eq(self.init & (k == i))
+            with m.If(self.loading_pe[i]):
                 m.d.sync += pe.eq(loaded)
             with m.Elif(self.advance):
                 m.d.sync += pe.eq(nxt)
@@ -292,12 +322,16 @@ class CoordinateChain(wiring.Component):
             return Mux(carry, a + b + 1, a + b)
 
         # ox's carry reaches oy, whose digit is formed for both carries and chosen (y_pad, y_left wait
-        # for oy); col, cb and co take oy's carry in their adders (their paths are shorter).
+        # for oy); cb and co take oy's carry in their adders (their paths are shorter).
         ox, cx = digit("ox", c.ox, d.ox, 0, self.w_out, DIM)
         (oy0, cy0), (oy1, cy1) = (digit(f"oy{k}", c.oy, d.oy, k, self.h_out, DIM) for k in (0, 1))
         oy, cy = Signal(DIM, name=f"pe{i}_oy"), Signal(name=f"pe{i}_oy_carry")
         m.d.comb += [oy.eq(Mux(cx, oy1, oy0)), cy.eq(Mux(cx, cy1, cy0))]
-        col, cc = digit("col", pe.col, step.col, cy, self.out_per_group, DIM, named=False)
+        # col too (the group g, and with it the segment offset of the next round's address, waits for it)
+        (col0, cc0), (col1, cc1) = (
+            digit(f"col{k}", pe.col, step.col, k, self.out_per_group, DIM, named=False) for k in (0, 1)
+        )
+        col, cc = Mux(cy, col1, col0), Mux(cy, cc1, cc0)
         cb, cbc = digit("cb", c.cb, d.cb, cy, Const(self._config.pes, len(c.cb) + 1), len(c.cb), named=False)
         # ia = in_origin + oy·Wp + ox: the step's oy·Wp + ox, a row's Wp − w_out when ox carried
         # (row_step − 1), less h_out·Wp when oy did; the four sums at once, chosen by the carries.

@@ -11,7 +11,7 @@ from rtl.array_port import plain_view
 from rtl.banked_buffer import BankedBuffer
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
-from rtl.coords import CoordinateChain, addr_width, coord_layout
+from rtl.coords import CoordinateChain, addr_width, base_layout, coord_layout
 from rtl.counters import PerfCounters
 from rtl.mac_array import MacArray
 from rtl.one_hot import one_hot
@@ -309,8 +309,10 @@ class GatedConvEngine(wiring.Component):
         # Offsets of segment k (k base segments): k·in_seg and k·w_seg (in_seg = nch_b·Hp·Wp, w_seg a base
         # segment's weights rounded up to the banks), k below the largest G,
         # as shift-and-add multiples of the host's steps; PE i's own group picks its entry in gated phase 1.
-        seg_in = [const_mul(in_seg, k)[:in_aw] for k in range(G_max)]
-        seg_w = [const_mul(w_seg, k)[:w_aw] for k in range(G_max)]
+        seg_in = [Signal(in_aw, name=f"seg_in{k}") for k in range(G_max)]
+        seg_w = [Signal(w_aw, name=f"seg_w{k}") for k in range(G_max)]
+        for k in range(G_max):
+            m.d.comb += [seg_in[k].eq(const_mul(in_seg, k)), seg_w[k].eq(const_mul(w_seg, k))]
 
         # ---- beat sequencer -----------------------------------------------------------------------
         phase2 = Signal()
@@ -340,16 +342,17 @@ class GatedConvEngine(wiring.Component):
             last_beat.eq(kx_last & ky_last & chunk_last & slot_last),
             first_beat.eq(~kx.any() & ~ky.any() & ~chunk_ch.any() & ~slot.any()),  # (all zero)
         ]
+        # The slot after an advance (the address registers take the next beat's segment offset with it).
+        slot_adv = Signal.like(slot)
+        m.d.comb += slot_adv.eq(Mux(kx_last & ky_last & chunk_last, Mux(slot_last, 0, slot + 1), slot))
         with m.If(setup):
             m.d.sync += [slot.eq(0), chunk_ch.eq(0), ky.eq(0), kx.eq(0)]
         with m.Elif(advance):
-            m.d.sync += kx.eq(Mux(kx_last, 0, kx + 1))
+            m.d.sync += [kx.eq(Mux(kx_last, 0, kx + 1)), slot.eq(slot_adv)]
             with m.If(kx_last):
                 m.d.sync += ky.eq(Mux(ky_last, 0, ky + 1))
                 with m.If(ky_last):
                     m.d.sync += chunk_ch.eq(Mux(chunk_last, 0, chunk_ch + L))
-                    with m.If(chunk_last):
-                        m.d.sync += slot.eq(Mux(slot_last, 0, slot + 1))
 
         # Shared beat pointers, relative to the activation's own pointers: the weight word advances by c_out
         # per beat of a round (channel-minor: slots, chunks and taps are consecutive beats of c_out words),
@@ -368,8 +371,6 @@ class GatedConvEngine(wiring.Component):
             }
         )
         beat = data.View(beat_layout, Signal(beat_layout.size, name="beat", reset_less=True))
-        beat_in, beat_w = Signal(in_aw), beat.w
-        m.d.comb += beat_in.eq(beat.in_row + beat.in_col)
         steps = {}
         for name in ("x_in", "x_wrap", "y_in", "y_wrap"):  # at the address width (wrap steps are signed)
             if in_aw <= REGISTER_WIDTH:
@@ -379,28 +380,34 @@ class GatedConvEngine(wiring.Component):
                 m.d.comb += steps[name].eq(reg[name].as_signed() if name.endswith("wrap") else reg[name])
         x_wraps, y_wraps = beat.rx + 1 == reg["stride"], beat.ry + 1 == reg["stride"]
         w_step, w_slot_step = reg["c_out"][:w_aw], (reg["c_out"] + reg["w_gap"])[:w_aw]
+        # The beat after an advance within a round (a signal: the address registers add it too).
+        beat_adv = data.View(beat_layout, Signal(beat_layout.size, name="beat_adv"))
+        m.d.comb += [
+            beat_adv.eq(beat),
+            beat_adv.w.eq(beat.w + Mux(kx_last & ky_last & chunk_last, w_slot_step, w_step)),
+        ]
+        with m.If(kx_last):
+            m.d.comb += [beat_adv.in_col.eq(0), beat_adv.rx.eq(reg["x_res"])]
+            with m.If(ky_last):
+                m.d.comb += [
+                    beat_adv.in_chunk.eq(beat.in_chunk + plane),
+                    beat_adv.in_row.eq(beat.in_chunk + plane),
+                    beat_adv.ry.eq(reg["y_res"]),
+                ]
+            with m.Else():
+                m.d.comb += [
+                    beat_adv.in_row.eq(beat.in_row + Mux(y_wraps, steps["y_wrap"], steps["y_in"])),
+                    beat_adv.ry.eq(Mux(y_wraps, 0, beat.ry + 1)),
+                ]
+        with m.Else():
+            m.d.comb += [
+                beat_adv.in_col.eq(beat.in_col + Mux(x_wraps, steps["x_wrap"], steps["x_in"])),
+                beat_adv.rx.eq(Mux(x_wraps, 0, beat.rx + 1)),
+            ]
         with m.If(setup | (advance & last_beat)):
             m.d.sync += [beat.eq(0), beat.rx.eq(reg["x_res"]), beat.ry.eq(reg["y_res"])]
         with m.Elif(advance):
-            m.d.sync += beat.w.eq(beat.w + Mux(kx_last & ky_last & chunk_last, w_slot_step, w_step))
-            with m.If(kx_last):
-                m.d.sync += [beat.in_col.eq(0), beat.rx.eq(reg["x_res"])]
-                with m.If(ky_last):
-                    m.d.sync += [
-                        beat.in_chunk.eq(beat.in_chunk + plane),
-                        beat.in_row.eq(beat.in_chunk + plane),
-                        beat.ry.eq(reg["y_res"]),
-                    ]
-                with m.Else():
-                    m.d.sync += [
-                        beat.in_row.eq(beat.in_row + Mux(y_wraps, steps["y_wrap"], steps["y_in"])),
-                        beat.ry.eq(Mux(y_wraps, 0, beat.ry + 1)),
-                    ]
-            with m.Else():
-                m.d.sync += [
-                    beat.in_col.eq(beat.in_col + Mux(x_wraps, steps["x_wrap"], steps["x_in"])),
-                    beat.rx.eq(Mux(x_wraps, 0, beat.rx + 1)),
-                ]
+            m.d.sync += beat.eq(beat_adv)
 
         # ---- work queue state and the phase-2 selection window (docs/chip-design.md, section 2.1) ------
         gates_on = Signal(count_shape)  # also the gates_on counter: reset (spec section 4, "Reset")
@@ -499,12 +506,45 @@ class GatedConvEngine(wiring.Component):
                     work.lin.eq(chain.coords[i].lin),
                 ]
             m.d.comb += valid[i].eq(Mux(phase2, p2_valid[i], _below(chain.coords[i].co, reg["c_out"])))
-            # Segment offset: gated phase 1 that of the own group's segment, dense none (the beat pointers
-            # run through every slot), phase 2 one base segment from the slot of the own group on.
-            skip = slot >= entry.act.g  # (phase 2 only: no path from the chain's group to the address)
+            # The PE's word addresses, registered: each cycle they take the addresses of the beat the PE
+            # issues next (the banks see registers through their crossbars only). An address is the
+            # activation's base (ia or co) plus its segment's offset plus the beat's pointer. Segment
+            # offset: gated phase 1 that of the own group's segment, dense none (the beat pointers run
+            # through every slot), phase 2 one base segment from the slot of the own group on.
             own = chain.coords[i].g
-            off_in = Mux(phase2, Mux(skip, in_seg, 0), Mux(dense, 0, _pick(seg_in, own)))
-            off_w = Mux(phase2, Mux(skip, w_seg, 0), Mux(dense, 0, _pick(seg_w, own)))
+            addr_in = Signal(in_aw, name=f"addr_in{i}", reset_less=True)
+            addr_w = Signal(w_aw, name=f"addr_w{i}", reset_less=True)
+
+            # The source the next address comes from, chosen by early signals (the PE's load in SETUP,
+            # the round's last beat, the phase); only the final choice waits for `advance` / `take`.
+            # SETUP: the activation the chain loads; a round's last beat: the chain's next activation
+            # (phase 1) or the window's member (phase 2), at slot 0 and beat 0; any other beat: the PE's
+            # own activation, the slot and the beat after this one. Outside SETUP and the phases'
+            # issue (FORM, and phase 2's last beat while it waits) the only event is a take.
+            member = data.View(payload_layout, win.members[i]).entry.act
+            forming = ~issue
+            new_round = last_beat | forming
+            src = data.View(base_layout(cfg), Signal(base_layout(cfg).size, name=f"addr_src{i}"))
+            with m.If(chain.loading_pe[i]):
+                m.d.comb += src.eq(chain.loading)
+            with m.Elif(new_round & (phase2 | forming)):
+                m.d.comb += [src.ia.eq(member.ia), src.co.eq(member.co), src.g.eq(member.g)]
+            with m.Elif(new_round):
+                m.d.comb += src.eq(chain.stepped[i])
+            with m.Elif(phase2):
+                m.d.comb += [src.ia.eq(entry.act.ia), src.co.eq(entry.act.co), src.g.eq(entry.act.g)]
+            with m.Else():
+                m.d.comb += [src.ia.eq(chain.pointers[i].ia), src.co.eq(chain.coords[i].co), src.g.eq(own)]
+            at_slot = Mux(chain.loading_pe[i] | new_round, 0, slot_adv)
+            fresh = chain.loading_pe[i] | new_round  # beat 0
+            queued = ~chain.loading_pe[i] & (phase2 | forming)  # phase 2's offset rule
+            skip = at_slot >= src.g
+            off_in = Mux(queued, Mux(skip, in_seg, 0), Mux(dense, 0, _pick(seg_in, src.g)))
+            off_w = Mux(queued, Mux(skip, w_seg, 0), Mux(dense, 0, _pick(seg_w, src.g)))
+            beat_in = Mux(fresh, 0, beat_adv.in_row + beat_adv.in_col)
+            beat_w = Mux(fresh, 0, beat_adv.w)
+            with m.If(chain.loading_pe[i] | take | advance):
+                m.d.sync += [addr_in.eq(src.ia + off_in + beat_in), addr_w.eq(src.co[:w_aw] + off_w + beat_w)]
             box = work.act.box
             inside, waiting = Signal(name=f"inside{i}"), Signal(name=f"waiting{i}")  # (one copy of the logic)
             m.d.comb += [
@@ -514,10 +554,10 @@ class GatedConvEngine(wiring.Component):
                 waiting.eq(issue & pending[i] & valid[i]),
             ]
             m.d.comb += [
-                inbuf.raddr[i].eq(work.act.ia + off_in + beat_in),
+                inbuf.raddr[i].eq(addr_in),
                 inbuf.rreq[i].eq(waiting & inside),
                 served[i].eq(waiting & (~inside | inbuf.grant[i])),
-                wbuf.raddr[i].eq(work.act.co[:w_aw] + off_w + beat_w),
+                wbuf.raddr[i].eq(addr_w),
                 wbuf.rreq[i].eq(waiting & inside & inbuf.grant[i]),
                 # Thresholds: read once per round, at its last beat, for the comparator of gated phase 1.
                 tbuf.bank[i].eq(chain.coords[i].cb),
