@@ -167,14 +167,6 @@ class CoordinateChain(wiring.Component):
         m = Module()
         cfg, P = self._config, self._config.pes
         in_aw = addr_width(cfg.input_depth)
-        # The stride at the widths it is added to (equal operand widths: no implicit extension). Decoded by
-        # a case statement: a signal assigned the narrow port would be an alias of it that yosys inlines
-        # (extended again at every add).
-        S = Signal(signed(DIM + 2))
-        with m.Switch(self.stride):
-            for stride in range(1 << len(self.stride)):
-                with m.Case(stride):
-                    m.d.comb += S.eq(stride)
 
         def times_stride(value, name):  # value·S, S at most the build's stride: shifts and adds, by a case
             out = Signal(DIM + 2, name=name)
@@ -208,7 +200,7 @@ class CoordinateChain(wiring.Component):
         walk = data.View(step_layout, Signal(step_layout.size, name="walk"))  # activation k
         m.d.comb += walk.eq(Mux(k == 0, 0, step.as_value()))
         with m.If(self.init):
-            m.d.sync += step.eq(self._increment(m, walk, S))
+            m.d.sync += step.eq(self._increment(m, walk))
 
         # What ia adds beside the step when ox carries (row_step − 1), and when both carry (less ia_plane).
         self._ia_row = Signal(in_aw, name="ia_row")
@@ -248,7 +240,7 @@ class CoordinateChain(wiring.Component):
                 m.d.sync += pe.eq(nxt)
         return m
 
-    def _increment(self, m, cur, S):
+    def _increment(self, m, cur):
         """The stepper's next activation: ``cur`` + 1 in mixed radix (``ia`` relative: 0 at oy = ox = 0)."""
         cfg = self._config
         c = cur.coord
