@@ -117,11 +117,10 @@ class CoordinateChain(wiring.Component):
         Coordinates of each PE's activation: the array port :attr:`coords` (``rtl.array_port``).
     pointers_bits : Out(pes × pointer_layout bits)
         Running pointers of each PE's activation: the array port :attr:`pointers`.
-    next_co : Out(17)
-        Output channel of PE 0's activation in the next round (``co ≥ C_out``: this round is the last).
     stepped_bits : Out(pes × base_layout bits)
         Each PE's ``ia``, ``co``, ``g`` in the next round (what ``advance`` loads): the array port
-        :attr:`stepped`, for address registers that take the next round's addresses with it.
+        :attr:`stepped`, for address registers that take the next round's addresses with it (PE 0's
+        ``co ≥ C_out``: this round is the last).
     loading : Out(base_layout)
         The ``ia``, ``co``, ``g`` of the activation ``init`` loads into PE k this cycle.
     loading_pe : Out(pes)
@@ -157,7 +156,6 @@ class CoordinateChain(wiring.Component):
                 "init_last": Out(1),
                 "advance": In(1),
                 **ArrayPort.members(self),
-                "next_co": Out(DIM + 1),
                 "loading": Out(base_layout(config)),
                 "loading_pe": Out(config.pes),
             }
@@ -179,11 +177,16 @@ class CoordinateChain(wiring.Component):
             return out
 
         # The far edges from tap (0, 0)'s origin: h_in + pad_top rows, w_in + pad_left columns (shared).
-        self._edge = {}
+        edges = {}
         for axis, pad, extent in (("y", self.pad_top, self.h_in), ("x", self.pad_left, self.w_in)):
-            edge = Signal(DIM + 1, name=f"{axis}_edge")
-            m.d.comb += edge.eq(extent + pad)  # (the sum's width: no bit unread)
-            self._edge[axis] = edge
+            edges[axis] = Signal(DIM + 1, name=f"{axis}_edge")
+            m.d.comb += edges[axis].eq(extent + pad)  # (the sum's width: no bit unread)
+
+        def place(pointer, scaled, axis):
+            """``y_pad = pad_top − oy·S`` and ``y_left = h_in + pad_top − oy·S`` from ``scaled = oy·S``
+            (``axis`` "y"), or the column's ``x_pad``, ``x_left``: two subtractions side by side."""
+            pad = self.pad_top if axis == "y" else self.pad_left
+            return [pointer[f"{axis}_pad"].eq(pad - scaled), pointer[f"{axis}_left"].eq(edges[axis] - scaled)]
 
         # The stepper: activation k of the walk, ``ia`` relative to ``in_origin`` (oy·Wp + ox).
         step_layout = data.StructLayout(
@@ -203,12 +206,8 @@ class CoordinateChain(wiring.Component):
             m.d.sync += step.eq(self._increment(m, walk))
 
         # What ia adds beside the step when ox carries (row_step − 1), and when both carry (less ia_plane).
-        self._ia_row = Signal(in_aw, name="ia_row")
-        self._ia_row_plane = Signal(in_aw, name="ia_row_plane")
-        m.d.comb += [
-            self._ia_row.eq(self.row_step - 1),
-            self._ia_row_plane.eq(self._ia_row - self.ia_plane),
-        ]
+        ia_row, ia_row_plane = Signal(in_aw, name="ia_row"), Signal(in_aw, name="ia_row_plane")
+        m.d.comb += [ia_row.eq(self.row_step - 1), ia_row_plane.eq(ia_row - self.ia_plane)]
         pes = [data.View(pe_layout, Signal(pe_layout.size, name=f"pe{i}", reset_less=True)) for i in range(P)]
         loaded = data.View(pe_layout, Signal(pe_layout.size, name="loaded"))  # activation k, absolute
         m.d.comb += [
@@ -216,8 +215,8 @@ class CoordinateChain(wiring.Component):
             loaded.col.eq(walk.col),
             loaded.pointer.ia.eq(self.in_origin + walk.ia),
         ]
-        m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.oy, "walk_oys"), "y")
-        m.d.comb += self._place(loaded.pointer, times_stride(walk.coord.ox, "walk_oxs"), "x")
+        m.d.comb += place(loaded.pointer, times_stride(walk.coord.oy, "walk_oys"), "y")
+        m.d.comb += place(loaded.pointer, times_stride(walk.coord.ox, "walk_oxs"), "x")
         m.d.comb += [
             self.loading.ia.eq(loaded.pointer.ia),
             self.loading.co.eq(loaded.coord.co),
@@ -225,14 +224,14 @@ class CoordinateChain(wiring.Component):
         ]
         for i, pe in enumerate(pes):
             m.d.comb += [self.coords[i].eq(pe.coord), self.pointers[i].eq(pe.pointer)]
-            nxt = self._add_step(m, i, pe, step, pe_layout, times_stride)
+            nxt = self._add_step(m, i, pe, step, pe_layout, (ia_row, ia_row_plane))
+            m.d.comb += place(nxt.pointer, times_stride(nxt.coord.oy, f"pe{i}_oys"), "y")
+            m.d.comb += place(nxt.pointer, times_stride(nxt.coord.ox, f"pe{i}_oxs"), "x")
             m.d.comb += [
                 self.stepped[i].ia.eq(nxt.pointer.ia),
                 self.stepped[i].co.eq(nxt.coord.co),
                 self.stepped[i].g.eq(nxt.coord.g),
             ]
-            if i == 0:
-                m.d.comb += self.next_co.eq(nxt.coord.co)
             m.d.comb += self.loading_pe[i].eq(self.init & (k == i))
             with m.If(self.loading_pe[i]):
                 m.d.sync += pe.eq(loaded)
@@ -274,17 +273,10 @@ class CoordinateChain(wiring.Component):
         ]
         return nxt
 
-    def _place(self, pointer, scaled, axis):
-        """``y_pad = pad_top − oy·S`` and ``y_left = h_in − oy·S + pad_top`` from ``scaled = oy·S`` (``axis``
-        "y"), or the column's ``x_pad``, ``x_left`` (``axis`` "x"): two subtractions side by side."""
-        pad = self.pad_top if axis == "y" else self.pad_left
-        return [
-            pointer[f"{axis}_pad"].eq(pad - scaled),
-            pointer[f"{axis}_left"].eq(self._edge[axis] - scaled),
-        ]
-
-    def _add_step(self, m, i, pe, step, layout, times_stride):
-        """PE ``i``'s activation P further on: ``pe`` plus the round's step, digit by digit. Each digit's
+    def _add_step(self, m, i, pe, step, layout, ia_carries):
+        """PE ``i``'s activation P further on: ``pe`` plus the round's step, digit by digit (its padding
+        pointers are the caller's, from the new ``oy`` and ``ox``; ``ia_carries``: what ``ia`` adds
+        beside the step when ``ox`` carries, and when both carry). Each digit's
         sum is below twice its radix (both terms are digits, plus a carry of one), so one subtraction of
         the radix, taken when it does not go negative, is the whole carry rule. Every digit after the
         first is computed for both carries in and chosen by the carry (a carry-select): the carries pass
@@ -329,8 +321,9 @@ class CoordinateChain(wiring.Component):
         # (row_step − 1), less h_out·Wp when oy did; the four sums at once, chosen by the carries.
         ia = Signal.like(pe.pointer.ia, name=f"pe{i}_ia_step")
         m.d.comb += ia.eq(pe.pointer.ia + step.ia)
-        ia_x = Mux(cx, ia + self._ia_row, ia)
-        ia_xy = Mux(cx, ia + self._ia_row_plane, ia - self.ia_plane)
+        ia_row, ia_row_plane = ia_carries
+        ia_x = Mux(cx, ia + ia_row, ia)
+        ia_xy = Mux(cx, ia + ia_row_plane, ia - self.ia_plane)
         m.d.comb += [
             nxt.coord.ox.eq(ox),
             nxt.coord.oy.eq(oy),
@@ -342,6 +335,4 @@ class CoordinateChain(wiring.Component):
             nxt.coord.lin.eq(c.lin + Const(self._config.pes, len(c.lin))),
             nxt.pointer.ia.eq(Mux(cy, ia_xy, ia_x)),
         ]
-        m.d.comb += self._place(nxt.pointer, times_stride(oy, f"pe{i}_oys"), "y")
-        m.d.comb += self._place(nxt.pointer, times_stride(ox, f"pe{i}_oxs"), "x")
         return nxt

@@ -337,14 +337,16 @@ class GatedConvEngine(wiring.Component):
         chunk_last = Signal()  # chunk + 1 == ceil(seg_width / L) (a signal: one compare for its users)
         m.d.comb += chunk_last.eq(remaining <= L)
         slot_last = slot == last_slot
-        last_beat, first_beat = Signal(), Signal()  # signals: one copy of the logic however many users
+        # signals: one copy of the logic however many users (slot_end: the slot's last beat)
+        slot_end, last_beat, first_beat = Signal(), Signal(), Signal()
         m.d.comb += [
-            last_beat.eq(kx_last & ky_last & chunk_last & slot_last),
+            slot_end.eq(kx_last & ky_last & chunk_last),
+            last_beat.eq(slot_end & slot_last),
             first_beat.eq(~kx.any() & ~ky.any() & ~chunk_ch.any() & ~slot.any()),  # (all zero)
         ]
         # The slot after an advance (the address registers take the next beat's segment offset with it).
         slot_adv = Signal.like(slot)
-        m.d.comb += slot_adv.eq(Mux(kx_last & ky_last & chunk_last, Mux(slot_last, 0, slot + 1), slot))
+        m.d.comb += slot_adv.eq(Mux(slot_end, Mux(slot_last, 0, slot + 1), slot))
         with m.If(setup):
             m.d.sync += [slot.eq(0), chunk_ch.eq(0), ky.eq(0), kx.eq(0)]
         with m.Elif(advance):
@@ -384,7 +386,7 @@ class GatedConvEngine(wiring.Component):
         beat_adv = data.View(beat_layout, Signal(beat_layout.size, name="beat_adv"))
         m.d.comb += [
             beat_adv.eq(beat),
-            beat_adv.w.eq(beat.w + Mux(kx_last & ky_last & chunk_last, w_slot_step, w_step)),
+            beat_adv.w.eq(beat.w + Mux(slot_end, w_slot_step, w_step)),
         ]
         with m.If(kx_last):
             m.d.comb += [beat_adv.in_col.eq(0), beat_adv.rx.eq(reg["x_res"])]
@@ -702,7 +704,7 @@ class GatedConvEngine(wiring.Component):
                 m.d.comb += issue.eq(1)
                 with m.If(last_beat & done):
                     m.d.comb += chain.advance.eq(1)
-                    with m.If(~_below(chain.next_co, reg["c_out"])):
+                    with m.If(~_below(chain.stepped[0].co, reg["c_out"])):
                         m.next = "DRAIN1"
             with m.State("DRAIN1"):
                 m.d.sync += drain.eq(~drain)

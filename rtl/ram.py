@@ -17,7 +17,8 @@ def _fit(value, width: int) -> Value:
 
 
 def ram_1r1w(m: Module, name: str, shape, depth: int, *, waddr, wdata, wen, raddr, ren) -> Signal:
-    """Add memory ``name`` (``depth`` words of ``shape``, zeros at power-up) to ``m`` and return its read
+    """Add memory ``name`` (``depth`` words of ``shape``; no initial content: undefined at power-up in the
+    Verilog, as in SRAM, zeros in Amaranth's simulator) to ``m`` and return its read
     data: the word at ``raddr`` one cycle after a cycle with ``ren`` high (held otherwise; a read of the
     word being written gives the old word). ``wdata`` is written at ``waddr`` in a cycle with ``wen`` high.
 

@@ -104,7 +104,7 @@ def test_coordinate_chain_pointers(pes, stride, c_out, h_out, w_out, w_in, pad, 
                 assert (got.lin, got.co, got.oy, got.ox) == (a, co, oy, ox)
                 assert (got.g, got.cb, got.cr) == (co // opg, co % pes, co // pes)
             after = (r + 1) * pes
-            assert ctx.get(dut.next_co) == after // (h_out * w_out)
+            assert ctx.get(dut.stepped[0]).co == after // (h_out * w_out)  # PE 0's next round
             ctx.set(dut.advance, 1)
             await ctx.tick()
             ctx.set(dut.advance, 0)
