@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amaranth.back import verilog  # noqa: E402
-
+from rtl.generate import component_verilog  # noqa: E402
 from rtl.selection_window import SelectionWindow  # noqa: E402
 from rtl.synth import synthesize  # noqa: E402
 from spec.config import EngineConfig  # noqa: E402
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         dut = SelectionWindow(config, window, args.payload)
         with tempfile.TemporaryDirectory() as scratch:
             path = Path(scratch) / "window.v"
-            path.write_text(verilog.convert(dut, name="window"))
+            path.write_text(component_verilog(dut, "window"))  # as accel rtl writes it
             start = time.monotonic()
             report = synthesize(path, "window", ecp5=not args.no_ecp5)
         g, e = report.generic, report.ecp5

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -10,7 +10,12 @@ from rtl.array_port import ArrayPort
 from spec.config import EngineConfig
 from spec.protocol import Counter
 
-__all__ = ["PerfCounters"]
+__all__ = ["PerfCounters", "queue_count_shape"]
+
+
+def queue_count_shape(config: EngineConfig) -> Shape:
+    """Shape of a count of work-queue entries: up to the output buffer's depth and one round of P more."""
+    return unsigned((config.output_depth + config.pes).bit_length())
 
 
 class PerfCounters(wiring.Component):
@@ -19,7 +24,7 @@ class PerfCounters(wiring.Component):
     Parameters
     ----------
     config : EngineConfig
-        Supplies ``pes``, ``lanes`` and ``counter_width``.
+        Supplies ``pes``, ``lanes``, ``counter_width`` and ``output_depth``.
 
     Members
     -------
@@ -35,8 +40,8 @@ class PerfCounters(wiring.Component):
         PEs holding a valid activation in this beat.
     lanes : In(range(lanes + 1))
         Valid lanes of this beat.
-    gates_on : In(counter_width)
-        Gated-on activations so far (kept by the engine).
+    gates_on : In(queue_count_shape(config))
+        Gated-on activations so far (kept by the engine); its counter is this count, zero-extended.
     value_bits : Out(7 × counter_width)
         The counters, each at its :class:`spec.protocol.Counter` address; the array :attr:`value` (a flat
         port: no wire per counter in the Verilog).
@@ -56,7 +61,7 @@ class PerfCounters(wiring.Component):
                 "phase2": In(1),
                 "valid_pes": In(range(config.pes + 1)),
                 "lanes": In(range(config.lanes + 1)),
-                "gates_on": In(w),
+                "gates_on": In(queue_count_shape(config)),
                 **ArrayPort.members(self),
             }
         )

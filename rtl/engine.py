@@ -12,7 +12,7 @@ from rtl.banked_buffer import BankedBuffer
 from rtl.compactor import GateCompactor
 from rtl.comparator import ThresholdComparator
 from rtl.coords import CoordinateChain, addr_width, base_layout, coord_layout
-from rtl.counters import PerfCounters
+from rtl.counters import PerfCounters, queue_count_shape
 from rtl.mac_array import MacArray
 from rtl.one_hot import one_hot
 from rtl.ram import ram_1r1w
@@ -180,7 +180,7 @@ class GatedConvEngine(wiring.Component):
         P, L = cfg.pes, cfg.lanes
         K_max, G_max = cfg.kernel, cfg.groups
         in_aw, w_aw = addr_width(cfg.input_depth), addr_width(cfg.weight_depth)
-        count_shape = unsigned((cfg.output_depth + P).bit_length())
+        count_shape = queue_count_shape(cfg)
 
         # ---- configuration registers --------------------------------------------------------------
         # Registers bounded by the build's maxima are as wide as the largest value (the host checks it).
@@ -778,12 +778,12 @@ class GatedConvEngine(wiring.Component):
         req_take = self.req.valid & self.req.ready  # (not the phase-2 `take` above)
         req_bank, req_row = req.addr[:bank_bits], req.addr[bank_bits : cfg.half_bit]
         req_hit = Signal(P)  # the banks an accepted request reads: one entry, or the whole row
-        req_output, req_queue, req_row_wide = Signal(), Signal(), Signal()
+        req_output, req_queue = Signal(), Signal()
+        req_entry = req_target[UnloadTarget.QUEUE_ENTRY.value]  # one entry; any other target: a whole row
         m.d.comb += [
             req_output.eq(req_target[UnloadTarget.OUTPUT.value]),
-            req_queue.eq(req_target[UnloadTarget.QUEUE.value] | req_target[UnloadTarget.QUEUE_ENTRY.value]),
-            req_row_wide.eq(~req_target[UnloadTarget.QUEUE_ENTRY.value]),
-            req_hit.eq(Mux(req_take, Mux(req_row_wide, (1 << P) - 1, Const(1, P) << req_bank), 0)),
+            req_queue.eq(req_target[UnloadTarget.QUEUE.value] | req_entry),
+            req_hit.eq(Mux(req_take, Mux(req_entry, Const(1, P) << req_bank, (1 << P) - 1), 0)),
         ]
         obanks = []
         for b, (o_data, o_en) in enumerate(owrites):

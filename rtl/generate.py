@@ -6,10 +6,13 @@ import json
 import re
 from pathlib import Path
 
-from amaranth.back import rtlil, verilog
+from amaranth._toolchain.yosys import find_yosys
+from amaranth.back import rtlil
+from amaranth.hdl import Elaboratable
 
 from outfiles.folder import write_file_atomic
 from rtl.engine import GatedConvEngine
+from rtl.rtlil_tidy import tidy_rtlil
 from spec.config import ConfigError, EngineConfig
 
 __all__ = [
@@ -18,7 +21,9 @@ __all__ = [
     "RTL_FILES",
     "TOP_NAME",
     "check_buildable",
+    "component_verilog",
     "generate_verilog",
+    "processed_rtlil",
 ]
 
 TOP_NAME = "gated_conv_engine"
@@ -65,7 +70,28 @@ _INIT_ATTRIBUTE = re.compile(r"^[ \t]*attribute \\init [^\n]*\n", re.MULTILINE)
 
 def verilog_text(config: EngineConfig, gating: bool = True) -> str:
     """Verilog of the engine for ``config`` (``gating`` false: the dense baseline); identical parameters
-    give identical text.
+    give identical text (see :func:`component_verilog`)."""
+    check_buildable(config)
+    return component_verilog(GatedConvEngine(config, gating=gating), TOP_NAME)
+
+
+def processed_rtlil(component: Elaboratable, name: str) -> str:
+    """The RTLIL of ``component`` after yosys's ``proc -nomux -norom`` (registers made cells, the case
+    statements kept as processes), without Amaranth's internal attributes or power-up values."""
+    text = _INIT_ATTRIBUTE.sub("", rtlil.convert(component, name=name, emit_src=False))
+    # amaranth.back.verilog.convert's yosys script up to write_verilog (amaranth is pinned below 0.6).
+    attrs = " ".join(
+        f"-remove {a}" for a in ("generator", "top", "src", "amaranth.hierarchy", "amaranth.decoding")
+    )
+    script = [f"read_rtlil <<rtlil\n{text}\nrtlil", "proc -nomux -norom", f"attrmap {attrs}",
+              f"attrmap -modattr {attrs}", "write_rtlil"]  # fmt: skip
+    return _yosys(script)
+
+
+def component_verilog(component: Elaboratable, name: str, tidy: bool = True) -> str:
+    """Verilog of ``component`` with top module ``name``: Amaranth's RTLIL through yosys as
+    ``amaranth.back.verilog.convert`` does it, tidied (rtl/rtlil_tidy.py; ``tidy`` false: as Amaranth
+    writes it) between the process pass and ``write_verilog``.
 
     Registers are declared without power-up values (``reg [3:0] x;``, not ``reg [3:0] x = 4'h0;``): an
     ASIC flip-flop has none, so the control registers take theirs from ``rst`` (docs/microarchitecture.md
@@ -73,13 +99,16 @@ def verilog_text(config: EngineConfig, gating: bool = True) -> str:
     Verilog starts them unknown (X on Icarus, random on Verilator with ``--x-initial unique``), so a read
     of one before its first write shows; the Amaranth simulator keeps Amaranth's initial values.
     """
-    check_buildable(config)
-    engine = GatedConvEngine(config, gating=gating)
-    text = rtlil.convert(engine, name=TOP_NAME, emit_src=False)
-    text = _INIT_ATTRIBUTE.sub("", text)
-    # amaranth.back.verilog.convert is this same RTLIL through this same yosys script (amaranth is pinned
-    # below 0.6, where the function has this signature).
-    return verilog._convert_rtlil_text(text, strip_internal_attrs=True)
+    text = processed_rtlil(component, name)
+    if tidy:
+        text = tidy_rtlil(text)
+    return _yosys([f"read_rtlil <<rtlil\n{text}\nrtlil", "memory_collect", "write_verilog -norename"])
+
+
+def _yosys(script: list[str]) -> str:
+    yosys = find_yosys(lambda version: version >= (0, 40))
+    # yosys warns that it cannot write every process as Verilog; Amaranth emits only processes it can.
+    return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
 
 
 def generate_verilog(config: EngineConfig, out_dir: str | Path, gating: bool = True) -> Path:

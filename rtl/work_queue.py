@@ -64,7 +64,7 @@ class WorkQueue(wiring.Component):
         Row of the rewrites.
     update_data_bits : In(pes × width)
         The rewritten entries (the array :attr:`update_data`).
-    read_row : In(range(rows + 1))
+    read_row : In(range(max(rows, 2)))
         Row read by every bank (the round's first entry divided by P).
     read_en : In(pes)
         Per bank: read this cycle.
@@ -112,7 +112,7 @@ class WorkQueue(wiring.Component):
                 "count": In(range(P + 1)),
                 "update": In(P),
                 "update_row": In(range(max(self._rows, 2))),
-                "read_row": In(range(self._rows + 1)),
+                "read_row": In(range(max(self._rows, 2))),
                 "read_en": In(P),
                 "half": In(1),
                 "host_whalf": In(1),
@@ -139,8 +139,9 @@ class WorkQueue(wiring.Component):
 
         # Bank (one-hot) and row of each writer: tail + offset, with one compare-subtract (tail_bank + offset
         # < 2P); a writer's one-hot bank is its column of the rotator.
-        # (A signal assigned the low bits of a wider value is an alias wire in the Verilog that nothing
-        # reads: the index is a value, the row a signal as wide as its sum, truncated at the bank's address.)
+        # The banks' address width: the writers' rows (as before, the bank address's low bits of tail + 1)
+        # and the read row are cut to it before the host's mux.
+        aw = ceil_log2(rows)
         bank, row = [], []
         index_width = len(Signal(range(P)))
         for i in range(P):
@@ -150,9 +151,8 @@ class WorkQueue(wiring.Component):
             # (a shift, not a case statement (rtl/one_hot.py): this one synthesizes smaller here)
             bank.append(Signal(P, name=f"wbank{i}"))
             m.d.comb += bank[i].eq(Mux(self.write[i], Const(1, P) << index, 0))
-            row_sum = tail_row + (pos >= P)
-            row.append(Signal(len(row_sum), name=f"wrow{i}"))
-            m.d.comb += row[i].eq(row_sum)
+            row.append(Signal(aw, name=f"wrow{i}"))
+            m.d.comb += row[i].eq(tail_row + (pos >= P))
         tail_next = Signal(range(2 * P))
         m.d.comb += tail_next.eq(tail_bank + self.count)
         with m.If(self.clear):
@@ -163,9 +163,6 @@ class WorkQueue(wiring.Component):
                 tail_row.eq(tail_row + (tail_next >= P)),
             ]
 
-        # The banks' address width: the read row (range(rows + 1)) cut to it before the host's mux (a mux
-        # of the full width would leave its top bit unused, one net per memory).
-        aw = ceil_log2(rows)
         for b in range(P):
             # The engine's side of bank b: an append (the rotator: the one writer, if any, whose position
             # falls into bank b) or a rewrite, and the filler's read.
