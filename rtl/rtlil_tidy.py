@@ -9,7 +9,9 @@ extensions implicit. :func:`tidy_rtlil` does, on the RTLIL text, what those pass
 
 - **names**: a reader of a net that a module-level ``connect`` names (``connect \\x $5 [7:0]``) reads the
   name instead (``\\x``), a submodule's input port the parent's wire named after it — yosys's ``opt_clean``
-  prefers public names the same way;
+  prefers public names the same way; never a ``signed`` name (Verilog would read the net as signed), and
+  only through ports known to be inputs (a cell whose ports the tidy does not know keeps its connections:
+  an RTLIL ``connect`` has no direction, so rewriting an output would move its driver);
 - **dead cells**: a cell without side effects whose outputs are yosys nets nothing reads is removed, and so
   is a second name of a net (a wire that only aliases other bits) that nothing reads;
 - **narrowing**: a sum, difference, product, bitwise operation, shift left or multiplexer whose high output
@@ -50,7 +52,15 @@ _SHIFTS = frozenset("$shl $sshl".split())
 _AT_Y_WIDTH = frozenset("$add $sub $mul $and $or $xor $xnor".split())
 _UNARY_AT_Y_WIDTH = frozenset("$neg $not $pos".split())
 _COMPARES = frozenset("$eq $ne $lt $le $gt $ge".split())
-_OUTPUTS = {"$dff": ("\\Q",), "$memrd_v2": ("\\DATA",), "$memwr_v2": (), "$meminit_v2": ()}
+# Other cells the tidy knows the outputs of (flip-flops, latches, memory ports); any other cell's connections
+# are all taken as read and never rewritten.
+_FLOPS = "$dff $dffe $adff $adffe $sdff $sdffe $sdffce $dffsr $dffsre $aldff $aldffe $dlatch $adlatch"
+_OUTPUTS = {
+    **{kind: ("\\Q",) for kind in _FLOPS.split()},
+    "$memrd_v2": ("\\DATA",),
+    "$memwr_v2": (),
+    "$meminit_v2": (),
+}
 
 
 def _is_internal(name: str) -> bool:
@@ -78,7 +88,8 @@ def _parse_sig(text: str, pos: int, widths: dict[str, int]) -> tuple[list, int]:
         return [b for part in reversed(parts) for b in part], pos
     if "'" in token:
         n, value = token.split("'")
-        value = value.rjust(int(n), "0") if value else "0" * int(n)
+        # (a constant shorter than its width extends like yosys's: x and z repeat, anything else is 0)
+        value = value.rjust(int(n), value[0] if value and value[0] in "xz" else "0")
         return list(reversed(value)), pos
     if token[0] in "-0123456789":
         value = int(token) & 0xFFFFFFFF
@@ -166,6 +177,10 @@ class _Wire:
     direction: str | None  # "input", "output", "inout" or None
     attrs: list[str]
 
+    @property
+    def signed(self) -> bool:
+        return "signed" in self.head.split()
+
     def render(self, name: str) -> list[str]:
         words = self.head.split()
         decl = " ".join([words[0]] + ([f"width {self.width}"] if self.width != 1 else []) + words[1:])
@@ -251,6 +266,8 @@ def _parse_module_body(lines: list[str], i: int, mod: _Module) -> int:
             if "width" in head:
                 k = head.index("width")
                 del head[k : k + 2]
+            if "offset" in head or "upto" in head:
+                raise ValueError(f"module {mod.name}: wire {name} with offset or upto indices: {line!r}")
             direction = next((d for d in ("input", "output", "inout") if d in head), None)
             mod.wires[name] = _Wire(widths[name], " ".join(head), direction, attrs)
             mod.items.append(("wire", name))
@@ -284,6 +301,8 @@ def _parse_module_body(lines: list[str], i: int, mod: _Module) -> int:
                 elif words[0] == "switch":
                     procs.append(_ProcLine(indent, "switch", [_sig(words[1], widths)]))
                 elif words[0] in ("case", "end", "attribute"):
+                    if words[0] == "case" and re.search(r"[\\$]", text):
+                        raise ValueError(f"process in {mod.name}: a case compares with a signal: {text!r}")
                     procs.append(_ProcLine(indent, "", raw=text))
                 else:
                     # (sync rules and memory writes: proc -nomux has made them cells)
@@ -358,22 +377,29 @@ class _Design:
         self.preamble, self.modules = _parse(text)
         self.by_name = {m.name: m for m in self.modules}
 
-    def cell_outputs(self, cell: _Cell) -> tuple[str, ...]:
+    def cell_outputs(self, cell: _Cell) -> tuple[str, ...] | None:
+        """The ports of ``cell`` it drives; None when the tidy does not know them (then every connection
+        counts as read and none is rewritten)."""
         if cell.kind in self.by_name:
             sub = self.by_name[cell.kind]
+            if any(p not in sub.wires or sub.wires[p].direction is None for p in cell.conns):
+                return None  # (positional connections: Amaranth names every port)
             return tuple(p for p in cell.conns if sub.wires[p].direction in ("output", "inout"))
         if cell.kind in _PURE:
             return ("\\Y",)
-        return _OUTPUTS.get(cell.kind, ())
+        return _OUTPUTS.get(cell.kind)
 
-    def reads(self, mod: _Module) -> list[_Sig]:
-        """Every signal of ``mod`` read by something."""
+    def reads(self, mod: _Module, rewritable: bool = False) -> list[_Sig]:
+        """Every signal of ``mod`` read by something (``rewritable``: only those a reader of a known
+        direction reads, which the name rule may rewrite)."""
         out = []
         for item in mod.items:
             if isinstance(item, _Cell):
                 if item.alive:
                     outs = self.cell_outputs(item)
-                    out.extend(s for p, s in item.conns.items() if p not in outs)
+                    if outs is None and rewritable:
+                        continue
+                    out.extend(s for p, s in item.conns.items() if outs is None or p not in outs)
             elif item[0] == "connect":
                 out.append(item[2])
             elif item[0] == "process":
@@ -394,14 +420,19 @@ class _Design:
         connects = [item for item in mod.items if isinstance(item, tuple) and item[0] == "connect"]
         # An instance's input port reads the parent's wire named after it (Amaranth's ``rhalf$12`` for a
         # buffer's ``rhalf``) when that wire is a whole-signal alias of what the port reads.
+        # (A signed name is never substituted: Verilog would read the net as signed where it was not.)
         named: dict[tuple, list[_Sig]] = {}
         for _, lhs, rhs, _ in connects:
-            if _whole_wire(mod, lhs.bits, public=True) and mod.wires[lhs.bits[0][0]].direction is None:
-                named.setdefault(tuple(rhs.bits), []).append(lhs)
+            if _whole_wire(mod, lhs.bits, public=True):
+                wire = mod.wires[lhs.bits[0][0]]
+                if wire.direction is None and not wire.signed:
+                    named.setdefault(tuple(rhs.bits), []).append(lhs)
         taken: set[int] = set()
         for cell in mod.items:
             if isinstance(cell, _Cell) and cell.alive and cell.kind in self.by_name:
                 outs = self.cell_outputs(cell)
+                if outs is None:
+                    continue
                 for port, sig in cell.conns.items():
                     for lhs in named.get(tuple(sig.bits), []) if port not in outs else []:
                         if id(lhs) not in taken and _base_name(lhs.bits[0][0]) == _base_name(port):
@@ -414,10 +445,10 @@ class _Design:
             for lb, rb in zip(lhs.bits, rhs.bits, strict=True):
                 if isinstance(lb, str) or _is_internal(lb[0]) or isinstance(rb, str) or rb in alias:
                     continue
-                if rb[0] != lb[0]:
+                if rb[0] != lb[0] and not mod.wires[lb[0]].signed:
                     alias[rb] = lb
         own = {id(rhs): set(lhs.bits) for _, lhs, rhs, _ in connects}
-        for sig in self.reads(mod):
+        for sig in self.reads(mod, rewritable=True):
             mine = own.get(id(sig), ())
             sig.set([b if alias.get(b, b) in mine else alias.get(b, b) for b in sig.bits])
 

@@ -7,11 +7,12 @@ import re
 import shutil
 
 import pytest
-from amaranth.hdl import Module, Signal, signed
+from amaranth.back import rtlil
+from amaranth.hdl import Cat, ClockDomain, Elaboratable, Instance, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from rtl.generate import component_verilog, processed_rtlil
+from rtl.generate import _INIT_ATTRIBUTE, _yosys, component_verilog, processed_rtlil
 from rtl.rtlil_tidy import _format_sig, _parse_sig, tidy_rtlil
 from verification.lint import lint_verilog
 from verification.simulators import simulator_status
@@ -103,6 +104,103 @@ def test_tidied_design_is_equivalent_to_the_untidied_one():
     gold = processed_rtlil(_Sample(), "sample")
     done = prove_equivalent(gold, tidy_rtlil(gold), "sample", timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+class _SignedNames(wiring.Component):
+    """Named signed nets read as unsigned: a compare must stay unsigned in the Verilog (a signed name
+    substituted for the unsigned net would make it signed)."""
+
+    def __init__(self):
+        super().__init__({"a": In(signed(8)), "b": In(signed(8)), "c": In(signed(8)), "e": In(signed(8)),
+                          "o": Out(9)})  # fmt: skip
+
+    def elaborate(self, platform):
+        m = Module()
+        d, f = Signal(signed(8), name="d"), Signal(signed(8), name="f")
+        m.d.comb += [d.eq(self.a + self.b), f.eq(self.c + self.e)]
+        m.d.comb += self.o.eq(Cat(d.as_unsigned() < f.as_unsigned(), d.as_unsigned() // f.as_unsigned()))
+        return m
+
+
+class _AsyncReset(Elaboratable):
+    """A register with an asynchronous reset (a $adff cell: an output the tidy must not take for a read)."""
+
+    def __init__(self):
+        self.a, self.y, self.z = Signal(4), Signal(4), Signal(4)
+        self.domain = ClockDomain("sync", async_reset=True)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = self.domain
+        r = Signal(4)
+        m.d.sync += r.eq(self.a + r)
+        m.d.comb += [self.y.eq(r), self.z.eq(r + 1)]
+        return m
+
+
+def _verilog_of(design, ports, tidy: bool) -> str:
+    """Verilog of a plain Elaboratable with explicit ``ports`` through the same yosys steps as
+    ``component_verilog`` (which takes Components), tidied or not."""
+    text = _INIT_ATTRIBUTE.sub("", rtlil.convert(design, name="sample", ports=ports, emit_src=False))
+    text = _yosys([f"read_rtlil <<rtlil\n{text}\nrtlil", "proc -nomux -norom", "write_rtlil"])
+    if tidy:
+        text = tidy_rtlil(text)
+    return _yosys([f"read_rtlil <<rtlil\n{text}\nrtlil", "memory_collect", "write_verilog -norename"])
+
+
+@needs_yowasp
+@pytest.mark.parametrize("which", ["sample", "signed names", "async reset"])
+def test_tidied_verilog_is_equivalent_to_the_untidied_verilog(which):
+    """The check on the Verilog both are written as: what write_verilog makes of the tidied netlist
+    (the signedness of the names it reads, the driver of each net) is part of what is proven."""
+    if which == "async reset":
+        design = _AsyncReset()
+        ports = [design.a, design.y, design.z, design.domain.clk, design.domain.rst]
+        texts = [_verilog_of(design, ports, tidy) for tidy in (False, True)]
+    else:
+        make = _Sample if which == "sample" else _SignedNames
+        texts = [component_verilog(make(), "sample", tidy=tidy) for tidy in (False, True)]
+    done = prove_equivalent(*texts, "sample", timeout=300, language="verilog")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def _cell(text: str, kind: str) -> str:
+    """The first cell of type ``kind`` in RTLIL ``text``, its lines up to ``end``."""
+    start = text.index(f"cell {kind} ")
+    return text[start : text.index("\n  end", start)]
+
+
+def test_a_signed_name_is_not_read_for_an_unsigned_net():
+    """An unsigned compare of the nets behind signed names keeps reading the nets: Verilog would make a
+    compare of the signed names signed (write_verilog marks such wires ``signed`` in newer yosys)."""
+    tidy = tidy_rtlil(processed_rtlil(_SignedNames(), "sample"))
+    compare = _cell(tidy, "$lt")
+    assert "A_SIGNED 0" in compare and "connect \\A \\d" not in compare and "connect \\B \\f" not in compare
+
+
+def test_outputs_of_flops_and_instances_are_not_rewritten():
+    """A reset flip-flop ($adff) and a black-box instance keep driving the nets they drive: the name rule
+    rewrites only reads it knows to be reads (an RTLIL connect has no direction, so the RTLIL-level
+    equivalence check cannot see a driver moved onto an alias)."""
+    design = _AsyncReset()
+    ports = [design.a, design.y, design.z, design.domain.clk, design.domain.rst]
+    text = _INIT_ATTRIBUTE.sub("", rtlil.convert(design, name="sample", ports=ports, emit_src=False))
+    text = _yosys([f"read_rtlil <<rtlil\n{text}\nrtlil", "proc -nomux -norom", "write_rtlil"])
+    assert "connect \\Q \\r" in [line.strip() for line in _cell(tidy_rtlil(text), "$adff").splitlines()]
+
+    class WithInstance(wiring.Component):
+        def __init__(self):
+            super().__init__({"a": In(4), "o": Out(4), "p": Out(4)})
+
+        def elaborate(self, platform):
+            m = Module()
+            x = Signal(4, name="x")
+            m.submodules.bb = Instance("BB", i_a=self.a, o_y=x)
+            m.d.comb += [self.o.eq(x), self.p.eq(x + 1)]
+            return m
+
+    text = processed_rtlil(WithInstance(), "sample")
+    assert _cell(tidy_rtlil(text), "\\BB") == _cell(text, "\\BB")
 
 
 @needs_yowasp
