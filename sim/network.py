@@ -28,15 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from sim.engine import run_tile
+from sim.layer_tiles import ChannelBlocks, engine_config_for, layer_operands, plan_for, unmapped_reason
 from sim.reference import base_mask, gated_conv
 from sim.results import DESIGNS, LayerRun, NetworkRun
-from sim.tiling import LayerPlan, plan_layer
+from sim.tiling import LayerPlan
 from sim.traffic import chain_cycles, layer_traffic
 from spec.config import ConfigError, EngineConfig
 from spec.protocol import COUNTER_NAMES, RunMode
 from spec.system import SystemConfig
 from spec.tile import QueueLoad, Tile
-from trace_format import Trace, TraceError, TraceLayer, engine_geometry_problem, requantize
+from trace_format import Trace, TraceError, TraceLayer, requantize
 
 __all__ = ["DESIGNS", "LayerRun", "NetworkRun", "engine_config_for", "run_network", "two_pass_counters"]
 
@@ -85,87 +86,7 @@ def two_pass_counters(
     return total
 
 
-def engine_config_for(config: EngineConfig, layer: TraceLayer) -> tuple[EngineConfig, int]:
-    """The engine configuration a layer runs on, and its ``base_channels`` register.
-
-    ``config`` is the build: one engine runs every layer, the layer's kernel, stride, padding and groups
-    going into its run-time registers (at most the build's, :meth:`EngineConfig.for_layer`); P, L, widths
-    and buffer depths are the build's. A gated layer with base ``"groups"`` runs with groups = G; with
-    ``{"first": C_b}`` with groups = 1 and ``base_channels = C_b``. An ungated layer runs in dense mode
-    with groups = 1 and a base segment of ``L`` channels (a multiple of L: no extra beats; 1 channel when
-    ``c_in ≤ L``).
-
-    A layer outside the engine's fixed limits (kernel 1..11, ...:
-    :func:`trace_format.engine_geometry_problem`;
-    a loaded trace never has one) raises :class:`TraceError` naming the layer and its metadata field.
-    """
-    meta = layer.meta
-    problem = engine_geometry_problem(meta)
-    if problem is not None:
-        raise TraceError(f"layer {layer.name!r}: metadata field {problem}")
-    if meta.kind == "fc":
-        k, s, p = 1, 1, 0
-    else:
-        k, s, p = meta.kernel, meta.stride, meta.padding
-    if meta.gated:
-        groups = meta.gate_groups if meta.base_channels == 0 else 1
-        base = meta.base_channels
-    else:
-        groups = 1
-        base = config.lanes if meta.c_in > config.lanes else 1
-    try:
-        cfg = config.for_layer(kernel=k, stride=s, padding=p, groups=groups)  # within the build's maxima
-    except ConfigError as exc:
-        raise ConfigError(f"layer {layer.name!r}: {exc}") from None
-    return cfg, base
-
-
-def _unmapped_reason(layer: TraceLayer) -> str:
-    meta = layer.meta
-    if not meta.is_engine_layer:
-        return f"{meta.kind}: not an engine layer (done by the host)"
-    if meta.kind == "conv" and meta.groups != 1:
-        return f"grouped convolution (groups = {meta.groups}): the engine runs groups = 1 convolutions"
-    if meta.c_in < 2:
-        return "c_in = 1: the engine needs at least two input channels (a base and a conditional segment)"
-    return ""
-
-
-def _operands(layer: TraceLayer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Inputs ``[N, c_in, h, w]``, weights ``[c_out, c_in, k, k]`` and thresholds (int64) of a layer."""
-    x, w, meta = layer.inputs, layer.weights, layer.meta
-    if meta.kind == "fc":
-        x = x.reshape(x.shape[0], -1, 1, 1)
-        w = w.reshape(w.shape[0], -1, 1, 1)
-    tau = layer.thresholds.astype(np.int64) if meta.gated else np.zeros(meta.c_out, dtype=np.int64)
-    return x, w, tau
-
-
-class _Blocks:
-    """A layer's operands cut once per channel block (every tile of a block, every image, shares them)."""
-
-    def __init__(self, plan: LayerPlan, w: np.ndarray, tau: np.ndarray):
-        self.index: list[np.ndarray | slice] = []  # the block's layer channels: a slice where contiguous
-        self.weights: list[np.ndarray] = []
-        self.thresholds: list[np.ndarray] = []
-        for channels in plan.block_channels:
-            ch = np.array(channels)
-            contiguous = bool(np.all(np.diff(ch) == 1))
-            self.index.append(slice(int(ch[0]), int(ch[-1]) + 1) if contiguous else ch)
-            self.weights.append(np.ascontiguousarray(w[ch]))
-            self.thresholds.append(np.ascontiguousarray(tau[ch]))
-
-    def tile(self, t, x: np.ndarray, geometry=None, thresholds: np.ndarray | None = None) -> Tile:
-        cb = t.chan_block
-        return Tile(
-            geometry=t.geometry if geometry is None else geometry,
-            inputs=x[:, t.y0 : t.y1, t.x0 : t.x1],
-            weights=self.weights[cb],
-            thresholds=self.thresholds[cb] if thresholds is None else thresholds[self.index[cb]],
-        )
-
-
-def _dense_counters(cfg: EngineConfig, plan: LayerPlan, blocks: _Blocks, x: np.ndarray) -> np.ndarray:
+def _dense_counters(cfg: EngineConfig, plan: LayerPlan, blocks: ChannelBlocks, x: np.ndarray) -> np.ndarray:
     """Counters of every tile in dense mode (``[tiles, counters]``).
 
     A dense run's schedule depends on the tile's geometry only (every gate is on), so the engine runs once
@@ -185,7 +106,13 @@ def _dense_counters(cfg: EngineConfig, plan: LayerPlan, blocks: _Blocks, x: np.n
 
 
 def _run_sample(
-    cfg: EngineConfig, plan: LayerPlan, blocks: _Blocks, x: np.ndarray, shape_out, outputs: bool, dense: bool
+    cfg: EngineConfig,
+    plan: LayerPlan,
+    blocks: ChannelBlocks,
+    x: np.ndarray,
+    shape_out,
+    outputs: bool,
+    dense: bool,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """Run every tile of one image: the layer's outputs (when asked for), gates and each tile's counters."""
     out = np.zeros(shape_out, dtype=np.int64) if outputs else None
@@ -194,20 +121,12 @@ def _run_sample(
     for i, t in enumerate(plan):
         geometry = dataclasses.replace(t.geometry, dense=True) if dense else None
         res = run_tile(cfg, blocks.tile(t, x, geometry), outputs=outputs)
-        where = (blocks.index[t.chan_block], slice(t.r0, t.r1), slice(t.x0_out, t.x1_out))
+        where = blocks.where(t)
         if outputs:
             out[where] = res.outputs
         gates[where] = res.gates
         counters[i] = list(res.counters.values())
     return out, gates, counters
-
-
-def _plan(layer: TraceLayer, cfg: EngineConfig, base: int) -> LayerPlan:
-    try:
-        m = layer.meta
-        return plan_layer(cfg, m.c_in, m.c_out, m.h, m.w, m.h_out, m.w_out, base, cfg.padding)
-    except ConfigError as exc:
-        raise ConfigError(f"layer {layer.name!r}: {exc}") from None
 
 
 def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: bool) -> LayerRun:
@@ -223,18 +142,18 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
         stride=meta.stride if meta.kind != "fc" else 1,
         trace_gate_on_fraction=meta.gate_on_fraction,
     )
-    run.reason = _unmapped_reason(layer)
+    run.reason = unmapped_reason(layer)
     if run.reason:
         return run
     run.mapped = True
     run.macs_dense = meta.dense_macs
     cfg, base = engine_config_for(config.engine, layer)
-    plan = _plan(layer, cfg, base)
+    plan = plan_for(layer, cfg, base)
     run.tiles = len(plan)
     run.blocks = (plan.n_chan_blocks, plan.n_row_blocks, plan.n_col_blocks)
-    x_all, w, tau = _operands(layer)
+    x_all, w, tau = layer_operands(layer)
     x_all = x_all[:samples]
-    blocks = _Blocks(plan, w, tau)
+    blocks = ChannelBlocks(plan, w, tau)
     shape_out = meta.shape_out
     n_pix = meta.h_out * meta.w_out
     threshold = config.report.prune_threshold
@@ -280,7 +199,7 @@ def _run_layer(layer: TraceLayer, config: SystemConfig, samples: int, check: boo
         pruned_counters = np.empty_like(gated_counters)
         for i, t in enumerate(plan):
             keep = ~pruned[blocks.index[t.chan_block]]
-            where = (blocks.index[t.chan_block], slice(t.r0, t.r1), slice(t.x0_out, t.x1_out))
+            where = blocks.where(t)
             pruned_counters[i] = two_pass_counters(
                 cfg, blocks.tile(t, x), keep, gated_counters[i], gates[where]
             )
@@ -349,12 +268,12 @@ def run_network(
     layers = list(trace)
     # Refuse a configuration that cannot run some layer before simulating any (tiling is cheap).
     for layer in layers:
-        if not _unmapped_reason(layer):
+        if not unmapped_reason(layer):
             try:
                 cfg, base = engine_config_for(config.engine, layer)
             except TraceError as exc:  # a layer outside the engine's limits: the trace's, not the config's
                 raise TraceError(f"{trace.path}: {exc}") from None
-            _plan(layer, cfg, base)
+            plan_for(layer, cfg, base)
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(one, layers))

@@ -118,27 +118,14 @@ def network_tile(
 ) -> tuple[EngineConfig, Tile]:
     """The first tile of ``layer_name`` (sample 0, gated) as ``sim.network.run_network`` cuts and runs it on
     the default system configuration."""
-    import dataclasses
-
-    from sim.network import engine_config_for
-    from sim.tiling import plan_layer
+    from sim.layer_tiles import cut_layer
     from spec.system import SystemConfig
     from trace_format import load_trace
 
-    layer = load_trace(trace_path)[layer_name]
-    config, base = engine_config_for(SystemConfig().engine, layer)
-    m = layer.meta
-    plan = plan_layer(config, m.c_in, m.c_out, m.h, m.w, m.h_out, m.w_out, base, config.padding)
-    t = plan.tiles[0]
-    ch = list(t.channels)
-    tile = Tile(
-        dataclasses.replace(t.geometry, dense=not m.gated),
-        np.ascontiguousarray(layer.inputs[0][:, t.y0 : t.y1, t.x0 : t.x1]),
-        np.ascontiguousarray(layer.weights[ch]),
-        np.ascontiguousarray(layer.thresholds.astype(np.int64)[ch]),
-    )
-    tile.check(config)
-    return config, tile
+    cut = cut_layer(load_trace(trace_path)[layer_name], SystemConfig().engine)
+    tile = cut.tile(0, sample=0)
+    tile.check(cut.config)
+    return cut.config, tile
 
 
 def make_tile(config: EngineConfig, shape: dict, seed: int) -> Tile:
