@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spec.config import EngineConfig
-from verification import simulators
+from verification import recorder, simulators
+from verification.recorder import RECORDER_TOP, recorder_verilog
 from verification.simulators import build_args, simulator_environ
 
 __all__ = [
@@ -50,13 +51,16 @@ __all__ = [
 TOP = "gated_conv_engine"
 CACHE_ENV = "ACCEL_BUILD_CACHE"
 DUMP_TOP = "accel_cosim_dump"
-_DUMP_MODULE = f"""// Waveform dump for Icarus (Verilog-2005); vvp's -none / -fst turn it off / on.
+
+
+def _dump_module(top: str) -> str:
+    return f"""// Waveform dump for Icarus (Verilog-2005); vvp's -none / -fst turn it off / on.
 module {DUMP_TOP}();
   reg [8*1024-1:0] path;
   initial begin
     if ($value$plusargs("dumpfile_path=%s", path)) $dumpfile(path);
-    else $dumpfile("{TOP}.fst");
-    $dumpvars(0, {TOP});
+    else $dumpfile("{top}.fst");
+    $dumpvars(0, {top});
   end
 endmodule
 """
@@ -87,6 +91,7 @@ def _recipe_digest() -> str:
     """What a build depends on besides the Verilog and the flags: the build code and the cocotb version."""
     h = hashlib.sha256(Path(__file__).read_bytes())
     h.update(Path(simulators.__file__).read_bytes())
+    h.update(Path(recorder.__file__).read_bytes())
     h.update(importlib.metadata.version("cocotb").encode())
     return h.hexdigest()
 
@@ -154,13 +159,15 @@ def build(
     waves=False,
     optimize=False,
     zero_fill=True,
+    with_recorder=False,
 ) -> Build:
     """Generate and compile the engine for ``config`` (reusing an up-to-date earlier build).
 
     Icarus builds always include a waveform dump module (off at run time unless asked for), so one build
     serves both; Verilator needs ``--trace`` at build time, so a waveform build is a separate one, and so
     is an ``optimize`` build (the C++ at Verilator's default optimization instead of -O0, for speed
-    measurements).
+    measurements). ``with_recorder``: the top level is :data:`verification.recorder.RECORDER_TOP`, the engine
+    inside the recorder's wrapper (the fast co-simulation of :mod:`verification.trace_tb`).
     """
     from cocotb_tools.runner import get_runner
 
@@ -168,7 +175,8 @@ def build(
     trace = sim == "verilator" and waves
     optimized = sim == "verilator" and optimize
     variant = (
-        f"{'-trace' if trace else ''}{'-optimized' if optimized else ''}{'' if zero_fill else '-nofill'}"
+        f"{'-recorder' if with_recorder else ''}{'-trace' if trace else ''}"
+        f"{'-optimized' if optimized else ''}{'' if zero_fill else '-nofill'}"
     )
     name = f"{sim}{variant}-{config_key(config)}"
     root = root_dir / name
@@ -197,6 +205,11 @@ def build(
         (root / "rtl").mkdir(parents=True)
         sources = [root / "rtl" / verilog.name]
         shutil.copyfile(verilog, sources[0])
+        top = TOP
+        if with_recorder:
+            top = RECORDER_TOP
+            sources.append(root / "rtl" / f"{RECORDER_TOP}.v")
+            sources[-1].write_text(recorder_verilog(verilog.read_text(), TOP))
         shutil.copyfile(verilog.with_suffix(".json"), root / "rtl" / verilog.with_suffix(".json").name)
         if sim == "icarus":
             # Yosys' Verilog starts its `always @*` blocks through a `reg ... = 0` declaration initializer,
@@ -204,7 +217,7 @@ def build(
             # combinational output X until its inputs first change. cocotb's own dump module is
             # SystemVerilog, so a Verilog-2005 one takes its place (dumping is off unless asked for).
             dump = root / "rtl" / f"{DUMP_TOP}.v"
-            dump.write_text(_DUMP_MODULE)
+            dump.write_text(_dump_module(top))
             sources.append(dump)
             args = [*args, "-s", DUMP_TOP]
         t0 = time.perf_counter()
@@ -213,7 +226,7 @@ def build(
             try:
                 get_runner(sim).build(
                     sources=sources,
-                    hdl_toplevel=TOP,
+                    hdl_toplevel=top,
                     build_dir=root / "build",
                     timescale=("1ns", "1ps"),
                     build_args=args,
@@ -249,6 +262,7 @@ def run_testbench(
     *,
     plusargs: list[str] | None = None,
     waves: bool = False,
+    toplevel: str = TOP,
 ) -> TestbenchRun:
     """Run the cocotb tests of ``test_module`` on a build, in ``work_dir`` (results.xml and sim.log there).
 
@@ -265,7 +279,7 @@ def run_testbench(
     with simulator_environ(sim):
         try:
             get_runner(sim).test(
-                hdl_toplevel=TOP,
+                hdl_toplevel=toplevel,
                 hdl_toplevel_lang="verilog",
                 test_module=test_module,
                 build_dir=build_dir,

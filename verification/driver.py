@@ -146,7 +146,11 @@ class EngineDriver:
                 if self.config.data_width > 64
                 else np.concatenate([writes.data, extra.data]),
             )
-        for i, payload in enumerate(pack_payloads(self.config, writes)):
+        payloads = pack_payloads(self.config, writes)
+        if hasattr(self.transport, "load_burst"):  # one write per cycle, checked by the transport
+            await self.transport.load_burst(payloads)
+            return len(writes)
+        for i, payload in enumerate(payloads):
             waited = await self.transport.load.put(payload)
             if waited:
                 sel, addr, _ = writes[i]
@@ -161,6 +165,29 @@ class EngineDriver:
         await self.transport.start()
         return await self.transport.wait_done(timeout_cycles)
 
+    def _wire_address(self, sel: UnloadTarget, addr: int, half: int) -> int:
+        if sel == UnloadTarget.COUNTERS:
+            return addr
+        if sel == UnloadTarget.QUEUE_ENTRY:
+            return banked_address(self.config, addr) | (half << self.config.half_bit)
+        return (addr << self.config.bank_bits) | (half << self.config.half_bit)
+
+    async def read_many(
+        self,
+        sel: UnloadTarget,
+        addrs: Sequence[int],
+        half: int = 0,
+        cares: Sequence[int | None] | None = None,
+    ) -> list[int]:
+        """:meth:`read` of each of ``addrs`` (``cares``: each response's defined bits); back to back, one
+        request per cycle, when the transport takes bursts (``request_burst``)."""
+        sel = UnloadTarget(sel)
+        cares = list(cares) if cares is not None else [None] * len(addrs)
+        if not hasattr(self.transport, "request_burst"):
+            return [await self.read(sel, a, half, c) for a, c in zip(addrs, cares, strict=True)]
+        payloads = [pack_request(self.config, sel, self._wire_address(sel, a, half)) for a in addrs]
+        return [int(w) for w in await self.transport.request_burst(payloads, cares)]
+
     async def read(self, sel: UnloadTarget, addr: int, half: int = 0, care: int | None = None) -> int:
         """One unload request and its response word; ``addr`` is a counter's index, a queue entry's
         (``QUEUE_ENTRY``, sent as its banked address) or, for ``OUTPUT`` and ``QUEUE``, a **row**'s (the
@@ -168,13 +195,7 @@ class EngineDriver:
         the response that must be defined (a row's entries the host wants; default all)."""
         t = self.transport
         sel = UnloadTarget(sel)
-        if sel == UnloadTarget.COUNTERS:
-            wire = addr
-        elif sel == UnloadTarget.QUEUE_ENTRY:
-            wire = banked_address(self.config, addr) | (half << self.config.half_bit)
-        else:
-            wire = (addr << self.config.bank_bits) | (half << self.config.half_bit)
-        waited = await t.req.put(pack_request(self.config, sel, wire))
+        waited = await t.req.put(pack_request(self.config, sel, self._wire_address(sel, addr, half)))
         if waited:
             self._protocol(
                 f"request (sel {sel.value}, addr {addr}) waited {waited} cycles for ready "
@@ -210,8 +231,10 @@ class EngineDriver:
         rows: dict[int, int] = {}
         for n in wanted:  # the bits of the entries wanted in each row (the rest may be undefined)
             rows[n // P] = rows.get(n // P, 0) | (((1 << e) - 1) << (n % P * e))
-        for row, care in sorted(rows.items()):
-            for b, entry in enumerate(self.split_row(await self.read(sel, row, half, care))):
+        order = sorted(rows)
+        words = await self.read_many(sel, order, half, [rows[r] for r in order])
+        for row, word in zip(order, words, strict=True):
+            for b, entry in enumerate(self.split_row(word)):
                 out[row * P + b] = entry
         return {n: out[n] for n in wanted}
 
@@ -249,10 +272,8 @@ class EngineDriver:
     async def read_queue_entries(self, n: int, half: int = 0) -> list[int]:
         """Work-queue entries ``0 … n − 1`` whole (:func:`spec.protocol.queue_layout`): after a ``PHASE1`` run
         the gated-on activations with their partial sums, to count by channel and write back those kept."""
-        return [await self.read(UnloadTarget.QUEUE_ENTRY, i, half) for i in range(n)]
+        return await self.read_many(UnloadTarget.QUEUE_ENTRY, range(n), half)
 
     async def read_counters(self) -> dict[str, int]:
-        return {
-            name: decode_counter(self.config, await self.read(UnloadTarget.COUNTERS, i))
-            for i, name in enumerate(COUNTER_NAMES)
-        }
+        words = await self.read_many(UnloadTarget.COUNTERS, range(len(COUNTER_NAMES)))
+        return {name: decode_counter(self.config, w) for name, w in zip(COUNTER_NAMES, words, strict=True)}

@@ -1,0 +1,312 @@
+"""cocotb testbench of the engine inside the recorder (``accel_cosim_top``, :mod:`verification.recorder`):
+the co-simulation at the simulator's speed, for whole layers of real traces (``accel cosim``).
+
+Run by :func:`verification.trace_cosim.run_recorded` through ``cocotb_tools.runner``; the tiles and their
+expectations come from the .npz named by ``$ACCEL_COSIM_DATA`` (:mod:`verification.cosim_data`), as for
+:mod:`verification.cosim_tb`, and this module never imports the cycle model. One cocotb test per tile, each a
+short body around one :class:`RecordedTestbench`:
+
+* **driver** (:class:`~verification.driver.EngineDriver` over a :class:`RecordedTransport`): loads the tile
+  one write per cycle (``load_burst``: ``load.valid`` held high, a new payload every edge; the recorder
+  counts writes the engine did not take), raises ``start``, waits for the single rising edge of ``done``
+  (no Python runs during the run), and unloads every output row, queue row and counter back to back
+  (``request_burst``: one request per cycle, ``resp.ready`` held high);
+* **monitor**: the recorder's log (:class:`RecorderLog`), read after the run and after the unload: the
+  run's start, busy and done cycles, every output write the trace ports showed, the responses, the
+  protocol errors the wrapper saw;
+* **model**: the case's expectations;
+* **checker**: :func:`verification.cosim_check.compare` (or ``compare_queue`` for a phase-2-only run), the
+  same as the per-cycle testbench's, and the run's protocol (busy rises the cycle after ``start``, stays
+  high in one piece, ``done`` in the cycle after the last busy one).
+
+What the per-cycle testbench checks besides (stalled streams, reset in a run, double-buffered overlap,
+entries beyond the tile) is left to it (``tests/cosim``); here the streams run at full rate, as a host
+with a burst interface drives them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import cocotb
+from cocotb.clock import Clock
+from cocotb.handle import SimHandleBase
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import RisingEdge, with_timeout
+
+from spec.config import EngineConfig
+from spec.protocol import RunMode
+from spec.tile import QueueLoad
+from verification.cocotb_transport import CLOCK_NS
+from verification.cosim_check import Run, compare, compare_queue
+from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
+from verification.driver import EngineDriver
+
+__all__ = ["LOG_ENV", "RecordedTestbench", "RecordedTransport", "RecorderLog", "recorded_tile"]
+
+LOG_ENV = "ACCEL_COSIM_LOG"  # the recorder's log (the same path as its +cosim_log plusarg)
+
+
+class RecorderLog:
+    """Reads the recorder's log as it grows: each :meth:`events` call returns the lines written since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+
+    def events(self) -> list[list[str]]:
+        with open(self.path) as f:
+            f.seek(self._offset)
+            text = f.read()
+        end = text.rfind("\n") + 1  # a line still being written waits for the next call
+        self._offset += len(text[:end].encode())
+        return [line.split(" ") for line in text[:end].splitlines() if line]
+
+
+def _hex(text: str, care: int | None = None) -> int:
+    """A recorder hex value; X/Z digits (four-state simulators) raise unless outside ``care``."""
+    try:
+        return int(text, 16)
+    except ValueError:
+        pass
+    value = 0
+    for i, digit in enumerate(reversed(text.lower())):
+        if digit in "0123456789abcdef":
+            value |= int(digit, 16) << (4 * i)
+        elif care is None or (care >> (4 * i)) & 0xF:
+            raise AssertionError(f"response {text} has X/Z bits (hex digit {i})")
+    return value
+
+
+class RecordedTransport:
+    """The engine's streams driven at full rate, observed through the recorder's log."""
+
+    def __init__(self, dut: SimHandleBase, log: RecorderLog, pes: int) -> None:
+        self.dut = dut
+        self.log = log
+        self.pes = pes
+        self.errors: list[str] = []
+        self.responses: list[str] = []
+        self.counts = (0, 0, 0)  # load writes taken, offers dropped, requests taken (the recorder's)
+        self.run: Run | None = None
+        width = len(dut.wb_addr)
+        self.lin_width = width // pes
+
+    def idle_inputs(self) -> None:
+        dut = self.dut
+        for name in ("start", "load__valid", "req__valid", "tb_flush"):
+            getattr(dut, name).value = 0
+        dut.resp__ready.value = 1  # every response is taken the cycle it comes
+
+    async def reset(self, cycles: int = 3) -> None:
+        self.dut.rst.value = 1
+        for _ in range(cycles):
+            await RisingEdge(self.dut.clk)
+        self.dut.rst.value = 0
+        await RisingEdge(self.dut.clk)
+
+    async def load_burst(self, payloads) -> None:
+        """One load write per cycle; the recorder counts any the engine did not take."""
+        dut = self.dut
+        dut.load__valid.value = 1
+        for payload in payloads:
+            dut.load__payload.value = int(payload)
+            await RisingEdge(dut.clk)
+        dut.load__valid.value = 0
+
+    async def request_burst(self, payloads, cares) -> list[int]:
+        """One request per cycle, then the responses the recorder logged."""
+        dut = self.dut
+        dut.req__valid.value = 1
+        for payload in payloads:
+            dut.req__payload.value = int(payload)
+            await RisingEdge(dut.clk)
+        dut.req__valid.value = 0
+        await RisingEdge(dut.clk)  # the last response
+        await self.flush()
+        words, self.responses = self.responses, []
+        if len(words) != len(payloads):
+            raise AssertionError(f"{len(payloads)} requests, {len(words)} responses")
+        return [_hex(w, c) for w, c in zip(words, cares, strict=True)]
+
+    async def flush(self) -> None:
+        """Have the recorder write its counts and flush its log, then read it."""
+        dut = self.dut
+        dut.tb_flush.value = 1
+        await RisingEdge(dut.clk)
+        dut.tb_flush.value = 0
+        await RisingEdge(dut.clk)
+        self._read()
+
+    async def start(self) -> None:
+        self.run = Run()
+        self.dut.start.value = 1
+        await RisingEdge(self.dut.clk)
+        self.dut.start.value = 0
+
+    async def wait_done(self, timeout_cycles: int) -> Run:
+        try:
+            await with_timeout(RisingEdge(self.dut.done), timeout_cycles * CLOCK_NS, "ns")
+        except TimeoutError:
+            await self.flush()
+            raise AssertionError(f"no done within {timeout_cycles} cycles of start") from None
+        await RisingEdge(self.dut.clk)
+        await self.flush()
+        return self.run
+
+    def _read(self) -> None:
+        """Fold the log's new lines into the run, the responses and the errors."""
+        run, mask = self.run, (1 << self.lin_width) - 1
+        for event in self.log.events():
+            kind = event[0]
+            if kind == "Q":
+                self.responses.append(event[1])
+            elif kind == "C":
+                self.counts = tuple(int(v) for v in event[1:4])
+            elif kind == "E":
+                self.errors.append(" ".join(event[1:]))
+            elif run is None:
+                self.errors.append(f"run event {' '.join(event)} outside a run")
+            elif kind == "S":
+                run.start_cycle = int(event[1])
+            elif kind == "B":
+                if run.rise_cycle is not None:
+                    self.errors.append(f"busy rose twice in one run (cycles {run.rise_cycle}, {event[1]})")
+                run.rise_cycle = int(event[1])
+            elif kind == "W":
+                n, valid, queue, addrs = (
+                    int(event[1]),
+                    int(event[2], 16),
+                    int(event[3], 16),
+                    int(event[4], 16),
+                )
+                for i in range(self.pes):
+                    if (valid >> i) & 1:
+                        into = run.queue_writes if i == 0 and queue else run.writes
+                        into[(addrs >> (i * self.lin_width)) & mask] = n
+                        run.n_writes += 1
+            elif kind == "F":
+                run.fall_cycle, run.busy_cycles = int(event[1]), int(event[2])
+            elif kind == "D":
+                run.done_cycle = int(event[1])
+            else:
+                self.errors.append(f"unknown recorder event {' '.join(event)}")
+
+    def run_problems(self) -> list[str]:
+        """The run's protocol, from its events (what the per-cycle monitor checks as it goes)."""
+        run, problems = self.run, []
+        if run.start_cycle is None or run.rise_cycle != run.start_cycle + 1:
+            problems.append(f"busy did not rise the cycle after start ({run.describe()})")
+        if run.fall_cycle is None or run.done_cycle != run.fall_cycle:
+            problems.append(
+                f"done is not high exactly the cycle after the last busy cycle ({run.describe()})"
+            )
+        if run.fall_cycle is not None and run.rise_cycle is not None:
+            if run.fall_cycle - run.rise_cycle != run.busy_cycles:
+                problems.append(f"busy was not high in one piece ({run.describe()})")
+        return problems
+
+
+class RecordedTestbench:
+    """Driver, recorder log, model and checker around one engine, for the cases of ``$ACCEL_COSIM_DATA``."""
+
+    def __init__(self, config: EngineConfig, cases: list[CosimCase], report: Path | None, stats: Path | None):
+        self.config = config
+        self.cases = cases
+        self.report_path = report
+        self.stats_path = stats
+        self.transport: RecordedTransport | None = None
+        self.driver: EngineDriver | None = None
+        self._loads = 0  # load writes made, to compare with the recorder's count
+
+    @classmethod
+    def from_environment(cls) -> RecordedTestbench:
+        config, cases = load_cases(os.environ[DATA_ENV])
+        paths = [Path(os.environ[env]) if os.environ.get(env) else None for env in (REPORT_ENV, STATS_ENV)]
+        return cls(config, cases, *paths)
+
+    async def start(self, dut: SimHandleBase) -> None:
+        if self.transport is None:
+            log = RecorderLog(Path(os.environ[LOG_ENV]))
+            self.transport = RecordedTransport(dut, log, self.config.pes)
+            self.driver = EngineDriver(self.config, self.transport)
+            self.transport.idle_inputs()
+            Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
+            await self.transport.reset()
+        else:
+            Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
+
+    def _write(self, path: Path | None, record: dict) -> None:
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    async def check_tile(self, index: int) -> None:
+        case, driver, t = self.cases[index], self.driver, self.transport
+        g = case.tile.geometry
+        mode = RunMode(case.run)
+        queue = QueueLoad(case.queue_lins, case.queue_psums) if case.queue_lins is not None else None
+        wall, sim0 = time.perf_counter(), get_sim_time("ns")
+        loads = await driver.load_tile(
+            case.tile, "all", layer=case.layer, run=mode, queue=queue, half=case.half
+        )
+        self._loads += loads
+        await t.start()
+        run = await t.wait_done(2 * int(case.counters["cycles"]) + 1000)
+        problems = t.run_problems()
+        if queue is not None:
+            results = await driver.read_queue(len(queue.lins), case.half)
+            counters = await driver.read_counters()
+            problems += compare_queue(self.config, case, results, counters, run, {})
+        else:
+            words = await driver.read_words(range(g.n_outputs), case.half)
+            counters = await driver.read_counters()
+            if mode is not RunMode.PHASE1:
+                words = await driver.merge_results(g, words, case.half)
+            problems += compare(self.config, case, words, counters, run, {})
+        await t.flush()
+        taken, dropped, _ = t.counts
+        if taken != self._loads or dropped:
+            problems.append(f"the engine took {taken} of {self._loads} load writes; {dropped} offers dropped")
+        problems = t.errors + problems
+        t.errors = []
+        self._write(
+            self.stats_path,
+            {
+                "tile": index,
+                "passed": not problems,
+                "busy_cycles": run.busy_cycles,
+                "cycles": counters["cycles"],
+                "macs": counters["base_macs"] + counters["cond_macs"],
+                "load_writes": loads,
+                # load, run, unload and the recorder's flushes
+                "clock_cycles": round((get_sim_time("ns") - sim0) / CLOCK_NS),
+                "wall_s": time.perf_counter() - wall,
+            },
+        )
+        if problems:
+            message = f"tile {index} '{case.name}' ({g}): " + "; ".join(problems)
+            self._write(self.report_path, {"tile": index, "name": case.name, "message": message})
+            raise AssertionError(message)
+
+
+@functools.cache
+def testbench() -> RecordedTestbench:
+    return RecordedTestbench.from_environment()
+
+
+def _tile_count() -> int:
+    return case_count(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else 0
+
+
+@cocotb.test()
+@cocotb.parametrize(tile=list(range(_tile_count())))
+async def recorded_tile(dut: SimHandleBase, tile: int) -> None:
+    """Load tile ``tile``, run it, unload everything and compare with the model (the recorder watches)."""
+    tb = testbench()
+    await tb.start(dut)
+    await tb.check_tile(tile)
