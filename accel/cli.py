@@ -14,6 +14,7 @@ import os
 import sys
 
 from accel.arguments import int_in, number_arg, out_path_arg, path_arg
+from accel.cosim_cli import add_cosim_parser
 from accel.report_cli import add_report_parsers
 from accel.terminal import one_line, printable
 from accel.train_cli import add_trace_export_parser, add_train_parser
@@ -139,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_trace_export_parser(trace_sub)
     add_report_parsers(sub)
+    add_cosim_parser(sub)
     return parser
 
 

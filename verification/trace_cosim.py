@@ -17,7 +17,7 @@ cycle model: what ``accel cosim`` does.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +39,11 @@ __all__ = [
     "DESIGNS",
     "RecordedRun",
     "TraceTile",
+    "check_request",
+    "cheapest_tile",
     "design_cycles",
+    "engine_layers",
+    "layer_cases",
     "pick_tiles",
     "run_recorded",
     "trace_cases",
@@ -110,6 +114,78 @@ def _engine_layers(trace: Trace, system: SystemConfig, layers: Sequence[str] | N
         yield cut_layer(layer, system.engine)
 
 
+def engine_layers(
+    trace: Trace, system: SystemConfig, layers: Sequence[str] | None = None
+) -> list[LayerTiles]:
+    """The engine layers of ``trace`` (only ``layers``, by name, when given) cut as the runner cuts them."""
+    return list(_engine_layers(trace, system, layers))
+
+
+def layer_cases(
+    cut: LayerTiles,
+    system: SystemConfig,
+    designs: Sequence[str] = ("dense", "gated"),
+    samples: int = 1,
+    tiles_per_layer: int | None = None,
+    indices: Sequence[int] | None = None,
+) -> list[TraceTile]:
+    """The runs of one layer (see :func:`trace_cases`); ``indices``: exactly these tiles."""
+    name, cfg = cut.layer.name, cut.config
+    threshold = system.report.prune_threshold
+    out: list[TraceTile] = []
+    for s in range(samples):
+        pruned = None
+        if "pruned" in designs and cut.gated:
+            gates = _layer_gates(cut, s)
+            m = cut.layer.meta
+            pruned = gates.reshape(m.c_out, -1).sum(axis=1) / (m.h_out * m.w_out) <= threshold
+        for i in pick_tiles(len(cut.plan), tiles_per_layer) if indices is None else indices:
+            label = f"{name} tile {i} image {s}"
+            if not cut.gated:  # every design runs it dense
+                case = expectations(cfg, f"{label} dense", cut.tile(i, s, dense=True))
+                out.append(TraceTile(name, i, s, "dense", "", case, counts_for=tuple(designs)))
+                continue
+            if "dense" in designs:
+                case = expectations(cfg, f"{label} dense", cut.tile(i, s, dense=True))
+                out.append(TraceTile(name, i, s, "dense", "", case, counts_for=("dense",)))
+            if "gated" in designs:
+                case = expectations(cfg, f"{label} gated", cut.tile(i, s))
+                out.append(TraceTile(name, i, s, "gated", "", case, counts_for=("gated",)))
+            if pruned is not None:
+                tile = cut.tile(i, s)
+                keep = ~pruned[cut.where(i)[0]]
+                pass1 = expectations(cfg, f"{label} pruned pass 1", tile, run=RunMode.PHASE1)
+                queue = QueueLoad.after_phase1(pass1.outputs, pass1.gates, keep)
+                pass2 = expectations(cfg, f"{label} pruned pass 2", tile, run=RunMode.PHASE2, queue=queue)
+                on = int(pass1.counters["gates_on"])
+                host = on + (len(queue.lins) if len(queue.lins) < on else 0)
+                out.append(TraceTile(name, i, s, "pruned", "pass 1", pass1, 0, ("pruned",)))
+                out.append(TraceTile(name, i, s, "pruned", "pass 2", pass2, host, ("pruned",)))
+    return out
+
+
+def cheapest_tile(cut: LayerTiles) -> int:
+    """The tile of ``cut`` whose gated run (dense for an ungated layer) takes the fewest cycles, image 0."""
+    from sim.engine import run_tile
+
+    cycles = [
+        run_tile(cut.config, cut.tile(i), outputs=False).counters["cycles"] for i in range(len(cut.plan))
+    ]
+    return int(np.argmin(cycles))
+
+
+def check_request(trace: Trace, designs: Sequence[str], samples: int) -> None:
+    """Refuse designs and sample counts the trace cannot give, before any work."""
+    bad = [d for d in designs if d not in DESIGNS]
+    if bad:
+        raise ConfigError(f"design {bad[0]!r}: expected some of {', '.join(DESIGNS)}")
+    if not designs:
+        raise ConfigError(f"no design: expected some of {', '.join(DESIGNS)}")
+    stored = trace.meta.samples
+    if not 1 <= samples <= stored:
+        raise ConfigError(f"samples = {samples}: the trace stores {stored} (choose 1..{stored})")
+
+
 def trace_cases(
     trace: Trace,
     system: SystemConfig,
@@ -117,52 +193,14 @@ def trace_cases(
     samples: int = 1,
     layers: Sequence[str] | None = None,
     tiles_per_layer: int | None = None,
-    progress: Callable[[str], None] | None = None,
 ) -> list[TraceTile]:
-    """Every run of the chosen designs, layers (default: every engine layer), tiles (default: all) and the
-    first ``samples`` images, with the cycle model's expectations; a tile an earlier design already runs
-    the same way (an ungated layer's tile is dense in every design) is not repeated."""
-    bad = [d for d in designs if d not in DESIGNS]
-    if bad:
-        raise ConfigError(f"design {bad[0]!r}: expected some of {', '.join(DESIGNS)}")
-    stored = trace.meta.samples
-    if not 1 <= samples <= stored:
-        raise ConfigError(f"samples = {samples}: the trace stores {stored} (choose 1..{stored})")
-    threshold = system.report.prune_threshold
+    """Every run of the chosen designs, layers (default: every engine layer), tiles (default: all, else
+    ``tiles_per_layer`` spread over each layer) and the first ``samples`` images, with the cycle model's
+    expectations; an ungated layer's tiles run once, dense, for every design (as each design runs them)."""
+    check_request(trace, designs, samples)
     out: list[TraceTile] = []
     for cut in _engine_layers(trace, system, layers):
-        name, cfg = cut.layer.name, cut.config
-        picked = pick_tiles(len(cut.plan), tiles_per_layer)
-        for s in range(samples):
-            pruned = None
-            if "pruned" in designs and cut.gated:
-                gates = _layer_gates(cut, s)
-                m = cut.layer.meta
-                pruned = gates.reshape(m.c_out, -1).sum(axis=1) / (m.h_out * m.w_out) <= threshold
-            for i in picked:
-                label = f"{name} tile {i} image {s}"
-                if not cut.gated:  # every design runs it dense
-                    case = expectations(cfg, f"{label} dense", cut.tile(i, s, dense=True))
-                    out.append(TraceTile(name, i, s, "dense", "", case, counts_for=tuple(designs)))
-                    continue
-                if "dense" in designs:
-                    case = expectations(cfg, f"{label} dense", cut.tile(i, s, dense=True))
-                    out.append(TraceTile(name, i, s, "dense", "", case, counts_for=("dense",)))
-                if "gated" in designs:
-                    case = expectations(cfg, f"{label} gated", cut.tile(i, s))
-                    out.append(TraceTile(name, i, s, "gated", "", case, counts_for=("gated",)))
-                if pruned is not None:
-                    tile = cut.tile(i, s)
-                    keep = ~pruned[cut.where(i)[0]]
-                    pass1 = expectations(cfg, f"{label} pruned pass 1", tile, run=RunMode.PHASE1)
-                    queue = QueueLoad.after_phase1(pass1.outputs, pass1.gates, keep)
-                    pass2 = expectations(cfg, f"{label} pruned pass 2", tile, run=RunMode.PHASE2, queue=queue)
-                    on = int(pass1.counters["gates_on"])
-                    host = on + (len(queue.lins) if len(queue.lins) < on else 0)
-                    out.append(TraceTile(name, i, s, "pruned", "pass 1", pass1, 0, ("pruned",)))
-                    out.append(TraceTile(name, i, s, "pruned", "pass 2", pass2, host, ("pruned",)))
-        if progress is not None:
-            progress(name)
+        out += layer_cases(cut, system, designs, samples, tiles_per_layer)
     return out
 
 
@@ -175,6 +213,7 @@ class RecordedRun:
     failures: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
     log: Path | None = None
+    waves: Path | None = None
 
 
 def run_recorded(
@@ -183,20 +222,29 @@ def run_recorded(
     cases: Sequence[CosimCase],
     cache_root: Path | None,
     work_dir: Path,
+    waves: bool = False,
 ) -> RecordedRun:
     """Run ``cases`` in order in one simulation of the build ``system.engine`` inside the recorder
-    (Verilator builds optimized C++)."""
-    built = build(sim, system.engine, cache_root, with_recorder=True, optimize=sim == "verilator").directory
+    (Verilator builds optimized C++; ``waves``: a waveform build, the file in ``RecordedRun.waves``)."""
+    optimize = sim == "verilator" and not waves
+    built = build(
+        sim, system.engine, cache_root, with_recorder=True, optimize=optimize, waves=waves
+    ).directory
     work_dir.mkdir(parents=True, exist_ok=True)
     data = save_cases(work_dir / "cases.npz", system.engine, list(cases))
     report, stats, log = work_dir / "failures.jsonl", work_dir / "stats.jsonl", work_dir / "recorder.log"
     for path in (report, stats, log):
         path.unlink(missing_ok=True)
     env = {DATA_ENV: str(data), REPORT_ENV: str(report), STATS_ENV: str(stats), LOG_ENV: str(log)}
+    plusargs, wave_file = [f"+cosim_log={log}"], None
+    if waves:
+        wave_file = work_dir / (f"{RECORDER_TOP}.fst" if sim == "icarus" else "dump.vcd")
+        if sim == "icarus":
+            plusargs.append(f"+dumpfile_path={wave_file}")
     ran = run_testbench(
-        sim, built, TB_MODULE, work_dir, env, plusargs=[f"+cosim_log={log}"], toplevel=RECORDER_TOP
+        sim, built, TB_MODULE, work_dir, env, plusargs=plusargs, waves=waves, toplevel=RECORDER_TOP
     )
-    result = RecordedRun(wall_s=ran.wall_s, log=ran.log_file)
+    result = RecordedRun(wall_s=ran.wall_s, log=ran.log_file, waves=wave_file)
     if stats.is_file():
         result.stats = [json.loads(line) for line in stats.read_text().splitlines() if line.strip()]
     if report.is_file():

@@ -255,8 +255,10 @@ class RecordedTestbench:
             case.tile, "all", layer=case.layer, run=mode, queue=queue, half=case.half
         )
         self._loads += loads
+        loaded = time.perf_counter()
         await t.start()
         run = await t.wait_done(2 * int(case.counters["cycles"]) + 1000)
+        ran = time.perf_counter()
         problems = t.run_problems()
         if queue is not None:
             results = await driver.read_queue(len(queue.lins), case.half)
@@ -286,6 +288,8 @@ class RecordedTestbench:
                 # load, run, unload and the recorder's flushes
                 "clock_cycles": round((get_sim_time("ns") - sim0) / CLOCK_NS),
                 "wall_s": time.perf_counter() - wall,
+                "load_s": loaded - wall,
+                "run_s": ran - loaded,
             },
         )
         if problems:
