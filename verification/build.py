@@ -209,7 +209,10 @@ def build(
         if with_recorder:
             top = RECORDER_TOP
             sources.append(root / "rtl" / f"{RECORDER_TOP}.v")
-            sources[-1].write_text(recorder_verilog(verilog.read_text(), TOP))
+            # (a load burst holds any tile's writes: every buffer word and register, and a queue)
+            words = config.input_depth + config.weight_depth + config.threshold_depth + config.output_depth
+            depth = 1 << (words + 256).bit_length()
+            sources[-1].write_text(recorder_verilog(verilog.read_text(), TOP, depth))
         shutil.copyfile(verilog.with_suffix(".json"), root / "rtl" / verilog.with_suffix(".json").name)
         if sim == "icarus":
             # Yosys' Verilog starts its `always @*` blocks through a `reg ... = 0` declaration initializer,

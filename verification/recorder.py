@@ -55,20 +55,60 @@ def engine_ports(verilog: str, top: str) -> list[tuple[str, str, int]]:
     return ports
 
 
-def recorder_verilog(verilog: str, top: str) -> str:
-    """The Verilog-2005 source of ``accel_cosim_top`` around module ``top`` of ``verilog``."""
+def recorder_verilog(verilog: str, top: str, burst_depth: int = 1 << 14) -> str:
+    """The Verilog-2005 source of ``accel_cosim_top`` around module ``top`` of ``verilog``; a load burst
+    holds at most ``burst_depth`` writes."""
     ports = engine_ports(verilog, top)
     names = ", ".join(name for _, name, _ in ports)
     decls = "\n".join(
         f"  {d} {f'[{w - 1}:0] ' if w > 1 else ''}{name};\n  wire {f'[{w - 1}:0] ' if w > 1 else ''}{name};"
         for d, name, w in ports
     )
-    conns = ",\n".join(f"    .{name}({name})" for _, name, _ in ports)
+    # The load stream reaches the engine from the burst while one runs, from the ports otherwise.
+    driven = {"load__valid": "eng_load_valid", "load__payload": "eng_load_payload"}
+    conns = ",\n".join(f"    .{name}({driven.get(name, name)})" for _, name, _ in ports)
+    width = next(w for _, name, w in ports if name == "load__payload")
     return f"""// Testbench wrapper written by verification/recorder.py: the engine, and a log of what it did.
-module {RECORDER_TOP}({names}, tb_flush);
+module {RECORDER_TOP}({names}, tb_flush, tb_burst, tb_burst_n, tb_burst_busy);
 {decls}
   input tb_flush;
   wire tb_flush;
+  input tb_burst;
+  wire tb_burst;
+  input [31:0] tb_burst_n;
+  wire [31:0] tb_burst_n;
+  output tb_burst_busy;
+
+  // A load burst: tb_burst high for a cycle reads tb_burst_n payloads from the file +cosim_load names
+  // (one hex word per line) and offers them on the engine's load stream, one per cycle while it is ready;
+  // tb_burst_busy is high until the last one is taken.
+  reg [{width - 1}:0] burst_mem [0:{burst_depth - 1}];
+  reg [{width - 1}:0] burst_word;  // the offered write, a register: the memory is read at edges only
+  reg [31:0] burst_i, burst_n;
+  reg burst_on;
+  reg [8*1024-1:0] load_path;
+  wire eng_load_valid = burst_on ? 1'b1 : load__valid;
+  wire [{width - 1}:0] eng_load_payload = burst_on ? burst_word : load__payload;
+  assign tb_burst_busy = burst_on;
+  initial begin
+    burst_on = 0;
+    burst_i = 0;
+    burst_n = 0;
+    if (!$value$plusargs("cosim_load=%s", load_path)) load_path = "cosim_load.hex";
+  end
+  always @(posedge clk) begin
+    if (tb_burst === 1'b1) begin
+      $readmemh(load_path, burst_mem, 0, tb_burst_n - 1);
+      burst_n <= tb_burst_n;
+      burst_i <= 1;
+      burst_word <= burst_mem[0];
+      burst_on <= tb_burst_n != 0;
+    end else if (burst_on && load__ready === 1'b1) begin
+      burst_word <= burst_mem[burst_i];
+      burst_i <= burst_i + 1;
+      if (burst_i == burst_n) burst_on <= 0;
+    end
+  end
 
   {top} engine (
 {conns}
@@ -123,7 +163,7 @@ module {RECORDER_TOP}({names}, tb_flush);
       $fflush(fd);
     end
     if (resp__valid === 1'b1 && resp__ready === 1'b1) $fwrite(fd, "Q %h\\n", resp__payload);
-    if (load__valid === 1'b1) begin
+    if (eng_load_valid === 1'b1) begin
       if (load__ready === 1'b1) loads = loads + 1;
       else dropped = dropped + 1;
     end

@@ -33,7 +33,7 @@ from verification.build import build, run_testbench
 from verification.cosim import _testcases, expectations
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, save_cases
 from verification.recorder import RECORDER_TOP
-from verification.trace_tb import LOG_ENV
+from verification.trace_tb import LOAD_ENV, LOG_ENV
 
 __all__ = [
     "DESIGNS",
@@ -233,10 +233,12 @@ def run_recorded(
     work_dir.mkdir(parents=True, exist_ok=True)
     data = save_cases(work_dir / "cases.npz", system.engine, list(cases))
     report, stats, log = work_dir / "failures.jsonl", work_dir / "stats.jsonl", work_dir / "recorder.log"
-    for path in (report, stats, log):
+    burst = work_dir / "load.hex"
+    for path in (report, stats, log, burst):
         path.unlink(missing_ok=True)
-    env = {DATA_ENV: str(data), REPORT_ENV: str(report), STATS_ENV: str(stats), LOG_ENV: str(log)}
-    plusargs, wave_file = [f"+cosim_log={log}"], None
+    env = {DATA_ENV: str(data), REPORT_ENV: str(report), STATS_ENV: str(stats), LOG_ENV: str(log),
+           LOAD_ENV: str(burst)}  # fmt: skip
+    plusargs, wave_file = [f"+cosim_log={log}", f"+cosim_load={burst}"], None
     if waves:
         wave_file = work_dir / (f"{RECORDER_TOP}.fst" if sim == "icarus" else "dump.vcd")
         if sim == "icarus":

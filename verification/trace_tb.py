@@ -7,10 +7,10 @@ expectations come from the .npz named by ``$ACCEL_COSIM_DATA`` (:mod:`verificati
 short body around one :class:`RecordedTestbench`:
 
 * **driver** (:class:`~verification.driver.EngineDriver` over a :class:`RecordedTransport`): loads the tile
-  one write per cycle (``load_burst``: ``load.valid`` held high, a new payload every edge; the recorder
-  counts writes the engine did not take), raises ``start``, waits for the single rising edge of ``done``
-  (no Python runs during the run), and unloads every output row, queue row and counter back to back
-  (``request_burst``: one request per cycle, ``resp.ready`` held high);
+  one write per cycle (``load_burst``: the recorder reads the writes from a file and offers them itself,
+  one trigger; it counts any the engine did not take at once), raises ``start``, waits for the single
+  rising edge of ``done`` (no Python runs during the run), and unloads every output row, queue row and
+  counter back to back (``request_burst``: one request per cycle, ``resp.ready`` held high);
 * **monitor**: the recorder's log (:class:`RecorderLog`), read after the run and after the unload: the
   run's start, busy and done cycles, every output write the trace ports showed, the responses, the
   protocol errors the wrapper saw;
@@ -36,7 +36,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.handle import SimHandleBase
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import RisingEdge, with_timeout
+from cocotb.triggers import FallingEdge, RisingEdge, with_timeout
 
 from spec.config import EngineConfig
 from spec.protocol import RunMode
@@ -46,9 +46,10 @@ from verification.cosim_check import Run, compare, compare_queue
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
 from verification.driver import EngineDriver
 
-__all__ = ["LOG_ENV", "RecordedTestbench", "RecordedTransport", "RecorderLog", "recorded_tile"]
+__all__ = ["LOAD_ENV", "LOG_ENV", "RecordedTestbench", "RecordedTransport", "RecorderLog", "recorded_tile"]
 
 LOG_ENV = "ACCEL_COSIM_LOG"  # the recorder's log (the same path as its +cosim_log plusarg)
+LOAD_ENV = "ACCEL_COSIM_LOAD"  # the load bursts' file (the same path as the +cosim_load plusarg)
 
 
 class RecorderLog:
@@ -85,9 +86,10 @@ def _hex(text: str, care: int | None = None) -> int:
 class RecordedTransport:
     """The engine's streams driven at full rate, observed through the recorder's log."""
 
-    def __init__(self, dut: SimHandleBase, log: RecorderLog, pes: int) -> None:
+    def __init__(self, dut: SimHandleBase, log: RecorderLog, pes: int, burst_file: Path) -> None:
         self.dut = dut
         self.log = log
+        self.burst_file = burst_file
         self.pes = pes
         self.errors: list[str] = []
         self.responses: list[str] = []
@@ -98,7 +100,7 @@ class RecordedTransport:
 
     def idle_inputs(self) -> None:
         dut = self.dut
-        for name in ("start", "load__valid", "req__valid", "tb_flush"):
+        for name in ("start", "load__valid", "req__valid", "tb_flush", "tb_burst", "tb_burst_n"):
             getattr(dut, name).value = 0
         dut.resp__ready.value = 1  # every response is taken the cycle it comes
 
@@ -110,13 +112,18 @@ class RecordedTransport:
         await RisingEdge(self.dut.clk)
 
     async def load_burst(self, payloads) -> None:
-        """One load write per cycle; the recorder counts any the engine did not take."""
+        """The writes one per cycle from the recorder's burst memory (the file it reads, then one trigger);
+        the recorder counts any offer the engine did not take at once."""
         dut = self.dut
-        dut.load__valid.value = 1
-        for payload in payloads:
-            dut.load__payload.value = int(payload)
-            await RisingEdge(dut.clk)
-        dut.load__valid.value = 0
+        payloads = [int(p) for p in payloads]
+        if not payloads:
+            return
+        self.burst_file.write_text("".join(f"{p:x}\n" for p in payloads))
+        dut.tb_burst_n.value = len(payloads)
+        dut.tb_burst.value = 1
+        await RisingEdge(dut.clk)
+        dut.tb_burst.value = 0
+        await FallingEdge(dut.tb_burst_busy)
 
     async def request_burst(self, payloads, cares) -> list[int]:
         """One request per cycle, then the responses the recorder logged."""
@@ -232,7 +239,7 @@ class RecordedTestbench:
     async def start(self, dut: SimHandleBase) -> None:
         if self.transport is None:
             log = RecorderLog(Path(os.environ[LOG_ENV]))
-            self.transport = RecordedTransport(dut, log, self.config.pes)
+            self.transport = RecordedTransport(dut, log, self.config.pes, Path(os.environ[LOAD_ENV]))
             self.driver = EngineDriver(self.config, self.transport)
             self.transport.idle_inputs()
             Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
