@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,50 @@ def test_a_wrong_expectation_is_reported_with_its_place(tmp_path: Path) -> None:
     message = result.failures[0]["message"]
     assert cut.layer.name in message and f"tile {index}" in message
     assert "first diverging output (co=0, oy=0, ox=1)" in message and "cycle" in message
+
+
+@_needs("icarus")
+def test_cli_mismatch_exits_1_naming_the_place_and_keeping_the_waveform(tmp_path, monkeypatch, capsys):
+    import verification.trace_cosim as trace_cosim
+    from accel.cli import main
+
+    real = trace_cosim.expectations
+
+    def wrong(*args, **kwargs):
+        case = real(*args, **kwargs)
+        case.outputs = np.array(case.outputs, copy=True)
+        case.outputs.flat[0] += 1
+        return case
+
+    monkeypatch.setattr(trace_cosim, "expectations", wrong)
+    out = tmp_path / "out"
+    argv = [
+        "cosim",
+        "--sim",
+        "icarus",
+        "--layers",
+        "fc",
+        "--design",
+        "dense",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    assert main([*argv, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "'fc tile 0 image 0 dense'" in err and "first diverging output (co=0, oy=0, ox=0)" in err
+    assert "written in cycle" in err
+    assert len(list(out.glob("fc_tile_0_image_0_dense.fst"))) == 1
+    result = json.loads((out / "cosim.json").read_text())
+    assert result["mismatches"] == 1 and result["layers"][0]["mismatches"] == 1
+
+
+def test_cli_refuses_an_unknown_layer_and_a_bad_design(tmp_path, capsys):
+    from accel.cli import main
+
+    assert main(["cosim", "--layers", "conv9", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no layer 'conv9'" in err and "cgnet-resnet20-digits.npz" in err and "layer1.0.conv1" in err
+    assert main(["cosim", "--design", "dense,sparse"]) == 2
+    assert "invalid design 'sparse'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
