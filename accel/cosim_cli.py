@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from spec.config import ConfigError
 
 __all__ = ["COSIM_FILES", "add_cosim_parser"]
 
-COSIM_FILES = ("cosim.json", "*.vcd", "*.fst")  # what a cosim folder holds
+COSIM_FILES = ("cosim.json", "*.vcd", "*.fst", "*.log")  # what a cosim folder holds
 
 
 def _designs(text: str) -> tuple[str, ...]:
@@ -132,8 +134,8 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
     folder = OutputFolder(args.out or Path(f"cosim-{Path(path).stem}"), COSIM_FILES, "accel cosim")
     rows, failures, cycles = [], [], {}
     started = time.monotonic()
-    with folder as staging:
-        work = staging.parent / f".{staging.name}-work"
+    with folder as staging, tempfile.TemporaryDirectory(prefix="accel-cosim-") as scratch:
+        work = Path(scratch)
         print(f"building the Verilog for {args.sim} (reused when up to date) ...", flush=True)
         with tqdm(total=len(cuts), desc="layers", unit="layer", disable=args.no_progress or None) as bar:
             for k, cut in enumerate(cuts):
@@ -144,11 +146,15 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
                 rows.append(_layer_row(cut.layer.name, tiles, stats, ran.failures))
                 if len(stats) == len(tiles):
                     cycles.update(design_cycles(tiles, [s["cycles"] for s in stats]))
+                log_name = None
+                if ran.failures and ran.log is not None and ran.log.is_file():
+                    log_name = f"{_safe(cut.layer.name)}-sim.log"  # the simulator's log, kept
+                    shutil.copyfile(ran.log, staging / log_name)
                 for f in ran.failures:
                     index = f.get("tile")
                     failures.append({"layer": cut.layer.name, "message": f["message"],
                                      "case": tiles[index].case.name if index is not None else None,
-                                     "log": str(ran.log)})  # fmt: skip
+                                     "log": log_name})  # fmt: skip
                     if index is not None and len(failures) == 1:
                         _keep_waves(args.sim, system, tiles[index].case, work / f"layer{k}-waves", staging)
                 bar.update()
@@ -167,9 +173,6 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
             "wall_s": round(wall, 1),
         }
         (staging / "cosim.json").write_text(json.dumps(result, indent=2) + "\n")
-        import shutil
-
-        shutil.rmtree(work, ignore_errors=True)
     print(f"trace: {printable(path)} on {args.sim}; designs {', '.join(args.design)}")
     print()
     print(_format_table(rows))
@@ -198,5 +201,9 @@ def _keep_waves(sim: str, system, case, work: Path, staging: Path) -> None:
 
     ran = run_recorded(sim, system, [case], None, work, waves=True)
     if ran.waves is not None and ran.waves.is_file():
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case.name)
-        ran.waves.replace(staging / f"{safe}{ran.waves.suffix}")
+        shutil.move(ran.waves, staging / f"{_safe(case.name)}{ran.waves.suffix}")
+
+
+def _safe(name: str) -> str:
+    """A layer or case name as a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

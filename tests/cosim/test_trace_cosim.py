@@ -141,7 +141,7 @@ def test_cli_mismatch_exits_1_naming_the_place_and_keeping_the_waveform(tmp_path
     err = capsys.readouterr().err
     assert "'fc tile 0 image 0 dense'" in err and "first diverging output (co=0, oy=0, ox=0)" in err
     assert "written in cycle" in err
-    assert len(list(out.glob("fc_tile_0_image_0_dense.fst"))) == 1
+    assert len(list(out.glob("fc_tile_0_image_0_dense.fst"))) == 1 and (out / "fc-sim.log").is_file()
     result = json.loads((out / "cosim.json").read_text())
     assert result["mismatches"] == 1 and result["layers"][0]["mismatches"] == 1
 
