@@ -141,7 +141,10 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
             for k, cut in enumerate(cuts):
                 bar.set_postfix_str(printable(cut.layer.name)[:30])
                 tiles = layer_cases(cut, system, args.design, args.samples, args.tiles_per_layer)
-                ran = run_recorded(args.sim, system, [t.case for t in tiles], None, work / f"layer{k}")
+                try:
+                    ran = run_recorded(args.sim, system, [t.case for t in tiles], None, work / f"layer{k}")
+                except RuntimeError as exc:  # the simulator could not be built or started
+                    raise ConfigError(f"--sim {args.sim}: {one_line(str(exc), 500)}") from None
                 stats = sorted(ran.stats, key=lambda s: s["tile"])
                 rows.append(_layer_row(cut.layer.name, tiles, stats, ran.failures))
                 if len(stats) == len(tiles):
@@ -156,7 +159,14 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
                                      "case": tiles[index].case.name if index is not None else None,
                                      "log": log_name})  # fmt: skip
                     if index is not None and len(failures) == 1:
-                        _keep_waves(args.sim, system, tiles[index].case, work / f"layer{k}-waves", staging)
+                        failures[-1]["waves"] = _keep_waves(
+                            args.sim,
+                            system,
+                            [t.case for t in tiles],
+                            index,
+                            work / f"layer{k}-waves",
+                            staging,
+                        )
                 bar.update()
         wall = time.monotonic() - started
         result = {
@@ -167,7 +177,10 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
             "tiles_per_layer": args.tiles_per_layer,
             "engine": system.engine.to_dict(),
             "layers": rows,
+            # summed over the co-simulated tiles and images: with every tile of one image, each layer's
+            # and design's compute cycles in the report (accel report --samples 1)
             "design_cycles": {f"{layer}/{design}": c for (layer, design), c in sorted(cycles.items())},
+            "design_cycles_complete": args.tiles_per_layer is None and not failures,
             "mismatches": len(failures),
             "failures": failures,
             "wall_s": round(wall, 1),
@@ -195,13 +208,24 @@ def _cmd_cosim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keep_waves(sim: str, system, case, work: Path, staging: Path) -> None:
-    """Run the failing case alone again with waveforms on and keep the file in the output folder."""
+def _keep_waves(sim: str, system, cases: list, index: int, work: Path, staging: Path) -> str:
+    """Run the failing case again with waveforms on (after the pruned design's first pass when it is the
+    second, whose data it needs) and keep the file in the output folder; what was kept, or why not."""
+    from spec.protocol import RunMode
     from verification.trace_cosim import run_recorded
 
-    ran = run_recorded(sim, system, [case], None, work, waves=True)
-    if ran.waves is not None and ran.waves.is_file():
-        shutil.move(ran.waves, staging / f"{_safe(case.name)}{ran.waves.suffix}")
+    case = cases[index]
+    first = index - 1 if case.run == RunMode.PHASE2.value and index > 0 else index
+    try:
+        ran = run_recorded(sim, system, cases[first : index + 1], None, work, waves=True)
+    except (RuntimeError, OSError) as exc:
+        return f"not kept: {one_line(str(exc), 300)}"
+    if ran.waves is None or not ran.waves.is_file():
+        return "not kept: the simulator wrote no waveform"
+    name = f"{_safe(case.name)}{ran.waves.suffix}"
+    shutil.move(ran.waves, staging / name)
+    again = "the rerun failed too" if ran.failures else "the rerun passed: the failure needs earlier tiles"
+    return f"{name} ({again})"
 
 
 def _safe(name: str) -> str:

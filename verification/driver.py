@@ -104,6 +104,7 @@ class EngineDriver:
         queue: QueueLoad | None = None,
         keep: np.ndarray | None = None,
         half: int = 0,
+        poison: bool = False,
     ) -> int:
         """Write the tile (``load``: one of :data:`LOAD_MODES`) for a run of mode ``run``; return the number
         of writes.
@@ -114,7 +115,10 @@ class EngineDriver:
         the registers, the conditional-path weights of the channels ``keep`` (default: those of the
         queued activations) and the work queue ``queue`` (``load`` = "all"; "registers": only those and
         the queue). ``half``: the buffer half the tile goes into and its run uses; while the engine runs
-        in the other half, every write here is taken at once (double buffering).
+        in the other half, every write here is taken at once (double buffering). ``poison``: make every
+        write first with its data inverted, so that a write the engine takes but drops leaves a wrong word
+        rather than an earlier run's identical one (an earlier run of the same tile, or of a tile of the
+        same channels, wrote the same words).
         """
         if load not in LOAD_MODES:
             raise ValueError(f"load = {load!r}, expected one of {LOAD_MODES}")
@@ -147,11 +151,17 @@ class EngineDriver:
                 else np.concatenate([writes.data, extra.data]),
             )
         payloads = pack_payloads(self.config, writes)
+        if poison:  # every write first with its data inverted (see the docstring)
+            mask = (1 << self.config.data_width) - 1
+            bad = LoadWrites(
+                writes.sel, writes.addr, np.array([int(d) ^ mask for d in writes.data], dtype=object)
+            )
+            payloads = [*pack_payloads(self.config, bad), *payloads]
         if hasattr(self.transport, "load_burst"):  # one write per cycle, checked by the transport
             await self.transport.load_burst(payloads)
-            return len(writes)
+            return len(payloads)
         for i, payload in enumerate(payloads):
-            waited = await self.transport.load.put(payload)
+            waited = await self.transport.load.put(payload)  # (i counts the poisoned writes too)
             if waited:
                 sel, addr, _ = writes[i]
                 self._protocol(

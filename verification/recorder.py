@@ -7,7 +7,7 @@ every value is the one of the cycle that ends at the edge, as the engine sampled
 
 ==========================  =================================================================================
 ``S c``                     ``start`` high in cycle ``c`` (cycles count rising edges since time 0)
-``B c``                     ``busy`` rises: cycle ``c`` is the run's first (SETUP)
+``B c t``                   ``busy`` rises: cycle ``c`` is the run's first (SETUP); ``t``: its simulation time
 ``W n valid queue addr``    a busy cycle ``n`` of the run (1 = SETUP) with output writes: ``wb_valid``,
                             ``wb_queue``, ``wb_addr`` in hex
 ``F c n``                   ``busy`` falls: cycle ``c`` is the first idle one, after ``n`` busy cycles
@@ -148,7 +148,7 @@ module {RECORDER_TOP}({names}, tb_flush, tb_burst, tb_burst_n, tb_burst_busy);
       $fwrite(fd, "E wb_valid = %b is not 0/1 in cycle %0d\\n", wb_valid, cycle);
     if (busy === 1'b1) begin
       if (busy_q !== 1'b1) begin
-        $fwrite(fd, "B %0d\\n", cycle);
+        $fwrite(fd, "B %0d %0d\\n", cycle, $time);
         busy_n = 0;
       end
       busy_n = busy_n + 1;
