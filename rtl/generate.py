@@ -75,10 +75,11 @@ def verilog_text(config: EngineConfig, gating: bool = True) -> str:
     return component_verilog(GatedConvEngine(config, gating=gating), TOP_NAME)
 
 
-def processed_rtlil(component: Elaboratable, name: str) -> str:
+def processed_rtlil(component: Elaboratable, name: str, ports=None) -> str:
     """The RTLIL of ``component`` after yosys's ``proc -nomux -norom`` (registers made cells, the case
-    statements kept as processes), without Amaranth's internal attributes or power-up values."""
-    text = _INIT_ATTRIBUTE.sub("", rtlil.convert(component, name=name, emit_src=False))
+    statements kept as processes), without Amaranth's internal attributes or power-up values. ``ports``:
+    the top level's signals, for an Elaboratable that is not a ``wiring.Component``."""
+    text = _INIT_ATTRIBUTE.sub("", rtlil.convert(component, name=name, ports=ports, emit_src=False))
     # amaranth.back.verilog.convert's yosys script up to write_verilog (amaranth is pinned below 0.6).
     attrs = " ".join(
         f"-remove {a}" for a in ("generator", "top", "src", "amaranth.hierarchy", "amaranth.decoding")
@@ -88,7 +89,7 @@ def processed_rtlil(component: Elaboratable, name: str) -> str:
     return _yosys(script)
 
 
-def component_verilog(component: Elaboratable, name: str, tidy: bool = True) -> str:
+def component_verilog(component: Elaboratable, name: str, tidy: bool = True, ports=None) -> str:
     """Verilog of ``component`` with top module ``name``: Amaranth's RTLIL through yosys as
     ``amaranth.back.verilog.convert`` does it, tidied (rtl/rtlil_tidy.py; ``tidy`` false: as Amaranth
     writes it) between the process pass and ``write_verilog``.
@@ -99,7 +100,7 @@ def component_verilog(component: Elaboratable, name: str, tidy: bool = True) -> 
     Verilog starts them unknown (X on Icarus, random on Verilator with ``--x-initial unique``), so a read
     of one before its first write shows; the Amaranth simulator keeps Amaranth's initial values.
     """
-    text = processed_rtlil(component, name)
+    text = processed_rtlil(component, name, ports)
     if tidy:
         text = tidy_rtlil(text)
     return _yosys([f"read_rtlil <<rtlil\n{text}\nrtlil", "memory_collect", "write_verilog -norename"])

@@ -7,12 +7,11 @@ import re
 import shutil
 
 import pytest
-from amaranth.back import rtlil
 from amaranth.hdl import Cat, ClockDomain, Elaboratable, Instance, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from rtl.generate import _INIT_ATTRIBUTE, _yosys, component_verilog, processed_rtlil
+from rtl.generate import component_verilog, processed_rtlil
 from rtl.rtlil_tidy import _format_sig, _parse_sig, tidy_rtlil
 from verification.lint import lint_verilog
 from verification.simulators import simulator_status
@@ -138,16 +137,6 @@ class _AsyncReset(Elaboratable):
         return m
 
 
-def _verilog_of(design, ports, tidy: bool) -> str:
-    """Verilog of a plain Elaboratable with explicit ``ports`` through the same yosys steps as
-    ``component_verilog`` (which takes Components), tidied or not."""
-    text = _INIT_ATTRIBUTE.sub("", rtlil.convert(design, name="sample", ports=ports, emit_src=False))
-    text = _yosys([f"read_rtlil <<rtlil\n{text}\nrtlil", "proc -nomux -norom", "write_rtlil"])
-    if tidy:
-        text = tidy_rtlil(text)
-    return _yosys([f"read_rtlil <<rtlil\n{text}\nrtlil", "memory_collect", "write_verilog -norename"])
-
-
 @needs_yowasp
 @pytest.mark.parametrize("which", ["sample", "signed names", "async reset"])
 def test_tidied_verilog_is_equivalent_to_the_untidied_verilog(which):
@@ -156,7 +145,7 @@ def test_tidied_verilog_is_equivalent_to_the_untidied_verilog(which):
     if which == "async reset":
         design = _AsyncReset()
         ports = [design.a, design.y, design.z, design.domain.clk, design.domain.rst]
-        texts = [_verilog_of(design, ports, tidy) for tidy in (False, True)]
+        texts = [component_verilog(design, "sample", tidy=tidy, ports=ports) for tidy in (False, True)]
     else:
         make = _Sample if which == "sample" else _SignedNames
         texts = [component_verilog(make(), "sample", tidy=tidy) for tidy in (False, True)]
@@ -184,8 +173,7 @@ def test_outputs_of_flops_and_instances_are_not_rewritten():
     equivalence check cannot see a driver moved onto an alias)."""
     design = _AsyncReset()
     ports = [design.a, design.y, design.z, design.domain.clk, design.domain.rst]
-    text = _INIT_ATTRIBUTE.sub("", rtlil.convert(design, name="sample", ports=ports, emit_src=False))
-    text = _yosys([f"read_rtlil <<rtlil\n{text}\nrtlil", "proc -nomux -norom", "write_rtlil"])
+    text = processed_rtlil(design, "sample", ports)
     assert "connect \\Q \\r" in [line.strip() for line in _cell(tidy_rtlil(text), "$adff").splitlines()]
 
     class WithInstance(wiring.Component):

@@ -38,6 +38,7 @@ __all__ = [
     "CosimResult",
     "completed_runs",
     "expectations",
+    "read_testcases",
     "rtl_available",
     "run_cosim",
     "simulator_status",
@@ -155,7 +156,7 @@ def waves_policy() -> str:
     return "on-failure"
 
 
-def _testcases(results_xml: Path) -> list[dict]:
+def read_testcases(results_xml: Path) -> list[dict]:
     cases = []
     if not results_xml.is_file():
         return cases
@@ -204,7 +205,7 @@ def _run_once(
     env = {DATA_ENV: str(data), REPORT_ENV: str(report), STATS_ENV: str(stats)}
     ran = run_testbench(sim, build_dir, TB_MODULE, work_dir, env, plusargs=plusargs, waves=waves)
     aborted, log = ran.aborted, ran.log
-    testcases = _testcases(ran.results_xml)
+    testcases = read_testcases(ran.results_xml)
     failures = []
     if report.is_file():
         failures = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]

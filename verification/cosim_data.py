@@ -9,6 +9,7 @@ reads back and compares.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -19,7 +20,17 @@ from spec.protocol import COUNTER_NAMES
 from spec.tile import Tile, TileGeometry
 from verification.driver import LOAD_MODES
 
-__all__ = ["DATA_ENV", "REPORT_ENV", "STATS_ENV", "CosimCase", "case_count", "load_cases", "save_cases"]
+__all__ = [
+    "DATA_ENV",
+    "REPORT_ENV",
+    "STATS_ENV",
+    "CosimCase",
+    "append_record",
+    "case_count",
+    "environment_case_count",
+    "load_cases",
+    "save_cases",
+]
 
 DATA_ENV = "ACCEL_COSIM_DATA"  # path of the .npz file
 REPORT_ENV = "ACCEL_COSIM_REPORT"  # path of the JSON-lines file where the testbench writes its failures
@@ -191,3 +202,16 @@ def load_cases(path: str | Path) -> tuple[EngineConfig, list[CosimCase]]:
                 case.resp_stall = _unpattern(z[f"t{i}_resp_stall"])
                 case.load_gap = _unpattern(z[f"t{i}_load_gap"])
     return config, cases
+
+
+def environment_case_count() -> int:
+    """How many cases the file named by ``$ACCEL_COSIM_DATA`` holds (0 without it: a testbench module
+    imported outside a co-simulation defines no tests)."""
+    return case_count(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else 0
+
+
+def append_record(path: Path | None, record: dict) -> None:
+    """Append ``record`` as one JSON line to ``path`` (the testbenches' failures and stats; None: nowhere)."""
+    if path is not None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")

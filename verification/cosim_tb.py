@@ -44,7 +44,6 @@ what each run took (cycles, MACs) to ``$ACCEL_COSIM_STATS``.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -59,7 +58,15 @@ from spec.protocol import RunMode, UnloadTarget
 from spec.tile import QueueLoad
 from verification.cocotb_transport import CLOCK_NS, CocotbTransport
 from verification.cosim_check import Run, compare, compare_queue
-from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
+from verification.cosim_data import (
+    DATA_ENV,
+    REPORT_ENV,
+    STATS_ENV,
+    CosimCase,
+    append_record,
+    environment_case_count,
+    load_cases,
+)
 from verification.driver import EngineDriver
 from verification.layout import pack_request
 from verification.streams import stall_pattern
@@ -291,13 +298,8 @@ class EngineTestbench:
         if len(self.protocol_errors) < 3:  # the first few tell the story
             self.protocol_errors.append(f"cycle {self.monitor.cycle}: {text}")
 
-    def _write(self, path: Path | None, record: dict) -> None:
-        if path is not None:
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
     def _fail(self, index: int, message: str) -> AssertionError:
-        self._write(self.report_path, {"tile": index, "name": self.cases[index].name, "message": message})
+        append_record(self.report_path, {"tile": index, "name": self.cases[index].name, "message": message})
         return AssertionError(message)
 
     # -- one case ------------------------------------------------------------------------------------------
@@ -403,7 +405,7 @@ class EngineTestbench:
         monitor.errors, self.protocol_errors = [], []
         problems += self._pacing_problems(case, stalls0)
         held, gaps, _ = (b - a for a, b in zip(stalls0, self._stalls(), strict=True))
-        self._write(
+        append_record(
             self.stats_path,
             {
                 "tile": index,
@@ -518,7 +520,7 @@ class EngineTestbench:
         shadow = self.shadows[case.half]
         for lin in [lin for lin in shadow if lin < g.n_outputs]:
             del shadow[lin]
-        self._write(
+        append_record(
             self.stats_path,
             {
                 "tile": index,
@@ -552,12 +554,8 @@ def testbench() -> EngineTestbench:
     return EngineTestbench.from_environment()
 
 
-def _tile_count() -> int:
-    return case_count(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else 0
-
-
 @cocotb.test()
-@cocotb.parametrize(tile=list(range(_tile_count())))
+@cocotb.parametrize(tile=list(range(environment_case_count())))
 async def engine_tile(dut: SimHandleBase, tile: int) -> None:
     """Load tile ``tile``, run it, read everything back and compare with the model."""
     tb = testbench()

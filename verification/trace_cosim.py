@@ -30,7 +30,7 @@ from spec.system import SystemConfig
 from spec.tile import QueueLoad
 from trace_format import Trace
 from verification.build import build, run_testbench
-from verification.cosim import _testcases, expectations
+from verification.cosim import expectations, read_testcases
 from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, save_cases
 from verification.recorder import RECORDER_TOP
 from verification.trace_tb import LOAD_ENV, LOG_ENV
@@ -252,7 +252,7 @@ def run_recorded(
     if report.is_file():
         result.failures = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
     reported = {f["tile"] for f in result.failures}
-    testcases = _testcases(ran.results_xml)
+    testcases = read_testcases(ran.results_xml)
     for i, tc in enumerate(testcases):
         if tc["failed"] and i not in reported:
             result.failures.append({"tile": i, "name": tc["name"], "message": tc["message"] or "failed"})

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import time
 from pathlib import Path
@@ -44,7 +43,15 @@ from spec.protocol import RunMode
 from spec.tile import QueueLoad
 from verification.cocotb_transport import CLOCK_NS
 from verification.cosim_check import Run, compare, compare_queue
-from verification.cosim_data import DATA_ENV, REPORT_ENV, STATS_ENV, CosimCase, case_count, load_cases
+from verification.cosim_data import (
+    DATA_ENV,
+    REPORT_ENV,
+    STATS_ENV,
+    CosimCase,
+    append_record,
+    environment_case_count,
+    load_cases,
+)
 from verification.driver import EngineDriver
 
 __all__ = ["LOAD_ENV", "LOG_ENV", "RecordedTestbench", "RecordedTransport", "RecorderLog", "recorded_tile"]
@@ -254,11 +261,6 @@ class RecordedTestbench:
         else:
             Clock(dut.clk, CLOCK_NS, unit="ns").start(start_high=False)
 
-    def _write(self, path: Path | None, record: dict) -> None:
-        if path is not None:
-            with open(path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
     async def check_tile(self, index: int) -> None:
         """Load case ``index`` (every write first made with its data inverted: a write the engine takes but
         drops would leave the wrong word, not the earlier run's same one), run it, unload everything and
@@ -274,10 +276,10 @@ class RecordedTestbench:
             t.errors, t.responses, t.run = [], [], None
             self._loads = t.counts[0]  # (the recorder's count, from here on)
             await t.reset()
-        self._write(self.stats_path, stats)
+        append_record(self.stats_path, stats)
         if problems:
             message = f"tile {index} '{case.name}' ({case.tile.geometry}): " + "; ".join(problems)
-            self._write(self.report_path, {"tile": index, "name": case.name, "message": message})
+            append_record(self.report_path, {"tile": index, "name": case.name, "message": message})
             raise AssertionError(message)
 
     async def _check(self, index: int) -> tuple[list[str], dict]:
@@ -333,12 +335,8 @@ def testbench() -> RecordedTestbench:
     return RecordedTestbench.from_environment()
 
 
-def _tile_count() -> int:
-    return case_count(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else 0
-
-
 @cocotb.test()
-@cocotb.parametrize(tile=list(range(_tile_count())))
+@cocotb.parametrize(tile=list(range(environment_case_count())))
 async def recorded_tile(dut: SimHandleBase, tile: int) -> None:
     """Load tile ``tile``, run it, unload everything and compare with the model (the recorder watches)."""
     tb = testbench()
